@@ -1,0 +1,126 @@
+"""The ``diagnostics`` command (also ``python -m diagnostics``).
+
+Every subcommand calls the same library functions the suites use. Bad input gets one line on
+stderr (``diagnostics: error: ...``) and exit status 2; a failing check exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SUITES = Path(__file__).resolve().parent.parent / "suites"
+GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
+                "size", "data_root", "data_dir", "report_dir", "baseline")
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad input in one line instead of usage + error."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def add_grid_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", help="grid preset: smoke, default, nightly (default: default)")
+    p.add_argument("--models", help="comma list of: gpt, resnet, resnet18, vit")
+    p.add_argument("--optimizers", help="comma list of: adamw, sgd, lion")
+    p.add_argument("--schedulers", help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
+    p.add_argument("--warmup", help="comma list of: none, linear")
+    p.add_argument("--devices", help="auto (default) or a comma list of: cpu, cuda, mps, xpu")
+    p.add_argument("--precision", help="comma list of: fp32, bf16")
+    p.add_argument("--seeds", help="comma list of integer seeds (default: 0)")
+    p.add_argument("--steps", help="optimizer steps per run (default: the grid's)")
+    p.add_argument("--size", help="model size preset: tiny, small")
+    p.add_argument("--data-root", help="real data: torchvision dataset / ImageFolder folder, or a text file")
+    p.add_argument("--data-dir", help="where embedded data is written (default: reports/data)")
+    p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
+    p.add_argument("--baseline", help="baseline runs.csv or folder (default: reports/baselines/<grid>)")
+    p.add_argument("--update-baseline", action="store_true", help="write this session's rows into the baseline")
+
+
+def validate_grid_options(args: argparse.Namespace) -> None:
+    """Fail fast, in one line, on what the suite would reject."""
+    from . import data
+    from .pytest_plugin import resolve_devices
+    from .spec import GridOptions, SpecError, resolve_grid
+
+    try:
+        devs = resolve_devices(args.devices or "auto")
+        resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
+                                 schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
+                                 seeds=args.seeds, steps=args.steps, size=args.size, devices=devs))
+        if args.data_root:
+            data.check_root(Path(args.data_root))
+    except (SpecError, data.DataError) as e:
+        raise UsageError(str(e)) from None
+
+
+def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
+    out = [str(SUITES / suite), "-p", "no:cacheprovider"]
+    for name in GRID_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            out += [f"--{name.replace('_', '-')}", str(value)]
+    if args.update_baseline:
+        out.append("--update-baseline")
+    out += ["--quiet-runs"] if args.quiet else []
+    out += ["-q"] if not any(a.startswith("-v") for a in args.pytest_args) else []
+    if args.workers is not None:
+        out += ["-n", str(args.workers)]
+    if args.k:
+        out += ["-k", args.k]
+    return out + list(args.pytest_args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    validate_grid_options(args)
+    suite = SUITES / "test_convergence.py"
+    if not suite.exists():
+        raise UsageError(f"suite not found at {suite}; run from a checkout (pip install -e .)")
+    import pytest
+
+    return int(pytest.main(pytest_args(args, suite.name)))
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from . import env
+    from .devices import available_devices
+
+    for key, value in sorted(env.capture(available_devices()).items()):
+        print(f"{key},{value}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    run = sub.add_parser("run", help="run the convergence grid through pytest and write reports")
+    add_grid_options(run)
+    run.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
+    run.add_argument("-k", help="pytest -k expression to select runs by id")
+    run.add_argument("--quiet", action="store_true", help="no progress line per run")
+    run.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
+    run.set_defaults(func=cmd_run)
+
+    env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
+    env.set_defaults(func=cmd_env)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"diagnostics: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diagnostics: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,251 @@
+"""Divergence, spike and stall detection: one set of rules, used two ways.
+
+``Monitor`` is fed one step at a time inside the training loop (``update``) and decides early
+abort (``diverged``); ``classify`` replays a recorded trace through the very same ``Monitor``.
+Statuses (DESIGN.md's vocabulary) are decided here and nowhere else:
+
+- ``diverged_nonfinite``: the loss or the gradient norm became NaN/inf;
+- ``diverged_exploded``: the loss stayed above ``explode_factor`` x its early level for
+  ``explode_patience`` consecutive steps;
+- ``stalled``: the run closed less than ``stall_min_progress`` of the gap between its early loss
+  and the loss floor (the data's entropy rate where known, else 0);
+- ``unstable``: converged, but with at least ``unstable_min_spikes`` loss/gradient spikes and a
+  spike rate above ``unstable_spike_rate``;
+- ``converged``: none of the above. ``error`` (the run raised) is set by the trainer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+STATUSES = ("converged", "unstable", "stalled", "diverged_nonfinite", "diverged_exploded", "error")
+# better first: a candidate whose status ranks lower than its baseline's got worse
+STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
+EVENT_KINDS = ("nonfinite", "explosion", "loss_spike", "grad_spike", "catastrophic_spike", "recovery")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every number a verdict depends on, with where it comes from."""
+
+    # OLMo-core's stability monitor: a value above mean + 6 std of the previous 128 steps is a
+    # spike; the rule is active once 64 values are seen.
+    spike_window: int = 128
+    spike_min_history: int = 64
+    spike_sigmas: float = 6.0
+    # Megatron-LM: a loss >= 10x the largest of the first 100 values is "spiky" (catastrophic).
+    catastrophic_factor: float = 10.0
+    catastrophic_reference_steps: int = 100
+    # The first divergence rule: loss "far above its start". Cross-entropy starts near
+    # ln(classes); 3x that for 10 steps in a row is no warm-restart bump (a restart brings the
+    # loss back towards, not 3x past, where training began).
+    explode_factor: float = 3.0
+    explode_patience: int = 10
+    early_steps: int = 5  # the early loss level is the mean of the first 5 steps
+    late_fraction: float = 0.1  # the final loss level is the mean of the last 10% of steps
+    # Stalled: less than 20% of the gap between early loss and floor closed.
+    stall_min_progress: float = 0.2
+    # Unstable: >= 3 spikes and more than 1 spike per 100 steps.
+    unstable_min_spikes: int = 3
+    unstable_spike_rate: float = 0.01
+    # Recovery: back within 10% of the pre-spike mean within 50 steps.
+    recovery_band: float = 0.1
+    recovery_window: int = 50
+
+
+@dataclass(frozen=True)
+class Event:
+    step: int
+    kind: str  # one of EVENT_KINDS
+    signal: str  # loss, grad_norm, ...
+    value: float
+    threshold: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    reason: str
+    divergence_step: float  # NaN when the run did not diverge
+    first_event_step: float  # NaN when there was no event
+    n_loss_spikes: int
+    n_grad_spikes: int
+    initial_loss: float
+    final_loss: float
+    min_loss: float
+
+
+def is_finite(x: float) -> bool:
+    return not (math.isnan(x) or math.isinf(x))
+
+
+class RollingStats:
+    """Mean and standard deviation of the last ``window`` values, O(1) per update."""
+
+    def __init__(self, window: int):
+        self.values: deque[float] = deque(maxlen=window)
+        self.total = 0.0
+        self.total_sq = 0.0
+
+    def push(self, x: float) -> None:
+        if len(self.values) == self.values.maxlen:
+            old = self.values[0]
+            self.total -= old
+            self.total_sq -= old * old
+        self.values.append(x)
+        self.total += x
+        self.total_sq += x * x
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def mean(self) -> float:
+        return self.total / len(self.values)
+
+    def std(self) -> float:
+        n = len(self.values)
+        var = max(self.total_sq / n - (self.total / n) ** 2, 0.0)
+        return math.sqrt(var * n / (n - 1)) if n > 1 else 0.0
+
+
+def spike_threshold(stats: RollingStats, t: Thresholds) -> float:
+    """mean + k*std of the history, or +inf while the history is shorter than required."""
+    if len(stats) < t.spike_min_history:
+        return math.inf
+    return stats.mean() + t.spike_sigmas * stats.std()
+
+
+def progress(initial: float, final: float, floor: float) -> float:
+    """Fraction of the gap between the initial loss and the floor that was closed."""
+    gap = initial - floor
+    return (initial - final) / gap if gap > 0 else 0.0
+
+
+@dataclass
+class Monitor:
+    """Streaming detector. Feed ``update(step, loss, grad_norm)`` in step order; read
+    ``diverged`` to abort early; call ``verdict()`` at the end. ``loss_floor`` is the lowest
+    reachable loss when known (NaN: unknown, taken as 0)."""
+
+    loss_floor: float = float("nan")
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    events: list[Event] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    divergence_step: float = float("nan")
+    divergence_reason: str = ""
+
+    def __post_init__(self):
+        t = self.thresholds
+        self._loss_stats = RollingStats(t.spike_window)
+        self._grad_stats = RollingStats(t.spike_window)
+        self._above = 0  # consecutive steps above the explosion line
+        self._open_spike: tuple[int, float] | None = None  # (step, pre-spike mean) awaiting recovery
+        self._early_max = -math.inf
+
+    @property
+    def diverged(self) -> bool:
+        return not math.isnan(self.divergence_step)
+
+    def _emit(self, step, kind, signal, value, threshold, detail=""):
+        self.events.append(Event(step, kind, signal, float(value), float(threshold), detail))
+
+    def _diverge(self, step: int, reason: str) -> None:
+        if not self.diverged:
+            self.divergence_step, self.divergence_reason = step, reason
+
+    def update(self, step: int, loss: float, grad_norm: float) -> None:
+        t = self.thresholds
+        if self.diverged:
+            return
+        if not is_finite(loss) or not is_finite(grad_norm):
+            signal, value = ("loss", loss) if not is_finite(loss) else ("grad_norm", grad_norm)
+            self._emit(step, "nonfinite", signal, value, math.nan)
+            self._diverge(step, f"non-finite {signal} ({value}) at step {step}")
+            return
+        self.losses.append(loss)
+        n = len(self.losses)
+        if n <= t.catastrophic_reference_steps:
+            self._early_max = max(self._early_max, loss)
+        elif loss >= t.catastrophic_factor * self._early_max:
+            self._emit(step, "catastrophic_spike", "loss", loss, t.catastrophic_factor * self._early_max,
+                       f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
+        # explosion: sustained loss far above the early level
+        if n > t.early_steps:
+            line = t.explode_factor * self.initial_loss
+            self._above = self._above + 1 if loss > line else 0
+            if self._above == t.explode_patience:
+                first = step - t.explode_patience + 1
+                self._emit(first, "explosion", "loss", loss, line,
+                           f"above {t.explode_factor:g}x the early loss for {t.explode_patience} steps")
+                self._diverge(first, f"loss above {line:.3g} ({t.explode_factor:g}x its early level) "
+                                     f"from step {first} for {t.explode_patience} steps")
+                return
+        # spikes against the rolling history (the value is judged before it joins the history)
+        for signal, value, stats, kind in (("loss", loss, self._loss_stats, "loss_spike"),
+                                           ("grad_norm", grad_norm, self._grad_stats, "grad_spike")):
+            thr = spike_threshold(stats, t)
+            if value > thr:
+                self._emit(step, kind, signal, value, thr, f"> mean + {t.spike_sigmas:g} std of last {len(stats)}")
+                if kind == "loss_spike" and self._open_spike is None:
+                    self._open_spike = (step, stats.mean())
+            stats.push(value)
+        if self._open_spike is not None:
+            s0, pre = self._open_spike
+            if step > s0 and loss <= pre * (1 + t.recovery_band):
+                self._emit(step, "recovery", "loss", loss, pre * (1 + t.recovery_band), f"{step - s0} steps after the spike at {s0}")
+                self._open_spike = None
+            elif step - s0 >= t.recovery_window:
+                self._open_spike = None
+
+    @property
+    def initial_loss(self) -> float:
+        k = self.thresholds.early_steps
+        head = self.losses[:k]
+        return sum(head) / len(head) if head else math.nan
+
+    @property
+    def final_loss(self) -> float:
+        if not self.losses:
+            return math.nan
+        k = max(1, round(self.thresholds.late_fraction * len(self.losses)))
+        tail = self.losses[-k:]
+        return sum(tail) / len(tail)
+
+    def count(self, kind: str) -> int:
+        return sum(e.kind == kind for e in self.events)
+
+    def verdict(self) -> Verdict:
+        t = self.thresholds
+        n_loss, n_grad = self.count("loss_spike"), self.count("grad_spike")
+        first_event = min((e.step for e in self.events if e.kind != "recovery"), default=math.nan)
+        initial, final = self.initial_loss, self.final_loss
+        stats = dict(divergence_step=self.divergence_step, first_event_step=first_event, n_loss_spikes=n_loss,
+                     n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
+                     min_loss=min(self.losses, default=math.nan))
+        if self.diverged:
+            kind = "diverged_nonfinite" if any(e.kind == "nonfinite" for e in self.events) else "diverged_exploded"
+            return Verdict(kind, self.divergence_reason, **stats)
+        floor = 0.0 if math.isnan(self.loss_floor) else self.loss_floor
+        closed = progress(initial, final, floor)
+        if not self.losses or closed < t.stall_min_progress:
+            return Verdict("stalled", f"closed {closed:.0%} of the gap from {initial:.3g} to the floor {floor:.3g} "
+                                      f"(< {t.stall_min_progress:.0%})", **stats)
+        spikes = n_loss + n_grad
+        if spikes >= t.unstable_min_spikes and spikes / len(self.losses) > t.unstable_spike_rate:
+            return Verdict("unstable", f"{spikes} spikes in {len(self.losses)} steps", **stats)
+        return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {floor:.3g}", **stats)
+
+
+def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")) -> tuple[Verdict, list[Event]]:
+    """Replay one run's trace (an iterable of (step, loss, grad_norm), or a DataFrame with those
+    columns) through a ``Monitor`` and return its verdict and events."""
+    m = Monitor(loss_floor=loss_floor, thresholds=thresholds or Thresholds())
+    rows = steps[["step", "loss", "grad_norm"]].itertuples(index=False) if hasattr(steps, "columns") else steps
+    for step, loss, gn in rows:
+        m.update(int(step), float(loss), float(gn))
+        if m.diverged:
+            break
+    return m.verdict(), m.events

@@ -1,0 +1,46 @@
+"""Device discovery and per-worker placement."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def is_available(device_type: str) -> bool:
+    if device_type == "cpu":
+        return True
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    if device_type == "mps":
+        return torch.backends.mps.is_available()
+    if device_type == "xpu":
+        return hasattr(torch, "xpu") and torch.xpu.is_available()
+    return False
+
+
+def available_devices() -> tuple[str, ...]:
+    return tuple(d for d in DEVICE_TYPES if is_available(d))
+
+
+def worker_device_index(worker_number: int, n_visible: int) -> int:
+    """GPU a pytest-xdist worker pins itself to: round-robin over the visible devices (which
+    are the caller's CUDA_VISIBLE_DEVICES, in its order, when set)."""
+    return worker_number % n_visible if n_visible else 0
+
+
+def threads_per_worker(n_workers: int, cpu_count: int | None = None) -> int:
+    """Intra-op threads each worker may use so that workers share the cores without
+    oversubscription."""
+    cpu_count = cpu_count or os.cpu_count() or 1
+    return max(1, cpu_count // max(1, n_workers))
+
+
+def pin_worker(worker_number: int) -> None:
+    """Pin this process to one GPU of each available GPU type."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(worker_device_index(worker_number, torch.cuda.device_count()))
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        torch.xpu.set_device(worker_device_index(worker_number, torch.xpu.device_count()))

@@ -1,0 +1,113 @@
+"""Environment capture: software versions, hardware and memory, as the reports record them."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import torch
+
+from . import determinism
+
+MB = 1024 * 1024
+
+
+def package_version(name: str) -> str:
+    """Installed version of a distribution, or "" if it is absent."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_status() -> tuple[str, str]:
+    """(version, "") when torchvision imports beside this torch, else ("", the reason)."""
+    try:
+        import torchvision
+        import torchvision.models  # noqa: F401  (fails when its C ops do not match torch)
+        return torchvision.__version__, ""
+    except Exception as e:  # ImportError, RuntimeError("operator torchvision::nms does not exist")
+        return "", f"torchvision unavailable: {str(e).splitlines()[0]}"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def device_name(device_type: str) -> str:
+    if device_type == "cuda":
+        return torch.cuda.get_device_name()
+    if device_type == "xpu":
+        return torch.xpu.get_device_name()
+    if device_type == "mps":
+        return "Apple MPS"
+    return cpu_model()
+
+
+def cudnn_version() -> str:
+    v = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return str(v) if v else ""
+
+
+def versions() -> dict[str, str]:
+    return {
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision_status()[0],
+        "lion_pytorch_version": package_version("lion-pytorch"),
+        "python_version": platform.python_version(),
+        "cuda_version": torch.version.cuda or "",
+        "cudnn_version": cudnn_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "git_sha": git_sha(),
+    }
+
+
+def memory() -> dict[str, float]:
+    vm = psutil.virtual_memory()
+    return {"mem_total_mb": vm.total / MB, "mem_available_mb": vm.available / MB}
+
+
+def capture(devices: tuple[str, ...] = ()) -> dict[str, str]:
+    """Everything env.csv holds: versions, hardware, memory, threads, determinism profile."""
+    from .devices import available_devices
+
+    env = versions()
+    env.update({
+        "python_executable": sys.executable,
+        "cpu_count_logical": str(psutil.cpu_count()),
+        "cpu_count_physical": str(psutil.cpu_count(logical=False)),
+        "num_threads": str(torch.get_num_threads()),
+        "available_devices": ",".join(available_devices()),
+        "requested_devices": ",".join(devices),
+        "torchvision_problem": torchvision_status()[1],
+    })
+    env.update({k: f"{v:.0f}" for k, v in memory().items()})
+    for d in devices:
+        if d != "cpu":
+            env[f"device_name_{d}"] = device_name(d)
+    env.update(determinism.profile())
+    return env

@@ -1,0 +1,224 @@
+"""pytest plugin: the suite options, device discovery, grid parametrization, per-worker setup,
+the shared report directory and the baseline. The logic lives in the library; this module only
+wires it into pytest (and is the only module that imports pytest)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from . import compare, data, devices, env, report
+from .models import MODELS, block_size
+from .spec import Grid, GridOptions, RunSpec, SpecError, resolve_grid
+from .train import DEFAULT_DATA_DIR, RunResult
+
+DEFAULT_REPORT_DIR = Path("reports/latest")
+BASELINE_ROOT = Path("reports/baselines")
+
+
+@dataclass
+class Session:
+    grid_name: str
+    grid: Grid
+    specs: list[RunSpec]
+    report_dir: Path
+    data_dir: Path
+    data_root: str | None
+    baseline_path: Path
+    update_baseline: bool
+    quiet: bool
+    worker: str
+    baseline: dict = field(default_factory=dict)  # key -> row
+    prepared: bool = False
+
+    def record(self, result: RunResult) -> None:
+        report.append(self.report_dir / report.RUNS, [result.row], report.RUNS_COLUMNS)
+        report.append(self.report_dir / report.STEPS, result.steps, report.STEPS_COLUMNS)
+        report.append(self.report_dir / report.EVENTS, result.events, report.EVENTS_COLUMNS)
+
+    def baseline_row(self, row: dict) -> dict | None:
+        return self.baseline.get(compare.key_of(row))
+
+
+SESSION = pytest.StashKey[Session]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("diagnostics", "convergence diagnostics grid")
+    g.addoption("--grid", default=None, help="grid preset: smoke, default, nightly (default: default)")
+    g.addoption("--models", default=None, help=f"comma list of: {', '.join(MODELS)}")
+    g.addoption("--optimizers", default=None, help="comma list of: adamw, sgd, lion")
+    g.addoption("--schedulers", default=None, help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
+    g.addoption("--warmup", default=None, help="comma list of: none, linear")
+    g.addoption("--devices", default="auto", help="auto (every available device type) or a comma list of "
+                                                  "cpu, cuda, mps, xpu; an absent device is an error")
+    g.addoption("--precision", default=None, help="comma list of: fp32, bf16")
+    g.addoption("--seeds", default=None, help="comma list of integer seeds (default: 0)")
+    g.addoption("--steps", default=None, help="optimizer steps per run (default: the grid's)")
+    g.addoption("--size", default=None, help="model size preset: tiny, small (default: the grid's)")
+    g.addoption("--data-root", default=None, help="real data: a torchvision dataset or ImageFolder folder, "
+                                                  "or a UTF-8 text file for the LM")
+    g.addoption("--data-dir", default=str(DEFAULT_DATA_DIR), help="where embedded data is written once")
+    g.addoption("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where the CSV reports go")
+    g.addoption("--baseline", default=None, help="baseline runs.csv or its folder (default: reports/baselines/<grid>)")
+    g.addoption("--update-baseline", action="store_true", help="write this session's rows into the baseline")
+    g.addoption("--quiet-runs", action="store_true", help="no progress line per finished run")
+
+
+def resolve_devices(value: str) -> tuple[str, ...]:
+    """``auto`` -> every available device type; else each named type must be available."""
+    available = devices.available_devices()
+    if value == "auto":
+        return available
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in devices.DEVICE_TYPES]
+    if unknown or not names:
+        raise SpecError(f"unknown device {', '.join(map(repr, unknown)) or repr(value)}; "
+                        f"valid: auto, {', '.join(devices.DEVICE_TYPES)}")
+    absent = [n for n in names if n not in available]
+    if absent:
+        raise SpecError(f"requested device {', '.join(absent)} is not available on this machine "
+                        f"(available: {', '.join(available)})")
+    return names
+
+
+def load_baseline(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    df = report.read(path, required=compare.BASELINE_KEY + ["status", "final_loss"])
+    return compare.index_baseline(df)
+
+
+def build_session(config: pytest.Config) -> Session:
+    opt = config.getoption
+    devs = resolve_devices(opt("devices"))
+    grid = resolve_grid(GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
+                                    schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
+                                    seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), devices=devs))
+    grid_name = opt("grid") or "default"
+    baseline = Path(opt("baseline")) if opt("baseline") else BASELINE_ROOT / grid_name
+    if baseline.is_dir() or baseline.suffix != ".csv":
+        baseline = baseline / report.RUNS
+    worker = getattr(config, "workerinput", {}).get("workerid", "")
+    return Session(grid_name, grid, grid.specs(), Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"),
+                   baseline, opt("update_baseline"), opt("quiet_runs"), worker, load_baseline(baseline))
+
+
+def check_data(session: Session) -> None:
+    """Load every dataset the grid needs once, so bad data fails before any training."""
+    for task_block in {(MODELS[s.model].task, block_size(s.model, s.size)) for s in session.specs}:
+        data.load(*task_block, str(session.data_dir), session.data_root)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "grid: a test parametrized over the diagnostic grid")
+    try:
+        session = build_session(config)
+        if not hasattr(config, "workerinput"):
+            check_data(session)
+    except (SpecError, data.DataError, report.ReportError) as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[SESSION] = session
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Progress(config), "diagnostics-progress")
+    if hasattr(config, "workerinput"):  # an xdist worker: share the cores, pin one GPU
+        n_workers = int(config.workerinput.get("workercount", 1))
+        torch.set_num_threads(devices.threads_per_worker(n_workers))
+        devices.pin_worker(int(session.worker.removeprefix("gw") or 0))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "run_spec" in metafunc.fixturenames:
+        specs = metafunc.config.stash[SESSION].specs
+        metafunc.parametrize("run_spec", specs, ids=[s.id for s in specs])
+
+
+def prepare_reports(config: pytest.Config) -> None:
+    """Start a fresh report directory (once, in the controlling process)."""
+    session = config.stash[SESSION]
+    if session.prepared:
+        return
+    session.prepared = True
+    report.reset(session.report_dir)
+    report.write_env(session.report_dir, env.capture(session.grid.devices))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    if any("run_spec" in getattr(getattr(i, "callspec", None), "params", {}) for i in session.items):
+        prepare_reports(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids) -> None:
+    config = node.config
+    spec_ids = {s.id for s in config.stash[SESSION].specs}
+    if any(i.rpartition("[")[2].rstrip("]") in spec_ids for i in ids):
+        prepare_reports(config)
+
+
+@pytest.fixture(scope="session")
+def diagnostics_session(pytestconfig: pytest.Config) -> Session:
+    return pytestconfig.stash[SESSION]
+
+
+class Progress:
+    """Controller-side progress: one line per finished run (workers ship the line in the test
+    report's user_properties), and the summary by status at the end."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    @property
+    def terminal(self):
+        return self.config.pluginmanager.get_plugin("terminalreporter")
+
+    @staticmethod
+    def line(report: pytest.TestReport) -> str | None:
+        return dict(report.user_properties).get("diagnostics_run") if report.when == "call" else None
+
+    @property
+    def quiet(self) -> bool:
+        return self.config.stash[SESSION].quiet
+
+    def pytest_report_teststatus(self, report: pytest.TestReport, config: pytest.Config):
+        if self.line(report) and not self.quiet:  # the run's own line replaces pytest's dot
+            return report.outcome, "", report.outcome.upper()
+        return None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        line = self.line(report)
+        if line and self.terminal and not self.quiet:
+            self.terminal.ensure_newline()
+            self.terminal.write_line(f"{line}  {'' if report.passed else report.outcome.upper()}".rstrip())
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        session = self.config.stash[SESSION]
+        path = session.report_dir / report.RUNS
+        if not session.prepared or not path.exists():
+            return
+        runs = report.read(path)
+        counts = runs["status"].value_counts().to_dict()
+        terminalreporter.write_sep("-", "diagnostics")
+        terminalreporter.write_line(f"{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        terminalreporter.write_line(f"reports: {session.report_dir}/ ({', '.join(report.SCHEMAS)})")
+        if session.update_baseline:
+            terminalreporter.write_line(f"baseline updated: {session.baseline_path}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
+    s = config.stash.get(SESSION, None)
+    if s is None or hasattr(config, "workerinput") or not s.prepared:
+        return
+    report.finalize(s.report_dir)
+    runs_path = s.report_dir / report.RUNS
+    if s.update_baseline and runs_path.exists():
+        old = report.read(s.baseline_path) if s.baseline_path.exists() else None
+        report.write_atomic(s.baseline_path, compare.merge_baseline(old, report.read(runs_path)))

@@ -1,0 +1,145 @@
+"""CSV schema, writers and readers: the public output (DESIGN.md's CSV contract).
+
+Writers append whole runs under an exclusive file lock, so pytest-xdist workers can share one
+report directory and a crash keeps every run that finished. ``finalize`` sorts the files once the
+session is over (stable order whatever the worker layout).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
+            "precision", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
+OUTCOME = ["status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes", "n_grad_spikes",
+           "initial_loss", "final_loss", "min_loss", "val_loss", "val_metric", "loss_floor", "max_grad_norm",
+           "weights_sha256"]
+COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device_mem_mb", "mem_total_mb",
+        "mem_available_mb"]
+PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version", "lion_pytorch_version",
+              "python_version", "cuda_version", "cudnn_version", "platform", "cpu_model", "num_threads",
+              "deterministic", "git_sha", "started_at", "worker"]
+EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check"]  # beyond the contract; appended last
+RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
+STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s"]
+EVENTS_COLUMNS = ["run_id", "step", "kind", "signal", "value", "threshold", "detail"]
+ENV_COLUMNS = ["key", "value"]
+
+RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
+SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
+SORT_KEYS = {RUNS: ["run_id"], STEPS: ["run_id", "step"], EVENTS: ["run_id", "step", "kind"]}
+FLOAT_FORMAT = "%.17g"  # round-trips every float64 exactly: reports compare bit for bit
+# pandas >= 3 parses floats exactly by default (and deprecates the argument); 2.x needs asking
+ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
+class ReportError(ValueError):
+    """A report file that is missing or malformed; the message is one line."""
+
+
+@contextmanager
+def locked(path: Path):
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Rows in schema order; a missing value is empty (NaN), never invented."""
+    return pd.DataFrame(rows, columns=columns)
+
+
+def append(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Append rows to a CSV (header written by whoever creates the file), under a lock."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = frame(rows, columns).to_csv(index=False, header=False, float_format=FLOAT_FORMAT)
+    with locked(path):
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", encoding="utf-8") as f:
+            if new:
+                f.write(",".join(columns) + "\n")
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_atomic(path: Path, df: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        df.to_csv(f, index=False, float_format=FLOAT_FORMAT)
+    os.replace(tmp, path)
+
+
+def write_env(report_dir: Path, env: dict[str, str]) -> None:
+    write_atomic(Path(report_dir) / ENV, pd.DataFrame(sorted(env.items()), columns=ENV_COLUMNS))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """pandas.read_csv with exact float round-trip and text ids kept as text."""
+    return pd.read_csv(path, **ROUND_TRIP,
+                       dtype={"run_id": str, "weights_sha256": str, "git_sha": str, "data_sha256": str})
+
+
+def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
+    """Read a report CSV; raise ReportError (one line) when it is missing, empty, unparsable
+    or lacks required columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path}: no such file")
+    try:
+        df = read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ReportError(f"{path}: empty file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+        raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in (required or SCHEMAS.get(path.name, [])) if c not in df.columns]
+    if missing:
+        raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def finalize(report_dir: Path) -> None:
+    """Sort each appended file by its key, atomically. Rows are never dropped."""
+    for name, keys in SORT_KEYS.items():
+        path = Path(report_dir) / name
+        if path.exists():
+            with locked(path):
+                df = read_csv(path)
+                write_atomic(path, df.sort_values(keys, kind="stable"))
+
+
+def reset(report_dir: Path) -> None:
+    """Remove the files a session writes (start of a new session in the same directory)."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name in (RUNS, STEPS, EVENTS, ENV):
+        for p in (report_dir / name, report_dir / (name + ".lock")):
+            p.unlink(missing_ok=True)
+
+
+# columns every finished run must fill (an ``error`` row needs only identity + reason)
+REQUIRED = ["run_id", "model", "optimizer", "scheduler", "warmup", "device", "precision", "seed", "lr", "steps",
+            "batch_size", "model_params", "recipe", "status", "status_reason", "initial_loss", "final_loss",
+            "val_loss", "val_metric", "weights_sha256", "runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb",
+            "mem_total_mb", "mem_available_mb", "data_path", "data_sha256", "torch_version", "python_version",
+            "platform", "num_threads", "deterministic", "started_at"]
+
+
+def missing_fields(row: dict) -> list[str]:
+    """Required columns a runs.csv row leaves empty."""
+    def empty(v):
+        return v is None or v == "" or (isinstance(v, float) and v != v)
+    return [c for c in REQUIRED if empty(row.get(c))]

@@ -1,0 +1,160 @@
+"""RunSpec (one frozen grid point with a stable id), grid presets and grid expansion.
+
+Validation lives here too: every user-supplied name or number is checked by ``parse_*``
+functions that raise ``SpecError`` with one line naming what is accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+
+from .models import MODELS
+from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class SpecError(ValueError):
+    """A user-facing configuration error; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str  # key of models.MODELS
+    optimizer: str  # key of recipes.OPTIMIZERS
+    scheduler: str  # key of recipes.SCHEDULERS
+    warmup: str  # "none" or "linear"
+    device: str  # device type: cpu, cuda, mps, xpu
+    precision: str = "fp32"  # fp32, or bf16 autocast
+    seed: int = 0  # model init and data order
+    steps: int = 200  # optimizer steps
+    lr_scale: float = 1.0  # multiplies the recipe's LR
+    size: str = "tiny"  # model size preset
+    suite: str = "convergence"
+
+    @property
+    def id(self) -> str:
+        """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0`` (``-lrx3`` when the
+        LR is scaled)."""
+        base = f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}-s{self.seed}"
+        return base if self.lr_scale == 1.0 else f"{base}-lrx{self.lr_scale:g}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A named grid preset: the axes a suite expands, before command-line overrides."""
+
+    models: tuple[str, ...]
+    optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
+    schedulers: tuple[str, ...] = tuple(SCHEDULERS)
+    warmups: tuple[str, ...] = WARMUPS
+    precisions: tuple[str, ...] = ("fp32",)
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 200  # optimizer steps per run
+    size: str = "tiny"  # model size preset
+    devices: tuple[str, ...] = ()  # () = every available device type
+
+    def specs(self) -> list[RunSpec]:
+        """The grid in a fixed order (the same on every xdist worker)."""
+        return [
+            RunSpec(m, o, s, w, d, p, seed, self.steps, 1.0, self.size)
+            for d, m, o, s, w, p, seed in itertools.product(
+                self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.seeds
+            )
+        ]
+
+
+GRIDS: dict[str, Grid] = {
+    # < 1 minute on 2 CPU cores: both model families, two optimizers, one schedule with warmup
+    "smoke": Grid(models=("gpt", "resnet"), optimizers=("adamw", "sgd"), schedulers=("cosine",),
+                  warmups=("linear",), steps=60),
+    # the chapter's full recipe grid on the CPU-sized models: 2 x 3 x 5 x 2 = 60 runs
+    "default": Grid(models=("gpt", "resnet"), steps=200),
+    # GPU nightly: larger presets, torchvision's resnet18, fp32 and bf16
+    "nightly": Grid(models=("gpt", "resnet", "resnet18"), precisions=("fp32", "bf16"), steps=1000, size="small"),
+}
+
+
+def parse_names(value: str | None, valid, what: str) -> tuple[str, ...] | None:
+    """Comma list of names, each in ``valid``; None passes through (use the grid's)."""
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise SpecError(f"--{what} is empty; valid: {', '.join(valid)}")
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise SpecError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_seeds(value: str | None) -> tuple[int, ...] | None:
+    """Comma list of non-negative integer seeds, e.g. ``0,1,2``."""
+    if value is None:
+        return None
+    try:
+        seeds = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise SpecError(f"--seeds {value!r} is not a comma list of integers (e.g. 0,1,2)") from None
+    if any(s < 0 for s in seeds):
+        raise SpecError(f"--seeds {value!r}: seeds must be >= 0")
+    return tuple(dict.fromkeys(seeds))
+
+
+def parse_positive_int(value, what: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"--{what} {value!r} is not an integer") from None
+    if n < 1:
+        raise SpecError(f"--{what} {n}: must be at least 1")
+    return n
+
+
+def parse_grid(name: str | None) -> Grid:
+    name = name or "default"
+    if name not in GRIDS:
+        raise SpecError(f"unknown grid {name!r}; valid: {', '.join(GRIDS)}")
+    return GRIDS[name]
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Command-line choices (None = the grid preset's value)."""
+
+    grid: str | None = None
+    models: str | None = None
+    optimizers: str | None = None
+    schedulers: str | None = None
+    warmup: str | None = None
+    precision: str | None = None
+    seeds: str | None = None
+    steps: str | int | None = None
+    size: str | None = None
+    devices: tuple[str, ...] = field(default_factory=tuple)  # resolved device types
+
+
+def resolve_grid(opts: GridOptions) -> Grid:
+    """Apply overrides to the preset, validating each; raises SpecError."""
+    g = parse_grid(opts.grid)
+    steps = parse_positive_int(opts.steps, "steps")
+    if steps is not None and steps < 2:
+        raise SpecError(f"--steps {steps}: a run needs at least 2 steps")
+    overrides = dict(
+        models=parse_names(opts.models, tuple(MODELS), "models"),
+        optimizers=parse_names(opts.optimizers, tuple(OPTIMIZERS), "optimizers"),
+        schedulers=parse_names(opts.schedulers, tuple(SCHEDULERS), "schedulers"),
+        warmups=parse_names(opts.warmup, WARMUPS, "warmup"),
+        precisions=parse_names(opts.precision, PRECISIONS, "precision"),
+        seeds=parse_seeds(opts.seeds),
+        steps=steps,
+        size=parse_names(opts.size, ("tiny", "small"), "size")[0] if opts.size else None,
+        devices=opts.devices or None,
+    )
+    return replace(g, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,182 @@
+"""``run(spec) -> RunResult``: build data, model and recipe, train, judge, measure.
+
+Per step the loop records the LR the optimizer step used, the loss, the global gradient norm
+(before any clipping; there is none) and the host time since the loop began. Values stay on the
+device and are read in batches of ``SYNC_EVERY`` steps (one host synchronisation per batch), then
+fed to ``detect.Monitor``; a diverged run stops at the next read, within ``SYNC_EVERY`` steps.
+A run that raises returns a row with status ``error`` and the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from . import data, determinism, env
+from .detect import Monitor, Thresholds
+from .models import MODELS, block_size, build_model, count_params
+from .recipes import build_optimizer, build_schedule
+from .spec import RunSpec
+
+SYNC_EVERY = 10  # steps between host reads of loss / grad norm (and RSS samples)
+MB = 1024 * 1024
+DEFAULT_DATA_DIR = Path("reports/data")
+
+
+@dataclass
+class RunResult:
+    row: dict  # one runs.csv row
+    steps: list[dict] = field(default_factory=list)  # steps.csv rows
+    events: list[dict] = field(default_factory=list)  # events.csv rows
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 over the state dict in key order: name, dtype, shape and raw bytes of each
+    tensor, so equal hashes mean bitwise-equal weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def identity(spec: RunSpec) -> dict:
+    return dict(run_id=spec.id, suite=spec.suite, model=spec.model, optimizer=spec.optimizer,
+                scheduler=spec.scheduler, warmup=spec.warmup, device=spec.device, precision=spec.precision,
+                seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps, model_size=spec.size)
+
+
+def provenance(spec: RunSpec, worker: str) -> dict:
+    row = env.versions()
+    row.update(env.memory())
+    row.update(device_name=env.device_name(spec.device), num_threads=torch.get_num_threads(), worker=worker)
+    return row
+
+
+@torch.no_grad()
+def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, str]:
+    """(val_loss, val_metric, metric name) on the held-out split: accuracy for images, the
+    loss itself for the LM."""
+    model.eval()
+    total_loss, total_correct, n = 0.0, 0, 0
+    for x, y in data.val_batches(ds, device):
+        with autocast:
+            if ds.task == "lm":
+                loss = model.loss((x, y))
+            else:
+                logits = model(x).float()
+                loss = torch.nn.functional.cross_entropy(logits, y)
+                total_correct += int((logits.argmax(1) == y).sum())
+        total_loss += float(loss) * len(x)
+        n += len(x)
+    model.train()
+    val_loss = total_loss / n
+    return (val_loss, val_loss, "val_loss") if ds.task == "lm" else (val_loss, total_correct / n, "val_accuracy")
+
+
+def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
+        thresholds: Thresholds | None = None, worker: str = "") -> RunResult:
+    """Train one grid point. Never raises for a failing run: the row says ``error`` and why."""
+    started = utc_now()
+    try:
+        result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker)
+    except Exception as e:  # the row must exist whatever broke
+        result = RunResult(dict(identity(spec), status="error",
+                                status_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                              f" [{traceback.extract_tb(e.__traceback__)[-1].name}]"))
+        result.row.update(provenance(spec, worker))
+    result.row["started_at"] = started
+    return result
+
+
+def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str) -> RunResult:
+    entry = MODELS[spec.model]
+    device = torch.device(spec.device)
+    deterministic = determinism.apply(spec.seed, spec.device)
+    ds = data.load(entry.task, block_size(spec.model, spec.size), str(data_dir), data_root)
+    model = build_model(spec.model, spec.size, ds.info).to(device)
+    opt, opt_kw = build_optimizer(spec.optimizer, model, spec.lr_scale)
+    sched, sched_kw = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
+    batch_size = entry.batch_size[spec.size]
+    params = [p for g in opt.param_groups for p in g["params"]]
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if spec.precision == "bf16"
+                else nullcontext())
+    monitor = Monitor(loss_floor=ds.loss_floor, thresholds=thresholds)
+    proc = psutil.Process()
+    peak_rss = proc.memory_info().rss
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    steps: list[dict] = []
+    pending: list[tuple[int, float, torch.Tensor, torch.Tensor, float]] = []
+    max_grad = 0.0
+    t0 = time.perf_counter()
+    for step in range(1, spec.steps + 1):
+        x, y = data.train_batch(ds, spec.seed, step, batch_size, device)
+        lr = opt.param_groups[0]["lr"]
+        with autocast:
+            loss = model.loss((x, y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        opt.step()
+        if step < spec.steps:  # the schedule covers exactly spec.steps optimizer steps
+            sched.step()
+        pending.append((step, lr, loss.detach(), grad_norm, time.perf_counter() - t0))
+        if step % SYNC_EVERY == 0 or step == spec.steps:
+            values = torch.stack([torch.stack((l.float(), g.float())) for _, _, l, g, _ in pending]).tolist()
+            for (s, s_lr, _, _, elapsed), (l_val, g_val) in zip(pending, values):
+                steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed))
+                monitor.update(s, l_val, g_val)
+                if math.isfinite(g_val):
+                    max_grad = max(max_grad, g_val)
+            pending.clear()
+            peak_rss = max(peak_rss, proc.memory_info().rss)
+            if monitor.diverged:
+                break
+    if on_cuda:
+        torch.cuda.synchronize()
+    runtime = time.perf_counter() - t0
+    steps_run = len(steps)
+
+    val_loss, val_metric, metric_name = evaluate(model, ds, device, autocast)
+    verdict = monitor.verdict()
+    recipe = dict(optimizer=opt_kw, schedule=sched_kw, batch_size=batch_size, model_size=spec.size,
+                  sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
+    row = identity(spec)
+    row.update(
+        warmup_steps=sched_kw["warmup_steps"], lr=opt_kw["lr"], batch_size=batch_size,
+        model_params=count_params(model), recipe=json.dumps(recipe, sort_keys=True),
+        status=verdict.status, status_reason=verdict.reason, divergence_step=verdict.divergence_step,
+        first_event_step=verdict.first_event_step, n_loss_spikes=verdict.n_loss_spikes,
+        n_grad_spikes=verdict.n_grad_spikes, initial_loss=verdict.initial_loss, final_loss=verdict.final_loss,
+        min_loss=verdict.min_loss, val_loss=val_loss, val_metric=val_metric, loss_floor=ds.loss_floor,
+        max_grad_norm=max_grad, weights_sha256=weights_sha256(model),
+        runtime_s=runtime, steps_per_s=steps_run / runtime, samples_per_s=steps_run * batch_size / runtime,
+        peak_rss_mb=peak_rss / MB, peak_device_mem_mb=torch.cuda.max_memory_allocated() / MB if on_cuda else math.nan,
+        data_path=str(ds.path.resolve()), data_sha256=ds.sha256, data_name=ds.name, deterministic=deterministic,
+        steps_run=steps_run, val_metric_name=metric_name,
+    )
+    row.update(provenance(spec, worker))
+    events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
+    return RunResult(row, steps, events)
