@@ -1,0 +1,158 @@
+"""The command line and the suite as users run them (subprocesses)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from diagnostics import data, detect, devices, report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def diagnostics(*args):
+    return run("-m", "diagnostics", *args)
+
+
+def assert_one_line_error(proc, code, pattern):
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert pattern in lines[0]
+
+
+ABSENT = next((d for d in devices.DEVICE_TYPES if not devices.is_available(d)), None)
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--optimizers", "adam"], "unknown optimizers 'adam'; valid: adamw, sgd, lion"),
+    (["--schedulers", "poly"], "valid: constant, step, cosine, cosine_restarts, onecycle"),
+    (["--models", "bert"], "valid: gpt, resnet, resnet18, vit"),
+    (["--grid", "huge"], "unknown grid 'huge'; valid: smoke, default, nightly"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--seeds", "x"], "--seeds 'x' is not a comma list of integers"),
+    (["--data-root", "/nonexistent/data"], "--data-root /nonexistent/data does not exist"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, pattern, tmp_path):
+    proc = diagnostics("run", "--report-dir", str(tmp_path / "r"), *args)
+    assert_one_line_error(proc, 2, pattern)
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+@pytest.mark.skipif(ABSENT is None, reason="every device type is present")
+def test_absent_device_fails_the_whole_session():
+    proc = diagnostics("run", "--devices", ABSENT)
+    assert_one_line_error(proc, 2, f"requested device {ABSENT} is not available")
+    # the suite itself, run by pytest directly, fails the same way (no silent skips)
+    proc = run("-m", "pytest", "suites/test_convergence.py", "--devices", ABSENT, "-p", "no:cacheprovider")
+    assert proc.returncode == 4 and f"requested device {ABSENT} is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_pytest_rejects_bad_options_in_one_line():
+    proc = run("-m", "pytest", "suites/test_convergence.py", "--optimizers", "adam", "-p", "no:cacheprovider")
+    assert proc.returncode == 4 and "unknown optimizers 'adam'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_env_prints_what_the_report_records():
+    proc = diagnostics("env")
+    assert proc.returncode == 0
+    env = dict(line.split(",", 1) for line in proc.stdout.splitlines())
+    assert env["torch_version"] == torch.__version__ and "cpu" in env["available_devices"]
+
+
+@pytest.fixture(scope="module")
+def smoke_reports(tmp_path_factory):
+    """The smoke grid (20 steps) without and with xdist."""
+    out = {}
+    for workers in ("0", "2"):
+        d = tmp_path_factory.mktemp(f"smoke-n{workers}")
+        proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir", str(d),
+                           "--data-dir", str(d / "data"), "-n", workers)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        out[workers] = (d, proc)
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_grid_writes_the_three_reports(smoke_reports):
+    d, proc = smoke_reports["0"]
+    runs = report.read(d / "runs.csv")
+    assert len(runs) == 4 and (runs["baseline_check"] == "no baseline").all()
+    for name in ("steps.csv", "env.csv", "events.csv"):
+        assert (d / name).exists() or name == "events.csv"
+    steps = report.read(d / "steps.csv")
+    assert len(steps) == 4 * 20
+    # one progress line per run and the summary
+    for rid in runs["run_id"]:
+        assert rid in proc.stdout
+    assert "4 runs: 4 converged" in proc.stdout or "4 runs:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_every_row_is_honest(smoke_reports):
+    runs = report.read(smoke_reports["0"][0] / "runs.csv")
+    for row in runs.to_dict("records"):
+        assert Path(row["data_path"]).is_file()
+        assert data.sha256_file(Path(row["data_path"])) == row["data_sha256"]
+        assert row["torch_version"] == torch.__version__
+        assert row["runtime_s"] > 0 and row["steps_per_s"] > 0 and row["samples_per_s"] > 0
+        assert row["peak_rss_mb"] > 0
+        assert row["status"] in detect.STATUSES
+
+
+@pytest.mark.slow
+def test_xdist_gives_exactly_the_rows_of_one_process(smoke_reports):
+    (d0, _), (d2, _) = smoke_reports["0"], smoke_reports["2"]
+    a, b = report.read(d0 / "runs.csv"), report.read(d2 / "runs.csv")
+    cols = ["run_id", "status", "final_loss", "val_loss", "weights_sha256"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert set(b["worker"]) <= {"gw0", "gw1"} and a["worker"].isna().all()
+    sa, sb = report.read(d0 / "steps.csv"), report.read(d2 / "steps.csv")
+    trace = ["run_id", "step", "lr", "loss", "grad_norm"]
+    pd.testing.assert_frame_equal(sa[trace], sb[trace])
+
+
+@pytest.mark.slow
+def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
+    d0, _ = smoke_reports["0"]
+    base = tmp_path / "base" / "runs.csv"
+    common = ["run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--data-dir", str(d0 / "data"),
+              "--models", "gpt", "--baseline", str(base)]
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r1"), "--update-baseline")
+    assert proc.returncode == 0 and base.exists(), proc.stdout[-2000:]
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r2"))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert set(report.read(tmp_path / "r2" / "runs.csv")["baseline_check"]) == {"match"}
+
+    df = report.read(base)
+    df.loc[0, "status"] = "stalled"  # the candidate's "converged" is now an improvement
+    df.loc[1, "final_loss"] = df.loc[1, "final_loss"] * 2  # out of band
+    report.write_atomic(base, df)
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r3"))
+    assert proc.returncode == 1
+    assert "status stalled -> converged" in proc.stdout and "--update-baseline" in proc.stdout
+    assert "vs baseline" in proc.stdout and "band +/-" in proc.stdout
+    checks = report.read(tmp_path / "r3" / "runs.csv").set_index("run_id")["baseline_check"]
+    assert sorted(checks) == ["loss out of band", "status better"]
+
+
+def test_malformed_baseline_is_one_line(tmp_path):
+    bad = tmp_path / "runs.csv"
+    bad.write_text("not,a\nbaseline,file\n")
+    proc = diagnostics("run", "--grid", "smoke", "--devices", "cpu", "--baseline", str(bad),
+                       "--report-dir", str(tmp_path / "r"))
+    assert proc.returncode != 0 and "missing column" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
