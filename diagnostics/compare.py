@@ -17,12 +17,14 @@ from .detect import STATUS_RANK
 
 BASELINE_KEY = ["run_id", "steps", "model_size"]
 # Final-loss band: |candidate - baseline| <= max(REL_BAND * |baseline|, ABS_BAND).
-# REL_BAND: 3x the largest relative seed spread (std / mean of final loss over 5 seeds) measured
-# on the default CPU grid's converging configs (README, "Baseline band"), so a rerun on another
-# machine or torch release passes unless convergence really moved.
-REL_BAND = 0.15
-# ABS_BAND: near-zero losses (image runs reaching ~0.01) would make a relative band vanish.
-ABS_BAND = 0.05
+# A change of stack (machine, torch release) perturbs a run much as a change of seed does, so the
+# band is sized from the seed spread measured on the default CPU grid (5 seeds x 18 configs,
+# README "Baseline band"): the largest standard deviation of the final loss was 0.012 nats for
+# gpt (0.7% of its loss) and 0.065 for resnet. The band is at least 4 of those standard
+# deviations for every config, so a 60-config grid on a new stack raises a false alarm well under
+# 1% of the time, while a real change of convergence (tenths of a nat) still fails.
+REL_BAND = 0.05
+ABS_BAND = 0.3
 
 
 @dataclass(frozen=True)
