@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -132,6 +133,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def params_digest(params: dict) -> str:
+    """Short hash of every generator parameter and DATA_SEED: part of the file name, so a file
+    made with other parameters is never mistaken for this data."""
+    text = json.dumps(dict(params, data_seed=DATA_SEED, format=1), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def write_arrays(path: Path, arrays: list[np.ndarray]) -> None:
     """Write arrays as consecutive .npy records, atomically (safe when workers race)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +194,7 @@ def _image_dataset(name, path, sha, x_tr, y_tr, x_va, y_va) -> Dataset:
 
 def markov_dataset(data_dir: Path, block: int) -> Dataset:
     m = MARKOV
-    path = Path(data_dir) / f"markov-v{m['vocab']}-o{m['order']}-a{m['alpha']}-n{m['train_tokens']}-seed{DATA_SEED}.npy"
+    path = Path(data_dir) / f"markov-v{m['vocab']}-o{m['order']}-{params_digest(m)}.npy"
     if not path.exists():
         P = markov_transitions(m["vocab"], m["order"], m["alpha"], DATA_SEED)
         toks = sample_markov(P, m["vocab"], m["order"], m["train_tokens"] + m["val_tokens"], DATA_SEED + 1)
@@ -203,7 +211,7 @@ def markov_dataset(data_dir: Path, block: int) -> Dataset:
 
 def shapes_dataset(data_dir: Path) -> Dataset:
     s = SHAPES
-    path = Path(data_dir) / f"shapes-c{s['classes']}-{s['size']}px-n{s['train']}+{s['val']}-seed{DATA_SEED}.npy"
+    path = Path(data_dir) / f"shapes-c{s['classes']}-{s['size']}px-{params_digest(s)}.npy"
     if not path.exists():
         x, y = make_shapes(DATA_SEED, s["classes"], s["channels"], s["size"], s["train"] + s["val"], s["noise"], s["max_shift"])
         write_arrays(path, [x, y])

@@ -98,7 +98,11 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why."""
     started = utc_now()
     try:
-        result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker)
+        with determinism.nondeterministic_ops() as nondeterministic:
+            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker)
+        if nondeterministic:
+            result.row["deterministic"] = False
+            result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
     except Exception as e:  # the row must exist whatever broke
         result = RunResult(dict(identity(spec), status="error",
                                 status_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

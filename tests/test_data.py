@@ -105,3 +105,10 @@ def test_bad_roots_are_one_line_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.DataError, match="image folder"):
         data.load("image", 0, str(tmp_path), str(tmp_path / "empty"))
+
+
+def test_data_files_are_named_by_every_generator_parameter(tmp_path, monkeypatch):
+    a = data.shapes_dataset(tmp_path)
+    monkeypatch.setitem(data.SHAPES, "noise", data.SHAPES["noise"] + 1)
+    b = data.shapes_dataset(tmp_path)
+    assert a.path != b.path and a.sha256 != b.sha256
