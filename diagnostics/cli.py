@@ -97,6 +97,55 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_steps_table(path: Path):
+    """A user's steps table: run_id, step, loss, grad_norm (lr optional), numeric values."""
+    import pandas as pd
+
+    from . import report
+
+    try:
+        df = report.read(path, required=["run_id", "step", "loss", "grad_norm"])
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    if df.empty:
+        raise UsageError(f"{path}: no rows")
+    for col in ("step", "loss", "grad_norm") + (("lr",) if "lr" in df.columns else ()):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() & df[col].notna()
+        if col == "step":
+            bad |= values.isna()
+        if bad.any():
+            i = int(bad.idxmax())
+            raise UsageError(f"{path}: column {col} has a non-numeric value {df[col][i]!r} (data row {i + 1})")
+        df[col] = values
+    df["run_id"] = df["run_id"].astype(str)
+    return df
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from . import detect, report
+
+    steps_path = Path(args.steps_csv)
+    df = read_steps_table(steps_path)
+    out = Path(args.out) if args.out else steps_path.parent / "detect"
+    verdicts, events = detect.classify_table(df, loss_floor=args.loss_floor)
+    report.write_atomic(out / report.RUNS, report.frame(verdicts, detect.VERDICT_COLUMNS))
+    report.write_atomic(out / report.EVENTS, report.frame(events, report.EVENTS_COLUMNS))
+    counts = {}
+    for v in verdicts:
+        counts[v["status"]] = counts.get(v["status"], 0) + 1
+    print(f"{len(verdicts)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    print(f"wrote {out / report.RUNS} and {out / report.EVENTS}")
+    return 0
+
+
+def float_arg(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -108,6 +157,13 @@ def build_parser() -> Parser:
     run.add_argument("--quiet", action="store_true", help="no progress line per run")
     run.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
     run.set_defaults(func=cmd_run)
+
+    det = sub.add_parser("detect", help="classify the runs of any steps table (run_id, step, loss, grad_norm)")
+    det.add_argument("steps_csv", help="CSV with columns run_id, step, loss, grad_norm (lr optional)")
+    det.add_argument("--out", help="output folder for runs.csv and events.csv (default: detect/ beside the input)")
+    det.add_argument("--loss-floor", type=float_arg, default=float("nan"),
+                     help="lowest reachable loss, if known (default: unknown, taken as 0)")
+    det.set_defaults(func=cmd_detect)
 
     env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
     env.set_defaults(func=cmd_env)

@@ -68,7 +68,7 @@ class Event:
 @dataclass(frozen=True)
 class Verdict:
     status: str
-    reason: str
+    status_reason: str
     divergence_step: float  # NaN when the run did not diverge
     first_event_step: float  # NaN when there was no event
     n_loss_spikes: int
@@ -144,6 +144,17 @@ class Monitor:
         self._above = 0  # consecutive steps above the explosion line
         self._open_spike: tuple[int, float] | None = None  # (step, pre-spike mean) awaiting recovery
         self._early_max = -math.inf
+        self._layer_stats: dict[str, RollingStats] = {}
+
+    def _spiking_layer(self, layer_norms: dict[str, float]) -> str:
+        """The layer whose gradient norm rose most, in standard deviations over its history."""
+        def score(name):
+            st = self._layer_stats.get(name)
+            if st is None or len(st) < 2:
+                return -math.inf
+            return (layer_norms[name] - st.mean()) / max(st.std(), 1e-12)
+        worst = max(layer_norms, key=score)
+        return f"largest rise in {worst} ({score(worst):.1f} std)"
 
     @property
     def diverged(self) -> bool:
@@ -156,7 +167,9 @@ class Monitor:
         if not self.diverged:
             self.divergence_step, self.divergence_reason = step, reason
 
-    def update(self, step: int, loss: float, grad_norm: float) -> None:
+    def update(self, step: int, loss: float, grad_norm: float, layer_norms: dict[str, float] | None = None) -> None:
+        """Judge one step. ``layer_norms`` (gradient norm per layer, optional) lets a gradient
+        spike name the layer that moved most against its own history."""
         t = self.thresholds
         if self.diverged:
             return
@@ -188,10 +201,16 @@ class Monitor:
                                            ("grad_norm", grad_norm, self._grad_stats, "grad_spike")):
             thr = spike_threshold(stats, t)
             if value > thr:
-                self._emit(step, kind, signal, value, thr, f"> mean + {t.spike_sigmas:g} std of last {len(stats)}")
+                detail = f"> mean + {t.spike_sigmas:g} std of last {len(stats)}"
+                if kind == "grad_spike" and layer_norms:
+                    detail += f"; {self._spiking_layer(layer_norms)}"
+                self._emit(step, kind, signal, value, thr, detail)
                 if kind == "loss_spike" and self._open_spike is None:
                     self._open_spike = (step, stats.mean())
             stats.push(value)
+        if layer_norms:
+            for name, value in layer_norms.items():
+                self._layer_stats.setdefault(name, RollingStats(t.spike_window)).push(value)
         if self._open_spike is not None:
             s0, pre = self._open_spike
             if step > s0 and loss <= pre * (1 + t.recovery_band):
@@ -249,3 +268,18 @@ def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = fl
         if m.diverged:
             break
     return m.verdict(), m.events
+
+
+VERDICT_COLUMNS = ["run_id", "status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes",
+                   "n_grad_spikes", "initial_loss", "final_loss", "min_loss"]
+
+
+def classify_table(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")):
+    """Classify every run of a steps table (columns run_id, step, loss, grad_norm; numeric).
+    Returns (verdict rows, event rows) as lists of dicts in run order."""
+    verdicts, events = [], []
+    for run_id, trace in steps.sort_values(["run_id", "step"], kind="stable").groupby("run_id", sort=True):
+        v, evs = classify(trace, thresholds, loss_floor)
+        verdicts.append(dict(run_id=run_id, **{k: getattr(v, k) for k in VERDICT_COLUMNS[1:]}))
+        events += [dict(run_id=run_id, **e.__dict__) for e in evs]
+    return verdicts, events

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 
 from . import data, determinism, env
 from .detect import Monitor, Thresholds
+from .faults import Fault
 from .models import MODELS, block_size, build_model, count_params
 from .recipes import build_optimizer, build_schedule
 from .spec import RunSpec
@@ -53,6 +54,36 @@ def weights_sha256(model: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def layers_of(model: torch.nn.Module, params: list[torch.Tensor]) -> tuple[list[str], torch.Tensor]:
+    """Layer names (the module owning each parameter) and the 0/1 matrix (layers x params)
+    that sums each layer's parameters."""
+    owner = {id(p): name.rpartition(".")[0] or name for name, p in model.named_parameters()}
+    names = list(dict.fromkeys(owner[id(p)] for p in params))
+    assign = torch.zeros(len(names), len(params))
+    for j, p in enumerate(params):
+        assign[names.index(owner[id(p)]), j] = 1.0
+    return names, assign
+
+
+def layer_norms(param_norms: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
+    """Per-layer gradient norm: sqrt of the sum of its parameters' squared norms (a matmul,
+    deterministic on every device, unlike a scatter-add)."""
+    return (assign @ param_norms.float().square()).sqrt()
+
+
+@contextmanager
+def scaled_lr(opt: torch.optim.Optimizer, factor: float):
+    """Multiply every group's LR for one optimizer step, then restore it."""
+    saved = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["lr"] = g["lr"] * factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(opt.param_groups, saved):
+            g["lr"] = lr
 
 
 def utc_now() -> str:
@@ -94,12 +125,13 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
 
 
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
-        thresholds: Thresholds | None = None, worker: str = "") -> RunResult:
-    """Train one grid point. Never raises for a failing run: the row says ``error`` and why."""
+        thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None) -> RunResult:
+    """Train one grid point. Never raises for a failing run: the row says ``error`` and why.
+    ``fault`` injects a failure (tests and benchmarks of the detectors)."""
     started = utc_now()
     try:
         with determinism.nondeterministic_ops() as nondeterministic:
-            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker)
+            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault)
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
@@ -112,7 +144,8 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     return result
 
 
-def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str) -> RunResult:
+def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
+           fault: Fault | None) -> RunResult:
     entry = MODELS[spec.model]
     device = torch.device(spec.device)
     deterministic = determinism.apply(spec.seed, spec.device)
@@ -131,27 +164,38 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
 
+    layer_names, layer_assign = layers_of(model, params)
+    layer_assign = layer_assign.to(device)
     steps: list[dict] = []
-    pending: list[tuple[int, float, torch.Tensor, torch.Tensor, float]] = []
+    pending: list[tuple[int, float, torch.Tensor, float]] = []
     max_grad = 0.0
     t0 = time.perf_counter()
     for step in range(1, spec.steps + 1):
         x, y = data.train_batch(ds, spec.seed, step, batch_size, device)
-        lr = opt.param_groups[0]["lr"]
+        lr_factor = fault.lr_factor(step) if fault else 1.0
+        lr = opt.param_groups[0]["lr"] * lr_factor  # the LR this optimizer step uses
         with autocast:
             loss = model.loss((x, y))
+        if fault:
+            loss = fault.loss(step, loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        opt.step()
+        if fault:
+            fault.grads(step, params)
+        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
+        param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
+        grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
+        with scaled_lr(opt, lr_factor) if lr_factor != 1.0 else nullcontext():
+            opt.step()
         if step < spec.steps:  # the schedule covers exactly spec.steps optimizer steps
             sched.step()
-        pending.append((step, lr, loss.detach(), grad_norm, time.perf_counter() - t0))
+        pending.append((step, lr, torch.cat((loss.detach().float().view(1), grad_norm.view(1),
+                                             layer_norms(param_norms, layer_assign))), time.perf_counter() - t0))
         if step % SYNC_EVERY == 0 or step == spec.steps:
-            values = torch.stack([torch.stack((l.float(), g.float())) for _, _, l, g, _ in pending]).tolist()
-            for (s, s_lr, _, _, elapsed), (l_val, g_val) in zip(pending, values):
+            values = torch.stack([v for _, _, v, _ in pending]).tolist()  # one host sync per SYNC_EVERY steps
+            for (s, s_lr, _, elapsed), (l_val, g_val, *per_layer) in zip(pending, values):
                 steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed))
-                monitor.update(s, l_val, g_val)
+                monitor.update(s, l_val, g_val, dict(zip(layer_names, per_layer)))
                 if math.isfinite(g_val):
                     max_grad = max(max_grad, g_val)
             pending.clear()
@@ -171,7 +215,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     row.update(
         warmup_steps=sched_kw["warmup_steps"], lr=opt_kw["lr"], batch_size=batch_size,
         model_params=count_params(model), recipe=json.dumps(recipe, sort_keys=True),
-        status=verdict.status, status_reason=verdict.reason, divergence_step=verdict.divergence_step,
+        status=verdict.status, status_reason=verdict.status_reason, divergence_step=verdict.divergence_step,
         first_event_step=verdict.first_event_step, n_loss_spikes=verdict.n_loss_spikes,
         n_grad_spikes=verdict.n_grad_spikes, initial_loss=verdict.initial_loss, final_loss=verdict.final_loss,
         min_loss=verdict.min_loss, val_loss=val_loss, val_metric=val_metric, loss_floor=ds.loss_floor,

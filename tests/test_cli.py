@@ -156,3 +156,33 @@ def test_malformed_baseline_is_one_line(tmp_path):
                        "--report-dir", str(tmp_path / "r"))
     assert proc.returncode != 0 and "missing column" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_detect_classifies_a_users_steps_table(tmp_path):
+    from tests.traces import healthy, nan_at
+
+    frames = []
+    for run_id, (steps, loss, grad) in {"good": healthy(), "bad": nan_at(50)}.items():
+        frames.append(pd.DataFrame({"run_id": run_id, "step": steps, "loss": loss, "grad_norm": grad}))
+    src = tmp_path / "mine.csv"
+    pd.concat(frames).to_csv(src, index=False)
+    proc = diagnostics("detect", str(src), "--out", str(tmp_path / "out"), "--loss-floor", "1.7")
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")
+    assert runs.loc["good", "status"] == "converged" and runs.loc["bad", "status"] == "diverged_nonfinite"
+    assert runs.loc["bad", "divergence_step"] == 50
+    ev = pd.read_csv(tmp_path / "out" / "events.csv")
+    assert list(ev.columns) == report.EVENTS_COLUMNS and ev.iloc[0]["kind"] == "nonfinite"
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ("run_id,step,loss\nx,1,2.0\n", "missing column(s) grad_norm"),
+    ("run_id,step,loss,grad_norm\nx,1,abc,1.0\n", "column loss has a non-numeric value 'abc' (data row 1)"),
+    ("", "empty file"),
+    ("run_id,step,loss,grad_norm\n", "no rows"),
+])
+def test_detect_bad_tables_are_one_line(tmp_path, content, pattern):
+    src = tmp_path / "steps.csv"
+    src.write_text(content)
+    assert_one_line_error(diagnostics("detect", str(src)), 2, pattern)
+    assert_one_line_error(diagnostics("detect", str(tmp_path / "absent.csv")), 2, "no such file")
