@@ -195,7 +195,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
             values = torch.stack([v for _, _, v, _ in pending]).tolist()  # one host sync per SYNC_EVERY steps
             for (s, s_lr, _, elapsed), (l_val, g_val, *per_layer) in zip(pending, values):
                 steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed))
-                monitor.update(s, l_val, g_val, dict(zip(layer_names, per_layer)))
+                monitor.update(s, l_val, g_val, s_lr, dict(zip(layer_names, per_layer)))
                 if math.isfinite(g_val):
                     max_grad = max(max_grad, g_val)
             pending.clear()
