@@ -12,7 +12,8 @@ from pathlib import Path
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
-                "size", "data_root", "data_dir", "report_dir", "baseline")
+                "size", "lr_scales", "data_root", "data_dir", "report_dir", "baseline")
+SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py"}
 
 
 class UsageError(Exception):
@@ -27,7 +28,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_grid_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", help="grid preset: smoke, default, nightly (default: default)")
+    p.add_argument("--grid", help="grid preset: smoke, default, nightly, stability (default: the suite's)")
     p.add_argument("--models", help="comma list of: gpt, resnet, resnet18, vit")
     p.add_argument("--optimizers", help="comma list of: adamw, sgd, lion")
     p.add_argument("--schedulers", help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
@@ -37,6 +38,7 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="comma list of integer seeds (default: 0)")
     p.add_argument("--steps", help="optimizer steps per run (default: the grid's)")
     p.add_argument("--size", help="model size preset: tiny, small")
+    p.add_argument("--lr-scales", help="comma list of LR multipliers (default: the grid's)")
     p.add_argument("--data-root", help="real data: torchvision dataset / ImageFolder folder, or a text file")
     p.add_argument("--data-dir", help="where embedded data is written (default: reports/data)")
     p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
@@ -54,7 +56,8 @@ def validate_grid_options(args: argparse.Namespace) -> None:
         devs = resolve_devices(args.devices or "auto")
         resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
                                  schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
-                                 seeds=args.seeds, steps=args.steps, size=args.size, devices=devs))
+                                 seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,
+                                 devices=devs))
         if args.data_root:
             data.check_root(Path(args.data_root))
     except (SpecError, data.DataError) as e:
@@ -80,7 +83,7 @@ def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     validate_grid_options(args)
-    suite = SUITES / "test_convergence.py"
+    suite = SUITES / SUITE_FILES[args.suite]
     if not suite.exists():
         raise UsageError(f"suite not found at {suite}; run from a checkout (pip install -e .)")
     import pytest
@@ -150,7 +153,9 @@ def build_parser() -> Parser:
     parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    run = sub.add_parser("run", help="run the convergence grid through pytest and write reports")
+    run = sub.add_parser("run", help="run a suite's grid through pytest and write reports")
+    run.add_argument("--suite", choices=tuple(SUITE_FILES), default="convergence",
+                     help="convergence (default grid: default) or stability (LR sweep; grid: stability)")
     add_grid_options(run)
     run.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
     run.add_argument("-k", help="pytest -k expression to select runs by id")

@@ -4,44 +4,59 @@ wires it into pytest (and is the only module that imports pytest)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from . import compare, data, devices, env, report
+from . import compare, data, devices, env, report, stability, train
 from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, resolve_grid
 from .train import DEFAULT_DATA_DIR, RunResult
 
 DEFAULT_REPORT_DIR = Path("reports/latest")
+GRID_TESTS = ("test_convergence[", "test_stability[")  # test functions parametrized over a grid
 BASELINE_ROOT = Path("reports/baselines")
 
 
 @dataclass
 class Session:
-    grid_name: str
-    grid: Grid
-    specs: list[RunSpec]
+    """What one pytest session needs to run grid points. Each suite module names its default
+    grid (``GRID = "..."``); ``--grid`` overrides it for every suite."""
+
+    options: GridOptions  # command-line choices, validated; ``grid`` None = each suite's default
     report_dir: Path
     data_dir: Path
     data_root: str | None
-    baseline_path: Path
+    baseline_option: str | None
     update_baseline: bool
     quiet: bool
     worker: str
-    baseline: dict = field(default_factory=dict)  # key -> row
+    grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
+    baselines: dict = field(default_factory=dict)  # baseline path -> {key: row}
     prepared: bool = False
+
+    def grid(self, default: str = "default") -> Grid:
+        name = self.options.grid or default
+        if name not in self.grids:
+            self.grids[name] = resolve_grid(replace(self.options, grid=name))
+        return self.grids[name]
+
+    def baseline_path(self, grid_name: str) -> Path:
+        path = Path(self.baseline_option) if self.baseline_option else BASELINE_ROOT / grid_name
+        return path / report.RUNS if path.is_dir() or path.suffix != ".csv" else path
+
+    def baseline_row(self, grid_name: str, row: dict) -> dict | None:
+        path = self.baseline_path(grid_name)
+        if path not in self.baselines:
+            self.baselines[path] = load_baseline(path)
+        return self.baselines[path].get(compare.key_of(row))
 
     def record(self, result: RunResult) -> None:
         report.append(self.report_dir / report.RUNS, [result.row], report.RUNS_COLUMNS)
         report.append(self.report_dir / report.STEPS, result.steps, report.STEPS_COLUMNS)
         report.append(self.report_dir / report.EVENTS, result.events, report.EVENTS_COLUMNS)
-
-    def baseline_row(self, row: dict) -> dict | None:
-        return self.baseline.get(compare.key_of(row))
 
 
 SESSION = pytest.StashKey[Session]()
@@ -49,7 +64,7 @@ SESSION = pytest.StashKey[Session]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("diagnostics", "convergence diagnostics grid")
-    g.addoption("--grid", default=None, help="grid preset: smoke, default, nightly (default: default)")
+    g.addoption("--grid", default=None, help="grid preset: smoke, default, nightly, stability (default: the suite's)")
     g.addoption("--models", default=None, help=f"comma list of: {', '.join(MODELS)}")
     g.addoption("--optimizers", default=None, help="comma list of: adamw, sgd, lion")
     g.addoption("--schedulers", default=None, help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
@@ -60,6 +75,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--seeds", default=None, help="comma list of integer seeds (default: 0)")
     g.addoption("--steps", default=None, help="optimizer steps per run (default: the grid's)")
     g.addoption("--size", default=None, help="model size preset: tiny, small (default: the grid's)")
+    g.addoption("--lr-scales", default=None, help="comma list of LR multipliers (default: the grid's; 1)")
     g.addoption("--data-root", default=None, help="real data: a torchvision dataset or ImageFolder folder, "
                                                   "or a UTF-8 text file for the LM")
     g.addoption("--data-dir", default=str(DEFAULT_DATA_DIR), help="where embedded data is written once")
@@ -95,22 +111,23 @@ def load_baseline(path: Path) -> dict:
 
 def build_session(config: pytest.Config) -> Session:
     opt = config.getoption
-    devs = resolve_devices(opt("devices"))
-    grid = resolve_grid(GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
-                                    schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
-                                    seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), devices=devs))
-    grid_name = opt("grid") or "default"
-    baseline = Path(opt("baseline")) if opt("baseline") else BASELINE_ROOT / grid_name
-    if baseline.is_dir() or baseline.suffix != ".csv":
-        baseline = baseline / report.RUNS
+    options = GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
+                          schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
+                          seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), lr_scales=opt("lr_scales"),
+                          devices=resolve_devices(opt("devices")))
+    resolve_grid(replace(options, grid=options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
-    return Session(grid_name, grid, grid.specs(), Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"),
-                   baseline, opt("update_baseline"), opt("quiet_runs"), worker, load_baseline(baseline))
+    session = Session(options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
+                      opt("update_baseline"), opt("quiet_runs"), worker)
+    if opt("baseline"):
+        session.baseline_row(options.grid or "default", {k: "" for k in compare.BASELINE_KEY})  # fail early
+    return session
 
 
 def check_data(session: Session) -> None:
-    """Load every dataset the grid needs once, so bad data fails before any training."""
-    for task_block in {(MODELS[s.model].task, block_size(s.model, s.size)) for s in session.specs}:
+    """Load every dataset the grids may need once, so bad data fails before any training."""
+    specs = [s for name in ("default", session.options.grid) if name for s in session.grid(name).specs()]
+    for task_block in {(MODELS[s.model].task, block_size(s.model, s.size)) for s in specs}:
         data.load(*task_block, str(session.data_dir), session.data_root)
 
 
@@ -133,8 +150,36 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "run_spec" in metafunc.fixturenames:
-        specs = metafunc.config.stash[SESSION].specs
+        specs = metafunc.config.stash[SESSION].grid(getattr(metafunc.module, "GRID", "default")).specs()
         metafunc.parametrize("run_spec", specs, ids=[s.id for s in specs])
+
+
+def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
+    """The body of every grid test: train, check against the baseline, record, assert.
+    Without a baseline row the run must have finished with a full record."""
+    result = train.run(spec, session.data_dir, session.data_root, worker=session.worker)
+    check = compare.check(result.row, session.baseline_row(spec.grid, result.row))
+    result.row["baseline_check"] = check.label
+    session.record(result)
+    record_property("diagnostics_run", progress_line(result.row, check))
+    if result.status == "error" and check.label == "no baseline":
+        raise AssertionError(f"{spec.id} raised: {result.row['status_reason']}")
+    if result.status != "error":
+        missing = report.missing_fields(result.row)
+        assert not missing, f"{spec.id}: incomplete record, empty {missing}"
+    if not session.update_baseline:
+        assert check.ok, check.message
+
+
+def progress_line(row: dict, check: compare.BaselineCheck) -> str:
+    return (f"{row['run_id']:<48} {row['status']:<19} final {float(row.get('final_loss', 'nan')):8.4f}  "
+            f"{float(row.get('runtime_s', 'nan')):6.1f}s  {check.label}")
+
+
+@pytest.fixture
+def grid_point(diagnostics_session, record_property):
+    """Call with the test's RunSpec: runs and checks it (see run_grid_point)."""
+    return lambda spec: run_grid_point(spec, diagnostics_session, record_property)
 
 
 def prepare_reports(config: pytest.Config) -> None:
@@ -144,7 +189,7 @@ def prepare_reports(config: pytest.Config) -> None:
         return
     session.prepared = True
     report.reset(session.report_dir)
-    report.write_env(session.report_dir, env.capture(session.grid.devices))
+    report.write_env(session.report_dir, env.capture(session.options.devices))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -157,10 +202,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_node_collection_finished(node, ids) -> None:
-    config = node.config
-    spec_ids = {s.id for s in config.stash[SESSION].specs}
-    if any(i.rpartition("[")[2].rstrip("]") in spec_ids for i in ids):
-        prepare_reports(config)
+    """Under xdist the controller does not collect; it sees the workers' test ids."""
+    if any(i.rpartition("::")[2].startswith(GRID_TESTS) for i in ids):
+        prepare_reports(node.config)
 
 
 @pytest.fixture(scope="session")
@@ -208,8 +252,10 @@ class Progress:
         terminalreporter.write_sep("-", "diagnostics")
         terminalreporter.write_line(f"{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
         terminalreporter.write_line(f"reports: {session.report_dir}/ ({', '.join(report.SCHEMAS)})")
+        if (session.report_dir / stability.STABILITY).exists():
+            terminalreporter.write_line(stability.summary(report.read_csv(session.report_dir / stability.STABILITY)))
         if session.update_baseline:
-            terminalreporter.write_line(f"baseline updated: {session.baseline_path}")
+            terminalreporter.write_line("baseline updated")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
@@ -219,6 +265,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         return
     report.finalize(s.report_dir)
     runs_path = s.report_dir / report.RUNS
-    if s.update_baseline and runs_path.exists():
-        old = report.read(s.baseline_path) if s.baseline_path.exists() else None
-        report.write_atomic(s.baseline_path, compare.merge_baseline(old, report.read(runs_path)))
+    if not runs_path.exists():
+        return
+    runs = report.read(runs_path)
+    if s.update_baseline:
+        for grid_name, rows in runs.groupby("grid"):
+            path = s.baseline_path(grid_name)
+            old = report.read(path) if path.exists() else None
+            report.write_atomic(path, compare.merge_baseline(old, rows))
+    table = stability.table(runs)
+    if not table.empty:
+        report.write_atomic(s.report_dir / stability.STABILITY, table)

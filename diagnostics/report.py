@@ -25,7 +25,7 @@ COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device
 PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version", "lion_pytorch_version",
               "python_version", "cuda_version", "cudnn_version", "platform", "cpu_model", "num_threads",
               "deterministic", "git_sha", "started_at", "worker"]
-EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check"]  # beyond the contract; appended last
+EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid"]  # beyond the contract; appended last
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s"]
 EVENTS_COLUMNS = ["run_id", "step", "kind", "signal", "value", "threshold", "detail"]
@@ -130,16 +130,19 @@ def reset(report_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-# columns every finished run must fill (an ``error`` row needs only identity + reason)
+# columns every run that trained must fill (an ``error`` row needs only identity + reason)
 REQUIRED = ["run_id", "model", "optimizer", "scheduler", "warmup", "device", "precision", "seed", "lr", "steps",
-            "batch_size", "model_params", "recipe", "status", "status_reason", "initial_loss", "final_loss",
-            "val_loss", "val_metric", "weights_sha256", "runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb",
-            "mem_total_mb", "mem_available_mb", "data_path", "data_sha256", "torch_version", "python_version",
-            "platform", "num_threads", "deterministic", "started_at"]
+            "batch_size", "model_params", "recipe", "status", "status_reason", "weights_sha256", "runtime_s",
+            "steps_per_s", "samples_per_s", "peak_rss_mb", "mem_total_mb", "mem_available_mb", "data_path",
+            "data_sha256", "torch_version", "python_version", "platform", "num_threads", "deterministic",
+            "started_at"]
+# ... and a run that did not diverge has losses too (a diverged one may have none that are finite)
+REQUIRED_LOSSES = ["initial_loss", "final_loss", "val_loss", "val_metric"]
 
 
 def missing_fields(row: dict) -> list[str]:
     """Required columns a runs.csv row leaves empty."""
     def empty(v):
         return v is None or v == "" or (isinstance(v, float) and v != v)
-    return [c for c in REQUIRED if empty(row.get(c))]
+    required = REQUIRED + ([] if str(row.get("status", "")).startswith("diverged") else REQUIRED_LOSSES)
+    return [c for c in required if empty(row.get(c))]

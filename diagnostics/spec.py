@@ -31,7 +31,8 @@ class RunSpec:
     steps: int = 200  # optimizer steps
     lr_scale: float = 1.0  # multiplies the recipe's LR
     size: str = "tiny"  # model size preset
-    suite: str = "convergence"
+    suite: str = "convergence"  # the suite that runs it
+    grid: str = "default"  # the grid preset it belongs to (names its baseline)
 
     @property
     def id(self) -> str:
@@ -48,12 +49,15 @@ class RunSpec:
 class Grid:
     """A named grid preset: the axes a suite expands, before command-line overrides."""
 
+    name: str
+    suite: str  # convergence or stability
     models: tuple[str, ...]
     optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
     schedulers: tuple[str, ...] = tuple(SCHEDULERS)
     warmups: tuple[str, ...] = WARMUPS
     precisions: tuple[str, ...] = ("fp32",)
     seeds: tuple[int, ...] = (0,)
+    lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
     size: str = "tiny"  # model size preset
     devices: tuple[str, ...] = ()  # () = every available device type
@@ -61,21 +65,25 @@ class Grid:
     def specs(self) -> list[RunSpec]:
         """The grid in a fixed order (the same on every xdist worker)."""
         return [
-            RunSpec(m, o, s, w, d, p, seed, self.steps, 1.0, self.size)
-            for d, m, o, s, w, p, seed in itertools.product(
-                self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.seeds
-            )
+            RunSpec(m, o, s, w, d, p, seed, self.steps, lr, self.size, self.suite, self.name)
+            for d, m, o, s, w, p, seed, lr in itertools.product(
+                self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.seeds,
+                self.lr_scales)
         ]
 
 
 GRIDS: dict[str, Grid] = {
     # < 1 minute on 2 CPU cores: both model families, two optimizers, one schedule with warmup
-    "smoke": Grid(models=("gpt", "resnet"), optimizers=("adamw", "sgd"), schedulers=("cosine",),
-                  warmups=("linear",), steps=60),
+    "smoke": Grid("smoke", "convergence", models=("gpt", "resnet"), optimizers=("adamw", "sgd"),
+                  schedulers=("cosine",), warmups=("linear",), steps=60),
     # the chapter's full recipe grid on the CPU-sized models: 2 x 3 x 5 x 2 = 60 runs
-    "default": Grid(models=("gpt", "resnet"), steps=200),
+    "default": Grid("default", "convergence", models=("gpt", "resnet"), steps=200),
     # GPU nightly: larger presets, torchvision's resnet18, fp32 and bf16
-    "nightly": Grid(models=("gpt", "resnet", "resnet18"), precisions=("fp32", "bf16"), steps=1000, size="small"),
+    "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), precisions=("fp32", "bf16"),
+                    steps=1000, size="small"),
+    # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
+    "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
+                      lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
 }
 
 
@@ -103,6 +111,19 @@ def parse_seeds(value: str | None) -> tuple[int, ...] | None:
     if any(s < 0 for s in seeds):
         raise SpecError(f"--seeds {value!r}: seeds must be >= 0")
     return tuple(dict.fromkeys(seeds))
+
+
+def parse_lr_scales(value: str | None) -> tuple[float, ...] | None:
+    """Comma list of positive LR multipliers, e.g. ``0.3,1,3``."""
+    if value is None:
+        return None
+    try:
+        scales = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise SpecError(f"--lr-scales {value!r} is not a comma list of numbers (e.g. 0.3,1,3)") from None
+    if any(not (0 < x < float("inf")) for x in scales):
+        raise SpecError(f"--lr-scales {value!r}: multipliers must be positive and finite")
+    return tuple(sorted(set(scales)))
 
 
 def parse_positive_int(value, what: str) -> int | None:
@@ -137,6 +158,7 @@ class GridOptions:
     seeds: str | None = None
     steps: str | int | None = None
     size: str | None = None
+    lr_scales: str | None = None
     devices: tuple[str, ...] = field(default_factory=tuple)  # resolved device types
 
 
@@ -153,6 +175,7 @@ def resolve_grid(opts: GridOptions) -> Grid:
         warmups=parse_names(opts.warmup, WARMUPS, "warmup"),
         precisions=parse_names(opts.precision, PRECISIONS, "precision"),
         seeds=parse_seeds(opts.seeds),
+        lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,
         size=parse_names(opts.size, ("tiny", "small"), "size")[0] if opts.size else None,
         devices=opts.devices or None,

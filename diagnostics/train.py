@@ -93,7 +93,7 @@ def utc_now() -> str:
 def identity(spec: RunSpec) -> dict:
     return dict(run_id=spec.id, suite=spec.suite, model=spec.model, optimizer=spec.optimizer,
                 scheduler=spec.scheduler, warmup=spec.warmup, device=spec.device, precision=spec.precision,
-                seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps, model_size=spec.size)
+                seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps, model_size=spec.size, grid=spec.grid)
 
 
 def provenance(spec: RunSpec, worker: str) -> dict:

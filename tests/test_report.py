@@ -67,8 +67,11 @@ def test_bad_csvs_are_one_line_errors(tmp_path, content, match):
 
 
 def test_missing_fields_lists_empty_required_columns():
-    r = {c: 1 for c in report.REQUIRED}
+    r = {c: 1 for c in report.REQUIRED + report.REQUIRED_LOSSES}
+    r["status"] = "converged"
     assert report.missing_fields(r) == []
     r["final_loss"] = math.nan
     r["data_path"] = ""
-    assert report.missing_fields(r) == ["final_loss", "data_path"]
+    assert report.missing_fields(r) == ["data_path", "final_loss"]
+    r["status"] = "diverged_nonfinite"  # a diverged run may have no finite loss at all
+    assert report.missing_fields(r) == ["data_path"]
