@@ -142,6 +142,66 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def names_arg(valid):
+    def parse(text: str) -> list[str]:
+        from .spec import SpecError, parse_names
+
+        try:
+            return list(parse_names(text, tuple(valid), "names"))
+        except SpecError as e:
+            raise argparse.ArgumentTypeError(str(e).replace("names", "value")) from None
+    return parse
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 2")
+    return n
+
+
+def report_dir_arg(text: str) -> Path:
+    path = Path(text)
+    if not (path / "runs.csv").is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a report directory (no runs.csv)")
+    return path
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plots, report
+
+    try:
+        if args.what == "lr":
+            if args.all:
+                paths = [plots.plot_lr_all(args.optimizer, args.steps, Path(args.out))]
+            else:
+                paths = [plots.plot_lr(args.schedulers, args.optimizer, args.warmup, args.steps, Path(args.out))]
+        elif args.what == "runs":
+            paths = plots.plot_runs(args.report_dir, Path(args.out))
+        else:
+            paths = plots.plot_compare(args.baseline_dir, args.candidate_dir, Path(args.out))
+            if not paths:
+                print("no config changed: nothing to plot")
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import page, report
+
+    try:
+        print(page.write(args.report_dir))
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def float_arg(text: str) -> float:
     try:
         return float(text)
@@ -169,6 +229,31 @@ def build_parser() -> Parser:
     det.add_argument("--loss-floor", type=float_arg, default=float("nan"),
                      help="lowest reachable loss, if known (default: unknown, taken as 0)")
     det.set_defaults(func=cmd_detect)
+
+    from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+
+    plot = sub.add_parser("plot", help="figures: lr (schedules), runs (loss curves), compare (two reports)")
+    what = plot.add_subparsers(dest="what", required=True, parser_class=Parser)
+    lr = what.add_parser("lr", help="LR vs step of the grid's own schedules on one axes")
+    lr.add_argument("--schedulers", type=names_arg(SCHEDULERS), default=["onecycle", "cosine"],
+                    help="comma list (default: onecycle,cosine, the chapter's exercise)")
+    lr.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw")
+    lr.add_argument("--warmup", type=names_arg(WARMUPS), default=["none"], help="comma list of none, linear")
+    lr.add_argument("--steps", type=positive_int, default=200)
+    lr.add_argument("--all", action="store_true", help="every scheduler x warmup as small multiples")
+    lr.add_argument("--out", required=True, help="PNG file")
+    runs = what.add_parser("runs", help="loss curves of a report directory")
+    runs.add_argument("report_dir", type=report_dir_arg)
+    runs.add_argument("--out", required=True, help="folder for the PNG files")
+    cmp_ = what.add_parser("compare", help="baseline vs candidate curves of every config that changed")
+    cmp_.add_argument("baseline_dir", type=report_dir_arg)
+    cmp_.add_argument("candidate_dir", type=report_dir_arg)
+    cmp_.add_argument("--out", required=True, help="folder for the PNG file")
+    plot.set_defaults(func=cmd_plot)
+
+    rep = sub.add_parser("report", help="write REPORT_DIR/index.html (runs table, figures, environment)")
+    rep.add_argument("report_dir", type=report_dir_arg)
+    rep.set_defaults(func=cmd_report)
 
     env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
     env.set_defaults(func=cmd_env)

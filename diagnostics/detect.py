@@ -5,10 +5,11 @@ abort (``diverged``); ``classify`` replays a recorded trace through the very sam
 Statuses (DESIGN.md's vocabulary) are decided here and nowhere else:
 
 - ``diverged_nonfinite``: the loss or the gradient norm became NaN/inf;
-- ``diverged_exploded``: the loss stayed above ``explode_factor`` x its early level for
-  ``explode_patience`` consecutive steps;
-- ``stalled``: the run closed less than ``stall_min_progress`` of the gap between its early loss
-  and the loss floor (the data's entropy rate where known, else 0);
+- ``diverged_exploded``: the loss stayed above ``explode_factor`` x its initial level for
+  ``explode_patience`` consecutive steps, or went back above the initial level after closing
+  half of the gap;
+- ``stalled``: the run closed less than ``stall_min_progress`` of the gap between its initial
+  loss and the loss floor (the data's entropy rate where known, else 0);
 - ``unstable``: converged, but with at least ``unstable_min_spikes`` loss/gradient spikes and a
   spike rate above ``unstable_spike_rate``;
 - ``converged``: none of the above. ``error`` (the run raised) is set by the trainer.
@@ -40,7 +41,7 @@ class Thresholds:
     spike_min_history: int = 64
     spike_sigmas: float = 6.0
     spike_ema: float = 0.3
-    # The relative residual's scale is floored at 10% of the signal's early level: a loss near
+    # The relative residual's scale is floored at 10% of the signal's initial level: a loss near
     # zero has heavy-tailed batch noise not proportional to its level (seen here: ResNet-8 with SGD
     # at loss ~0.05 swings 0.02-0.2 from batch to batch, which without the floor read as spikes).
     spike_min_scale: float = 0.1
@@ -55,16 +56,20 @@ class Thresholds:
     # Megatron-LM: a loss >= 10x the largest of the first 100 values is "spiky" (catastrophic).
     catastrophic_factor: float = 10.0
     catastrophic_reference_steps: int = 100
-    # Explosion, either of: the loss stays above 3x its early level for 10 steps in a row (cross-
+    # Explosion, either of: the loss stays above 3x its initial level for 10 steps in a row (cross-
     # entropy starts near ln(classes): 3x that is no warm-restart bump, which brings the loss back
     # towards, not past, where training began); or a run that had closed half of its gap to the
-    # floor is back above its early level for 10 steps (all learning lost).
+    # floor is back above its initial level for 10 steps (all learning lost).
     explode_factor: float = 3.0
     explode_patience: int = 10
     relapse_min_progress: float = 0.5
-    early_steps: int = 5  # the early loss level is the mean of the first 5 steps
+    # The initial loss is that of the first step, computed before any update: the untrained
+    # model's, the same for every LR and schedule. (A mean over the first steps let a run whose
+    # huge LR blew the loss up to ~10 and back to chance level, 3.6, read as "converged"; seen
+    # here with AdamW at 1000x its LR.) A spike rule's smallest scale uses the first 5 values.
+    early_steps: int = 5
     late_fraction: float = 0.1  # the final loss level is the mean of the last 10% of steps
-    # Stalled: less than 20% of the gap between early loss and floor closed.
+    # Stalled: less than 20% of the gap between initial loss and floor closed.
     stall_min_progress: float = 0.2
     # Unstable: >= 3 spikes and more than 1 spike per 100 steps.
     unstable_min_spikes: int = 3
@@ -246,7 +251,7 @@ class Monitor:
         elif loss >= t.catastrophic_factor * self._early_max:
             self._emit(step, "catastrophic_spike", "loss", loss, t.catastrophic_factor * self._early_max,
                        f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
-        if n > t.early_steps and self._explosion(step, loss):
+        if n > 1 and self._explosion(step, loss):
             return
         grace = step <= self._grace_until
         for signal, value, rule, kind in (("loss", loss, self._loss_rule, "loss_spike"),
@@ -284,18 +289,16 @@ class Monitor:
             return False
         first = step - t.explode_patience + 1
         if loss > line:
-            how = f"above {line:.3g} ({t.explode_factor:g}x its early level)"
+            how = f"above {line:.3g} ({t.explode_factor:g}x its initial level)"
         else:
-            how = f"back above its early level {initial:.3g} after reaching {self._best:.3g}"
+            how = f"back above its initial level {initial:.3g} after reaching {self._best:.3g}"
         self._emit(first, "explosion", "loss", loss, line if loss > line else initial, f"{how} for {t.explode_patience} steps")
         self._diverge(first, f"loss {how} from step {first} for {t.explode_patience} steps")
         return True
 
     @property
     def initial_loss(self) -> float:
-        k = self.thresholds.early_steps
-        head = self.losses[:k]
-        return sum(head) / len(head) if head else math.nan
+        return self.losses[0] if self.losses else math.nan
 
     @property
     def final_loss(self) -> float:

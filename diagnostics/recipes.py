@@ -157,3 +157,19 @@ def build_schedule(optimizer: torch.optim.Optimizer, scheduler: str, warmup: str
         chain = sched.SequentialLR(optimizer, schedulers=[warm, main], milestones=[W])
     resolved.update(warmup_start_factor=1.0 / W, warmup_total_iters=max(W - 1, 1))
     return chain, resolved
+
+
+def lr_trace(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_scale: float = 1.0) -> list[float]:
+    """The LR of every optimizer step 1..total_steps of a recipe, obtained by driving the very
+    optimizer and schedule objects the grid trains with (on a stand-in two-layer model), per the
+    calling contract above. For plots and checks: no second implementation of any schedule."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    opt, _ = build_optimizer(optimizer, model, lr_scale)
+    sched, _ = build_schedule(opt, scheduler, warmup, total_steps)
+    lrs = []
+    for k in range(1, total_steps + 1):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if k < total_steps:
+            sched.step()
+    return lrs

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diagnostics import data, detect, devices, report
+from tests.conftest import diagnostics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,10 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(*args, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def diagnostics(*args):
-    return run("-m", "diagnostics", *args)
 
 
 def assert_one_line_error(proc, code, pattern):
@@ -71,19 +68,6 @@ def test_env_prints_what_the_report_records():
     assert proc.returncode == 0
     env = dict(line.split(",", 1) for line in proc.stdout.splitlines())
     assert env["torch_version"] == torch.__version__ and "cpu" in env["available_devices"]
-
-
-@pytest.fixture(scope="module")
-def smoke_reports(tmp_path_factory):
-    """The smoke grid (20 steps) without and with xdist."""
-    out = {}
-    for workers in ("0", "2"):
-        d = tmp_path_factory.mktemp(f"smoke-n{workers}")
-        proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir", str(d),
-                           "--data-dir", str(d / "data"), "-n", workers)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        out[workers] = (d, proc)
-    return out
 
 
 @pytest.mark.slow

@@ -1,0 +1,109 @@
+"""Figures and the HTML report page, as users produce them."""
+
+import re
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from matplotlib import image
+
+from diagnostics import plots, recipes, report
+from tests.conftest import diagnostics
+
+
+def test_default_lr_plot_shows_onecycle_and_cosine_on_one_axes(tmp_path):
+    out = tmp_path / "lr.png"
+    proc = diagnostics("plot", "lr", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and image.imread(out).std() > 0.01  # not blank
+
+
+def test_plotted_lr_is_what_training_records(smoke_reports):
+    d, _ = smoke_reports["0"]
+    steps = report.read(d / "steps.csv")
+    rid = "gpt-adamw-cosine-linear-cpu-fp32-s0"
+    recorded = steps[steps.run_id == rid].sort_values("step")["lr"].tolist()
+    plotted = plots.lr_traces(["cosine"], "adamw", ["linear"], 20)[("cosine", "linear")]
+    assert plotted == recorded
+
+
+def test_lr_plot_draws_the_traces_it_is_given(tmp_path, monkeypatch):
+    drawn = []
+    import matplotlib.axes
+
+    orig = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(list(a[1])) or orig(self, *a, **k))
+    plots.plot_lr(["onecycle", "cosine"], "adamw", ["none"], 50, tmp_path / "x.png")
+    assert drawn == [recipes.lr_trace("adamw", "onecycle", "none", 50), recipes.lr_trace("adamw", "cosine", "none", 50)]
+
+
+def test_plot_lr_all_and_bad_names(tmp_path):
+    assert diagnostics("plot", "lr", "--all", "--steps", "50", "--out", str(tmp_path / "all.png")).returncode == 0
+    proc = diagnostics("plot", "lr", "--schedulers", "poly", "--out", str(tmp_path / "x.png"))
+    assert proc.returncode == 2 and "unknown value 'poly'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_plot_runs_and_compare(smoke_reports, tmp_path):
+    d, _ = smoke_reports["0"]
+    proc = diagnostics("plot", "runs", str(d), "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "runs").glob("*.png"))
+    assert "curves-gpt-cpu-fp32-s0-lrx1.png" in names and "curves-resnet-cpu-fp32-s0-lrx1.png" in names
+    # a candidate whose gpt-sgd run got much worse: exactly that config is drawn
+    cand = tmp_path / "cand"
+    shutil.copytree(d, cand, ignore=shutil.ignore_patterns("data"))
+    runs = report.read(cand / "runs.csv")
+    runs.loc[runs.run_id == "gpt-sgd-cosine-linear-cpu-fp32-s0", "final_loss"] += 1.0
+    report.write_atomic(cand / "runs.csv", runs)
+    assert [c["run_id"] for _, c in plots.changed_configs(report.read(d / "runs.csv"), runs)] == \
+        ["gpt-sgd-cosine-linear-cpu-fp32-s0"]
+    proc = diagnostics("plot", "compare", str(d), str(cand), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0 and (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def test_plot_of_a_folder_without_reports_is_one_line(tmp_path):
+    proc = diagnostics("plot", "runs", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "not a report directory" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.slow
+def test_report_page_lists_every_run(smoke_reports, tmp_path):
+    src, _ = smoke_reports["0"]
+    d = tmp_path / "rep"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("data"))
+    proc = diagnostics("report", str(d))
+    assert proc.returncode == 0, proc.stderr
+    page = (d / "index.html").read_text()
+    runs = report.read(d / "runs.csv")
+    assert len(re.findall(r'<tr class="run">', page)) == len(runs) == 4
+    for rid in runs.run_id:
+        assert rid in page
+    for img in re.findall(r'<img src="([^"]+)"', page):
+        assert (d / img).is_file()
+    assert 'href="runs.csv"' in page and 'href="env.csv"' in page
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package: chromium); .ci/run installs it")
+def test_report_page_renders_in_headless_chromium(smoke_reports, tmp_path):
+    src, _ = smoke_reports["0"]
+    d = tmp_path / "rep"
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("data"))
+    assert diagnostics("report", str(d)).returncode == 0
+    url = (d / "index.html").resolve().as_uri()
+    profile = tmp_path / "profile"
+    shot = tmp_path / "shot.png"
+    common = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,1000", url], capture_output=True, timeout=120)
+    pixels = image.imread(shot)
+    assert pixels.std() > 0.02  # not a blank page
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('<tr class="run">') == len(pd.read_csv(d / "runs.csv")) == 4
