@@ -1,5 +1,6 @@
 """Cost of the suite's instrumentation (per-step grad norms, per-layer norms, batched host reads,
-the streaming Monitor, steps records) against a bare training loop, side by side in one run.
+the update-to-weight ratio every 10th step, the streaming Monitor, steps records) against a bare
+training loop, side by side in one run (probes off, as in the grids).
 
     python benchmarks/monitor_overhead.py [--model gpt] [--steps 200] [--rounds 5]
 
@@ -65,6 +66,8 @@ def instrumentation_alone(spec: RunSpec, repeats: int = 2000) -> float:
         gn = torch.linalg.vector_norm(norms)
         pending.append((step, 1e-3, torch.cat((loss.view(1), gn.view(1), train.layer_norms(norms, assign))), 0.0))
         if step % train.SYNC_EVERY == 0:
+            before = [p.detach().clone() for p in params]
+            train.update_ratio(params, before).tolist()
             values = torch.stack([v for _, _, v, _ in pending]).tolist()
             for (s, lr, _, el), (lv, gv, *per_layer) in zip(pending, values):
                 dict(run_id=spec.id, step=s, lr=lr, loss=lv, grad_norm=gv, elapsed_s=el)

@@ -44,6 +44,8 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
     p.add_argument("--baseline", help="baseline runs.csv or folder (default: reports/baselines/<grid>)")
     p.add_argument("--update-baseline", action="store_true", help="write this session's rows into the baseline")
+    p.add_argument("--probes", action="store_true",
+                   help="gpt: record the max attention logit and output log-partition every 10 steps")
 
 
 def validate_grid_options(args: argparse.Namespace) -> None:
@@ -70,8 +72,8 @@ def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             out += [f"--{name.replace('_', '-')}", str(value)]
-    if args.update_baseline:
-        out.append("--update-baseline")
+    out += ["--update-baseline"] if args.update_baseline else []
+    out += ["--probes"] if args.probes else []
     out += ["--quiet-runs"] if args.quiet else []
     out += ["-q"] if not any(a.startswith("-v") for a in args.pytest_args) else []
     if args.workers is not None:

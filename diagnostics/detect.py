@@ -271,7 +271,8 @@ class Monitor:
         if self._open_spike is not None:
             s0, pre = self._open_spike
             if step > s0 and loss <= pre * (1 + t.recovery_band):
-                self._emit(step, "recovery", "loss", loss, pre * (1 + t.recovery_band), f"{step - s0} steps after the spike at {s0}")
+                self._emit(step, "recovery", "loss", loss, pre * (1 + t.recovery_band),
+                           f"{step - s0} steps after the spike at {s0}")
                 self._open_spike = None
             elif step - s0 >= t.recovery_window:
                 self._open_spike = None

@@ -11,13 +11,12 @@ nightly / GPU size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 # --------------------------------------------------------------------------------------------
 # gpt: a decoder-only transformer LM in the shape of nanoGPT's model.py
@@ -50,11 +49,23 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor):
+        """q, k, v as (B, n_head, T, head_dim)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def max_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """Largest causal attention logit q.k/sqrt(d) (a probe; SDPA never forms them)."""
+        q, k, _ = self.heads(x)
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        T = x.shape[1]
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return logits.masked_fill(~mask, float("-inf")).amax()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.heads(x)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -124,6 +135,19 @@ class GPT(nn.Module):
         logits = self(x)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
 
+    @torch.no_grad()
+    def probes(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two small-scale instability signals of Wortsman et al. 2023: the largest attention
+        logit over all blocks (attention-logit growth) and the mean log-partition log Z of the
+        output logits (output-logit divergence). Device tensors; one extra forward pass."""
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        attn_max = []
+        for block in self.blocks:
+            attn_max.append(block.attn.max_logit(block.ln_1(x)))
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x)).float()
+        return {"attn_logit_max": torch.stack(attn_max).amax(), "output_log_z": torch.logsumexp(logits, -1).mean()}
+
 
 # --------------------------------------------------------------------------------------------
 # image classifiers
@@ -182,12 +206,12 @@ class CifarResNet(nn.Module):
 RESNET_DEPTH = {"tiny": 8, "small": 20}  # ResNet-8 for CPU budgets, ResNet-20 for nightly
 
 
-def _resnet(size: str, info: "DataInfo") -> nn.Module:
+def _resnet(size: str, info: DataInfo) -> nn.Module:
     n = (RESNET_DEPTH[size] - 2) // 6
     return Classifier(CifarResNet(n, info.num_classes, info.channels))
 
 
-def _resnet18(size: str, info: "DataInfo") -> nn.Module:
+def _resnet18(size: str, info: DataInfo) -> nn.Module:
     from torchvision.models import resnet18
 
     net = resnet18(num_classes=info.num_classes)
@@ -202,7 +226,7 @@ VIT_PRESETS = {  # patch 4 divides the 16, 28 and 32 pixel inputs of the built-i
 }
 
 
-def _vit(size: str, info: "DataInfo") -> nn.Module:
+def _vit(size: str, info: DataInfo) -> nn.Module:
     from torchvision.models import VisionTransformer
 
     net = VisionTransformer(image_size=info.image_size, num_classes=info.num_classes, **VIT_PRESETS[size])
@@ -213,7 +237,7 @@ def _vit(size: str, info: "DataInfo") -> nn.Module:
     return Classifier(net)
 
 
-def _gpt(size: str, info: "DataInfo") -> nn.Module:
+def _gpt(size: str, info: DataInfo) -> nn.Module:
     return GPT(replace(GPT_PRESETS[size], vocab_size=info.vocab_size))
 
 

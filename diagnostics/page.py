@@ -23,6 +23,7 @@ table { border-collapse: collapse; margin: 8px 0 24px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; font-size: 12px; }
 th { background: #f5f5f5; cursor: pointer; user-select: none; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tbody td:first-child { white-space: nowrap; }
 img { max-width: 100%; border: 1px solid #eee; margin: 8px 0; }
 """ + "\n".join(f"td.status-{s} {{ background: {c}; color: white; }}" for s, c in plots.STATUS_COLOUR.items())
 

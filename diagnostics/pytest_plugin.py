@@ -33,6 +33,7 @@ class Session:
     update_baseline: bool
     quiet: bool
     worker: str
+    probes: bool = False
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # baseline path -> {key: row}
     prepared: bool = False
@@ -83,6 +84,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--baseline", default=None, help="baseline runs.csv or its folder (default: reports/baselines/<grid>)")
     g.addoption("--update-baseline", action="store_true", help="write this session's rows into the baseline")
     g.addoption("--quiet-runs", action="store_true", help="no progress line per finished run")
+    g.addoption("--probes", action="store_true", help="gpt: record the max attention logit and the output "
+                                                      "log-partition every 10 steps (one extra forward pass each)")
 
 
 def resolve_devices(value: str) -> tuple[str, ...]:
@@ -118,7 +121,7 @@ def build_session(config: pytest.Config) -> Session:
     resolve_grid(replace(options, grid=options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
     session = Session(options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
-                      opt("update_baseline"), opt("quiet_runs"), worker)
+                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"))
     if opt("baseline"):
         session.baseline_row(options.grid or "default", {k: "" for k in compare.BASELINE_KEY})  # fail early
     return session
@@ -157,7 +160,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     """The body of every grid test: train, check against the baseline, record, assert.
     Without a baseline row the run must have finished with a full record."""
-    result = train.run(spec, session.data_dir, session.data_root, worker=session.worker)
+    result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes)
     check = compare.check(result.row, session.baseline_row(spec.grid, result.row))
     result.row["baseline_check"] = check.label
     session.record(result)

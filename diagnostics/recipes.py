@@ -16,8 +16,8 @@ Calling contract of a schedule built here (``build_schedule``):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -25,9 +25,12 @@ COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device
 PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version", "lion_pytorch_version",
               "python_version", "cuda_version", "cudnn_version", "platform", "cpu_model", "num_threads",
               "deterministic", "git_sha", "started_at", "worker"]
-EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid"]  # beyond the contract; appended last
+# beyond the contract, appended last
+EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
-STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s"]
+# the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
+STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",
+                 "output_log_z"]
 EVENTS_COLUMNS = ["run_id", "step", "kind", "signal", "value", "threshold", "detail"]
 ENV_COLUMNS = ["key", "value"]
 

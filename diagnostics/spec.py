@@ -100,30 +100,29 @@ def parse_names(value: str | None, valid, what: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))
 
 
-def parse_seeds(value: str | None) -> tuple[int, ...] | None:
-    """Comma list of non-negative integer seeds, e.g. ``0,1,2``."""
+def parse_number_list(value: str | None, what: str, kind: str, convert, valid, rule: str, example: str):
+    """Comma list of numbers, each converted and checked; None passes through (the grid's)."""
     if value is None:
         return None
     try:
-        seeds = tuple(int(v) for v in value.split(","))
+        numbers = tuple(convert(v) for v in value.split(","))
     except ValueError:
-        raise SpecError(f"--seeds {value!r} is not a comma list of integers (e.g. 0,1,2)") from None
-    if any(s < 0 for s in seeds):
-        raise SpecError(f"--seeds {value!r}: seeds must be >= 0")
-    return tuple(dict.fromkeys(seeds))
+        raise SpecError(f"--{what} {value!r} is not a comma list of {kind} (e.g. {example})") from None
+    if not all(valid(x) for x in numbers):
+        raise SpecError(f"--{what} {value!r}: {rule}")
+    return tuple(dict.fromkeys(numbers))
+
+
+def parse_seeds(value: str | None) -> tuple[int, ...] | None:
+    """Comma list of non-negative integer seeds, e.g. ``0,1,2``."""
+    return parse_number_list(value, "seeds", "integers", int, lambda s: s >= 0, "seeds must be >= 0", "0,1,2")
 
 
 def parse_lr_scales(value: str | None) -> tuple[float, ...] | None:
-    """Comma list of positive LR multipliers, e.g. ``0.3,1,3``."""
-    if value is None:
-        return None
-    try:
-        scales = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise SpecError(f"--lr-scales {value!r} is not a comma list of numbers (e.g. 0.3,1,3)") from None
-    if any(not (0 < x < float("inf")) for x in scales):
-        raise SpecError(f"--lr-scales {value!r}: multipliers must be positive and finite")
-    return tuple(sorted(set(scales)))
+    """Comma list of positive LR multipliers, e.g. ``0.3,1,3`` (sorted)."""
+    scales = parse_number_list(value, "lr-scales", "numbers", float, lambda x: 0 < x < float("inf"),
+                               "multipliers must be positive and finite", "0.3,1,3")
+    return None if scales is None else tuple(sorted(scales))
 
 
 def parse_positive_int(value, what: str) -> int | None:

@@ -1,7 +1,9 @@
 """``run(spec) -> RunResult``: build data, model and recipe, train, judge, measure.
 
 Per step the loop records the LR the optimizer step used, the loss, the global gradient norm
-(before any clipping; there is none) and the host time since the loop began. Values stay on the
+(before any clipping; there is none), per-layer gradient norms (for the Monitor) and the host
+time since the loop began; on every read step also the update-to-weight ratio and, when asked,
+the gpt's instability probes. Values stay on the
 device and are read in batches of ``SYNC_EVERY`` steps (one host synchronisation per batch), then
 fed to ``detect.Monitor``; a diverged run stops at the next read, within ``SYNC_EVERY`` steps.
 A run that raises returns a row with status ``error`` and the reason.
@@ -54,6 +56,16 @@ def weights_sha256(model: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@torch.no_grad()
+def update_ratio(params: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
+    """||w_after - w_before|| / ||w_after|| over all parameters: how far one optimizer step moved
+    the weights, relative to their size."""
+    delta = torch._foreach_sub([p.detach() for p in params], before)
+    moved = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
+    size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.detach() for p in params])))
+    return moved / size
 
 
 def layers_of(model: torch.nn.Module, params: list[torch.Tensor]) -> tuple[list[str], torch.Tensor]:
@@ -125,13 +137,16 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
 
 
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
-        thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None) -> RunResult:
+        thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None,
+        probes: bool = False) -> RunResult:
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why.
-    ``fault`` injects a failure (tests and benchmarks of the detectors)."""
+    ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
+    gpt's attention-logit and output log-partition probes on every read step (one extra forward
+    pass each)."""
     started = utc_now()
     try:
         with determinism.nondeterministic_ops() as nondeterministic:
-            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault)
+            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes)
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
@@ -145,7 +160,7 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
 
 
 def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
-           fault: Fault | None) -> RunResult:
+           fault: Fault | None, probes: bool) -> RunResult:
     entry = MODELS[spec.model]
     device = torch.device(spec.device)
     deterministic = determinism.apply(spec.seed, spec.device)
@@ -185,16 +200,24 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
         param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
         grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
+        read = step % SYNC_EVERY == 0 or step == spec.steps  # values reach the host on these steps
+        before = [p.detach().clone() for p in params] if read else None
         with scaled_lr(opt, lr_factor) if lr_factor != 1.0 else nullcontext():
             opt.step()
         if step < spec.steps:  # the schedule covers exactly spec.steps optimizer steps
             sched.step()
         pending.append((step, lr, torch.cat((loss.detach().float().view(1), grad_norm.view(1),
                                              layer_norms(param_norms, layer_assign))), time.perf_counter() - t0))
-        if step % SYNC_EVERY == 0 or step == spec.steps:
+        if read:
+            sampled = dict(update_ratio=update_ratio(params, before))
+            if probes and hasattr(model, "probes"):
+                with autocast:
+                    sampled.update(model.probes(x))
+            sampled = dict(zip(sampled, torch.stack([v.float() for v in sampled.values()]).tolist()))
             values = torch.stack([v for _, _, v, _ in pending]).tolist()  # one host sync per SYNC_EVERY steps
             for (s, s_lr, _, elapsed), (l_val, g_val, *per_layer) in zip(pending, values):
-                steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed))
+                steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed,
+                                  **(sampled if s == step else {})))
                 monitor.update(s, l_val, g_val, s_lr, dict(zip(layer_names, per_layer)))
                 if math.isfinite(g_val):
                     max_grad = max(max_grad, g_val)

@@ -74,7 +74,7 @@ def test_decay_and_no_decay_groups_share_the_lr():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
     opt, _ = recipes.build_optimizer("adamw", model)
     sched, _ = recipes.build_schedule(opt, "onecycle", "linear", 50)
-    for k in range(1, 50):
+    for _ in range(1, 50):
         assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"]
         opt.step()
         sched.step()

@@ -134,8 +134,8 @@ def test_classify_accepts_a_dataframe_and_matches_streaming():
     df = pd.DataFrame({"step": steps, "loss": loss, "grad_norm": grad})
     a, ea = classify(df, loss_floor=FLOOR)
     m = Monitor(loss_floor=FLOOR)
-    for s, l, g in rows(steps, loss, grad):
-        m.update(s, l, g)
+    for step, value, grad_norm in rows(steps, loss, grad):
+        m.update(step, value, grad_norm)
     assert repr(a) == repr(m.verdict()) and repr(ea) == repr(m.events)  # repr: NaN == NaN
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diagnostics import recipes
-from diagnostics.models import GPT, GPTConfig, CifarResNet
+from diagnostics.models import GPT, CifarResNet, GPTConfig
 
 
 def test_chapter_defaults():

@@ -21,6 +21,11 @@ def test_grid_order_is_the_same_every_time():
     assert a == b
 
 
+def test_lr_scales_expand_the_grid_sorted():
+    g = resolve_grid(GridOptions(grid="smoke", models="gpt", optimizers="sgd", lr_scales="10,1,0.3", devices=("cpu",)))
+    assert [s.id for s in g.specs()][-1].endswith("-lrx10") and g.lr_scales == (0.3, 1.0, 10.0)
+
+
 def test_overrides_apply():
     g = resolve_grid(GridOptions(grid="smoke", models="gpt", seeds="0,1", steps="30", devices=("cpu",)))
     assert g.models == ("gpt",) and g.seeds == (0, 1) and g.steps == 30
@@ -39,6 +44,8 @@ def test_overrides_apply():
     (dict(seeds="-1"), r"seeds must be >= 0"),
     (dict(warmup=""), r"--warmup is empty"),
     (dict(precision="fp16"), r"unknown precision 'fp16'; valid: fp32, bf16"),
+    (dict(lr_scales="1,x"), r"--lr-scales '1,x' is not a comma list of numbers"),
+    (dict(lr_scales="0,1"), r"multipliers must be positive and finite"),
 ])
 def test_bad_options_name_what_is_accepted(opts, match):
     with pytest.raises(SpecError, match=match):

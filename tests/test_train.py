@@ -96,3 +96,30 @@ def test_steps_frame_has_the_contract_columns(data_dir):
     df = pd.DataFrame(r.steps)
     assert list(df.columns) == ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s"]
     assert df["elapsed_s"].is_monotonic_increasing
+
+
+def test_sampled_signals_on_read_steps(data_dir):
+    r = train.run(spec("gpt", steps=25), data_dir, probes=True)
+    sampled = {s["step"]: s for s in r.steps if "update_ratio" in s}
+    assert sorted(sampled) == [10, 20, 25]  # every SYNC_EVERY steps and the last
+    for s in sampled.values():
+        assert 0 < s["update_ratio"] < 1 and s["attn_logit_max"] > 0 and s["output_log_z"] > 0
+    plain = train.run(spec("resnet", steps=10), data_dir, probes=True)  # no probes for image models
+    assert "attn_logit_max" not in plain.steps[-1] and plain.steps[-1]["update_ratio"] > 0
+
+
+def test_gpt_probes_match_an_explicit_computation():
+    from diagnostics.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1))
+    idx = torch.randint(0, 32, (2, 16))
+    p = m.probes(idx)
+    block = m.blocks[0]
+    h = block.ln_1(m.wte(idx) + m.wpe(torch.arange(16)))
+    q, k, _ = block.attn.qkv(h).split(64, dim=2)
+    q, k = (t.view(2, 16, 4, 16).transpose(1, 2) for t in (q, k))
+    att = (q @ k.transpose(-2, -1)) / 4.0
+    expected = max(att[b, hd, i, j].item() for b in range(2) for hd in range(4) for i in range(16) for j in range(i + 1))
+    assert p["attn_logit_max"].item() == pytest.approx(expected, rel=1e-5)
+    assert p["output_log_z"].item() == pytest.approx(torch.logsumexp(m(idx).float(), -1).mean().item(), rel=1e-5)
