@@ -12,7 +12,7 @@ from pathlib import Path
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
-                "size", "lr_scales", "data_root", "data_dir", "report_dir", "baseline")
+                "size", "lr_scales", "shard", "data_root", "data_dir", "report_dir", "baseline")
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py"}
 
 
@@ -39,6 +39,7 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", help="optimizer steps per run (default: the grid's)")
     p.add_argument("--size", help="model size preset: tiny, small")
     p.add_argument("--lr-scales", help="comma list of LR multipliers (default: the grid's)")
+    p.add_argument("--shard", help="i/N: run the i-th of N deterministic slices of the grid")
     p.add_argument("--data-root", help="real data: torchvision dataset / ImageFolder folder, or a text file")
     p.add_argument("--data-dir", help="where embedded data is written (default: reports/data)")
     p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
@@ -52,7 +53,7 @@ def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
     from . import data
     from .pytest_plugin import resolve_devices
-    from .spec import GridOptions, SpecError, resolve_grid
+    from .spec import GridOptions, SpecError, parse_shard, resolve_grid
 
     try:
         devs = resolve_devices(args.devices or "auto")
@@ -60,6 +61,7 @@ def validate_grid_options(args: argparse.Namespace) -> None:
                                  schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
                                  seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,
                                  devices=devs))
+        parse_shard(args.shard)
         if args.data_root:
             data.check_root(Path(args.data_root))
     except (SpecError, data.DataError) as e:
@@ -204,6 +206,63 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions_line(report_dir: Path, runs) -> str:
+    """torch / CUDA / device of a report, from its env.csv (else its first row)."""
+    import pandas as pd
+
+    from . import report
+
+    env = {}
+    if (report_dir / report.ENV).exists():
+        env = dict(report.read(report_dir / report.ENV).fillna("").itertuples(index=False))
+    first = runs.iloc[0].to_dict() if len(runs) else {}
+    get = lambda k: env.get(k) or ("" if pd.isna(first.get(k, "")) else first.get(k, ""))  # noqa: E731
+    devices = ",".join(sorted(set(runs["device_name"].dropna().astype(str)))) if "device_name" in runs else ""
+    return (f"torch {get('torch_version')}, CUDA {get('cuda_version') or '-'}, python {get('python_version')}, "
+            f"devices {devices or get('available_devices')}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import compare, report
+
+    base_dir, cand_dir = Path(args.baseline_dir), Path(args.candidate_dir)
+    try:
+        need = compare.CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
+                                 "weights_sha256", "steps_per_s", "peak_rss_mb", "peak_device_mem_mb"]
+        base, cand = (report.read(d / report.RUNS, required=need) for d in (base_dir, cand_dir))
+        steps = [report.read(d / report.STEPS, required=["run_id", "step", "loss"]) if (d / report.STEPS).exists()
+                 else None for d in (base_dir, cand_dir)]
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    table = compare.compare_reports(base, cand, *steps)
+    out = Path(args.out) if args.out else cand_dir
+    report.write_atomic(out / "compare.csv", table)
+    counts = table["verdict"].value_counts()
+    print(f"baseline  {base_dir}: {versions_line(base_dir, base)}")
+    print(f"candidate {cand_dir}: {versions_line(cand_dir, cand)}")
+    print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
+    regressions = table[table["regression"].astype(bool)]
+    cost = table[table["cost"].fillna("ok") != "ok"]
+    for r in regressions.to_dict("records"):
+        print(f"REGRESSED {r['run_id']}: {r['verdict']}: {r['detail']}")
+    for r in cost.to_dict("records"):
+        print(f"COST {r['run_id']}: {r['cost']} (slowdown x{r['slowdown']:.2f}, memory x{r['rss_ratio']:.2f})")
+    print(f"wrote {out / 'compare.csv'}")
+    failed = len(regressions) > 0 or (args.fail_on_cost and len(cost) > 0)
+    return 1 if failed else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    print(f"merged {len(args.dirs)} reports into {args.out}: " + ", ".join(f"{n} rows in {k}" for k, n in counts.items()))
+    return 0
+
+
 def float_arg(text: str) -> float:
     try:
         return float(text)
@@ -252,6 +311,19 @@ def build_parser() -> Parser:
     cmp_.add_argument("candidate_dir", type=report_dir_arg)
     cmp_.add_argument("--out", required=True, help="folder for the PNG file")
     plot.set_defaults(func=cmd_plot)
+
+    cmp_reports = sub.add_parser("compare", help="compare two report directories: exit 0 nothing regressed, "
+                                                 "1 something did, 2 bad input")
+    cmp_reports.add_argument("baseline_dir")
+    cmp_reports.add_argument("candidate_dir")
+    cmp_reports.add_argument("--out", help="folder for compare.csv (default: the candidate's)")
+    cmp_reports.add_argument("--fail-on-cost", action="store_true", help="also exit 1 on a slowdown or memory growth")
+    cmp_reports.set_defaults(func=cmd_compare)
+
+    mrg = sub.add_parser("merge", help="merge report directories (e.g. shards) into one")
+    mrg.add_argument("dirs", nargs="+")
+    mrg.add_argument("--out", required=True)
+    mrg.set_defaults(func=cmd_merge)
 
     rep = sub.add_parser("report", help="write REPORT_DIR/index.html (runs table, figures, environment)")
     rep.add_argument("report_dir", type=report_dir_arg)

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 STATUSES = ("converged", "unstable", "stalled", "diverged_nonfinite", "diverged_exploded", "error")
 # better first: a candidate whose status ranks lower than its baseline's got worse
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
+# status_reason prefix of an ``error`` row for a run that could not start on this stack (e.g. a
+# model that needs torchvision where none loads): the suite reports it as a skip with the reason
+SKIPPED = "skipped: "
 EVENT_KINDS = ("nonfinite", "explosion", "loss_spike", "grad_spike", "catastrophic_spike", "recovery")
 
 

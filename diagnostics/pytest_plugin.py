@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from . import compare, data, devices, env, report, stability, train
+from .detect import SKIPPED
 from .models import MODELS, block_size
-from .spec import Grid, GridOptions, RunSpec, SpecError, resolve_grid
+from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
 from .train import DEFAULT_DATA_DIR, RunResult
 
 DEFAULT_REPORT_DIR = Path("reports/latest")
@@ -34,6 +35,7 @@ class Session:
     quiet: bool
     worker: str
     probes: bool = False
+    shard: tuple[int, int] | None = None
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # baseline path -> {key: row}
     prepared: bool = False
@@ -77,6 +79,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--steps", default=None, help="optimizer steps per run (default: the grid's)")
     g.addoption("--size", default=None, help="model size preset: tiny, small (default: the grid's)")
     g.addoption("--lr-scales", default=None, help="comma list of LR multipliers (default: the grid's; 1)")
+    g.addoption("--shard", default=None, help="i/N: run the i-th of N deterministic slices of the grid")
     g.addoption("--data-root", default=None, help="real data: a torchvision dataset or ImageFolder folder, "
                                                   "or a UTF-8 text file for the LM")
     g.addoption("--data-dir", default=str(DEFAULT_DATA_DIR), help="where embedded data is written once")
@@ -121,7 +124,7 @@ def build_session(config: pytest.Config) -> Session:
     resolve_grid(replace(options, grid=options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
     session = Session(options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
-                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"))
+                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"), parse_shard(opt("shard")))
     if opt("baseline"):
         session.baseline_row(options.grid or "default", {k: "" for k in compare.BASELINE_KEY})  # fail early
     return session
@@ -153,7 +156,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "run_spec" in metafunc.fixturenames:
-        specs = metafunc.config.stash[SESSION].grid(getattr(metafunc.module, "GRID", "default")).specs()
+        session = metafunc.config.stash[SESSION]
+        specs = session.grid(getattr(metafunc.module, "GRID", "default")).specs()
+        if session.shard:
+            specs = shard(specs, *session.shard)
         metafunc.parametrize("run_spec", specs, ids=[s.id for s in specs])
 
 
@@ -161,6 +167,9 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     """The body of every grid test: train, check against the baseline, record, assert.
     Without a baseline row the run must have finished with a full record."""
     result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes)
+    if str(result.row.get("status_reason", "")).startswith(SKIPPED):
+        session.record(result)  # the row says why; the test is a skip with that reason, never silent
+        pytest.skip(f"{spec.id}: {result.row['status_reason']}")
     check = compare.check(result.row, session.baseline_row(spec.grid, result.row))
     result.row["baseline_check"] = check.label
     session.record(result)

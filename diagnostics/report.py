@@ -90,10 +90,15 @@ def write_env(report_dir: Path, env: dict[str, str]) -> None:
     write_atomic(Path(report_dir) / ENV, pd.DataFrame(sorted(env.items()), columns=ENV_COLUMNS))
 
 
+# read as text even when they look like numbers ("13.0" must not become 13)
+TEXT_COLUMNS = {c: str for c in ("run_id", "weights_sha256", "git_sha", "data_sha256", "torch_version",
+                                 "torchvision_version", "lion_pytorch_version", "python_version", "cuda_version",
+                                 "cudnn_version", "value", "worker")}
+
+
 def read_csv(path: Path) -> pd.DataFrame:
     """pandas.read_csv with exact float round-trip and text ids kept as text."""
-    return pd.read_csv(path, **ROUND_TRIP,
-                       dtype={"run_id": str, "weights_sha256": str, "git_sha": str, "data_sha256": str})
+    return pd.read_csv(path, **ROUND_TRIP, dtype=TEXT_COLUMNS)
 
 
 def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
@@ -149,3 +154,40 @@ def missing_fields(row: dict) -> list[str]:
         return v is None or v == "" or (isinstance(v, float) and v != v)
     required = REQUIRED + ([] if str(row.get("status", "")).startswith("diverged") else REQUIRED_LOSSES)
     return [c for c in required if empty(row.get(c))]
+
+
+def merge(dirs: list[Path], out: Path) -> dict[str, int]:
+    """Merge report directories (e.g. shards) into ``out``: runs, steps and events concatenated
+    and sorted, env.csv keys united (values that differ joined with " | "). Refuses, with one
+    line, mixed schemas, a run present twice, and an ``out`` that already holds a report."""
+    out = Path(out)
+    if (out / RUNS).exists():
+        raise ReportError(f"{out} already holds a report (runs.csv); choose an empty --out")
+    merged: dict[str, pd.DataFrame] = {}
+    for name in (RUNS, STEPS, EVENTS):
+        frames = []
+        for d in dirs:
+            path = Path(d) / name
+            if name == RUNS or path.exists():
+                frames.append((path, read(path)))
+        for path, df in frames[1:]:
+            if list(df.columns) != list(frames[0][1].columns):
+                raise ReportError(f"{path} has columns {list(df.columns)} unlike {frames[0][0]}: mixed schemas")
+        if frames:
+            merged[name] = pd.concat([df for _, df in frames], ignore_index=True)
+    runs = merged[RUNS]
+    key = [c for c in ("run_id", "steps", "model_size") if c in runs.columns]
+    dup = runs[runs.duplicated(key, keep=False)]
+    if not dup.empty:
+        raise ReportError(f"run {dup.iloc[0]['run_id']} appears in more than one report: refusing to merge duplicates")
+    for name, df in merged.items():
+        write_atomic(out / name, df.sort_values(SORT_KEYS[name], kind="stable"))
+    env: dict[str, list[str]] = {}
+    for d in dirs:
+        if (Path(d) / ENV).exists():
+            for k, v in read(Path(d) / ENV).fillna("").itertuples(index=False):
+                env.setdefault(k, [])
+                if str(v) not in env[k]:
+                    env[k].append(str(v))
+    write_env(out, {k: " | ".join(v) for k, v in env.items()})
+    return {name: len(df) for name, df in merged.items()}

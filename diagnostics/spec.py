@@ -137,6 +137,25 @@ def parse_positive_int(value, what: str) -> int | None:
     return n
 
 
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``i/N`` (1 <= i <= N): this machine runs the i-th of N deterministic slices of the grid."""
+    if value is None:
+        return None
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise SpecError(f"--shard {value!r} is not of the form i/N (e.g. 1/4)") from None
+    if not 1 <= i <= n:
+        raise SpecError(f"--shard {value!r}: need 1 <= i <= N")
+    return i, n
+
+
+def shard(specs: list[RunSpec], i: int, n: int) -> list[RunSpec]:
+    """Grid points k with k % n == i - 1 (grid order): the shards partition the grid, and every
+    machine computes the same partition."""
+    return [s for k, s in enumerate(specs) if k % n == i - 1]
+
+
 def parse_grid(name: str | None) -> Grid:
     name = name or "default"
     if name not in GRIDS:

@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from . import data, determinism, env
-from .detect import Monitor, Thresholds
+from .detect import SKIPPED, Monitor, Thresholds
 from .faults import Fault
 from .models import MODELS, block_size, build_model, count_params
 from .recipes import build_optimizer, build_schedule
@@ -144,6 +144,11 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
     pass each)."""
     started = utc_now()
+    problem = env.torchvision_status()[1] if MODELS[spec.model].needs_torchvision else ""
+    if problem:  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
+        row = dict(identity(spec), status="error", status_reason=f"{SKIPPED}{problem}", started_at=started)
+        row.update(provenance(spec, worker))
+        return RunResult(row)
     try:
         with determinism.nondeterministic_ops() as nondeterministic:
             result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes)
