@@ -13,7 +13,8 @@ from pathlib import Path
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
                 "size", "lr_scales", "shard", "data_root", "data_dir", "report_dir", "baseline")
-SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py"}
+SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
+               "reproducibility": "test_reproducibility.py"}
 
 
 class UsageError(Exception):
@@ -276,7 +277,8 @@ def build_parser() -> Parser:
 
     run = sub.add_parser("run", help="run a suite's grid through pytest and write reports")
     run.add_argument("--suite", choices=tuple(SUITE_FILES), default="convergence",
-                     help="convergence (default grid: default) or stability (LR sweep; grid: stability)")
+                     help="convergence (grid: default), stability (LR sweep; grid: stability) or "
+                          "reproducibility (twice-same, resume, DDP, cross-device; grid: default)")
     add_grid_options(run)
     run.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
     run.add_argument("-k", help="pytest -k expression to select runs by id")

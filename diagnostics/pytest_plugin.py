@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import compare, data, devices, env, report, stability, train
+from . import compare, data, devices, env, report, repro, stability, train
 from .detect import SKIPPED
 from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
 from .train import DEFAULT_DATA_DIR, RunResult
 
 DEFAULT_REPORT_DIR = Path("reports/latest")
-GRID_TESTS = ("test_convergence[", "test_stability[")  # test functions parametrized over a grid
+# test functions that write reports (parametrized over a grid, or the repro checks)
+GRID_TESTS = ("test_convergence[", "test_stability[", "test_twice_same[", "test_resume[", "test_ddp[",
+              "test_cross_device[")
 BASELINE_ROOT = Path("reports/baselines")
 
 
@@ -55,6 +57,18 @@ class Session:
         if path not in self.baselines:
             self.baselines[path] = load_baseline(path)
         return self.baselines[path].get(compare.key_of(row))
+
+    def record_repro(self, row: dict) -> None:
+        report.append(self.report_dir / repro.REPRO, [row], repro.REPRO_COLUMNS)
+
+    def baseline_repro(self, grid_name: str, run_id: str, check: str) -> str | None:
+        """The result a committed baseline recorded for this check (repro.csv beside runs.csv)."""
+        path = self.baseline_path(grid_name).with_name(repro.REPRO)
+        if not path.exists():
+            return None
+        df = report.read(path, required=repro.REPRO_COLUMNS)
+        hit = df[(df["run_id"] == run_id) & (df["check"] == check)]
+        return None if hit.empty else str(hit.iloc[0]["result"])
 
     def record(self, result: RunResult) -> None:
         report.append(self.report_dir / report.RUNS, [result.row], report.RUNS_COLUMNS)
@@ -208,7 +222,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         return
-    if any("run_spec" in getattr(getattr(i, "callspec", None), "params", {}) for i in session.items):
+    if any(i.name.startswith(GRID_TESTS) for i in session.items):
         prepare_reports(config)
 
 
@@ -288,3 +302,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     table = stability.table(runs)
     if not table.empty:
         report.write_atomic(s.report_dir / stability.STABILITY, table)
+    seeds = repro.seed_table(runs)
+    if not seeds.empty:
+        report.write_atomic(s.report_dir / repro.SEEDS, seeds)

@@ -36,7 +36,8 @@ ENV_COLUMNS = ["key", "value"]
 
 RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
-SORT_KEYS = {RUNS: ["run_id"], STEPS: ["run_id", "step"], EVENTS: ["run_id", "step", "kind"]}
+SORT_KEYS = {RUNS: ["run_id"], STEPS: ["run_id", "step"], EVENTS: ["run_id", "step", "kind"],
+             "repro.csv": ["run_id", "check"]}
 FLOAT_FORMAT = "%.17g"  # round-trips every float64 exactly: reports compare bit for bit
 # pandas >= 3 parses floats exactly by default (and deprecates the argument); 2.x needs asking
 ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
@@ -133,7 +134,7 @@ def reset(report_dir: Path) -> None:
     """Remove the files a session writes (start of a new session in the same directory)."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    for name in (RUNS, STEPS, EVENTS, ENV):
+    for name in (RUNS, STEPS, EVENTS, ENV, "repro.csv", "seeds.csv", "stability.csv", "index.html"):
         for p in (report_dir / name, report_dir / (name + ".lock")):
             p.unlink(missing_ok=True)
 

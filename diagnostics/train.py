@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import data, determinism, env
+from . import checkpoint, data, determinism, env
 from .detect import SKIPPED, Monitor, Thresholds
 from .faults import Fault
 from .models import MODELS, block_size, build_model, count_params
@@ -138,11 +138,14 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
 
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
         thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None,
-        probes: bool = False) -> RunResult:
+        probes: bool = False, stop_after: int | None = None, checkpoint_path: Path | None = None,
+        resume_from: Path | None = None) -> RunResult:
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why.
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
-    pass each)."""
+    pass each). ``stop_after=k`` with ``checkpoint_path`` trains steps 1..k and saves a
+    checkpoint; ``resume_from`` loads one and trains the remaining steps (the trace then starts
+    after the checkpoint's step). A resumed run's Monitor starts afresh."""
     started = utc_now()
     problem = env.torchvision_status()[1] if MODELS[spec.model].needs_torchvision else ""
     if problem:  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
@@ -151,7 +154,8 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
         return RunResult(row)
     try:
         with determinism.nondeterministic_ops() as nondeterministic:
-            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes)
+            result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes,
+                            stop_after, checkpoint_path, resume_from)
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
@@ -165,7 +169,8 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
 
 
 def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
-           fault: Fault | None, probes: bool) -> RunResult:
+           fault: Fault | None, probes: bool, stop_after: int | None = None, checkpoint_path: Path | None = None,
+           resume_from: Path | None = None) -> RunResult:
     entry = MODELS[spec.model]
     device = torch.device(spec.device)
     deterministic = determinism.apply(spec.seed, spec.device)
@@ -183,6 +188,8 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
+    first_step = 1 + (checkpoint.load(resume_from, spec.id, model, opt, sched) if resume_from else 0)
+    last_step = min(stop_after or spec.steps, spec.steps)
 
     layer_names, layer_assign = layers_of(model, params)
     layer_assign = layer_assign.to(device)
@@ -190,7 +197,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     pending: list[tuple[int, float, torch.Tensor, float]] = []
     max_grad = 0.0
     t0 = time.perf_counter()
-    for step in range(1, spec.steps + 1):
+    for step in range(first_step, last_step + 1):
         x, y = data.train_batch(ds, spec.seed, step, batch_size, device)
         lr_factor = fault.lr_factor(step) if fault else 1.0
         lr = opt.param_groups[0]["lr"] * lr_factor  # the LR this optimizer step uses
@@ -205,7 +212,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
         param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
         grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
-        read = step % SYNC_EVERY == 0 or step == spec.steps  # values reach the host on these steps
+        read = step % SYNC_EVERY == 0 or step == last_step  # values reach the host on these steps
         before = [p.detach().clone() for p in params] if read else None
         with scaled_lr(opt, lr_factor) if lr_factor != 1.0 else nullcontext():
             opt.step()
@@ -233,6 +240,8 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     if on_cuda:
         torch.cuda.synchronize()
     runtime = time.perf_counter() - t0
+    if stop_after is not None and checkpoint_path is not None and not monitor.diverged:
+        checkpoint.save(checkpoint_path, spec.id, last_step, model, opt, sched)
     steps_run = len(steps)
 
     val_loss, val_metric, metric_name = evaluate(model, ds, device, autocast)

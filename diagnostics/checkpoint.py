@@ -1,0 +1,56 @@
+"""Checkpoints for exact resume: model, optimizer, the whole scheduler chain (warmup included),
+RNG states and the data position (the step: batches are functions of (seed, step)).
+
+Written with ``torch.save``, read with ``torch.load(weights_only=True)`` into freshly built
+objects; a file that is truncated or not such a checkpoint raises ``CheckpointError`` (one line).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """An unreadable or foreign checkpoint; the message is one line."""
+
+
+def save(path: Path, run_id: str, step: int, model, optimizer, scheduler) -> None:
+    state = {
+        "format": FORMAT, "run_id": run_id, "step": step,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, run_id: str, model, optimizer, scheduler) -> int:
+    """Restore the objects in place; returns the last completed step."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # truncated zip, pickle garbage, disallowed globals
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a diagnostics checkpoint (format {FORMAT})")
+    if state["run_id"] != run_id:
+        raise CheckpointError(f"{path}: checkpoint of {state['run_id']}, not of {run_id}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])

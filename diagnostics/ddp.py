@@ -1,0 +1,125 @@
+"""The grid's recipes under ``torch.distributed`` DistributedDataParallel, against one process
+with the same global batch.
+
+Each of ``world_size`` processes (gloo on CPU, NCCL on CUDA) takes rows ``rank::world_size`` of
+the very global batch the single process trains on, so DDP's gradient average equals the
+single-process gradient up to the order of float sums. BatchNorm: on CUDA the model's BatchNorm
+layers become SyncBatchNorm (statistics over the global batch, as in one process);
+SyncBatchNorm does not run on CPU, so a CPU ResNet normalises each rank's half-batch with its own
+statistics. That changes the function being trained, so for it only the final loss is compared
+(within the seed band), never the first steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from . import data, determinism, train
+from .models import MODELS, block_size, build_model
+from .recipes import build_optimizer, build_schedule
+from .spec import RunSpec
+
+
+class LossModule(nn.Module):
+    """Routes the model's loss through DDP's forward, so gradient hooks fire."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y):
+        return self.model.loss((x, y))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    on_cuda = spec.device == "cuda"
+    dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
+    try:
+        device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if on_cuda else "cpu")
+        determinism.apply(spec.seed, device.type)
+        entry = MODELS[spec.model]
+        ds = data.load(entry.task, block_size(spec.model, spec.size), data_dir)
+        model = build_model(spec.model, spec.size, ds.info)
+        if on_cuda:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        opt, _ = build_optimizer(spec.optimizer, model, spec.lr_scale)
+        sched, _ = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
+        ddp = nn.parallel.DistributedDataParallel(LossModule(model))
+        params = [p for g in opt.param_groups for p in g["params"]]
+        trace = []
+        for step in range(1, spec.steps + 1):
+            x, y = data.train_batch(ds, spec.seed, step, entry.batch_size[spec.size], device)
+            lr = opt.param_groups[0]["lr"]
+            loss = ddp(x[rank::world], y[rank::world])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            opt.step()
+            if step < spec.steps:
+                sched.step()
+            mean_loss = loss.detach().clone()
+            dist.all_reduce(mean_loss)  # equal shards: the mean of the shard means is the batch mean
+            trace.append(dict(step=step, lr=lr, loss=float(mean_loss) / world, grad_norm=float(grad_norm)))
+        if rank == 0:
+            Path(out).write_text(json.dumps(dict(trace=trace, weights_sha256=train.weights_sha256(model))))
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_trace(spec: RunSpec, data_dir: Path, world_size: int = 2) -> tuple[list[dict], str]:
+    """(rank 0's per-step lr / batch-mean loss / grad norm, final weights hash) of a DDP run."""
+    data.load(MODELS[spec.model].task, block_size(spec.model, spec.size), str(data_dir))  # written once, here
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "trace.json"
+        mp.start_processes(_worker, args=(world_size, free_port(), spec, str(data_dir), str(out)),
+                           nprocs=world_size, start_method="spawn")
+        result = json.loads(out.read_text())
+    return result["trace"], result["weights_sha256"]
+
+
+def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2) -> dict:
+    """repro.csv row: DDP on ``world_size`` processes vs one process, same global batch."""
+    from . import compare
+    from .repro import DDP_RTOL, DDP_STEPS, row
+
+    single = train.run(spec, data_dir)
+    trace, _ = ddp_trace(spec, data_dir, world_size)
+    ref = {s["step"]: s["loss"] for s in single.steps}
+    diffs = [abs(s["loss"] - ref[s["step"]]) for s in trace if s["step"] in ref]
+    k = min(DDP_STEPS, len(diffs))
+    first_rel = max((abs(s["loss"] - ref[s["step"]]) / abs(ref[s["step"]]) for s in trace[:k]), default=math.nan)
+    tail = max(1, round(0.1 * len(trace)))
+    ddp_final = sum(s["loss"] for s in trace[-tail:]) / tail
+    band = compare.loss_band(single.row["final_loss"])
+    final_ok = abs(ddp_final - single.row["final_loss"]) <= band
+    info = data.load(MODELS[spec.model].task, block_size(spec.model, spec.size), str(data_dir)).info
+    bn = has_batchnorm(build_model(spec.model, spec.size, info))
+    steps_ok = (bn and spec.device == "cpu") or first_rel <= DDP_RTOL
+    detail = (f"{world_size} processes ({'nccl' if spec.device == 'cuda' else 'gloo'}): final loss {ddp_final:.4g} vs "
+              f"{single.row['final_loss']:.4g} (band {band:.3g}); first {k} steps max rel diff {first_rel:.2g}"
+              + (" (per-rank BatchNorm on CPU: steps not compared)" if bn and spec.device == "cpu"
+                 else f" (tolerance {DDP_RTOL:g})"))
+    first_diff = next((float(s["step"]) for s in trace if s["step"] in ref and s["loss"] != ref[s["step"]]), math.nan)
+    return row(spec, "ddp", "close" if final_ok and steps_ok else "far", first_diff, max(diffs, default=math.nan), detail)

@@ -1,0 +1,119 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diagnostics import checkpoint, compare, repro, train
+from diagnostics.ddp import ddp_check
+from diagnostics.spec import RunSpec
+from tests.conftest import diagnostics
+
+
+def steps(values, start=1):
+    return [dict(step=start + i, lr=1e-3, loss=v, grad_norm=1.0) for i, v in enumerate(values)]
+
+
+def test_first_difference():
+    first, biggest = repro.first_difference(steps([3.0, 2.5, 2.0]), steps([3.0, 2.5, 2.0]))
+    assert math.isnan(first) and biggest == 0.0
+    first, biggest = repro.first_difference(steps([3.0, 2.5, 2.0]), steps([3.0, 2.5000001, 2.1]))
+    assert first == 2 and biggest == pytest.approx(0.1)
+    first, _ = repro.first_difference(steps([3.0, 2.5]), steps([3.0, 2.5, 2.0]))  # one is longer
+    assert first == 3
+
+
+def test_seed_table_mean_std_and_ci():
+    base = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="none", device="cpu", precision="fp32",
+                lr_scale=1.0, steps=200, model_size="tiny")
+    losses = [1.80, 1.82, 1.79, 1.81, 1.83]
+    runs = pd.DataFrame([dict(base, seed=s, final_loss=v, val_loss=v - 0.02) for s, v in enumerate(losses)]
+                        + [dict(base, optimizer="sgd", seed=0, final_loss=1.7, val_loss=1.7)])  # one seed: no row
+    t = repro.seed_table(runs)
+    assert len(t) == 1 and t.iloc[0]["n_seeds"] == 5 and t.iloc[0]["seeds"] == "0,1,2,3,4"
+    assert t.iloc[0]["final_loss_mean"] == pytest.approx(np.mean(losses))
+    assert t.iloc[0]["final_loss_std"] == pytest.approx(np.std(losses, ddof=1))
+    assert t.iloc[0]["final_loss_ci_low"] < np.mean(losses) < t.iloc[0]["final_loss_ci_high"]
+    assert compare.seed_spread(runs)[tuple(base.values())] == pytest.approx(np.std(losses, ddof=1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer,scheduler,warmup", [("lion", "onecycle", "linear"),
+                                                        ("sgd", "cosine_restarts", "none")])
+def test_resume_is_exact(optimizer, scheduler, warmup, tmp_path):
+    spec = RunSpec("gpt", optimizer, scheduler, warmup, "cpu", steps=30)
+    r = repro.resume(spec, data_dir=tmp_path)
+    assert r["result"] == "identical", r["detail"]
+
+
+@pytest.mark.slow
+def test_twice_same_and_a_difference_is_located(tmp_path, monkeypatch):
+    spec = RunSpec("resnet", "adamw", "step", "linear", "cpu", steps=20)
+    assert repro.twice_same(spec, data_dir=tmp_path)["result"] == "identical"
+    real = train.run
+    calls = []
+
+    def nudged(s, **kw):  # the second run's step 7 gets another loss: found, at that step
+        r = real(s, **kw)
+        calls.append(1)
+        if len(calls) == 2:
+            r.steps[6]["loss"] += 1e-6
+        return r
+
+    monkeypatch.setattr(repro.train, "run", nudged)
+    r = repro.twice_same(spec, data_dir=tmp_path)
+    assert r["result"] == "different" and r["first_diff_step"] == 7 and r["max_abs_diff"] == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_truncated_or_foreign_checkpoints_are_one_line_errors(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    good = tmp_path / "ck.pt"
+    checkpoint.save(good, "run-a", 5, model, opt, sched)
+    assert checkpoint.load(good, "run-a", model, opt, sched) == 5
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    for path, pattern in ((truncated, "not a readable checkpoint"), (foreign, "not a diagnostics checkpoint"),
+                          (text, "not a readable checkpoint"), (tmp_path / "absent.pt", "no such checkpoint")):
+        with pytest.raises(checkpoint.CheckpointError, match=pattern) as e:
+            checkpoint.load(path, "run-a", model, opt, sched)
+        assert "\n" not in str(e.value)
+    with pytest.raises(checkpoint.CheckpointError, match="checkpoint of run-a, not of run-b"):
+        checkpoint.load(good, "run-b", model, opt, sched)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gpt", "resnet"])
+def test_ddp_two_processes_agree_with_one(model, tmp_path):
+    r = ddp_check(RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=30), tmp_path)
+    assert r["result"] == "close", r["detail"]
+    if model == "gpt":
+        assert "first 5 steps max rel diff" in r["detail"] and r["max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_reproducibility_suite_writes_repro_csv(tmp_path):
+    d = tmp_path / "r"
+    proc = diagnostics("run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--steps", "20",
+                       "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"), "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    t = pd.read_csv(d / "repro.csv")
+    assert set(t["check"]) == {"twice_same", "resume", "ddp"}
+    assert (t[t["check"] != "ddp"]["result"] == "identical").all() and (t[t["check"] == "ddp"]["result"] == "close").all()
+
+
+@pytest.mark.slow
+def test_several_seeds_write_seeds_csv(tmp_path):
+    d = tmp_path / "r"
+    proc = diagnostics("run", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--seeds", "0,1,2",
+                       "--steps", "20", "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"),
+                       "--quiet")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    t = pd.read_csv(d / "seeds.csv")
+    assert len(t) == 1 and t.iloc[0]["n_seeds"] == 3 and t.iloc[0]["final_loss_std"] > 0
