@@ -52,12 +52,11 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
 
 def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
-    from . import data
-    from .pytest_plugin import resolve_devices
+    from . import data, devices
     from .spec import GridOptions, SpecError, parse_shard, resolve_grid
 
     try:
-        devs = resolve_devices(args.devices or "auto")
+        devs = devices.resolve(args.devices or "auto")
         resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
                                  schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
                                  seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,

@@ -48,6 +48,15 @@ def index_baseline(df: pd.DataFrame) -> dict[tuple, dict]:
     return {key_of(r): r for r in df.to_dict("records")}
 
 
+def load_baseline(path) -> dict[tuple, dict]:
+    """Baseline rows by key; {} when the file does not exist (every run: "no baseline")."""
+    from . import report
+
+    if not path.exists():
+        return {}
+    return index_baseline(report.read(path, required=BASELINE_KEY + ["status", "final_loss"]))
+
+
 def check(row: dict, base: dict | None) -> BaselineCheck:
     """Judge one candidate row against its baseline row (None: there is none)."""
     if base is None:

@@ -25,6 +25,26 @@ def available_devices() -> tuple[str, ...]:
     return tuple(d for d in DEVICE_TYPES if is_available(d))
 
 
+def resolve(value: str) -> tuple[str, ...]:
+    """``auto`` -> every available device type; else each named type must be available
+    (raises SpecError with one line naming what is)."""
+    from .spec import SpecError
+
+    available = available_devices()
+    if value == "auto":
+        return available
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in DEVICE_TYPES]
+    if unknown or not names:
+        raise SpecError(f"unknown device {', '.join(map(repr, unknown)) or repr(value)}; "
+                        f"valid: auto, {', '.join(DEVICE_TYPES)}")
+    absent = [n for n in names if n not in available]
+    if absent:
+        raise SpecError(f"requested device {', '.join(absent)} is not available on this machine "
+                        f"(available: {', '.join(available)})")
+    return names
+
+
 def worker_device_index(worker_number: int, n_visible: int) -> int:
     """GPU a pytest-xdist worker pins itself to: round-robin over the visible devices (which
     are the caller's CUDA_VISIBLE_DEVICES, in its order, when set)."""

@@ -55,7 +55,7 @@ class Session:
     def baseline_row(self, grid_name: str, row: dict) -> dict | None:
         path = self.baseline_path(grid_name)
         if path not in self.baselines:
-            self.baselines[path] = load_baseline(path)
+            self.baselines[path] = compare.load_baseline(path)
         return self.baselines[path].get(compare.key_of(row))
 
     def record_repro(self, row: dict) -> None:
@@ -105,42 +105,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                                       "log-partition every 10 steps (one extra forward pass each)")
 
 
-def resolve_devices(value: str) -> tuple[str, ...]:
-    """``auto`` -> every available device type; else each named type must be available."""
-    available = devices.available_devices()
-    if value == "auto":
-        return available
-    names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
-    unknown = [n for n in names if n not in devices.DEVICE_TYPES]
-    if unknown or not names:
-        raise SpecError(f"unknown device {', '.join(map(repr, unknown)) or repr(value)}; "
-                        f"valid: auto, {', '.join(devices.DEVICE_TYPES)}")
-    absent = [n for n in names if n not in available]
-    if absent:
-        raise SpecError(f"requested device {', '.join(absent)} is not available on this machine "
-                        f"(available: {', '.join(available)})")
-    return names
-
-
-def load_baseline(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    df = report.read(path, required=compare.BASELINE_KEY + ["status", "final_loss"])
-    return compare.index_baseline(df)
-
-
 def build_session(config: pytest.Config) -> Session:
     opt = config.getoption
     options = GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
                           schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
                           seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), lr_scales=opt("lr_scales"),
-                          devices=resolve_devices(opt("devices")))
+                          devices=devices.resolve(opt("devices")))
     resolve_grid(replace(options, grid=options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
     session = Session(options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
                       opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"), parse_shard(opt("shard")))
-    if opt("baseline"):
-        session.baseline_row(options.grid or "default", {k: "" for k in compare.BASELINE_KEY})  # fail early
+    if opt("baseline"):  # a given baseline that cannot be read fails the session now
+        path = session.baseline_path(options.grid or "default")
+        session.baselines[path] = compare.load_baseline(path)
     return session
 
 

@@ -1,13 +1,12 @@
 import pytest
 
 from diagnostics import devices
-from diagnostics.pytest_plugin import resolve_devices
 from diagnostics.spec import SpecError
 
 
 def test_cpu_is_always_available():
     assert devices.available_devices()[0] == "cpu"
-    assert resolve_devices("auto") == devices.available_devices()
+    assert devices.resolve("auto") == devices.available_devices()
 
 
 def test_worker_device_index_round_robins():
@@ -25,6 +24,6 @@ def test_absent_or_unknown_device_is_an_error():
     absent = [d for d in devices.DEVICE_TYPES if not devices.is_available(d)]
     if absent:
         with pytest.raises(SpecError, match=f"requested device {absent[0]} is not available"):
-            resolve_devices(absent[0])
+            devices.resolve(absent[0])
     with pytest.raises(SpecError, match="unknown device 'tpu'"):
-        resolve_devices("tpu")
+        devices.resolve("tpu")
