@@ -71,9 +71,11 @@ class Session:
         return None if hit.empty else str(hit.iloc[0]["result"])
 
     def record(self, result: RunResult) -> None:
-        report.append(self.report_dir / report.RUNS, [result.row], report.RUNS_COLUMNS)
+        """Trace and events first, the runs.csv row last: a session killed in between never
+        leaves a run row without its trace."""
         report.append(self.report_dir / report.STEPS, result.steps, report.STEPS_COLUMNS)
         report.append(self.report_dir / report.EVENTS, result.events, report.EVENTS_COLUMNS)
+        report.append(self.report_dir / report.RUNS, [result.row], report.RUNS_COLUMNS)
 
 
 SESSION = pytest.StashKey[Session]()

@@ -170,3 +170,31 @@ def test_detect_bad_tables_are_one_line(tmp_path, content, pattern):
     src.write_text(content)
     assert_one_line_error(diagnostics("detect", str(src)), 2, pattern)
     assert_one_line_error(diagnostics("detect", str(tmp_path / "absent.csv")), 2, "no such file")
+
+
+@pytest.mark.slow
+def test_a_killed_session_keeps_every_finished_run(tmp_path):
+    """Rows are appended (and fsynced) as each run finishes: SIGKILL after the first one loses
+    nothing that finished and leaves no partial line."""
+    import signal
+    import time
+
+    d = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "diagnostics", "run", "--grid", "smoke", "--steps", "200",
+                             "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"),
+                             "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (d / "runs.csv").exists() and len((d / "runs.csv").read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    runs = report.read(d / "runs.csv")
+    steps = report.read(d / "steps.csv")
+    assert 1 <= len(runs) < 4 and runs["status"].isin(detect.STATUSES).all()
+    assert set(steps["run_id"]) >= set(runs["run_id"])  # each finished run's trace is there too
+    assert (steps.groupby("run_id").size()[list(runs["run_id"])] == 200).all()
