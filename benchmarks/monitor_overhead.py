@@ -57,22 +57,17 @@ def instrumentation_alone(spec: RunSpec, repeats: int = 2000) -> float:
     params = [p for g in opt.param_groups for p in g["params"]]
     model.loss(data.train_batch(ds, 0, 1, entry.batch_size[spec.size], torch.device("cpu"))).backward()
     names, assign = train.layers_of(model, params)
-    monitor, pending = Monitor(loss_floor=ds.loss_floor), []
+    trace = train.Trace(spec.id, names, Monitor(loss_floor=ds.loss_floor))
     loss = torch.tensor(2.0)
     t0 = time.perf_counter()
     for step in range(1, repeats + 1):
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
         norms = torch.stack(torch._foreach_norm(grads))
         gn = torch.linalg.vector_norm(norms)
-        pending.append((step, 1e-3, torch.cat((loss.view(1), gn.view(1), train.layer_norms(norms, assign))), 0.0))
+        trace.add(step, 1e-3, loss + 1e-3 * (step % 7), gn, train.layer_norms(norms, assign), 0.0)
         if step % train.SYNC_EVERY == 0:
             before = [p.detach().clone() for p in params]
-            train.update_ratio(params, before).tolist()
-            values = torch.stack([v for _, _, v, _ in pending]).tolist()
-            for (s, lr, _, el), (lv, gv, *per_layer) in zip(pending, values):
-                dict(run_id=spec.id, step=s, lr=lr, loss=lv, grad_norm=gv, elapsed_s=el)
-                monitor.update(s, lv + 1e-3 * (step % 7), gv, lr, dict(zip(names, per_layer)))
-            pending.clear()
+            trace.read(dict(update_ratio=train.update_ratio(params, before)))
     return (time.perf_counter() - t0) / repeats
 
 

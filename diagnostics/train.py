@@ -58,6 +58,40 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+class Trace:
+    """Per-step values kept on the device and read to the host in one synchronisation per
+    ``read`` (every SYNC_EVERY steps): they become steps.csv rows and feed the Monitor."""
+
+    def __init__(self, run_id: str, layer_names: list[str], monitor: Monitor):
+        self.run_id, self.layer_names, self.monitor = run_id, layer_names, monitor
+        self.pending: list[tuple[int, float, torch.Tensor, float]] = []
+        self.rows: list[dict] = []
+        self.max_grad_norm = 0.0
+
+    def add(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor, per_layer: torch.Tensor,
+            elapsed: float) -> None:
+        values = torch.cat((loss.detach().float().view(1), grad_norm.float().view(1), per_layer))
+        self.pending.append((step, lr, values, elapsed))
+
+    def read(self, sampled: dict[str, torch.Tensor]) -> None:
+        """Host-read everything pending; ``sampled`` (signals measured on this step only) joins
+        the row of the last pending step."""
+        last = self.pending[-1][0]
+        stacked = torch.stack([v for _, _, v, _ in self.pending])
+        extra = [v.float().view(1) for v in sampled.values()]
+        flat = torch.cat([stacked.flatten(), *extra]).tolist()  # the one host synchronisation
+        width = stacked.shape[1]
+        values = [flat[i:i + width] for i in range(0, stacked.numel(), width)]
+        extra = dict(zip(sampled, flat[stacked.numel():]))
+        for (step, lr, _, elapsed), (loss, grad_norm, *per_layer) in zip(self.pending, values):
+            self.rows.append(dict(run_id=self.run_id, step=step, lr=lr, loss=loss, grad_norm=grad_norm,
+                                  elapsed_s=elapsed, **(extra if step == last else {})))
+            self.monitor.update(step, loss, grad_norm, lr, dict(zip(self.layer_names, per_layer)))
+            if math.isfinite(grad_norm):
+                self.max_grad_norm = max(self.max_grad_norm, grad_norm)
+        self.pending.clear()
+
+
 @torch.no_grad()
 def update_ratio(params: list[torch.Tensor], before: list[torch.Tensor]) -> torch.Tensor:
     """||w_after - w_before|| / ||w_after|| over all parameters: how far one optimizer step moved
@@ -193,9 +227,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
 
     layer_names, layer_assign = layers_of(model, params)
     layer_assign = layer_assign.to(device)
-    steps: list[dict] = []
-    pending: list[tuple[int, float, torch.Tensor, float]] = []
-    max_grad = 0.0
+    trace = Trace(spec.id, layer_names, monitor)
     t0 = time.perf_counter()
     for step in range(first_step, last_step + 1):
         x, y = data.train_batch(ds, spec.seed, step, batch_size, device)
@@ -218,22 +250,13 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
             opt.step()
         if step < spec.steps:  # the schedule covers exactly spec.steps optimizer steps
             sched.step()
-        pending.append((step, lr, torch.cat((loss.detach().float().view(1), grad_norm.view(1),
-                                             layer_norms(param_norms, layer_assign))), time.perf_counter() - t0))
+        trace.add(step, lr, loss, grad_norm, layer_norms(param_norms, layer_assign), time.perf_counter() - t0)
         if read:
             sampled = dict(update_ratio=update_ratio(params, before))
             if probes and hasattr(model, "probes"):
                 with autocast:
                     sampled.update(model.probes(x))
-            sampled = dict(zip(sampled, torch.stack([v.float() for v in sampled.values()]).tolist()))
-            values = torch.stack([v for _, _, v, _ in pending]).tolist()  # one host sync per SYNC_EVERY steps
-            for (s, s_lr, _, elapsed), (l_val, g_val, *per_layer) in zip(pending, values):
-                steps.append(dict(run_id=spec.id, step=s, lr=s_lr, loss=l_val, grad_norm=g_val, elapsed_s=elapsed,
-                                  **(sampled if s == step else {})))
-                monitor.update(s, l_val, g_val, s_lr, dict(zip(layer_names, per_layer)))
-                if math.isfinite(g_val):
-                    max_grad = max(max_grad, g_val)
-            pending.clear()
+            trace.read(sampled)
             peak_rss = max(peak_rss, proc.memory_info().rss)
             if monitor.diverged:
                 break
@@ -242,7 +265,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     runtime = time.perf_counter() - t0
     if stop_after is not None and checkpoint_path is not None and not monitor.diverged:
         checkpoint.save(checkpoint_path, spec.id, last_step, model, opt, sched)
-    steps_run = len(steps)
+    steps, steps_run = trace.rows, len(trace.rows)
 
     val_loss, val_metric, metric_name = evaluate(model, ds, device, autocast)
     verdict = monitor.verdict()
@@ -256,7 +279,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         first_event_step=verdict.first_event_step, n_loss_spikes=verdict.n_loss_spikes,
         n_grad_spikes=verdict.n_grad_spikes, initial_loss=verdict.initial_loss, final_loss=verdict.final_loss,
         min_loss=verdict.min_loss, val_loss=val_loss, val_metric=val_metric, loss_floor=ds.loss_floor,
-        max_grad_norm=max_grad, weights_sha256=weights_sha256(model),
+        max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(model),
         runtime_s=runtime, steps_per_s=steps_run / runtime, samples_per_s=steps_run * batch_size / runtime,
         peak_rss_mb=peak_rss / MB, peak_device_mem_mb=torch.cuda.max_memory_allocated() / MB if on_cuda else math.nan,
         data_path=str(ds.path.resolve()), data_sha256=ds.sha256, data_name=ds.name, deterministic=deterministic,
