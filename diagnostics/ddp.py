@@ -54,9 +54,12 @@ def has_batchnorm(model: nn.Module) -> bool:
 def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     on_cuda = spec.device == "cuda"
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if on_cuda else "cpu")
+    if on_cuda:
+        determinism.configure_process()  # before the first cuBLAS call
+        torch.cuda.set_device(device)  # NCCL's device for this rank
     dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
     try:
-        device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if on_cuda else "cpu")
         determinism.apply(spec.seed, device.type)
         entry = MODELS[spec.model]
         ds = data.load(entry.task, block_size(spec.model, spec.size), data_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import compare, data, devices, env, report, repro, stability, train
+from . import compare, data, determinism, devices, env, report, repro, stability, train
 from .detect import SKIPPED
 from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
@@ -141,6 +141,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SESSION] = session
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(Progress(config), "diagnostics-progress")
+    determinism.configure_process()  # process-wide settings that must precede any CUDA work
     if hasattr(config, "workerinput"):  # an xdist worker: share the cores, pin one GPU
         n_workers = int(config.workerinput.get("workercount", 1))
         torch.set_num_threads(devices.threads_per_worker(n_workers))
