@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -270,6 +271,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if s is None or hasattr(config, "workerinput") or not s.prepared:
         return
     report.finalize(s.report_dir)
+    repro_path = s.report_dir / repro.REPRO
+    if s.update_baseline and repro_path.exists():  # what twice-same found deterministic, for later sessions
+        target = s.baseline_path(s.options.grid or "default").with_name(repro.REPRO)
+        old = report.read(target, required=repro.REPRO_COLUMNS) if target.exists() else None
+        new = report.read(repro_path, required=repro.REPRO_COLUMNS)
+        keep = old[~old.set_index(["run_id", "check"]).index.isin(new.set_index(["run_id", "check"]).index)] \
+            if old is not None else None
+        report.write_atomic(target, pd.concat([keep, new]).sort_values(["run_id", "check"]) if keep is not None else new)
     runs_path = s.report_dir / report.RUNS
     if not runs_path.exists():
         return

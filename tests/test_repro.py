@@ -117,3 +117,16 @@ def test_several_seeds_write_seeds_csv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:]
     t = pd.read_csv(d / "seeds.csv")
     assert len(t) == 1 and t.iloc[0]["n_seeds"] == 3 and t.iloc[0]["final_loss_std"] > 0
+
+
+@pytest.mark.slow
+def test_update_baseline_keeps_repro_results(tmp_path):
+    base = tmp_path / "base" / "runs.csv"
+    args = ["run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--optimizers", "sgd",
+            "--steps", "12", "--devices", "cpu", "--data-dir", str(tmp_path / "data"), "--baseline", str(base),
+            "--update-baseline", "--quiet", "-k", "twice_same"]
+    assert diagnostics(*args, "--report-dir", str(tmp_path / "r1")).returncode == 0
+    t = pd.read_csv(base.with_name("repro.csv"))
+    assert list(zip(t["check"], t["result"])) == [("twice_same", "identical")]
+    assert diagnostics(*args, "--report-dir", str(tmp_path / "r2")).returncode == 0  # replaced, not duplicated
+    assert len(pd.read_csv(base.with_name("repro.csv"))) == 1
