@@ -82,6 +82,13 @@ def _curve(ax, steps: pd.DataFrame, run: dict, events: pd.DataFrame, style="-", 
     return tr
 
 
+def lr_axis(ax):
+    """The panel's secondary axis for the LR, made once and shared by the runs drawn in it."""
+    if not hasattr(ax, "lr_axis"):
+        ax.lr_axis = ax.twinx()
+    return ax.lr_axis
+
+
 def _groups(runs: pd.DataFrame):
     """Figures are per model x device x precision x seed x LR scale (usually one each)."""
     keys = ["model", "device", "precision", "seed", "lr_scale"]
@@ -104,8 +111,7 @@ def plot_runs(report_dir: Path, out_dir: Path) -> list[Path]:
             ax = axes[opts.index(run["optimizer"])][scheds.index(run["scheduler"])]
             tr = _curve(ax, steps, run, events, WARMUP_STYLE.get(run["warmup"], "-"),
                         label=f"{run['warmup']}: {run['status']}")
-            lr_ax = ax.twinx() if not hasattr(ax, "_lr_ax") else ax._lr_ax
-            ax._lr_ax = lr_ax
+            lr_ax = lr_axis(ax)
             lr_ax.plot(tr["step"], tr["lr"], WARMUP_STYLE.get(run["warmup"], "-"), color="grey", lw=0.6, alpha=0.6)
             lr_ax.tick_params(labelsize=6, colors="grey")
             ax.set_title(f"{run['optimizer']} / {run['scheduler']}", fontsize=9)
@@ -139,8 +145,7 @@ def plot_onecycle_vs_cosine(report_dir, out_dir, runs=None, steps=None, events=N
             ax = axes[opts.index(run["optimizer"])][pair.index(run["scheduler"])]
             colour = "#1565c0" if run["warmup"] == "none" else "#ef6c00"
             tr = _curve(ax, steps, run, events, "-", label=f"warmup {run['warmup']} ({run['status']})", colour=colour)
-            lr_ax = getattr(ax, "_lr_ax", None) or ax.twinx()
-            ax._lr_ax = lr_ax
+            lr_ax = lr_axis(ax)
             lr_ax.plot(tr["step"], tr["lr"], ":", color=colour, lw=1)
             lr_ax.set_ylabel("LR (dotted)", fontsize=7)
             ax.set_title(f"{run['optimizer']} / {run['scheduler']}", fontsize=9)

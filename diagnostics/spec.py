@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field, replace
 
-from .models import MODELS
+from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 
 PRECISIONS = ("fp32", "bf16")
@@ -195,7 +195,7 @@ def resolve_grid(opts: GridOptions) -> Grid:
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,
-        size=parse_names(opts.size, ("tiny", "small"), "size")[0] if opts.size else None,
+        size=parse_names(opts.size, SIZES, "size")[0] if opts.size else None,
         devices=opts.devices or None,
     )
     return replace(g, **{k: v for k, v in overrides.items() if v is not None})

@@ -4,6 +4,7 @@ with the right kind; healthy runs (warm restarts included) are not called diverg
 import pytest
 
 from diagnostics import train
+from diagnostics.detect import EVENT_KINDS
 from diagnostics.faults import Fault
 from diagnostics.spec import RunSpec
 from diagnostics.train import SYNC_EVERY
@@ -21,6 +22,7 @@ def run(data_dir, model="gpt", optimizer="adamw", scheduler="constant", fault=No
 
 
 def events(result, kind):
+    assert {e["kind"] for e in result.events} <= set(EVENT_KINDS)  # only the documented kinds
     return [e for e in result.events if e["kind"] == kind]
 
 
