@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import options
+
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
                 "size", "lr_scales", "shard", "data_root", "data_dir", "report_dir", "baseline")
@@ -46,6 +48,8 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
     p.add_argument("--baseline", help="baseline runs.csv or folder (default: reports/baselines/<grid>)")
     p.add_argument("--update-baseline", action="store_true", help="write this session's rows into the baseline")
+    p.add_argument("--force", action="store_true", help="with --update-baseline: write even if runs errored or skipped")
+    options.add(p)
     p.add_argument("--probes", action="store_true",
                    help="gpt: record the max attention logit and output log-partition every 10 steps")
 
@@ -64,7 +68,8 @@ def validate_grid_options(args: argparse.Namespace) -> None:
         parse_shard(args.shard)
         if args.data_root:
             data.check_root(Path(args.data_root))
-    except (SpecError, data.DataError) as e:
+        options.policy(lambda k: getattr(args, k, None))
+    except (SpecError, data.DataError, ValueError) as e:
         raise UsageError(str(e)) from None
 
 
@@ -75,6 +80,8 @@ def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
         if value is not None:
             out += [f"--{name.replace('_', '-')}", str(value)]
     out += ["--update-baseline"] if args.update_baseline else []
+    out += ["--force"] if getattr(args, "force", False) else []
+    out += options.forward(lambda k: getattr(args, k, None))
     out += ["--probes"] if args.probes else []
     out += ["--quiet-runs"] if args.quiet else []
     out += ["-q"] if not any(a.startswith("-v") for a in args.pytest_args) else []
@@ -95,6 +102,80 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(pytest.main(pytest_args(args, suite.name)))
 
 
+def workers_for(p, workers: str | None) -> str | None:
+    """xdist workers for a perturbation's session: one that runs each CPU run on T threads gets
+    cores // T workers, so the cores are not oversubscribed (that made it ~5x slower here)."""
+    import os
+
+    if p.threads is None or workers is None:
+        return workers
+    n = os.cpu_count() if not str(workers).isdigit() else int(workers)
+    return str(max(1, min(n, (os.cpu_count() or 1) // p.threads))) if n > 1 else workers
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Reference run (written as the baseline), one rerun per perturbation, then tolerances.csv
+    and envelope.csv beside the baseline (calibrate.py)."""
+    import shutil
+    import subprocess
+
+    import pandas as pd
+
+    from . import baseline, calibrate, devices, perturb, report, repro
+    from .compare import CONFIG
+    from .spec import GridOptions, resolve_grid
+
+    validate_grid_options(args)
+    names = [n.strip() for n in args.perturbations.split(",") if n.strip()]
+    bad = [n for n in names if n not in perturb.PERTURBATIONS]
+    if bad or not names:
+        raise UsageError(f"--perturbations {args.perturbations!r}: valid names are {', '.join(perturb.PERTURBATIONS)}")
+    grid = resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
+                                    schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
+                                    seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,
+                                    devices=devices.resolve(args.devices or "auto")))
+    work = Path(args.work_dir) / grid.name
+    target = baseline.directory(grid.name, args.baseline)
+
+    def complete(folder: Path, n_runs: int) -> bool:
+        return args.resume and (folder / report.RUNS).exists() and len(report.read_csv(folder / report.RUNS)) == n_runs
+
+    def session(name: str, extra: list[str], **changes) -> Path:
+        n_runs = len(grid.specs()) // (1 if name == "reference" else len(grid.seeds))
+        if complete(work / name, n_runs):
+            print(f"calibrate: {name}: reusing the complete session in {work / name} (--resume)")
+            return work / name
+        sub = argparse.Namespace(**{**vars(args), "report_dir": str(work / name), **changes})
+        cmd = [sys.executable, "-m", "pytest", *pytest_args(sub, SUITE_FILES["convergence"]), *extra]
+        print(f"calibrate: {name}: {' '.join(cmd[3:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise UsageError(f"the {name} session failed (see above); nothing more was calibrated")
+        return work / name
+
+    ref = session("reference", [], update_baseline=True)
+    perturbed_dirs = {n: session(n, ["--perturb", n], seeds=str(grid.seeds[0]), update_baseline=False, force=False,
+                                 workers=workers_for(perturb.PERTURBATIONS[n], args.workers)) for n in names}
+    try:
+        ref_runs = report.read(ref / report.RUNS)
+        runs = {n: report.read(d / report.RUNS) for n, d in perturbed_dirs.items()}
+        tol = calibrate.tolerances(ref_runs, runs, CONFIG)
+        env = calibrate.envelope(report.read(ref / report.STEPS), {n: report.read(d / report.STEPS)
+                                                                   for n, d in perturbed_dirs.items()})
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    report.write_atomic(target / calibrate.TOLERANCES, tol)
+    report.write_atomic(target / calibrate.ENVELOPE, env)
+    if (ref / repro.SEEDS).exists():
+        shutil.copyfile(ref / repro.SEEDS, target / repro.SEEDS)
+    rel = (tol["final_loss_noise"] / tol["final_loss_reference"].abs()).replace([float("inf")], float("nan"))
+    borderline = tol[tol["statuses_seen"].str.contains(",")]
+    print(f"calibrate: {len(tol)} configs x {len(names)} perturbations ({', '.join(names)}) into "
+          f"{target / calibrate.TOLERANCES}; final-loss noise relative to the loss: median {rel.median():.2g}, "
+          f"max {rel.max():.2g}; {len(borderline)} config(s) on a status threshold"
+          + (f": {', '.join(pd.unique(borderline['run_id']))}" if len(borderline) else ""))
+    return 0
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from . import env
     from .devices import available_devices
@@ -104,44 +185,34 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_steps_table(path: Path):
-    """A user's steps table: run_id, step, loss, grad_norm (lr optional), numeric values."""
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Statuses and events for any training logs (logs.read: CSV/TSV, JSON lines, HF
+    trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard)."""
     import pandas as pd
 
-    from . import report
+    from . import detect, logs, report
 
+    cols = logs.Columns(args.step_col, args.loss_col, args.grad_col, args.lr_col)
+    tables = []
     try:
-        df = report.read(path, required=["run_id", "step", "loss", "grad_norm"])
-    except report.ReportError as e:
+        for path in args.logs:
+            table = logs.read(path, cols)
+            if len(args.logs) > 1 and table["run_id"].nunique() == 1:
+                table["run_id"] = str(path)  # one run per file: the file names it
+            tables.append(table)
+    except logs.LogError as e:
         raise UsageError(str(e)) from None
-    if df.empty:
-        raise UsageError(f"{path}: no rows")
-    for col in ("step", "loss", "grad_norm") + (("lr",) if "lr" in df.columns else ()):
-        values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() & df[col].notna()
-        if col == "step":
-            bad |= values.isna()
-        if bad.any():
-            i = int(bad.idxmax())
-            raise UsageError(f"{path}: column {col} has a non-numeric value {df[col][i]!r} (data row {i + 1})")
-        df[col] = values
-    df["run_id"] = df["run_id"].astype(str)
-    return df
-
-
-def cmd_detect(args: argparse.Namespace) -> int:
-    from . import detect, report
-
-    steps_path = Path(args.steps_csv)
-    df = read_steps_table(steps_path)
-    out = Path(args.out) if args.out else steps_path.parent / "detect"
+    df = pd.concat(tables, ignore_index=True)
+    first = Path(args.logs[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "detect"
     verdicts, events = detect.classify_table(df, loss_floor=args.loss_floor)
     report.write_atomic(out / report.RUNS, report.frame(verdicts, detect.VERDICT_COLUMNS))
     report.write_atomic(out / report.EVENTS, report.frame(events, report.EVENTS_COLUMNS))
-    counts = {}
+    logged = [c for c in ("grad_norm", "lr") if df[c].notna().any()]
+    print(f"read {len(df)} points of {df['run_id'].nunique()} run(s): step, loss"
+          + "".join(f", {c}" for c in logged) + ("" if logged else " (no gradient norm or LR logged: the rules use the loss)"))
     for v in verdicts:
-        counts[v["status"]] = counts.get(v["status"], 0) + 1
-    print(f"{len(verdicts)} runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        print(f"{v['run_id']}: {v['status']} ({v['status_reason']})")
     print(f"wrote {out / report.RUNS} and {out / report.EVENTS}")
     return 0
 
@@ -222,34 +293,77 @@ def versions_line(report_dir: Path, runs) -> str:
             f"devices {devices or get('available_devices')}")
 
 
+def read_report_runs(path: Path, need: list[str]):
+    """A report's runs.csv with the columns compare needs; a truncated row (no status or
+    run_id) is bad input, never a run."""
+    from . import report
+
+    df = report.read(path / report.RUNS, required=need)
+    broken = df["run_id"].isna() | df["status"].isna()
+    if broken.any():
+        i = int(broken.idxmax())
+        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id or status (truncated file?)")
+    return df
+
+
+def read_tolerances(base_dir: Path, option: str | None):
+    """(tolerances, envelope) beside the baseline or at --tolerances (a file or its folder);
+    (None, None) when the baseline was never calibrated and no --tolerances was given."""
+    from . import calibrate, report
+
+    folder = Path(option) if option else base_dir
+    path = folder if folder.suffix == ".csv" else folder / calibrate.TOLERANCES
+    if not path.exists():
+        if option:
+            raise report.ReportError(f"{path}: no such file (--tolerances)")
+        return None, None
+    from .compare import CONFIG
+
+    tol = report.read(path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
+    env_path = path.with_name(calibrate.ENVELOPE)
+    env = report.read(env_path, required=calibrate.ENVELOPE_COLUMNS) if env_path.exists() else None
+    return tol, env
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare, report
+    from . import compare, options, report
 
     base_dir, cand_dir = Path(args.baseline_dir), Path(args.candidate_dir)
     try:
+        policy, margin = options.policy(lambda k: getattr(args, k))
         need = compare.CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
-                                 "weights_sha256", "steps_per_s", "peak_rss_mb", "peak_device_mem_mb"]
-        base, cand = (report.read(d / report.RUNS, required=need) for d in (base_dir, cand_dir))
+                                 "val_loss", "val_metric", "divergence_step", "weights_sha256", "steps_per_s",
+                                 "peak_rss_mb", "peak_device_mem_mb"]
+        base, cand = (read_report_runs(d, need) for d in (base_dir, cand_dir))
         steps = [report.read(d / report.STEPS, required=["run_id", "step", "loss"]) if (d / report.STEPS).exists()
                  else None for d in (base_dir, cand_dir)]
-    except report.ReportError as e:
+        tol, env = read_tolerances(base_dir, args.tolerances)
+    except (report.ReportError, ValueError) as e:
         raise UsageError(str(e)) from None
-    table = compare.compare_reports(base, cand, *steps)
+    print(f"baseline  {base_dir}: {versions_line(base_dir, base)}")
+    print(f"candidate {cand_dir}: {versions_line(cand_dir, cand)}")
+    empty = [f"{name} {d} holds no runs" for name, d, df in (("baseline", base_dir, base), ("candidate", cand_dir, cand))
+             if df.empty]
+    if empty:
+        print(f"FAILED: {'; '.join(empty)}: nothing was judged")
+        return 1
+    measured = f"measured, {len(tol)} configs" if tol is not None else "none measured (any difference is beyond noise)"
+    print(f"tolerances: {measured}; margin {margin:.0%}")
+    table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / "compare.csv", table)
     counts = table["verdict"].value_counts()
-    print(f"baseline  {base_dir}: {versions_line(base_dir, base)}")
-    print(f"candidate {cand_dir}: {versions_line(cand_dir, cand)}")
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
-    regressions = table[table["regression"].astype(bool)]
+    for r in table[table["verdict"] == "changed"].to_dict("records"):
+        print(f"changed {r['run_id']}: {r['detail']}")
     cost = table[table["cost"].fillna("ok") != "ok"]
-    for r in regressions.to_dict("records"):
-        print(f"REGRESSED {r['run_id']}: {r['verdict']}: {r['detail']}")
     for r in cost.to_dict("records"):
         print(f"COST {r['run_id']}: {r['cost']} (slowdown x{r['slowdown']:.2f}, memory x{r['rss_ratio']:.2f})")
+    failed = compare.failures(table)
+    for line in failed:
+        print(f"FAILED {line}")
     print(f"wrote {out / 'compare.csv'}")
-    failed = len(regressions) > 0 or (args.fail_on_cost and len(cost) > 0)
-    return 1 if failed else 0
+    return 1 if failed or (args.fail_on_cost and len(cost) > 0) else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -271,6 +385,8 @@ def float_arg(text: str) -> float:
 
 
 def build_parser() -> Parser:
+    from .perturb import DEFAULT as PERTURB_DEFAULT
+
     parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -285,9 +401,24 @@ def build_parser() -> Parser:
     run.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
     run.set_defaults(func=cmd_run)
 
-    det = sub.add_parser("detect", help="classify the runs of any steps table (run_id, step, loss, grad_norm)")
-    det.add_argument("steps_csv", help="CSV with columns run_id, step, loss, grad_norm (lr optional)")
-    det.add_argument("--out", help="output folder for runs.csv and events.csv (default: detect/ beside the input)")
+    cal = sub.add_parser("calibrate", help="measure per-config tolerances: the grid as the baseline, then reruns "
+                                           "that change only the arithmetic; writes tolerances.csv beside it")
+    add_grid_options(cal)
+    cal.add_argument("--perturbations", default=",".join(PERTURB_DEFAULT),
+                     help="comma list of arithmetic-only perturbations (default: %(default)s)")
+    cal.add_argument("--work-dir", default="reports/calibration", help="where the sessions' reports go (a folder per grid)")
+    cal.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
+                                                           "report is complete")
+    cal.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
+    cal.set_defaults(func=cmd_calibrate, quiet=True, k=None, pytest_args=[], suite="convergence", probes=False)
+
+    det = sub.add_parser("detect", help="statuses and events for any training log: CSV/TSV, JSON lines, HF "
+                                        "trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard")
+    det.add_argument("logs", nargs="+", help="log files (or a TensorBoard run folder); step and loss are required, "
+                                             "grad_norm and lr used when logged")
+    det.add_argument("--out", help="output folder for runs.csv and events.csv (default: detect/ beside the first log)")
+    for what in ("step", "loss", "grad", "lr"):
+        det.add_argument(f"--{what}-col", help=f"the {what} column's name (default: found by name)")
     det.add_argument("--loss-floor", type=float_arg, default=float("nan"),
                      help="lowest reachable loss, if known (default: unknown, taken as 0)")
     det.set_defaults(func=cmd_detect)
@@ -319,6 +450,9 @@ def build_parser() -> Parser:
     cmp_reports.add_argument("candidate_dir")
     cmp_reports.add_argument("--out", help="folder for compare.csv (default: the candidate's)")
     cmp_reports.add_argument("--fail-on-cost", action="store_true", help="also exit 1 on a slowdown or memory growth")
+    cmp_reports.add_argument("--tolerances", help="tolerances.csv (or its folder) measured by calibrate "
+                                                  "(default: the one beside BASELINE_DIR's runs.csv)")
+    options.add(cmp_reports)
     cmp_reports.set_defaults(func=cmd_compare)
 
     mrg = sub.add_parser("merge", help="merge report directories (e.g. shards) into one")

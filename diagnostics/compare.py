@@ -1,10 +1,30 @@
-"""Verdicts: a run against its baseline row (the suites' check), and one report directory
-against another (``diagnostics compare``). One home for every comparison rule.
+"""Verdicts: one home for every comparison rule, used alike by the suites' baseline check (one
+run against its baseline row) and by ``diagnostics compare`` (one report against another).
 
-A baseline row is matched on ``BASELINE_KEY`` (same config, same length, same model size). The
-check passes when the status is the same and the final loss lies within the band; a status
-that got *better* fails too, until the baseline is updated (PyTorch's accuracy CI treats
-IMPROVED the same way), so the committed baseline always describes what the suite sees.
+Two questions are kept apart: did the numbers change at all (bits), and is the change beyond
+what numerical noise explains, and beyond a practical margin?
+
+- ``identical``: every paired seed has the same final weights (``weights_sha256``) and status.
+- ``equivalent``: every judged value lies within its config's measured tolerance
+  (``calibrate.tolerances``: NOISE_FACTOR x the noise seen when only the arithmetic changes).
+- ``changed``: beyond that noise, within the practical ``margin`` (MARGIN).
+- ``regressed`` / ``improved``: beyond the noise and beyond the margin, worse / better.
+- ``status_changed``: the (worst) status differs and the difference is not noise: the config's
+  calibration never saw both statuses, and a stalled/converged flip does not sit within the
+  tolerance of the stall line.
+- ``missing`` / ``new``: the config (or every one of its seeds) is on one side only.
+- ``skipped``: a side could not run it (e.g. no torchvision beside that torch).
+
+Judged values: the final training loss, the held-out loss and the held-out metric (accuracy,
+higher is better; for the LM the metric is the held-out loss and is judged once). Diverged runs
+are judged on when they diverged (``divergence_step``), not on their last loss.
+
+Seeds are paired by seed. With one paired seed a value is beyond noise when |difference| >
+tolerance. With two or more, one test decides: a one-sample t-test on the paired differences of
+each value, Bonferroni across the values of the config, then Holm across configs at ALPHA; a
+config is beyond noise when that survives *and* the mean difference exceeds the tolerance. Where
+no tolerance was measured, any difference counts as beyond noise (only the test can then hold
+it back). What fails a check is ``Policy.failure``: a pass that checked nothing never passes.
 """
 
 from __future__ import annotations
@@ -15,89 +35,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .detect import SKIPPED, STATUS_RANK
+from .calibrate import METRICS, NOISE_FACTOR, ULP_FLOOR
+from .detect import SKIPPED, STATUS_RANK, Thresholds, stall_line
 
+# A baseline row is matched on these columns (same config, same run length, same model size).
 BASELINE_KEY = ["run_id", "steps", "model_size"]
-# Final-loss band: |candidate - baseline| <= max(REL_BAND * |baseline|, ABS_BAND).
-# A change of stack (machine, torch release) perturbs a run much as a change of seed does, so the
-# band is sized from the seed spread measured on the default CPU grid (5 seeds x 18 configs,
-# README "Baseline band"): the largest standard deviation of the final loss was 0.012 nats for
-# gpt (0.7% of its loss) and 0.065 for resnet. The band is at least 4 of those standard
-# deviations for every config, so a 60-config grid on a new stack raises a false alarm well under
-# 1% of the time, while a real change of convergence (tenths of a nat) still fails.
-REL_BAND = 0.05
-ABS_BAND = 0.3
-
-
-@dataclass(frozen=True)
-class BaselineCheck:
-    ok: bool
-    label: str  # "match", "no baseline", "status worse", "status better", "loss out of band"
-    message: str
-
-
-def loss_band(baseline_loss: float) -> float:
-    return max(REL_BAND * abs(baseline_loss), ABS_BAND)
-
-
-def key_of(row) -> tuple:
-    return tuple(str(row[k]) for k in BASELINE_KEY)
-
-
-def index_baseline(df: pd.DataFrame) -> dict[tuple, dict]:
-    return {key_of(r): r for r in df.to_dict("records")}
-
-
-def load_baseline(path) -> dict[tuple, dict]:
-    """Baseline rows by key; {} when the file does not exist (every run: "no baseline")."""
-    from . import report
-
-    if not path.exists():
-        return {}
-    return index_baseline(report.read(path, required=BASELINE_KEY + ["status", "final_loss"]))
-
-
-def check(row: dict, base: dict | None) -> BaselineCheck:
-    """Judge one candidate row against its baseline row (None: there is none)."""
-    if base is None:
-        return BaselineCheck(True, "no baseline", f"{row['run_id']}: no baseline row for {row['steps']} steps")
-    new, old = row["status"], base["status"]
-    if new != old:
-        better = STATUS_RANK.get(new, 99) < STATUS_RANK.get(old, 99)
-        label = "status better" if better else "status worse"
-        hint = " (update the baseline with --update-baseline)" if better else ""
-        return BaselineCheck(False, label, f"{row['run_id']}: status {old} -> {new}{hint}; {row.get('status_reason', '')}")
-    a, b = float(row.get("final_loss", math.nan)), float(base.get("final_loss", math.nan))
-    if math.isnan(a) and math.isnan(b):
-        return BaselineCheck(True, "match", f"{row['run_id']}: {new}, no final loss on either side")
-    band = loss_band(b)
-    if math.isnan(a) or math.isnan(b) or abs(a - b) > band:
-        return BaselineCheck(False, "loss out of band",
-                             f"{row['run_id']}: final loss {a:.4g} vs baseline {b:.4g} (band +/-{band:.3g})")
-    return BaselineCheck(True, "match", f"{row['run_id']}: {new}, final loss {a:.4g} vs {b:.4g} (band +/-{band:.3g})")
-
-
-def merge_baseline(baseline: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame:
-    """The baseline with this session's rows replacing those of the same key."""
-    if baseline is None or baseline.empty:
-        return runs.sort_values("run_id", kind="stable").reset_index(drop=True)
-    new_keys = {key_of(r) for r in runs.to_dict("records")}
-    kept = baseline[[key_of(r) not in new_keys for r in baseline.to_dict("records")]]
-    return pd.concat([kept, runs], ignore_index=True).sort_values("run_id", kind="stable").reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------------------------
-# comparing two report directories (`diagnostics compare`)
-# --------------------------------------------------------------------------------------------
-
 # A config is matched across reports on these columns (device type, not device name), never on
-# the run_id text; its seeds are matched on ``seed``.
+# the run_id text; its seeds are paired on ``seed``.
 CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "lr_scale", "steps", "model_size"]
-VERDICTS = ("identical", "equivalent", "regressed", "improved", "status_changed", "missing", "new", "skipped")
-REGRESSIONS = ("regressed",)  # plus status_changed towards a worse status
-MIN_SEEDS_FOR_CI = 3  # with fewer seeds a side, the band decides (see REL_BAND / ABS_BAND)
-ALPHA = 0.05  # family-wise error rate across configs (Holm-Bonferroni)
-N_BOOTSTRAP = 2000  # resamples for the confidence interval of the mean difference
+VERDICTS = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed", "missing", "new",
+            "skipped")
+JUDGED = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed")  # something was checked
+# Practical margin: a relative change of 5% in a final or held-out loss (or in the held-out
+# accuracy) is a difference a recipe owner acts on. It is the shift the statistics are sized to
+# find (5 seeds a side find it >= 90% of the time, README "Verdicts"); for a diverged run, 5% of
+# the run's steps earlier or later. ``--margin`` changes it.
+MARGIN = 0.05
+# Family-wise error rate across the configs of one comparison (Holm-Bonferroni).
+ALPHA = 0.01
 # Cost thresholds: a 2x slowdown (steps/s) or 1.5x more peak memory is news even when the loss
 # is fine. Within one machine, run-to-run noise of steps/s here was under 10% (README).
 SLOWDOWN = 2.0
@@ -106,6 +61,33 @@ MEMORY_GROWTH = 1.5
 # initial loss.
 CURVE_WINDOW = 10
 SEPARATION = 0.05
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which verdicts fail a check. The defaults fail everything that is not a clean pass:
+    a regression, an improvement beyond the margin (the baseline must be updated to describe
+    what the suite sees, as PyTorch's accuracy CI treats IMPROVED), a config on one side only."""
+
+    allow_missing: bool = False  # a baseline config the candidate lacks passes
+    allow_no_baseline: bool = False  # a candidate config without a baseline passes
+    allow_improved: bool = False  # an improvement (or a better status) passes
+    fail_on_change: bool = False  # a change beyond noise but within the margin fails
+
+    def failure(self, row: dict) -> str | None:
+        """Why this verdict row fails the check, or None when it passes."""
+        v, better = row["verdict"], row.get("direction") == "better"
+        if v == "regressed" or (v == "status_changed" and not better):
+            return "regression"
+        if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
+            return "improvement beyond the margin: update the baseline, or pass --allow-improved"
+        if v == "missing" and not self.allow_missing:
+            return "missing from the candidate (--allow-missing to accept)"
+        if v == "new" and not self.allow_no_baseline:
+            return "no baseline to judge it against (--allow-no-baseline to accept)"
+        if v == "changed" and self.fail_on_change:
+            return "changed beyond numerical noise (--fail-on-change)"
+        return None
 
 
 def holm(pvalues) -> list[float]:
@@ -121,22 +103,165 @@ def holm(pvalues) -> list[float]:
     return adjusted.tolist()
 
 
-def mean_difference_ci(base, cand, seed: int = 0) -> tuple[float, float, float]:
-    """(mean difference cand - base, 95% bootstrap CI low, high), via scipy.stats.bootstrap."""
+def paired_pvalues(diffs) -> np.ndarray:
+    """Two-sided p-values of one-sample t-tests that paired differences have mean 0, over the
+    last axis (seeds), vectorised over the others. Exact zeros everywhere give 1; a constant
+    nonzero difference (no spread to test against) gives 0; fewer than 2 pairs give NaN."""
     from scipy import stats
 
-    base, cand = np.asarray(base, float), np.asarray(cand, float)
-    res = stats.bootstrap((cand, base), lambda c, b, axis=-1: c.mean(axis=axis) - b.mean(axis=axis),
-                          n_resamples=N_BOOTSTRAP, vectorized=True, random_state=seed, method="percentile")
-    return float(cand.mean() - base.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+    d = np.asarray(diffs, dtype=float)
+    if d.shape[-1] < 2:
+        return np.full(d.shape[:-1], math.nan)
+    constant = np.all(d == d[..., :1], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.asarray(stats.ttest_1samp(d, 0.0, axis=-1).pvalue, dtype=float)
+    return np.where(constant, np.where(d[..., 0] == 0, 1.0, 0.0), p)
 
 
-def welch_pvalue(base, cand) -> float:
-    from scipy import stats
+def config_pvalue(pvalues) -> float:
+    """One p-value per config: Bonferroni across its judged values (the smallest times their
+    number), so the config's test keeps its level however many values are judged."""
+    p = [x for x in pvalues if not math.isnan(x)]
+    return min(1.0, len(p) * min(p)) if p else math.nan
 
-    if np.std(base) == 0 and np.std(cand) == 0:
-        return 0.0 if np.mean(base) != np.mean(cand) else 1.0
-    return float(stats.ttest_ind(cand, base, equal_var=False).pvalue)
+
+def worst(statuses) -> str:
+    return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
+
+
+def higher_is_better(runs: pd.DataFrame, metric: str) -> bool:
+    return metric == "val_metric" and "val_accuracy" in set(runs.get("val_metric_name", pd.Series(dtype=str)).dropna())
+
+
+def judged_metrics(runs: pd.DataFrame) -> list[str]:
+    """The values judged for a config: the LM's metric is its held-out loss, judged once."""
+    names = set(runs.get("val_metric_name", pd.Series(dtype=str)).dropna())
+    return [m for m in METRICS if m in runs.columns and not (m == "val_metric" and names == {"val_loss"})]
+
+
+def tolerance_of(tol: dict | None, name: str) -> float:
+    """The measured tolerance of a value (``<name>_tol``), 0 where none was measured."""
+    if tol is None:
+        return 0.0
+    if name == "divergence_step":
+        noise = tol.get("divergence_step_noise", math.nan)
+        return NOISE_FACTOR * noise if pd.notna(noise) else 0.0
+    value = tol.get(f"{name}_tol", math.nan)
+    return float(value) if pd.notna(value) else 0.0
+
+
+def judge_value(name: str, b: pd.Series, c: pd.Series, tol: float, sign: int, margin: float, scale: float) -> dict:
+    """One value of one config over its paired seeds (b, c indexed by seed). ``sign`` is +1
+    where higher is worse; ``scale`` is what the margin is relative to."""
+    both = pd.concat([b.rename("b"), c.rename("c")], axis=1).dropna()
+    if both.empty:
+        return dict(name=name, judged=False)
+    d = both["c"] - both["b"]
+    mean = float(d.mean())
+    worse = sign * mean / max(scale, 1e-12)  # relative change, > 0 = worse
+    beyond = abs(mean) > tol
+    kind = "same" if not beyond else "worse" if worse > margin else "better" if worse < -margin else "changed"
+    return dict(name=name, judged=True, n=len(d), delta=mean, rel=worse, tol=tol, beyond=beyond, kind=kind,
+                p=float(paired_pvalues(d.to_numpy()[None])[0]))
+
+
+def describe(v: dict) -> str:
+    return f"{v['name']} {v['delta']:+.4g} ({v['rel']:+.2%} worse)" + (
+        f" beyond tol {v['tol']:.3g}" if v["beyond"] else f" within tol {v['tol']:.3g}")
+
+
+def status_flip_is_noise(base_status: str, cand_status: str, c: pd.DataFrame, tol: dict | None) -> str:
+    """Why a status difference is numerical noise, or "" when it is real: calibration saw both
+    statuses for this config, or a stalled/converged flip lies within the final-loss tolerance
+    of the stall line."""
+    seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
+    if {base_status, cand_status} <= seen:
+        return f"status {base_status} -> {cand_status} is within noise (calibration saw {', '.join(sorted(seen))})"
+    if {base_status, cand_status} == {"converged", "stalled"} and tol is not None:
+        t = tolerance_of(tol, "final_loss")
+        floor = c["loss_floor"].fillna(0.0) if "loss_floor" in c else 0.0
+        line = stall_line(c["initial_loss"], floor, Thresholds())
+        if ((c["final_loss"] - line).abs() <= t).all():
+            return f"status {base_status} -> {cand_status} on the stall line (within the final-loss tolerance {t:.3g})"
+    return ""
+
+
+def judge_config(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None = None, margin: float = MARGIN) -> dict:
+    """The verdict for one config: b, c are its runs.csv rows on each side (one per seed);
+    ``tol`` its tolerances.csv row (None: none measured). Multi-seed verdicts carry ``p_value``
+    and are final only after ``apply_holm``."""
+    out = dict(n_seeds_base=len(b), n_seeds_candidate=len(c), base_status=worst(b["status"]),
+               candidate_status=worst(c["status"]), base_final_loss=b["final_loss"].mean(),
+               candidate_final_loss=c["final_loss"].mean(), p_value=math.nan, direction="", note="")
+    out["delta_final_loss"] = out["candidate_final_loss"] - out["base_final_loss"]
+    reasons = pd.concat([b["status_reason"], c["status_reason"]]).fillna("").astype(str)
+    if reasons.str.startswith(SKIPPED).any():
+        return dict(out, verdict="skipped", detail="; ".join(sorted(set(r for r in reasons if r.startswith(SKIPPED)))))
+    seeds = sorted(set(b["seed"]) & set(c["seed"]))
+    if not seeds:
+        return dict(out, verdict="missing", detail="no seed on both sides")
+    b, c = b.set_index("seed").loc[seeds], c.set_index("seed").loc[seeds]
+    unpaired = "" if len(seeds) == out["n_seeds_base"] == out["n_seeds_candidate"] else f"judged on paired seeds {seeds}; "
+    out.update(base_status=worst(b["status"]), candidate_status=worst(c["status"]))
+    if (b["weights_sha256"] == c["weights_sha256"]).all() and (b["status"] == c["status"]).all():
+        return dict(out, verdict="identical", detail=unpaired + "same weights (sha256) and status for every seed")
+    bs, cs = out["base_status"], out["candidate_status"]
+    if bs != cs:
+        noise = status_flip_is_noise(bs, cs, c, tol)
+        if not noise:
+            better = STATUS_RANK.get(cs, 99) < STATUS_RANK.get(bs, 99)
+            return dict(out, verdict="status_changed", direction="better" if better else "worse",
+                        detail=unpaired + f"{bs} -> {cs}")
+        out["note"] = noise
+    if bs.startswith("diverged") and cs.startswith("diverged"):
+        values = [judge_value("divergence_step", b["divergence_step"], c["divergence_step"],
+                              tolerance_of(tol, "divergence_step"), -1, margin, float(b["steps"].iloc[0]))]
+    else:
+        values = [judge_value(m, b[m], c[m], tolerance_of(tol, m), -1 if higher_is_better(b, m) else 1, margin,
+                              abs(float(b[m].mean()))) for m in judged_metrics(b)]
+    values = [v for v in values if v["judged"]]
+    if len(seeds) >= 2 and values:
+        out["p_value"] = config_pvalue([v["p"] for v in values])
+    return dict(out, **verdict_from(values, out["note"], unpaired))
+
+
+def verdict_from(values: list[dict], note: str, prefix: str) -> dict:
+    """Combine the judged values: any worse -> regressed; else any better -> improved; else any
+    beyond noise -> changed; else equivalent."""
+    notes = "; ".join(x for x in (note,) if x)
+    if not values:
+        return dict(verdict="changed", direction="", detail=prefix + "; ".join(x for x in (notes, "no value to judge") if x))
+    kinds = [v["kind"] for v in values]
+    verdict = ("regressed" if "worse" in kinds else "improved" if "better" in kinds
+               else "changed" if "changed" in kinds else "equivalent")
+    shown = [v for v in values if v["beyond"]] or values
+    detail = prefix + "; ".join([describe(v) for v in shown] + ([notes] if notes else []))
+    direction = {"regressed": "worse", "improved": "better"}.get(verdict, "")
+    return dict(verdict=verdict, direction=direction, detail=detail, threshold=values[0]["tol"])
+
+
+def apply_holm(df: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Multi-seed verdicts beyond noise stand only where their p-value survives Holm across the
+    configs that were tested; the others become ``equivalent``."""
+    df = df.copy()
+    df["p_holm"] = math.nan
+    tested = df["p_value"].notna()
+    if tested.any():
+        df.loc[tested, "p_holm"] = holm(df.loc[tested, "p_value"])
+        demote = tested & df["verdict"].isin(["changed", "regressed", "improved"]) & (df["p_holm"] >= alpha)
+        df.loc[demote, "detail"] = df.loc[demote, "detail"] + f"; not significant after Holm (alpha {alpha:g})"
+        df.loc[demote, "verdict"] = "equivalent"
+        df.loc[demote, "direction"] = ""
+    return df
+
+
+def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN) -> dict:
+    """The suite's check of one run against its baseline row (None: there is none): a verdict
+    row (``verdict``, ``direction``, ``detail``) to hand to ``Policy.failure``."""
+    if base is None:
+        return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
+    frame = lambda r: pd.DataFrame([r]).assign(seed=0)  # noqa: E731  (one run: one "seed")
+    return judge_config(frame(base), frame(row), tol, margin)
 
 
 def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
@@ -153,60 +278,13 @@ def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[fl
             float(apart[0]) if len(apart) else math.nan)
 
 
-def seed_spread(runs: pd.DataFrame) -> dict[tuple, float]:
-    """Std of the final loss over seeds, per config, where a report has >= 2 seeds of it."""
-    g = runs.groupby(CONFIG, dropna=False)["final_loss"]
-    return {k: float(v) for k, v in g.std().items() if g.count()[k] >= 2 and pd.notna(v)}
-
-
-def worst(statuses) -> str:
-    return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
-
-
-def judge_config(b: pd.DataFrame, c: pd.DataFrame, spread: float | None) -> dict:
-    """The verdict for one config's seeds (b, c: its runs.csv rows on each side)."""
-    out = dict(n_seeds_base=len(b), n_seeds_candidate=len(c), base_status=worst(b["status"]),
-               candidate_status=worst(c["status"]), base_final_loss=b["final_loss"].mean(),
-               candidate_final_loss=c["final_loss"].mean(), p_value=math.nan)
-    out["delta_final_loss"] = out["candidate_final_loss"] - out["base_final_loss"]
-    if any(str(r).startswith(SKIPPED) for r in pd.concat([b["status_reason"], c["status_reason"]]).fillna("")):
-        return dict(out, verdict="skipped", detail="; ".join(sorted(set(
-            r for r in pd.concat([b["status_reason"], c["status_reason"]]).fillna("") if r.startswith(SKIPPED)))))
-    seeds = sorted(set(b["seed"]) & set(c["seed"]))
-    bs, cs = b.set_index("seed"), c.set_index("seed")
-    if seeds and len(seeds) == len(b) == len(c) and all(
-            bs.loc[s, "weights_sha256"] == cs.loc[s, "weights_sha256"] and bs.loc[s, "status"] == cs.loc[s, "status"]
-            for s in seeds):
-        return dict(out, verdict="identical", detail="same weights (sha256) and status for every seed")
-    if out["base_status"] != out["candidate_status"]:
-        worse = STATUS_RANK.get(out["candidate_status"], 99) > STATUS_RANK.get(out["base_status"], 99)
-        return dict(out, verdict="status_changed", regression=worse,
-                    detail=f"{out['base_status']} -> {out['candidate_status']}"
-                           + ("" if worse else " (an improvement: update the baseline)"))
-    base_loss, cand_loss = b["final_loss"].dropna(), c["final_loss"].dropna()
-    if base_loss.empty or cand_loss.empty:
-        return dict(out, verdict="equivalent", detail=f"same status ({out['base_status']}), no final loss to compare")
-    threshold = loss_band(base_loss.mean())
-    if len(base_loss) >= MIN_SEEDS_FOR_CI and len(cand_loss) >= MIN_SEEDS_FOR_CI:
-        diff, lo, hi = mean_difference_ci(base_loss, cand_loss)
-        out.update(ci_low=lo, ci_high=hi, p_value=welch_pvalue(base_loss, cand_loss), threshold=threshold,
-                   method=f"bootstrap CI over {len(base_loss)}/{len(cand_loss)} seeds")
-        if lo > 0 and diff > threshold:
-            return dict(out, verdict="regressed", detail=f"final loss +{diff:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]")
-        if hi < 0 and -diff > threshold:
-            return dict(out, verdict="improved", detail=f"final loss {diff:.4g}, 95% CI [{lo:.4g}, {hi:.4g}]")
-        return dict(out, verdict="equivalent", detail=f"final loss {diff:+.4g}, 95% CI [{lo:.4g}, {hi:.4g}]")
-    if spread is not None:
-        threshold, how = max(4 * spread, 1e-12), f"4 x the baseline's seed std {spread:.3g}"
-    else:
-        how = f"band max({REL_BAND:.0%}, {ABS_BAND:g})"
-    diff = out["delta_final_loss"]
-    out.update(threshold=threshold, method=how)
-    if diff > threshold:
-        return dict(out, verdict="regressed", detail=f"final loss +{diff:.4g} > {threshold:.3g} ({how})")
-    if -diff > threshold:
-        return dict(out, verdict="improved", detail=f"final loss {diff:.4g} beyond {threshold:.3g} ({how})")
-    return dict(out, verdict="equivalent", detail=f"final loss {diff:+.4g} within {threshold:.3g} ({how})")
+def envelope_exit(base: pd.Series, cand: pd.Series, noise: pd.Series) -> float:
+    """First step where |cand - base| loss leaves NOISE_FACTOR x the calibrated envelope (or
+    ULP_FLOOR of the loss, whichever is larger); NaN if it never does."""
+    both = pd.concat([base.rename("b"), cand.rename("c"), noise.rename("n")], axis=1, join="inner").sort_index()
+    limit = np.maximum(NOISE_FACTOR * both["n"], ULP_FLOOR * both["b"].abs())
+    out = both.index[(both["c"] - both["b"]).abs() > limit]
+    return float(out[0]) if len(out) else math.nan
 
 
 def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
@@ -219,17 +297,34 @@ def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
     return dict(slowdown=speed, rss_ratio=mem, device_mem_ratio=dev, cost=",".join(flags) or "ok")
 
 
-COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "regression", "detail", "base_status", "candidate_status",
-                             "n_seeds_base", "n_seeds_candidate", "base_final_loss", "candidate_final_loss",
-                             "delta_final_loss", "threshold", "method", "ci_low", "ci_high", "p_value", "p_holm",
-                             "first_diff_step", "max_curve_distance", "separation_step", "slowdown", "rss_ratio",
-                             "device_mem_ratio", "cost"])
+COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detail", "base_status",
+                             "candidate_status", "n_seeds_base", "n_seeds_candidate", "base_final_loss",
+                             "candidate_final_loss", "delta_final_loss", "threshold", "p_value", "p_holm",
+                             "first_diff_step", "curve_exit_step", "max_curve_distance", "separation_step",
+                             "slowdown", "rss_ratio", "device_mem_ratio", "cost"])
+
+
+def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:
+    """tolerances.csv rows by config key."""
+    if df is None or df.empty:
+        return {}
+    return {tuple(r[c] for c in CONFIG): r for r in df.to_dict("records")}
+
+
+def config_key(values) -> tuple:
+    """A config key with numbers normalised (so 1 and 1.0, "200" and 200 match)."""
+    return tuple(float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v)
+                 for v in values)
 
 
 def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps: pd.DataFrame | None = None,
-                    cand_steps: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per config on either side, with its verdict (see module docs and README)."""
-    spreads = seed_spread(base_runs)
+                    cand_steps: pd.DataFrame | None = None, tolerances: pd.DataFrame | None = None,
+                    envelope: pd.DataFrame | None = None, margin: float = MARGIN,
+                    policy: Policy | None = None) -> pd.DataFrame:
+    """One row per config on either side, with its verdict and whether it fails ``policy``."""
+    policy = policy or Policy()
+    tols = {config_key(k): v for k, v in index_by_config(tolerances).items()}
+    env = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
     b_groups = dict(iter(base_runs.groupby(CONFIG, dropna=False, sort=True)))
     c_groups = dict(iter(cand_runs.groupby(CONFIG, dropna=False, sort=True)))
     b_trace = dict(iter(base_steps.groupby("run_id"))) if base_steps is not None else {}
@@ -241,32 +336,43 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
         if b is None or c is None:
             side = c if b is None else b
             rows.append(dict(cfg, run_id=side["run_id"].iloc[0], verdict="new" if b is None else "missing",
-                             regression=False, detail="only in the " + ("candidate" if b is None else "baseline")))
+                             direction="", detail="only in the " + ("candidate" if b is None else "baseline")))
             continue
-        row = dict(cfg, run_id=b["run_id"].iloc[0], regression=False)
-        row.update(judge_config(b, c, spreads.get(key)))
-        row["regression"] = row["verdict"] in REGRESSIONS or bool(row.get("regression"))
+        tol = tols.get(config_key(key))
+        row = dict(cfg, run_id=b["run_id"].iloc[0])
+        row.update(judge_config(b, c, tol, margin))
         row.update(cost_flags(b, c))
-        dists = []
-        for seed in sorted(set(b["seed"]) & set(c["seed"])):
-            rb, rc = b[b["seed"] == seed].iloc[0], c[c["seed"] == seed].iloc[0]
-            tb, tc = b_trace.get(rb["run_id"]), c_trace.get(rc["run_id"])
-            if tb is not None and tc is not None:
-                dists.append(curve_distance(tb.set_index("step")["loss"], tc.set_index("step")["loss"],
-                                            rb["initial_loss"]))
-        if dists:
-            row.update(first_diff_step=np.nanmin([d[0] for d in dists]) if any(not math.isnan(d[0]) for d in dists)
-                       else math.nan, max_curve_distance=max(d[1] for d in dists),
-                       separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
+        row.update(curves(b, c, b_trace, c_trace, env.get(tol["run_id"]) if tol else None))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-    tested = df["p_value"].notna()
-    df["p_holm"] = math.nan
-    if tested.any():
-        df.loc[tested, "p_holm"] = holm(df.loc[tested, "p_value"])
-        # a CI-based regression must also survive the correction across configs
-        demote = tested & df["verdict"].isin(["regressed", "improved"]) & (df["p_holm"] >= ALPHA)
-        df.loc[demote, "detail"] = df.loc[demote, "detail"] + f"; not significant after Holm (alpha {ALPHA})"
-        df.loc[demote, "verdict"] = "equivalent"
-        df.loc[demote, "regression"] = False
-    return df
+    df = apply_holm(pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "note"]))
+    df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
+    return df[COMPARE_COLUMNS]
+
+
+def curves(b: pd.DataFrame, c: pd.DataFrame, b_trace: dict, c_trace: dict, env: pd.DataFrame | None) -> dict:
+    """Curve distances over the paired seeds whose traces both reports have."""
+    dists, exits = [], []
+    for seed in sorted(set(b["seed"]) & set(c["seed"])):
+        rb, rc = b[b["seed"] == seed].iloc[0], c[c["seed"] == seed].iloc[0]
+        tb, tc = b_trace.get(rb["run_id"]), c_trace.get(rc["run_id"])
+        if tb is None or tc is None:
+            continue
+        lb, lc = tb.set_index("step")["loss"], tc.set_index("step")["loss"]
+        dists.append(curve_distance(lb, lc, rb["initial_loss"]))
+        if env is not None:
+            exits.append(envelope_exit(lb, lc, env.set_index("step")["loss_noise"]))
+    if not dists:
+        return {}
+    return dict(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
+                max_curve_distance=max(d[1] for d in dists),
+                separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan),
+                curve_exit_step=min((e for e in exits if not math.isnan(e)), default=math.nan))
+
+
+def failures(table: pd.DataFrame) -> list[str]:
+    """One line per failing config, and one for a comparison that judged nothing."""
+    lines = [f"{r['verdict'].upper()} {r['run_id']}: {r['failure']}: {r['detail']}"
+             for r in table.to_dict("records") if r["failure"]]
+    if not table["verdict"].isin(JUDGED).any():
+        lines.append(f"nothing was judged: {len(table)} configs, none compared against a baseline")
+    return lines

@@ -15,12 +15,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import compare, recipes, report  # noqa: E402
+from . import compare, detect, recipes, report  # noqa: E402
 
 WARMUP_STYLE = {"none": "-", "linear": "--"}
-STATUS_COLOUR = {"converged": "#2e7d32", "unstable": "#f9a825", "stalled": "#6d4c41",
-                 "diverged_nonfinite": "#c62828", "diverged_exploded": "#ad1457", "error": "#424242"}
-EVENT_MARKER = {"loss_spike": "^", "grad_spike": "v", "catastrophic_spike": "*", "explosion": "X", "nonfinite": "X"}
+STATUS_COLOUR = detect.STATUS_COLOUR  # one registry (detect.STATUS_TABLE)
+EVENT_MARKER = {"loss_spike": "^", "grad_spike": "v", "loss_shift": "2", "grad_shift": "1", "catastrophic_spike": "*",
+                "explosion": "X", "relapse": "X", "nonfinite": "X"}
 
 
 def _save(fig, path: Path) -> Path:
@@ -159,10 +159,12 @@ def plot_onecycle_vs_cosine(report_dir, out_dir, runs=None, steps=None, events=N
 
 
 def changed_configs(baseline: pd.DataFrame, candidate: pd.DataFrame) -> list[tuple[dict, dict]]:
-    """(baseline row, candidate row) for every config whose baseline check does not pass."""
-    base = compare.index_baseline(baseline)
-    return [(base[compare.key_of(r)], r) for r in candidate.to_dict("records")
-            if compare.key_of(r) in base and not compare.check(r, base[compare.key_of(r)]).ok]
+    """(baseline row, candidate row) for every run whose numbers changed at all (not identical)."""
+    from .baseline import key_of
+
+    base = {key_of(r): r for r in baseline.to_dict("records")}
+    return [(base[key_of(r)], r) for r in candidate.to_dict("records")
+            if key_of(r) in base and compare.check_run(r, base[key_of(r)])["verdict"] != "identical"]
 
 
 def plot_compare(baseline_dir: Path, candidate_dir: Path, out_dir: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from . import compare, data, determinism, devices, env, report, repro, stability, train
+from . import baseline, compare, data, determinism, devices, env, options, perturb, report, repro, stability, train
 from .detect import SKIPPED
 from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
@@ -21,7 +21,6 @@ DEFAULT_REPORT_DIR = Path("reports/latest")
 # test functions that write reports (parametrized over a grid, or the repro checks)
 GRID_TESTS = ("test_convergence[", "test_stability[", "test_twice_same[", "test_resume[", "test_ddp[",
               "test_cross_device[")
-BASELINE_ROOT = Path("reports/baselines")
 
 
 @dataclass
@@ -39,8 +38,12 @@ class Session:
     worker: str
     probes: bool = False
     shard: tuple[int, int] | None = None
+    policy: compare.Policy = field(default_factory=compare.Policy)  # which verdicts fail a run
+    margin: float = compare.MARGIN
+    force: bool = False  # --update-baseline even with errored or skipped runs
+    perturbation: str | None = None  # calibration reruns: no baseline judgement
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
-    baselines: dict = field(default_factory=dict)  # baseline path -> {key: row}
+    baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     prepared: bool = False
 
     def grid(self, default: str = "default") -> Grid:
@@ -49,27 +52,16 @@ class Session:
             self.grids[name] = resolve_grid(replace(self.options, grid=name))
         return self.grids[name]
 
-    def baseline_path(self, grid_name: str) -> Path:
-        path = Path(self.baseline_option) if self.baseline_option else BASELINE_ROOT / grid_name
-        return path / report.RUNS if path.is_dir() or path.suffix != ".csv" else path
+    def baseline_dir(self, grid_name: str) -> Path:
+        return baseline.directory(grid_name, self.baseline_option)
 
-    def baseline_row(self, grid_name: str, row: dict) -> dict | None:
-        path = self.baseline_path(grid_name)
-        if path not in self.baselines:
-            self.baselines[path] = compare.load_baseline(path)
-        return self.baselines[path].get(compare.key_of(row))
+    def baseline(self, grid_name: str) -> baseline.Baseline:
+        if grid_name not in self.baselines:
+            self.baselines[grid_name] = baseline.Baseline.load(self.baseline_dir(grid_name))
+        return self.baselines[grid_name]
 
     def record_repro(self, row: dict) -> None:
         report.append(self.report_dir / repro.REPRO, [row], repro.REPRO_COLUMNS)
-
-    def baseline_repro(self, grid_name: str, run_id: str, check: str) -> str | None:
-        """The result a committed baseline recorded for this check (repro.csv beside runs.csv)."""
-        path = self.baseline_path(grid_name).with_name(repro.REPRO)
-        if not path.exists():
-            return None
-        df = report.read(path, required=repro.REPRO_COLUMNS)
-        hit = df[(df["run_id"] == run_id) & (df["check"] == check)]
-        return None if hit.empty else str(hit.iloc[0]["result"])
 
     def record(self, result: RunResult) -> None:
         """Trace and events first, the runs.csv row last: a session killed in between never
@@ -103,6 +95,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where the CSV reports go")
     g.addoption("--baseline", default=None, help="baseline runs.csv or its folder (default: reports/baselines/<grid>)")
     g.addoption("--update-baseline", action="store_true", help="write this session's rows into the baseline")
+    g.addoption("--force", action="store_true", help="with --update-baseline: write even if runs errored or skipped")
+    g.addoption("--perturb", default=None, help="calibration rerun: change only the arithmetic "
+                                                 f"({', '.join(perturb.PERTURBATIONS)}); no baseline judgement")
+    options.add(g)
     g.addoption("--quiet-runs", action="store_true", help="no progress line per finished run")
     g.addoption("--probes", action="store_true", help="gpt: record the max attention logit and the output "
                                                       "log-partition every 10 steps (one extra forward pass each)")
@@ -110,17 +106,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def build_session(config: pytest.Config) -> Session:
     opt = config.getoption
-    options = GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
-                          schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
-                          seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), lr_scales=opt("lr_scales"),
-                          devices=devices.resolve(opt("devices")))
-    resolve_grid(replace(options, grid=options.grid or "default"))  # validate every option now
+    grid_options = GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
+                               schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
+                               seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), lr_scales=opt("lr_scales"),
+                               devices=devices.resolve(opt("devices")))
+    resolve_grid(replace(grid_options, grid=grid_options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
-    session = Session(options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
-                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"), parse_shard(opt("shard")))
-    if opt("baseline"):  # a given baseline that cannot be read fails the session now
-        path = session.baseline_path(options.grid or "default")
-        session.baselines[path] = compare.load_baseline(path)
+    try:
+        policy, margin = options.policy(opt)
+        perturb.get(opt("perturb"))
+    except ValueError as e:
+        raise SpecError(str(e)) from None
+    session = Session(grid_options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
+                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"), parse_shard(opt("shard")),
+                      policy, margin, opt("force"), opt("perturb"))
+    session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
     return session
 
 
@@ -159,28 +159,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
-    """The body of every grid test: train, check against the baseline, record, assert.
-    Without a baseline row the run must have finished with a full record."""
-    result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes)
+    """The body of every grid test: train, judge against the baseline (compare.check_run),
+    record, assert. A run that raised fails; so does a verdict the session's policy fails
+    (compare.Policy: a regression, an improvement, no baseline at all). Calibration reruns
+    (``--perturb``) and baseline updates record without judging."""
+    result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes,
+                       perturbation=session.perturbation)
     if str(result.row.get("status_reason", "")).startswith(SKIPPED):
         session.record(result)  # the row says why; the test is a skip with that reason, never silent
         pytest.skip(f"{spec.id}: {result.row['status_reason']}")
-    check = compare.check(result.row, session.baseline_row(spec.grid, result.row))
-    result.row["baseline_check"] = check.label
+    base = session.baseline(spec.grid)
+    verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), session.margin)
+    judged = not (session.perturbation or session.update_baseline)
+    result.row["baseline_check"] = verdict["verdict"] if judged else "not judged"
     session.record(result)
-    record_property("diagnostics_run", progress_line(result.row, check))
-    if result.status == "error" and check.label == "no baseline":
+    record_property("diagnostics_run", progress_line(result.row, verdict))
+    if result.status == "error":
         raise AssertionError(f"{spec.id} raised: {result.row['status_reason']}")
-    if result.status != "error":
-        missing = report.missing_fields(result.row)
-        assert not missing, f"{spec.id}: incomplete record, empty {missing}"
-    if not session.update_baseline:
-        assert check.ok, check.message
+    missing = report.missing_fields(result.row)
+    assert not missing, f"{spec.id}: incomplete record, empty {missing}"
+    failure = session.policy.failure(verdict) if judged else None
+    assert failure is None, f"{spec.id}: {verdict['verdict']}: {failure}: {verdict['detail']}"
 
 
-def progress_line(row: dict, check: compare.BaselineCheck) -> str:
+def progress_line(row: dict, verdict: dict) -> str:
     return (f"{row['run_id']:<48} {row['status']:<19} final {float(row.get('final_loss', 'nan')):8.4f}  "
-            f"{float(row.get('runtime_s', 'nan')):6.1f}s  {check.label}")
+            f"{float(row.get('runtime_s', 'nan')):6.1f}s  {verdict['verdict']}")
 
 
 @pytest.fixture
@@ -261,8 +265,6 @@ class Progress:
         terminalreporter.write_line(f"reports: {session.report_dir}/ ({', '.join(report.SCHEMAS)})")
         if (session.report_dir / stability.STABILITY).exists():
             terminalreporter.write_line(stability.summary(report.read_csv(session.report_dir / stability.STABILITY)))
-        if session.update_baseline:
-            terminalreporter.write_line("baseline updated")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
@@ -271,26 +273,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if s is None or hasattr(config, "workerinput") or not s.prepared:
         return
     report.finalize(s.report_dir)
-    repro_path = s.report_dir / repro.REPRO
-    if s.update_baseline and repro_path.exists():  # what twice-same found deterministic, for later sessions
-        target = s.baseline_path(s.options.grid or "default").with_name(repro.REPRO)
-        old = report.read(target, required=repro.REPRO_COLUMNS) if target.exists() else None
-        new = report.read(repro_path, required=repro.REPRO_COLUMNS)
-        keep = old[~old.set_index(["run_id", "check"]).index.isin(new.set_index(["run_id", "check"]).index)] \
-            if old is not None else None
-        report.write_atomic(target, pd.concat([keep, new]).sort_values(["run_id", "check"]) if keep is not None else new)
-    runs_path = s.report_dir / report.RUNS
-    if not runs_path.exists():
-        return
-    runs = report.read(runs_path)
+    runs_path, repro_path = s.report_dir / report.RUNS, s.report_dir / repro.REPRO
+    runs = report.read(runs_path) if runs_path.exists() else None
     if s.update_baseline:
-        for grid_name, rows in runs.groupby("grid"):
-            path = s.baseline_path(grid_name)
-            old = report.read(path) if path.exists() else None
-            report.write_atomic(path, compare.merge_baseline(old, rows))
+        update_baselines(session, s, runs, report.read(repro_path) if repro_path.exists() else None)
+    if runs is None:
+        return
     table = stability.table(runs)
     if not table.empty:
         report.write_atomic(s.report_dir / stability.STABILITY, table)
     seeds = repro.seed_table(runs)
     if not seeds.empty:
         report.write_atomic(s.report_dir / repro.SEEDS, seeds)
+
+
+def update_baselines(session: pytest.Session, s: Session, runs: pd.DataFrame | None, repro_rows) -> None:
+    """--update-baseline: each grid's rows into its baseline folder (baseline.update); a refusal
+    (errored or skipped runs without --force) is one line and a failing exit status."""
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    groups = list(runs.groupby("grid")) if runs is not None else [(s.options.grid or "default", runs)]
+    for grid_name, rows in groups:
+        try:
+            line = baseline.update(s.baseline_dir(grid_name), rows if rows is not None else pd.DataFrame(),
+                                   repro_rows, s.force)
+        except report.ReportError as e:
+            line = str(e)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if terminal:
+            terminal.write_line(line)

@@ -26,7 +26,8 @@ PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version"
               "python_version", "cuda_version", "cudnn_version", "platform", "cpu_model", "num_threads",
               "deterministic", "git_sha", "started_at", "worker"]
 # beyond the contract, appended last
-EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid"]
+EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid", "perturbation",
+         "val_samples"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 # the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",
@@ -58,9 +59,21 @@ def locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+# Signals of steps.csv whose non-finite values are measurements (a NaN loss is how a run diverges):
+# written as "nan", so that an empty cell keeps meaning "not measured" (logs.read tells them apart).
+MEASURED = ("lr", "loss", "grad_norm")
+
+
 def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Rows in schema order; a missing value is empty (NaN), never invented."""
-    return pd.DataFrame(rows, columns=columns)
+    """Rows in schema order; a missing value is empty (NaN), never invented. A measured NaN of
+    a ``MEASURED`` signal is kept as the text "nan"."""
+    df = pd.DataFrame(rows, columns=columns)
+    for c in MEASURED:
+        if "step" in columns and c in columns and any(c in r for r in rows):  # traces only
+            measured_nan = [c in r and isinstance(r[c], float) and r[c] != r[c] for r in rows]
+            if any(measured_nan):
+                df[c] = df[c].astype(object).where(~pd.Series(measured_nan, index=df.index), "nan")
+    return df
 
 
 def append(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -84,6 +97,7 @@ def write_atomic(path: Path, df: pd.DataFrame) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         df.to_csv(f, index=False, float_format=FLOAT_FORMAT)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a report unreadable to the rest of a team
     os.replace(tmp, path)
 
 

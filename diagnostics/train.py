@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import checkpoint, data, determinism, env
+from . import checkpoint, data, determinism, env, perturb
 from .detect import SKIPPED, Monitor, Thresholds
 from .faults import Fault
 from .models import MODELS, block_size, build_model, count_params
@@ -150,9 +150,9 @@ def provenance(spec: RunSpec, worker: str) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, str]:
-    """(val_loss, val_metric, metric name) on the held-out split: accuracy for images, the
-    loss itself for the LM."""
+def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, str, int]:
+    """(val_loss, val_metric, metric name, number of held-out examples) on the held-out split:
+    accuracy for images, the loss itself for the LM."""
     model.eval()
     total_loss, total_correct, n = 0.0, 0, 0
     for x, y in data.val_batches(ds, device):
@@ -167,19 +167,20 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
         n += len(x)
     model.train()
     val_loss = total_loss / n
-    return (val_loss, val_loss, "val_loss") if ds.task == "lm" else (val_loss, total_correct / n, "val_accuracy")
+    return (val_loss, val_loss, "val_loss", n) if ds.task == "lm" else (val_loss, total_correct / n, "val_accuracy", n)
 
 
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
         thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None,
         probes: bool = False, stop_after: int | None = None, checkpoint_path: Path | None = None,
-        resume_from: Path | None = None) -> RunResult:
+        resume_from: Path | None = None, perturbation: str | None = None) -> RunResult:
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why.
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
     pass each). ``stop_after=k`` with ``checkpoint_path`` trains steps 1..k and saves a
     checkpoint; ``resume_from`` loads one and trains the remaining steps (the trace then starts
-    after the checkpoint's step). A resumed run's Monitor starts afresh."""
+    after the checkpoint's step). A resumed run's Monitor starts afresh. ``perturbation`` (a name
+    in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration."""
     started = utc_now()
     problem = env.torchvision_status()[1] if MODELS[spec.model].needs_torchvision else ""
     if problem:  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
@@ -189,7 +190,7 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     try:
         with determinism.nondeterministic_ops() as nondeterministic:
             result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes,
-                            stop_after, checkpoint_path, resume_from)
+                            stop_after, checkpoint_path, resume_from, perturb.get(perturbation))
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
@@ -204,12 +205,14 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
 
 def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
            fault: Fault | None, probes: bool, stop_after: int | None = None, checkpoint_path: Path | None = None,
-           resume_from: Path | None = None) -> RunResult:
+           resume_from: Path | None = None, perturbation: perturb.Perturbation | None = None) -> RunResult:
     entry = MODELS[spec.model]
     device = torch.device(spec.device)
     deterministic = determinism.apply(spec.seed, spec.device)
     ds = data.load(entry.task, block_size(spec.model, spec.size), str(data_dir), data_root)
     model = build_model(spec.model, spec.size, ds.info).to(device)
+    if perturbation is not None:
+        perturbation.apply(model, device.type, spec.seed)
     opt, opt_kw = build_optimizer(spec.optimizer, model, spec.lr_scale)
     sched, sched_kw = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
     batch_size = entry.batch_size[spec.size]
@@ -241,6 +244,8 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         loss.backward()
         if fault:
             fault.grads(step, params)
+        if perturbation is not None:
+            perturbation.after_backward(params, spec.seed, step)
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
         param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
         grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
@@ -267,7 +272,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         checkpoint.save(checkpoint_path, spec.id, last_step, model, opt, sched)
     steps, steps_run = trace.rows, len(trace.rows)
 
-    val_loss, val_metric, metric_name = evaluate(model, ds, device, autocast)
+    val_loss, val_metric, metric_name, val_samples = evaluate(model, ds, device, autocast)
     verdict = monitor.verdict()
     recipe = dict(optimizer=opt_kw, schedule=sched_kw, batch_size=batch_size, model_size=spec.size,
                   sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
@@ -283,7 +288,8 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         runtime_s=runtime, steps_per_s=steps_run / runtime, samples_per_s=steps_run * batch_size / runtime,
         peak_rss_mb=peak_rss / MB, peak_device_mem_mb=torch.cuda.max_memory_allocated() / MB if on_cuda else math.nan,
         data_path=str(ds.path.resolve()), data_sha256=ds.sha256, data_name=ds.name, deterministic=deterministic,
-        steps_run=steps_run, val_metric_name=metric_name,
+        steps_run=steps_run, val_metric_name=metric_name, val_samples=val_samples,
+        perturbation=perturbation.name if perturbation is not None else "none",
     )
     row.update(provenance(spec, worker))
     events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]

@@ -28,12 +28,18 @@ def run_kw(session):
     return dict(data_dir=session.data_dir, data_root=session.data_root, worker=session.worker)
 
 
+def final_loss_tol(session, spec: RunSpec) -> float | None:
+    """The config's calibrated final-loss tolerance from the baseline, if it has one."""
+    tol = session.baseline(spec.grid).tolerance(dict(spec.to_dict(), model_size=spec.size))
+    return None if tol is None else float(tol["final_loss_tol"])
+
+
 def judge(session, spec, result: dict, strict: bool) -> None:
     session.record_repro(result)
     assert result["result"] != "error", result["detail"]
     if result["result"] == "identical":
         return
-    recorded = session.baseline_repro(spec.grid, spec.id, result["check"])
+    recorded = session.baseline(spec.grid).repro_result(spec.id, result["check"])
     if strict or recorded == "identical":
         raise AssertionError(f"{spec.id}: {result['check']} not reproducible: {result['detail']} "
                              f"(first differing step {result['first_diff_step']}, max diff {result['max_abs_diff']:.3g})")
@@ -54,7 +60,7 @@ def test_ddp(model, diagnostics_session):
     s = diagnostics_session
     grid = s.grid(GRID)
     spec = RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=grid.steps, grid=grid.name)
-    result = ddp_check(spec, s.data_dir)
+    result = ddp_check(spec, s.data_dir, tol=final_loss_tol(s, spec))
     s.record_repro(result)
     assert result["result"] == "close", result["detail"]
 
@@ -66,6 +72,6 @@ def test_cross_device(model, diagnostics_session):
     s = diagnostics_session
     grid = s.grid(GRID)
     spec = replace(RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=grid.steps, grid=grid.name))
-    result = repro.cross_device(spec, "cuda", **run_kw(s))
+    result = repro.cross_device(spec, "cuda", tol=final_loss_tol(s, spec), **run_kw(s))
     s.record_repro(result)
     assert result["result"] == "close", result["detail"]

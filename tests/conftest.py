@@ -22,7 +22,7 @@ def smoke_reports(tmp_path_factory):
     for workers in ("0", "2"):
         d = tmp_path_factory.mktemp(f"smoke-n{workers}")
         proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir", str(d),
-                           "--data-dir", str(d / "data"), "-n", workers)
+                           "--data-dir", str(d / "data"), "-n", workers, "--allow-no-baseline")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         out[workers] = (d, proc)
     return out

@@ -40,6 +40,8 @@ ABSENT = next((d for d in devices.DEVICE_TYPES if not devices.is_available(d)), 
     (["--seeds", "x"], "--seeds 'x' is not a comma list of integers"),
     (["--data-root", "/nonexistent/data"], "--data-root /nonexistent/data does not exist"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--margin", "2"], "--margin 2: must be a fraction between 0 and 1"),
+    (["--margin", "x"], "--margin 'x' is not a number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, pattern, tmp_path):
     proc = diagnostics("run", "--report-dir", str(tmp_path / "r"), *args)
@@ -115,22 +117,27 @@ def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
     base = tmp_path / "base" / "runs.csv"
     common = ["run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--data-dir", str(d0 / "data"),
               "--models", "gpt", "--baseline", str(base)]
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r0"))  # nothing to judge against: fails
+    assert proc.returncode == 1 and "no baseline to judge it against (--allow-no-baseline" in proc.stdout
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r1"), "--update-baseline")
-    assert proc.returncode == 0 and base.exists(), proc.stdout[-2000:]
+    assert proc.returncode == 0 and base.exists() and "baseline updated" in proc.stdout, proc.stdout[-2000:]
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r2"))
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert set(report.read(tmp_path / "r2" / "runs.csv")["baseline_check"]) == {"match"}
+    assert set(report.read(tmp_path / "r2" / "runs.csv")["baseline_check"]) == {"identical"}
 
     df = report.read(base)
-    df.loc[0, "status"] = "stalled"  # the candidate's "converged" is now an improvement
-    df.loc[1, "final_loss"] = df.loc[1, "final_loss"] * 2  # out of band
+    df.loc[0, ["status", "weights_sha256"]] = ["stalled", "x"]  # the candidate's "converged" is an improvement
+    df.loc[1, "final_loss"] = df.loc[1, "final_loss"] * 0.8  # the candidate is 25% worse
+    df.loc[1, "weights_sha256"] = "y"
     report.write_atomic(base, df)
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r3"))
     assert proc.returncode == 1
-    assert "status stalled -> converged" in proc.stdout and "--update-baseline" in proc.stdout
-    assert "vs baseline" in proc.stdout and "band +/-" in proc.stdout
+    assert "status_changed: improvement beyond the margin" in proc.stdout and "--allow-improved" in proc.stdout
+    assert "regressed: regression: final_loss" in proc.stdout
     checks = report.read(tmp_path / "r3" / "runs.csv").set_index("run_id")["baseline_check"]
-    assert sorted(checks) == ["loss out of band", "status better"]
+    assert sorted(checks) == ["regressed", "status_changed"]
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r4"), "--allow-improved", "--margin", "0.5")
+    assert proc.returncode == 0, proc.stdout[-2000:]  # 25% is within a 50% margin: changed, which passes
 
 
 def test_malformed_baseline_is_one_line(tmp_path):
@@ -149,7 +156,7 @@ def test_detect_classifies_a_users_steps_table(tmp_path):
     for run_id, (steps, loss, grad) in {"good": healthy(), "bad": nan_at(50)}.items():
         frames.append(pd.DataFrame({"run_id": run_id, "step": steps, "loss": loss, "grad_norm": grad}))
     src = tmp_path / "mine.csv"
-    pd.concat(frames).to_csv(src, index=False)
+    pd.concat(frames).to_csv(src, index=False, na_rep="nan")  # a blank cell would mean "not logged"
     proc = diagnostics("detect", str(src), "--out", str(tmp_path / "out"), "--loss-floor", "1.7")
     assert proc.returncode == 0, proc.stderr
     runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")
@@ -160,7 +167,7 @@ def test_detect_classifies_a_users_steps_table(tmp_path):
 
 
 @pytest.mark.parametrize("content,pattern", [
-    ("run_id,step,loss\nx,1,2.0\n", "missing column(s) grad_norm"),
+    ("run_id,loss\nx,2.0\n", "no step column"),
     ("run_id,step,loss,grad_norm\nx,1,abc,1.0\n", "column loss has a non-numeric value 'abc' (data row 1)"),
     ("", "empty file"),
     ("run_id,step,loss,grad_norm\n", "no rows"),

@@ -1,57 +1,113 @@
+"""The verdict of one run against its baseline row (the suites' check) and the policy that
+decides what fails: each rule shown firing and not firing."""
+
 import math
 
-import pandas as pd
+import pytest
 
 from diagnostics import compare
+from diagnostics.compare import Policy
 
 
-def row(status="converged", loss=2.0, run_id="gpt-adamw-cosine-linear-cpu-fp32-s0", steps=200):
+def row(status="converged", loss=2.0, val=1.9, acc=math.nan, sha="a", run_id="gpt-adamw-cosine-linear-cpu-fp32-s0",
+        steps=200, div=math.nan, metric_name="val_loss"):
     return {"run_id": run_id, "steps": steps, "model_size": "tiny", "status": status, "final_loss": loss,
-            "status_reason": ""}
+            "val_loss": val, "val_metric": val if metric_name == "val_loss" else acc, "val_metric_name": metric_name,
+            "status_reason": "", "weights_sha256": sha, "divergence_step": div, "initial_loss": 3.5,
+            "loss_floor": 1.7}
 
 
-def test_same_status_and_loss_in_band_matches():
-    c = compare.check(row(loss=2.05), row(loss=2.0))
-    assert c.ok and c.label == "match"
+def tol(final=1e-3, val=1e-3, metric=1e-3, div=math.nan, seen="converged"):
+    return {"run_id": "x", "final_loss_tol": final, "val_loss_tol": val, "val_metric_tol": metric,
+            "divergence_step_noise": div, "statuses_seen": seen}
 
 
-def test_loss_outside_band_fails():
-    band = compare.loss_band(2.0)
-    assert not compare.check(row(loss=2.0 + band * 1.01), row(loss=2.0)).ok
-    assert compare.check(row(loss=2.0 + band * 0.99), row(loss=2.0)).ok
+def verdict(cand, base, t=None, margin=compare.MARGIN):
+    return compare.check_run(cand, base, t, margin)
 
 
-def test_band_has_an_absolute_floor_for_tiny_losses():
-    assert compare.loss_band(0.001) == compare.ABS_BAND
-    assert compare.check(row(loss=0.03), row(loss=0.001)).ok
+def test_same_weights_are_identical():
+    assert verdict(row(), row())["verdict"] == "identical"
 
 
-def test_worse_status_fails():
-    c = compare.check(row(status="diverged_nonfinite", loss=math.nan), row())
-    assert not c.ok and c.label == "status worse"
+def test_within_the_measured_tolerance_is_equivalent_and_beyond_it_changed():
+    assert verdict(row(loss=2.0009, sha="b"), row(), tol())["verdict"] == "equivalent"
+    v = verdict(row(loss=2.002, sha="b"), row(), tol())
+    assert v["verdict"] == "changed" and "final_loss +0.002" in v["detail"] and "beyond tol" in v["detail"]
 
 
-def test_better_status_fails_until_the_baseline_is_updated():
-    c = compare.check(row(status="converged"), row(status="stalled"))
-    assert not c.ok and c.label == "status better" and "--update-baseline" in c.message
+def test_held_out_loss_is_judged_on_its_own():
+    v = verdict(row(val=1.95, sha="b"), row(), tol())  # training loss unchanged, held-out loss changed
+    assert v["verdict"] == "changed" and "val_loss" in v["detail"]
 
 
-def test_no_baseline_passes_and_says_so():
-    c = compare.check(row(), None)
-    assert c.ok and c.label == "no baseline"
+def test_held_out_accuracy_falls_beyond_the_margin_is_a_regression():
+    base = row(acc=0.90, metric_name="val_accuracy", run_id="resnet-sgd-step-none-cpu-fp32-s0")
+    worse = dict(base, val_metric=0.80, weights_sha256="b")  # accuracy: higher is better
+    better = dict(base, val_metric=0.99, weights_sha256="b")
+    assert verdict(worse, base, tol(metric=0.01))["verdict"] == "regressed"
+    assert verdict(better, base, tol(metric=0.01))["verdict"] == "improved"
 
 
-def test_both_nan_losses_with_same_status_match():
-    assert compare.check(row("diverged_nonfinite", math.nan), row("diverged_nonfinite", math.nan)).ok
+def test_beyond_the_margin_is_regressed_or_improved():
+    assert verdict(row(loss=2.2, sha="b"), row(), tol())["verdict"] == "regressed"  # +10% > 5%
+    assert verdict(row(loss=1.8, sha="b"), row(), tol())["verdict"] == "improved"
+    assert verdict(row(loss=2.08, sha="b"), row(), tol())["verdict"] == "changed"  # +4%
+    assert verdict(row(loss=2.08, sha="b"), row(), tol(), margin=0.03)["verdict"] == "regressed"
 
 
-def test_baseline_keys_include_run_length():
-    base = compare.index_baseline(pd.DataFrame([row(steps=200)]))
-    assert compare.key_of(row(steps=200)) in base and compare.key_of(row(steps=50)) not in base
+def test_without_measured_tolerances_any_difference_is_beyond_noise():
+    assert verdict(row(loss=2.0 + 1e-6, sha="b"), row())["verdict"] == "changed"
+    assert verdict(row(loss=2.0 + 1e-6, sha="b"), row(), tol())["verdict"] == "equivalent"
 
 
-def test_merge_replaces_rows_of_the_same_key_and_keeps_others():
-    old = pd.DataFrame([row(loss=1.0, run_id="a"), row(loss=1.0, run_id="b")])
-    new = pd.DataFrame([row(loss=9.0, run_id="b"), row(loss=9.0, run_id="c")])
-    merged = compare.merge_baseline(old, new)
-    assert dict(zip(merged.run_id, merged.final_loss)) == {"a": 1.0, "b": 9.0, "c": 9.0}
+def test_a_worse_status_is_a_status_change_unless_calibration_saw_it():
+    v = verdict(row(status="unstable", sha="b"), row(), tol())
+    assert v["verdict"] == "status_changed" and v["direction"] == "worse"
+    flap = verdict(row(status="unstable", sha="b"), row(), tol(seen="converged,unstable"))
+    assert flap["verdict"] == "equivalent" and "within noise" in flap["detail"]
+
+
+def test_a_flip_on_the_stall_line_is_noise_and_one_far_from_it_is_not():
+    line = 3.5 - 0.2 * (3.5 - 1.7)  # stall line: 20% of the gap from 3.5 to the floor 1.7 closed
+    base = row(status="converged", loss=line - 0.0004, val=line)
+    on_line = row(status="stalled", loss=line + 0.0004, val=line, sha="b")
+    assert verdict(on_line, base, tol())["verdict"] == "equivalent"
+    far = row(status="stalled", loss=3.4, val=3.4, sha="b")
+    assert verdict(far, base, tol())["verdict"] == "status_changed"
+
+
+def test_diverged_runs_are_judged_on_when_they_diverged():
+    base = row(status="diverged_nonfinite", loss=1e6, val=math.nan, div=100)
+    later_loss = dict(base, final_loss=2.5e6, weights_sha256="b")  # same step, other last loss
+    assert verdict(later_loss, base, tol(div=0.0))["verdict"] == "equivalent"
+    earlier = dict(base, divergence_step=50, weights_sha256="b")
+    v = verdict(earlier, base, tol(div=0.0))
+    assert v["verdict"] == "regressed" and "divergence_step -50" in v["detail"]
+    assert verdict(dict(base, divergence_step=104, weights_sha256="b"), base, tol(div=0.0))["verdict"] == "changed"
+    assert verdict(dict(base, divergence_step=104, weights_sha256="b"), base, tol(div=1.0))["verdict"] == "equivalent"
+
+
+def test_no_baseline_row_is_new():
+    assert verdict(row(), None)["verdict"] == "new"
+
+
+@pytest.mark.parametrize("verdict_row,policy,fails", [
+    ({"verdict": "identical"}, Policy(), False),
+    ({"verdict": "equivalent"}, Policy(), False),
+    ({"verdict": "changed"}, Policy(), False),
+    ({"verdict": "changed"}, Policy(fail_on_change=True), True),
+    ({"verdict": "regressed", "direction": "worse"}, Policy(allow_improved=True), True),
+    ({"verdict": "improved", "direction": "better"}, Policy(), True),
+    ({"verdict": "improved", "direction": "better"}, Policy(allow_improved=True), False),
+    ({"verdict": "status_changed", "direction": "worse"}, Policy(allow_improved=True), True),
+    ({"verdict": "status_changed", "direction": "better"}, Policy(), True),
+    ({"verdict": "status_changed", "direction": "better"}, Policy(allow_improved=True), False),
+    ({"verdict": "missing"}, Policy(), True),
+    ({"verdict": "missing"}, Policy(allow_missing=True), False),
+    ({"verdict": "new"}, Policy(), True),
+    ({"verdict": "new"}, Policy(allow_no_baseline=True), False),
+    ({"verdict": "skipped"}, Policy(), False),
+])
+def test_policy_fails_every_hollow_or_bad_verdict(verdict_row, policy, fails):
+    assert (policy.failure(verdict_row) is not None) == fails

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import checkpoint, compare, repro, train
+from diagnostics import checkpoint, repro, train
 from diagnostics.ddp import ddp_check
 from diagnostics.spec import RunSpec
 from tests.conftest import diagnostics
@@ -35,7 +35,6 @@ def test_seed_table_mean_std_and_ci():
     assert t.iloc[0]["final_loss_mean"] == pytest.approx(np.mean(losses))
     assert t.iloc[0]["final_loss_std"] == pytest.approx(np.std(losses, ddof=1))
     assert t.iloc[0]["final_loss_ci_low"] < np.mean(losses) < t.iloc[0]["final_loss_ci_high"]
-    assert compare.seed_spread(runs)[tuple(base.values())] == pytest.approx(np.std(losses, ddof=1))
 
 
 @pytest.mark.slow
@@ -113,7 +112,7 @@ def test_several_seeds_write_seeds_csv(tmp_path):
     d = tmp_path / "r"
     proc = diagnostics("run", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--seeds", "0,1,2",
                        "--steps", "20", "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"),
-                       "--quiet")
+                       "--quiet", "--allow-no-baseline")
     assert proc.returncode == 0, proc.stdout[-2000:]
     t = pd.read_csv(d / "seeds.csv")
     assert len(t) == 1 and t.iloc[0]["n_seeds"] == 3 and t.iloc[0]["final_loss_std"] > 0

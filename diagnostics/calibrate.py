@@ -1,0 +1,102 @@
+"""Measured tolerances: how far each config's numbers move when only the arithmetic changes.
+
+``diagnostics calibrate`` trains the grid once as the reference (the baseline) and once per
+perturbation in ``perturb.DEFAULT`` (same maths, other rounding), then ``tolerances`` turns the
+deviations into per-config tolerances, committed beside the baseline:
+
+- ``tolerances.csv``, one row per config: for the final loss, the held-out loss and the held-out
+  metric, the measured noise (the largest |perturbed - reference| over the perturbations) and the
+  tolerance ``max(NOISE_FACTOR * noise, ULP_FLOOR * |reference|)`` (an accuracy's noise is at
+  least one held-out example: ``resolution``); the divergence step's noise
+  for configs that diverge; and every status the config took under noise (``statuses_seen``,
+  over perturbations and, where calibrated with several seeds, seeds), which marks configs that
+  sit on a status threshold.
+- ``envelope.csv``: per config and step, the largest |perturbed - reference| training loss seen
+  at or before that step (a running maximum: differences between trajectories grow, they do not
+  heal), the per-step curve envelope ``compare`` reports a candidate's exit from.
+
+Precedent: Megatron-LM's ``compute_golden_statistics --recommend-tolerances`` (measure, don't guess).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+# A candidate's deviation must exceed the largest deviation seen under the calibration
+# perturbations by this factor to count as beyond noise. Measured (README "Verdicts"): on the
+# default grid, held-out rounding changes (perturbations not used for calibration: threads3,
+# ulp5-8, grad5-8, and a split-K matmul) moved final and held-out losses by at most NOISE_RATIO_SEEN
+# times the calibrated noise; the factor leaves room above that.
+NOISE_FACTOR = 10.0
+# The smallest tolerance, relative to the value: 16 float32 units in the last place. Losses are
+# float32 numbers; a config whose perturbations all agreed to the bit still has this much room.
+ULP_FLOOR = 16 * 2.0**-23
+METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare, lower-is-better except accuracy
+TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "statuses_seen", "divergence_step_noise"]
+                     + [f"{m}_{k}" for m in METRICS for k in ("reference", "noise", "tol")])
+ENVELOPE_COLUMNS = ["run_id", "step", "loss_noise"]
+TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"
+
+
+def tolerance(reference: float, noise: float) -> float:
+    """The tolerance of one value: NOISE_FACTOR x its measured noise, at least ULP_FLOOR of it."""
+    return max(NOISE_FACTOR * noise, ULP_FLOOR * abs(reference))
+
+
+def noise_of(reference: float, perturbed) -> float:
+    """Largest |perturbed - reference| over the finite perturbed values (NaN when none is)."""
+    values = [abs(v - reference) for v in perturbed if np.isfinite(v)]
+    return max(values) if values and np.isfinite(reference) else math.nan
+
+
+def resolution(run: dict, metric: str) -> float:
+    """The smallest step a value can take: one example of the held-out set for an accuracy
+    (counted on ``val_samples`` examples, it cannot move by less), 0 for losses. Noise is never
+    taken as smaller than that, so one flipped example is not "beyond noise" by construction."""
+    if metric == "val_metric" and run.get("val_metric_name") == "val_accuracy" and run.get("val_samples", 0) > 0:
+        return 1.0 / float(run["val_samples"])
+    return 0.0
+
+
+def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], config: list[str]) -> pd.DataFrame:
+    """One row per reference run: its config, measured noise and tolerances (module docs).
+    ``reference`` and each ``perturbed[name]`` are runs.csv frames of the same grid; a seed
+    absent from the perturbed runs gets the config's noise from the seeds that were perturbed,
+    and every seed contributes its status to ``statuses_seen``."""
+    runs = reference.to_dict("records")
+    by_run = {name: df.set_index("run_id").to_dict("index") for name, df in perturbed.items()}
+    statuses: dict[tuple, set] = {}
+    for r in runs:
+        statuses.setdefault(tuple(r[c] for c in config), set()).add(r["status"])
+    rows = []
+    for r in runs:
+        others = [p[r["run_id"]] for p in by_run.values() if r["run_id"] in p]
+        if not others:
+            continue
+        key = tuple(r[c] for c in config)
+        statuses[key] |= {o["status"] for o in others}
+        row = {c: r[c] for c in config}
+        row.update(run_id=r["run_id"], n_perturbations=len(others),
+                   perturbations=",".join(n for n, p in by_run.items() if r["run_id"] in p),
+                   divergence_step_noise=noise_of(r["divergence_step"], [o["divergence_step"] for o in others]))
+        for m in METRICS:
+            noise = max(noise_of(r[m], [o[m] for o in others]), resolution(r, m))
+            row.update({f"{m}_reference": r[m], f"{m}_noise": noise,
+                        f"{m}_tol": tolerance(r[m], noise) if np.isfinite(noise) else math.nan})
+        rows.append(row)
+    for row in rows:
+        row["statuses_seen"] = ",".join(sorted(statuses[tuple(row[c] for c in config)]))
+    return pd.DataFrame(rows, columns=config + TOLERANCE_COLUMNS)
+
+
+def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per run and step: the running maximum over steps of max |perturbed - reference| loss."""
+    ref = reference_steps.set_index(["run_id", "step"])["loss"]
+    dev = pd.concat([(s.set_index(["run_id", "step"])["loss"] - ref).abs() for s in perturbed_steps.values()],
+                    axis=1).max(axis=1, skipna=True).dropna()
+    df = dev.rename("loss_noise").reset_index().sort_values(["run_id", "step"])
+    df["loss_noise"] = df.groupby("run_id")["loss_noise"].cummax()
+    return df[ENVELOPE_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,123 @@
+"""Calibration (perturbations, measured tolerances, the envelope) and the baseline folder."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from diagnostics import baseline, calibrate, perturb, report
+from diagnostics.compare import CONFIG
+
+
+def test_ulp_nudge_moves_every_nonzero_value_by_exactly_one_ulp():
+    t = torch.tensor([1.0, -2.5, 0.0, 3e-3, 1e6])
+    before = t.clone()
+    perturb.nudge_ulp([t], seed=1)
+    moved = t != before
+    assert not moved[2] and moved[[0, 1, 3, 4]].all()  # zeros stay zero
+    for x, y in zip(before.tolist(), t.tolist()):
+        if x != 0:
+            assert y == np.nextafter(np.float32(x), np.float32(math.inf if y > x else -math.inf))
+    again = before.clone()
+    perturb.nudge_ulp([again], seed=1)
+    assert torch.equal(again, t)  # the same seed gives the same coins
+
+
+def test_unknown_perturbation_is_one_line():
+    with pytest.raises(ValueError, match="unknown perturbation 'x'; valid: threads2"):
+        perturb.get("x")
+    assert perturb.get(None) is None and perturb.get("none") is None
+    assert set(perturb.DEFAULT) <= set(perturb.PERTURBATIONS)
+
+
+def runs(values, status="converged", div=math.nan, acc=None):
+    rows = []
+    for i, v in enumerate(values):
+        rows.append(dict(model="gpt", optimizer=f"o{i}", scheduler="cosine", warmup="none", device="cpu",
+                         precision="fp32", lr_scale=1.0, steps=200, model_size="tiny", seed=0, run_id=f"r{i}",
+                         status=status, final_loss=v, val_loss=v, val_metric=v if acc is None else acc,
+                         val_metric_name="val_loss" if acc is None else "val_accuracy", val_samples=1000,
+                         divergence_step=div))
+    return pd.DataFrame(rows)
+
+
+def test_tolerance_is_the_noise_factor_times_the_largest_deviation():
+    ref = runs([2.0, 0.5])
+    perturbed = {"a": runs([2.0 + 1e-4, 0.5 - 3e-3]), "b": runs([2.0 - 2e-4, 0.5 + 1e-3])}
+    t = calibrate.tolerances(ref, perturbed, CONFIG).set_index("run_id")
+    assert t.loc["r0", "final_loss_noise"] == pytest.approx(2e-4)
+    assert t.loc["r0", "final_loss_tol"] == pytest.approx(calibrate.NOISE_FACTOR * 2e-4)
+    assert t.loc["r1", "final_loss_tol"] == pytest.approx(calibrate.NOISE_FACTOR * 3e-3)
+    assert t.loc["r0", "n_perturbations"] == 2 and t.loc["r0", "perturbations"] == "a,b"
+
+
+def test_a_config_that_never_moved_keeps_a_floor_of_float32_ulps():
+    t = calibrate.tolerances(runs([2.0]), {"a": runs([2.0])}, CONFIG).iloc[0]
+    assert t["final_loss_noise"] == 0 and t["final_loss_tol"] == pytest.approx(calibrate.ULP_FLOOR * 2.0)
+
+
+def test_an_accuracy_never_has_less_noise_than_one_held_out_example():
+    t = calibrate.tolerances(runs([1.0], acc=0.9), {"a": runs([1.0], acc=0.9)}, CONFIG).iloc[0]
+    assert t["val_metric_noise"] == pytest.approx(1 / 1000)
+
+
+def test_statuses_seen_mark_configs_on_a_threshold():
+    ref = runs([2.0, 2.0])
+    other = runs([2.0, 2.0])
+    other.loc[1, "status"] = "stalled"
+    t = calibrate.tolerances(ref, {"a": other}, CONFIG).set_index("run_id")
+    assert t.loc["r0", "statuses_seen"] == "converged" and t.loc["r1", "statuses_seen"] == "converged,stalled"
+
+
+def test_divergence_step_noise():
+    t = calibrate.tolerances(runs([1e6], "diverged_nonfinite", 100), {"a": runs([1e6], "diverged_nonfinite", 103)},
+                             CONFIG).iloc[0]
+    assert t["divergence_step_noise"] == 3
+
+
+def test_envelope_is_a_running_maximum_of_the_deviation():
+    ref = pd.DataFrame(dict(run_id="r", step=[1, 2, 3, 4], loss=[3.0, 2.0, 1.5, 1.0]))
+    a = ref.assign(loss=[3.0, 2.1, 1.5, 1.05])
+    b = ref.assign(loss=[3.0, 2.0, 1.3, 1.0])
+    env = calibrate.envelope(ref, {"a": a, "b": b})
+    assert env["loss_noise"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.2])
+
+
+def base_runs(**changes):
+    return runs([2.0]).assign(**{"status_reason": "", **changes})
+
+
+def test_update_refuses_errors_and_skips_unless_forced(tmp_path):
+    ok = base_runs()
+    err = base_runs(status="error", status_reason="RuntimeError: boom [step]")
+    skip = base_runs(status="error", status_reason="skipped: torchvision unavailable: x")
+    for bad, word in ((err, "errored"), (skip, "skipped")):
+        with pytest.raises(baseline.BaselineRefused, match=f"1 run\\(s\\) errored or were skipped.*{word}.*--force"):
+            baseline.update(tmp_path, pd.concat([ok, bad.assign(run_id="r9")]))
+        assert not (tmp_path / "runs.csv").exists()  # nothing written
+    line = baseline.update(tmp_path, pd.concat([ok, err.assign(run_id="r9")]), force=True)
+    assert "2 runs" in line and len(report.read_csv(tmp_path / "runs.csv")) == 2
+
+
+def test_update_replaces_rows_of_the_same_key_and_keeps_others(tmp_path):
+    baseline.update(tmp_path, pd.concat([base_runs(run_id="a"), base_runs(run_id="b")]))
+    baseline.update(tmp_path, pd.concat([base_runs(run_id="b", final_loss=9.0), base_runs(run_id="c", final_loss=9.0)]))
+    merged = report.read_csv(tmp_path / "runs.csv")
+    assert dict(zip(merged.run_id, merged.final_loss)) == {"a": 2.0, "b": 9.0, "c": 9.0}
+
+
+def test_baseline_is_found_from_the_package_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert baseline.root() == baseline.CHECKOUT / "reports" / "baselines"
+    assert (baseline.directory("default") / "runs.csv").is_file()
+    assert baseline.directory("default", str(tmp_path / "x" / "runs.csv")) == tmp_path / "x"
+
+
+def test_committed_default_baseline_is_calibrated():
+    b = baseline.Baseline.load(baseline.directory("default"))
+    assert b.exists and len(b.tolerances) == 60
+    tol = pd.read_csv(baseline.directory("default") / calibrate.TOLERANCES)
+    assert (tol["n_perturbations"] == len(perturb.DEFAULT)).all() and (tol["final_loss_tol"] > 0).all()
+    assert (baseline.directory("default") / "seeds.csv").is_file()
