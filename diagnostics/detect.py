@@ -1,18 +1,30 @@
 """Divergence, spike and stall detection: one set of rules, used two ways.
 
-``Monitor`` is fed one step at a time inside the training loop (``update``) and decides early
-abort (``diverged``); ``classify`` replays a recorded trace through the very same ``Monitor``.
-Statuses (DESIGN.md's vocabulary) are decided here and nowhere else:
+``Monitor`` is fed one logged point at a time, inside the training loop (``update``, which also
+decides early abort through ``diverged``) or offline from any log (``classify``). A point has a
+step and a loss; the gradient norm and the LR are optional (None: not logged), and the rules use
+what is there. Every window and patience counts *logged points*, so a log written every N steps,
+or irregularly, is judged like a dense one.
 
-- ``diverged_nonfinite``: the loss or the gradient norm became NaN/inf;
-- ``diverged_exploded``: the loss stayed above ``explode_factor`` x its initial level for
-  ``explode_patience`` consecutive steps, or went back above the initial level after closing
-  half of the gap;
-- ``stalled``: the run closed less than ``stall_min_progress`` of the gap between its initial
-  loss and the loss floor (the data's entropy rate where known, else 0);
-- ``unstable``: converged, but with at least ``unstable_min_spikes`` loss/gradient spikes and a
-  spike rate above ``unstable_spike_rate``;
-- ``converged``: none of the above. ``error`` (the run raised) is set by the trainer.
+The rules run in the order of ``RULES``, each a small function with its thresholds documented in
+``Thresholds``; a rule that ends the run (divergence) stops the rest for that point:
+
+1. ``rule_nonfinite``: a logged NaN/inf loss or gradient norm -> ``diverged_nonfinite`` there.
+2. ``rule_lr``: an LR rise of the schedule raises the spike thresholds for a while (an LR
+   bomb, far above any LR the schedule has used, does not); a NaN LR is ignored.
+3. ``rule_catastrophic``: Megatron-LM's loss >= 10x the largest of the first 100 values (an event).
+4. ``rule_explosion``: the loss stays above 3x its initial level -> ``diverged_exploded``.
+5. ``rule_relapse``: the loss climbs back to a multiple of its best and stays -> ``diverged_exploded``.
+6. ``rule_spikes``: robust spike incidents on the loss and gradient-norm residuals.
+7. ``rule_recovery``: a loss spike followed by a return to the pre-spike level.
+
+A divergence is located where it starts (``Monitor.onset``): the first point of the final climb
+above half way from the best level the run reached to the level that triggered the rule.
+
+Statuses live in ``STATUS_TABLE`` (name, rank, colour, whether it counts as converged); plots,
+the stability table and the report page read them from there. ``verdict`` decides
+``stalled`` (< 20% of the gap to the floor closed), ``unstable`` (converged, with spike incidents
+at more than 1 per 100 points and at least 3) and ``converged``; ``error`` is the trainer's.
 """
 
 from __future__ import annotations
@@ -21,65 +33,111 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-STATUSES = ("converged", "unstable", "stalled", "diverged_nonfinite", "diverged_exploded", "error")
-# better first: a candidate whose status ranks lower than its baseline's got worse
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    colour: str  # plots and the report page
+    converged: bool  # counts as converged (stability edge)
+    meaning: str
+
+
+# better first: a status later in the table is worse (compare's status_changed direction)
+STATUS_TABLE = (
+    Status("converged", "#2e7d32", True, "closed at least stall_min_progress of the gap to the floor, calmly"),
+    Status("unstable", "#f9a825", True, "converged, with spike incidents at a rate above unstable_spike_rate"),
+    Status("stalled", "#6d4c41", False, "closed less than stall_min_progress of the gap to the floor"),
+    Status("diverged_nonfinite", "#c62828", False, "the loss or the gradient norm became NaN/inf"),
+    Status("diverged_exploded", "#ad1457", False, "the loss blew up, or climbed back and stayed up"),
+    Status("error", "#424242", False, "the run raised (set by the trainer, with the reason)"),
+)
+STATUS = {s.name: s for s in STATUS_TABLE}
+STATUSES = tuple(STATUS)
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
+STATUS_COLOUR = {s.name: s.colour for s in STATUS_TABLE}
+CONVERGED = tuple(s.name for s in STATUS_TABLE if s.converged)
 # status_reason prefix of an ``error`` row for a run that could not start on this stack (e.g. a
 # model that needs torchvision where none loads): the suite reports it as a skip with the reason
 SKIPPED = "skipped: "
-EVENT_KINDS = ("nonfinite", "explosion", "loss_spike", "grad_spike", "catastrophic_spike", "recovery")
+EVENT_KINDS = ("nonfinite", "explosion", "relapse", "loss_spike", "grad_spike", "loss_shift", "grad_shift",
+               "catastrophic_spike", "recovery")
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every number a verdict depends on, with where it comes from."""
+    """Every number a verdict depends on, with where it comes from. "Points" are logged points.
+    Numbers marked *tuned* were chosen on the tuning families of benchmarks/detection.py and are
+    reported on its held-out families too (README "Detection")."""
 
-    # OLMo-core's stability monitor: a value above mean + 6 std of the previous 128 steps is a
-    # spike; the rule is active once 64 values are seen. Applied here to the value's relative
-    # residual from a short EMA of the signal (weight 0.3: about 3 steps), so neither the
-    # downward trend of a decaying loss nor its falling noise level hide a spike (on raw values,
-    # 67% of spikes of 10-50 noise sigmas were located in benchmarks/detection.py; on absolute
-    # residuals 85%; on relative residuals from a 10-step EMA 95%, from this 3-step one 98%).
+    # Spikes: OLMo-core's stability monitor flags a value above mean + 6 std of the last 128. Here
+    # the signal's relative residual from a short EMA (weight 0.3, about 3 points: neither the
+    # trend of a decaying loss nor its falling noise hide a spike) is compared with a robust
+    # location and scale of the last ``spike_window`` residuals: median + k * 1.4826 * MAD (the
+    # MAD scaled to a normal sigma), so heavy-tailed noise does not inflate the scale and one
+    # outlier does not move it. k = 8 (*tuned*: 6 called 4% of Student-t(3) healthy runs
+    # unstable). The rule starts after ``spike_min_history`` points (a 60-point log still gets
+    # it) and its window grows with the log up to 128.
     spike_window: int = 128
-    spike_min_history: int = 64
-    spike_sigmas: float = 6.0
+    spike_window_fraction: float = 0.5  # ... and at most half the points seen (a sparse log's early descent drops out)
+    spike_min_history: int = 8
+    spike_sigmas: float = 9.0
     spike_ema: float = 0.3
-    # The relative residual's scale is floored at 10% of the signal's initial level: a loss near
-    # zero has heavy-tailed batch noise not proportional to its level (seen here: ResNet-8 with SGD
-    # at loss ~0.05 swings 0.02-0.2 from batch to batch, which without the floor read as spikes).
+    # The robust scale is at least 0.1% of the level (losses logged with few decimals have a MAD
+    # of 0), and the relative residual's denominator at least 10% of the signal's early level
+    # (ResNet-8 with SGD near loss 0.05 swings 0.02-0.2 batch to batch: heavy-tailed, not
+    # proportional to its level).
+    spike_min_sigma: float = 1e-3
     spike_min_scale: float = 0.1
-    # An LR that rises by more than 10% in one step (warm restart, warmup) legitimately lifts the
-    # loss and gradients: no spike is flagged for 30 steps after it (and the history keeps
-    # absorbing values meanwhile). A rise to more than twice the largest LR seen before is no
-    # schedule (warmup at most doubles it, from step 1 to 2; a restart returns to a seen level):
-    # it gets no grace, so an LR bomb's spike is reported.
+    # One incident, one event: exceedances with fewer than ``incident_gap`` calm points between
+    # them belong to the incident that opened first. A spike is short: ``shift_points`` points
+    # after it opened, its excess over the level before it has fallen to ``shift_fraction`` of
+    # its peak or less. One that has not is a level shift (``loss_shift``/``grad_shift``: a warm
+    # restart logged without its LR, a change of data), reported but not counted towards
+    # ``unstable``: a restart's bump decays by 3-10% a point, a spike is gone the next point.
+    incident_gap: int = 3
+    shift_points: int = 3
+    shift_fraction: float = 0.5
+    # An LR that rises by more than 10% from one point to the next (warmup, a warm restart) lifts
+    # loss and gradients on purpose: for ``lr_raise_points`` points the spike threshold is
+    # ``lr_raise_factor`` times higher (a 100x gradient spike still shows) and residuals are kept
+    # out of the history. A rise to more than ``lr_rise_max`` x the largest LR the schedule has
+    # used is an LR bomb: no raise, and it does not become the schedule's largest LR, so a second
+    # bomb of the same size gets none either.
     lr_rise: float = 1.10
-    lr_grace_steps: int = 30
+    lr_raise_points: int = 30
+    lr_raise_factor: float = 4.0
     lr_rise_max: float = 2.0
     # Megatron-LM: a loss >= 10x the largest of the first 100 values is "spiky" (catastrophic).
     catastrophic_factor: float = 10.0
     catastrophic_reference_steps: int = 100
-    # Explosion, either of: the loss stays above 3x its initial level for 10 steps in a row (cross-
-    # entropy starts near ln(classes): 3x that is no warm-restart bump, which brings the loss back
-    # towards, not past, where training began); or a run that had closed half of its gap to the
-    # floor is back above its initial level for 10 steps (all learning lost).
+    # Explosion: the loss stays above 3x its initial level for 10 points in a row (cross-entropy
+    # starts near ln(classes): 3x that is no warm-restart bump).
     explode_factor: float = 3.0
     explode_patience: int = 10
-    relapse_min_progress: float = 0.5
-    # The initial loss is that of the first step, computed before any update: the untrained
-    # model's, the same for every LR and schedule. (A mean over the first steps let a run whose
-    # huge LR blew the loss up to ~10 and back to chance level, 3.6, read as "converged"; seen
-    # here with AdamW at 1000x its LR.) A spike rule's smallest scale uses the first 5 values.
-    early_steps: int = 5
-    late_fraction: float = 0.1  # the final loss level is the mean of the last 10% of steps
-    # Stalled: less than 20% of the gap between initial loss and floor closed.
-    stall_min_progress: float = 0.2
-    # Unstable: >= 3 spikes and more than 1 spike per 100 steps.
-    unstable_min_spikes: int = 3
-    unstable_spike_rate: float = 0.01
-    # Recovery: back within 10% of the pre-spike mean within 50 steps.
-    recovery_band: float = 0.1
-    recovery_window: int = 50
+    # Relapse: the median of the last ``relapse_median_points`` losses is, for
+    # ``relapse_patience`` points in a row, at least ``relapse_factor`` x the best such median
+    # above the floor *and* back by ``relapse_min_gap`` of the initial gap (or above the
+    # initial loss after closing ``relapse_min_progress`` of it, as much as "converged" asks), *and it stays*: the excess
+    # over the best has not fallen below ``relapse_stay`` of its peak in the streak. A warm
+    # restart's bump decays (by half within 25 points at the slowest decay of the benchmark's
+    # restarts), a relapse does not (*tuned*).
+    relapse_median_points: int = 5
+    relapse_factor: float = 2.0
+    relapse_min_gap: float = 0.05
+    relapse_min_progress: float = 0.2
+    relapse_stay: float = 0.75
+    relapse_noise_sigmas: float = 8.0  # ... and beyond 8 robust sigmas of the loss's own noise (as spikes)
+    relapse_patience: int = 25
+    # The initial loss is that of the first point, before any update: the untrained model's.
+    early_steps: int = 5  # the early level (smallest spike scale) is the mean of the first 5 values
+    late_fraction: float = 0.1  # the final loss is the mean of the last 10% of points
+    stall_min_progress: float = 0.2  # stalled: less than 20% of the gap to the floor closed
+    unstable_min_spikes: int = 3  # unstable: >= 3 spike incidents ...
+    unstable_spike_rate: float = 0.01  # ... and more than 1 per 100 points
+    recovery_band: float = 0.1  # back within 10% of the pre-spike level ...
+    recovery_window: int = 50  # ... within 50 points: a recovery event
 
 
 @dataclass(frozen=True)
@@ -109,72 +167,12 @@ def is_finite(x: float) -> bool:
     return not (math.isnan(x) or math.isinf(x))
 
 
-class RollingStats:
-    """Mean and standard deviation of the last ``window`` values, O(1) per update."""
-
-    def __init__(self, window: int):
-        self.values: deque[float] = deque(maxlen=window)
-        self.total = 0.0
-        self.total_sq = 0.0
-
-    def push(self, x: float) -> None:
-        if len(self.values) == self.values.maxlen:
-            old = self.values[0]
-            self.total -= old
-            self.total_sq -= old * old
-        self.values.append(x)
-        self.total += x
-        self.total_sq += x * x
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def mean(self) -> float:
-        return self.total / len(self.values)
-
-    def std(self) -> float:
-        n = len(self.values)
-        var = max(self.total_sq / n - (self.total / n) ** 2, 0.0)
-        return math.sqrt(var * n / (n - 1)) if n > 1 else 0.0
-
-
-def spike_threshold(stats: RollingStats, t: Thresholds) -> float:
-    """mean + k*std of the history, or +inf while the history is shorter than required."""
-    if len(stats) < t.spike_min_history:
-        return math.inf
-    return stats.mean() + t.spike_sigmas * stats.std()
-
-
-class SpikeRule:
-    """OLMo-core's rule on relative residuals from an EMA, (value - EMA) / EMA: the noise of a
-    loss scales with its level, so relative residuals early and late in a run are comparable.
-    ``check`` returns the value the signal exceeded (a spike) or None, then takes the residual
-    into the history (a spike's is left out: one spike does not hide the next)."""
-
-    def __init__(self, t: Thresholds):
-        self.t = t
-        self.stats = RollingStats(t.spike_window)
-        self.ema: float | None = None
-        self.early: list[float] = []  # the first values: their mean sets the smallest scale
-
-    def scale(self, base: float) -> float:
-        return max(abs(base), self.t.spike_min_scale * abs(sum(self.early) / len(self.early)), 1e-12)
-
-    def check(self, value: float, grace: bool) -> float | None:
-        t = self.t
-        if len(self.early) < t.early_steps:
-            self.early.append(value)
-        if self.ema is None:
-            self.ema = value
-            return None
-        base = self.ema
-        residual = (value - base) / self.scale(base)  # relative: loss noise scales with the loss
-        limit = spike_threshold(self.stats, t)
-        spike = residual > limit and not grace
-        if not spike:
-            self.stats.push(residual)
-        self.ema += t.spike_ema * (value - base)
-        return base + limit * self.scale(base) if spike else None
+def robust_threshold(history, k: float, min_sigma: float) -> float:
+    """median + k * sigma of the history, sigma = 1.4826 * MAD (a normal's sigma), >= min_sigma."""
+    h = np.fromiter(history, float)
+    med = float(np.median(h))
+    sigma = max(1.4826 * float(np.median(np.abs(h - med))), min_sigma)
+    return med + k * sigma
 
 
 def progress(initial: float, final: float, floor: float) -> float:
@@ -183,10 +181,98 @@ def progress(initial: float, final: float, floor: float) -> float:
     return (initial - final) / gap if gap > 0 else 0.0
 
 
+def stall_line(initial, floor, t: Thresholds):
+    """The final loss at which a run has closed exactly ``stall_min_progress`` of the gap from its
+    initial loss to the floor: a run that ends above it is ``stalled`` (works on arrays too)."""
+    return initial - t.stall_min_progress * (initial - floor)
+
+
+class SpikeRule:
+    """Robust spike incidents on one signal. ``check(step, value, raise_factor)`` returns
+    ("new", limit) when a new incident opens at this point, ("shift", start) when the open
+    incident turns out to be a level shift, else (None, None)."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.history: deque[float] = deque(maxlen=t.spike_window)
+        self.ema: float | None = None
+        self.early: list[float] = []
+        self.seen = 0  # points seen
+        self.incident: int | None = None  # step where the open incident started
+        self.last_start: int | None = None  # step where the latest incident (open or not) started
+        self.incident_points = 0  # points since it started
+        self.calm = 0  # calm points since its last exceedance
+        self.before = 0.0  # the level (EMA) before it
+        self.peak = 0.0  # its largest excess over that level
+
+    def scale(self, base: float) -> float:
+        return max(abs(base), self.t.spike_min_scale * abs(sum(self.early) / len(self.early)), 1e-12)
+
+    def recent(self) -> list[float] | None:
+        """The residuals the scale is taken from: the last ``spike_window_fraction`` of the points
+        seen (at most ``spike_window``); None while fewer than ``spike_min_history``."""
+        w = max(self.t.spike_min_history, int(self.t.spike_window_fraction * self.seen))
+        h = list(self.history)[-w:]
+        return h if len(h) >= self.t.spike_min_history else None
+
+    def sigma(self) -> float:
+        """Robust sigma of the recent relative residuals (1.4826 MAD, floored); inf before there
+        are enough of them."""
+        h = self.recent()
+        if h is None:
+            return math.inf
+        a = np.asarray(h)
+        return max(1.4826 * float(np.median(np.abs(a - np.median(a)))), self.t.spike_min_sigma)
+
+    def limit(self, raise_factor: float) -> float:
+        h = self.recent()
+        return math.inf if h is None else robust_threshold(h, self.t.spike_sigmas * raise_factor, self.t.spike_min_sigma)
+
+    def check(self, step: int, value: float, raise_factor: float = 1.0):
+        t = self.t
+        self.seen += 1
+        if len(self.early) < t.early_steps:
+            self.early.append(value)
+        if self.ema is None:
+            self.ema = value
+            return None, None
+        base = self.ema
+        residual = (value - base) / self.scale(base)
+        limit = self.limit(raise_factor)
+        exceeds = residual > limit
+        out = None, None
+        if self.incident is not None:
+            self.incident_points += 1
+            excess = value - self.before
+            self.peak = max(self.peak, excess)
+            self.calm = 0 if exceeds else self.calm + 1
+            if self.incident_points == t.shift_points and excess > t.shift_fraction * self.peak:
+                out = "shift", self.incident
+            if self.calm >= t.incident_gap and self.incident_points >= t.shift_points:
+                self.incident = None
+        elif exceeds:
+            self.incident, self.incident_points, self.calm, self.last_start = step, 0, 0, step
+            self.before, self.peak = base, value - base
+            out = "new", base + limit * self.scale(base)
+        if not exceeds and raise_factor == 1.0 and self.incident is None:
+            self.history.append(residual)  # incidents and raised stretches stay out of the history
+        self.ema += t.spike_ema * (value - base)
+        return out
+
+
+@dataclass
+class Point:
+    step: int
+    loss: float
+    grad_norm: float | None
+    lr: float | None
+    layer_norms: dict | None = None
+
+
 @dataclass
 class Monitor:
-    """Streaming detector. Feed ``update(step, loss, grad_norm)`` in step order; read
-    ``diverged`` to abort early; call ``verdict()`` at the end. ``loss_floor`` is the lowest
+    """Streaming detector. Feed ``update(step, loss, grad_norm=None, lr=None)`` in step order;
+    read ``diverged`` to abort early; call ``verdict()`` at the end. ``loss_floor`` is the lowest
     reachable loss when known (NaN: unknown, taken as 0)."""
 
     loss_floor: float = float("nan")
@@ -198,107 +284,81 @@ class Monitor:
 
     def __post_init__(self):
         t = self.thresholds
-        self._loss_rule = SpikeRule(t)
-        self._grad_rule = SpikeRule(t)
-        self._above = 0  # consecutive steps above the explosion line
+        self.rules = {"loss": SpikeRule(t), "grad_norm": SpikeRule(t)}
+        self.steps: list[int] = []
         self._lr: float | None = None
         self._lr_max = 0.0
-        self._grace_until = 0  # no spikes flagged up to this step (after an LR rise)
-        self._best = math.inf
-        self._open_spike: tuple[int, float] | None = None  # (step, pre-spike mean) awaiting recovery
+        self._raised_until = -1  # point index up to which spike thresholds are raised
+        self._above = 0  # consecutive points above the explosion line
+        self._lost = 0  # consecutive points in relapse
+        self._lost_from: int | None = None
+        self._lost_peak = -math.inf  # highest median of the current relapse streak
+        self._medians: deque[float] = deque(maxlen=t.relapse_median_points)
+        self._best_median = math.inf
+        self._best_step = 0  # the step at which it was reached
+        self._open_spike: tuple[int, float, int] | None = None  # (step, pre-spike level, point index)
         self._early_max = -math.inf
-        self._layer_stats: dict[str, RollingStats] = {}
-
-    def _spiking_layer(self, layer_norms: dict[str, float]) -> str:
-        """The layer whose gradient norm rose most, in standard deviations over its history."""
-        def score(name):
-            st = self._layer_stats.get(name)
-            if st is None or len(st) < 2:
-                return -math.inf
-            return (layer_norms[name] - st.mean()) / max(st.std(), 1e-12)
-        worst = max(layer_norms, key=score)
-        return f"largest rise in {worst} ({score(worst):.1f} std)"
+        self._layer_history: dict[str, deque] = {}
 
     @property
     def diverged(self) -> bool:
         return not math.isnan(self.divergence_step)
 
-    def _emit(self, step, kind, signal, value, threshold, detail=""):
+    @property
+    def floor(self) -> float:
+        return 0.0 if math.isnan(self.loss_floor) else self.loss_floor
+
+    @property
+    def n(self) -> int:
+        return len(self.losses)
+
+    def emit(self, step, kind, signal, value, threshold, detail=""):
         self.events.append(Event(step, kind, signal, float(value), float(threshold), detail))
 
-    def _diverge(self, step: int, reason: str) -> None:
+    def diverge(self, step: int, reason: str) -> None:
         if not self.diverged:
             self.divergence_step, self.divergence_reason = step, reason
 
-    def update(self, step: int, loss: float, grad_norm: float, lr: float | None = None,
+    def onset(self, level: float) -> int:
+        """Where the climb that ends at the last point started: the first point of the final run
+        of losses above ``level``, or the start of the last loss incident (spike or shift) after
+        the run's best level if that is earlier (the first point beyond noise)."""
+        i = len(self.losses) - 1
+        while i > 0 and self.losses[i - 1] > level:
+            i -= 1
+        start = self.rules["loss"].last_start
+        return min(self.steps[i], start) if start is not None and start > self._best_step else self.steps[i]
+
+    def update(self, step: int, loss: float, grad_norm: float | None = None, lr: float | None = None,
                layer_norms: dict[str, float] | None = None) -> None:
-        """Judge one step. ``lr`` (optional) lets a rise in the LR excuse the loss rise it causes;
-        ``layer_norms`` (gradient norm per layer, optional) lets a gradient spike name the layer
-        that moved most against its own history."""
-        t = self.thresholds
+        """Judge one logged point (see the module docs for the rules, in order)."""
         if self.diverged:
             return
-        if not is_finite(loss) or not is_finite(grad_norm):
-            signal, value = ("loss", loss) if not is_finite(loss) else ("grad_norm", grad_norm)
-            self._emit(step, "nonfinite", signal, value, math.nan)
-            self._diverge(step, f"non-finite {signal} ({value}) at step {step}")
-            return
-        self.losses.append(loss)
-        n = len(self.losses)
-        if lr is not None:
-            if self._lr is not None and self._lr * t.lr_rise < lr <= self._lr_max * t.lr_rise_max:
-                self._grace_until = step + t.lr_grace_steps
-            self._lr, self._lr_max = lr, max(lr, self._lr_max)
-        if n <= t.catastrophic_reference_steps:
-            self._early_max = max(self._early_max, loss)
-        elif loss >= t.catastrophic_factor * self._early_max:
-            self._emit(step, "catastrophic_spike", "loss", loss, t.catastrophic_factor * self._early_max,
-                       f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
-        if n > 1 and self._explosion(step, loss):
-            return
-        grace = step <= self._grace_until
-        for signal, value, rule, kind in (("loss", loss, self._loss_rule, "loss_spike"),
-                                          ("grad_norm", grad_norm, self._grad_rule, "grad_spike")):
-            pre = rule.ema
-            limit = rule.check(value, grace)
-            if limit is not None:
-                detail = f"> EMA + {t.spike_sigmas:g} std of the last {len(rule.stats)} residuals"
-                if kind == "grad_spike" and layer_norms:
-                    detail += f"; {self._spiking_layer(layer_norms)}"
-                self._emit(step, kind, signal, value, limit, detail)
-                if kind == "loss_spike" and self._open_spike is None:
-                    self._open_spike = (step, pre)
-        if layer_norms:
-            for name, value in layer_norms.items():
-                self._layer_stats.setdefault(name, RollingStats(t.spike_window)).push(value)
-        if self._open_spike is not None:
-            s0, pre = self._open_spike
-            if step > s0 and loss <= pre * (1 + t.recovery_band):
-                self._emit(step, "recovery", "loss", loss, pre * (1 + t.recovery_band),
-                           f"{step - s0} steps after the spike at {s0}")
-                self._open_spike = None
-            elif step - s0 >= t.recovery_window:
-                self._open_spike = None
+        p = Point(int(step), float(loss), None if grad_norm is None else float(grad_norm),
+                  None if lr is None else float(lr), layer_norms)
+        for rule in RULES:
+            if rule(self, p):
+                return
 
-    def _explosion(self, step: int, loss: float) -> bool:
-        """The two explosion rules (see Thresholds); True once the run has diverged."""
+    def verdict(self) -> Verdict:
         t = self.thresholds
-        initial = self.initial_loss
-        floor = 0.0 if math.isnan(self.loss_floor) else self.loss_floor
-        self._best = min(self._best, loss)
-        relapsed = progress(initial, self._best, floor) >= t.relapse_min_progress and loss > initial
-        line = t.explode_factor * initial
-        self._above = self._above + 1 if (loss > line or relapsed) else 0
-        if self._above < t.explode_patience:
-            return False
-        first = step - t.explode_patience + 1
-        if loss > line:
-            how = f"above {line:.3g} ({t.explode_factor:g}x its initial level)"
-        else:
-            how = f"back above its initial level {initial:.3g} after reaching {self._best:.3g}"
-        self._emit(first, "explosion", "loss", loss, line if loss > line else initial, f"{how} for {t.explode_patience} steps")
-        self._diverge(first, f"loss {how} from step {first} for {t.explode_patience} steps")
-        return True
+        n_loss, n_grad = self.count("loss_spike"), self.count("grad_spike")
+        first_event = min((e.step for e in self.events if e.kind != "recovery"), default=math.nan)
+        initial, final = self.initial_loss, self.final_loss
+        stats = dict(divergence_step=self.divergence_step, first_event_step=first_event, n_loss_spikes=n_loss,
+                     n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
+                     min_loss=min(self.losses, default=math.nan))
+        if self.diverged:
+            kind = "diverged_nonfinite" if any(e.kind == "nonfinite" for e in self.events) else "diverged_exploded"
+            return Verdict(kind, self.divergence_reason, **stats)
+        closed = progress(initial, final, self.floor)
+        if not self.losses or closed < t.stall_min_progress:
+            return Verdict("stalled", f"closed {closed:.0%} of the gap from {initial:.3g} to the floor {self.floor:.3g} "
+                                      f"(< {t.stall_min_progress:.0%})", **stats)
+        spikes = n_loss + n_grad
+        if spikes >= t.unstable_min_spikes and spikes / self.n > t.unstable_spike_rate:
+            return Verdict("unstable", f"{spikes} spike incidents in {self.n} points", **stats)
+        return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {self.floor:.3g}", **stats)
 
     @property
     def initial_loss(self) -> float:
@@ -315,40 +375,194 @@ class Monitor:
     def count(self, kind: str) -> int:
         return sum(e.kind == kind for e in self.events)
 
-    def verdict(self) -> Verdict:
-        t = self.thresholds
-        n_loss, n_grad = self.count("loss_spike"), self.count("grad_spike")
-        first_event = min((e.step for e in self.events if e.kind != "recovery"), default=math.nan)
-        initial, final = self.initial_loss, self.final_loss
-        stats = dict(divergence_step=self.divergence_step, first_event_step=first_event, n_loss_spikes=n_loss,
-                     n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
-                     min_loss=min(self.losses, default=math.nan))
-        if self.diverged:
-            kind = "diverged_nonfinite" if any(e.kind == "nonfinite" for e in self.events) else "diverged_exploded"
-            return Verdict(kind, self.divergence_reason, **stats)
-        floor = 0.0 if math.isnan(self.loss_floor) else self.loss_floor
-        closed = progress(initial, final, floor)
-        if not self.losses or closed < t.stall_min_progress:
-            return Verdict("stalled", f"closed {closed:.0%} of the gap from {initial:.3g} to the floor {floor:.3g} "
-                                      f"(< {t.stall_min_progress:.0%})", **stats)
-        spikes = n_loss + n_grad
-        if spikes >= t.unstable_min_spikes and spikes / len(self.losses) > t.unstable_spike_rate:
-            return Verdict("unstable", f"{spikes} spikes in {len(self.losses)} steps", **stats)
-        return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {floor:.3g}", **stats)
+
+# ---------------------------------------------------------------------------------------------
+# the rules, in order: rule(monitor, point) -> True when the run has diverged (stop here)
+# ---------------------------------------------------------------------------------------------
+
+def rule_nonfinite(m: Monitor, p: Point) -> bool:
+    """A logged NaN/inf loss or gradient norm: diverged at this point."""
+    for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
+        if value is not None and not is_finite(value):
+            m.emit(p.step, "nonfinite", signal, value, math.nan)
+            m.diverge(p.step, f"non-finite {signal} ({value}) at step {p.step}")
+            return True
+    m.losses.append(p.loss)
+    m.steps.append(p.step)
+    return False
+
+
+def rule_lr(m: Monitor, p: Point) -> bool:
+    """A schedule's LR rise raises the spike thresholds for a while; an LR bomb does not; a
+    non-finite LR is ignored."""
+    t = m.thresholds
+    if p.lr is None or not is_finite(p.lr):
+        return False
+    bomb = m._lr_max > 0 and p.lr > t.lr_rise_max * m._lr_max
+    if m._lr is not None and p.lr > m._lr * t.lr_rise and not bomb:
+        m._raised_until = m.n + t.lr_raise_points
+    if not bomb:
+        m._lr_max = max(m._lr_max, p.lr)
+    m._lr = p.lr
+    return False
+
+
+def rule_catastrophic(m: Monitor, p: Point) -> bool:
+    """Megatron-LM's rule: a loss >= catastrophic_factor x the largest of the first values."""
+    t = m.thresholds
+    if m.n <= t.catastrophic_reference_steps:
+        m._early_max = max(m._early_max, p.loss)
+    elif p.loss >= t.catastrophic_factor * m._early_max:
+        m.emit(p.step, "catastrophic_spike", "loss", p.loss, t.catastrophic_factor * m._early_max,
+               f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
+    return False
+
+
+def rule_explosion(m: Monitor, p: Point) -> bool:
+    """The loss above explode_factor x its initial level for explode_patience points in a row."""
+    t = m.thresholds
+    line = t.explode_factor * m.initial_loss
+    m._above = m._above + 1 if m.n > 1 and p.loss > line else 0
+    if m._above < t.explode_patience:
+        return False
+    first = m.onset(relapse_level(m, m._best_median) if math.isfinite(m._best_median) else line)
+    how = f"above {line:.3g} ({t.explode_factor:g}x its initial level) for {t.explode_patience} points"
+    m.emit(first, "explosion", "loss", p.loss, line, how)
+    m.diverge(first, f"loss {how}, from step {first}")
+    return True
+
+
+def rule_relapse(m: Monitor, p: Point) -> bool:
+    """The loss (median of the last few points) back up to a multiple of its best and staying
+    there, outside a raised LR stretch (see Thresholds)."""
+    t = m.thresholds
+    m._medians.append(p.loss)
+    if len(m._medians) < t.relapse_median_points:
+        return False
+    med = float(np.median(m._medians))
+    if med < m._best_median:
+        m._best_median, m._best_step = med, p.step
+    best = m._best_median
+    initial, floor = m.initial_loss, m.floor
+    gap = initial - floor
+    noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)  # the loss's own noise, absolute
+    # an LR schedule's rise excuses a bump, never a loss back above where training started
+    excused = m.n <= m._raised_until and med <= initial
+    lost = gap > 0 and not excused and med - best > noise and (
+        (med - floor >= t.relapse_factor * (best - floor) and med - best >= t.relapse_min_gap * gap)
+        or (progress(initial, best, floor) >= t.relapse_min_progress and med > initial))
+    m._lost_peak = max(m._lost_peak, med) if lost else -math.inf
+    if not lost or med - best < t.relapse_stay * (m._lost_peak - best):  # gone, or coming back down
+        m._lost, m._lost_from = 0, None
+        m._lost_peak = med if lost else -math.inf
+        return False
+    m._lost += 1
+    if m._lost < t.relapse_patience:
+        return False
+    m._lost_from = m.onset(relapse_level(m, best))
+    how = (f"climbed back from its best {best:.3g} to {med:.3g} (median of {t.relapse_median_points} points) "
+           f"and stayed for {t.relapse_patience} points")
+    m.emit(m._lost_from, "relapse", "loss", med, best, how)
+    m.diverge(m._lost_from, f"loss {how}, from step {m._lost_from}")
+    return True
+
+
+def relapse_level(m: Monitor, best: float) -> float:
+    """The lowest loss that counts as lost ground: relapse_factor x the best above the floor,
+    and relapse_min_gap of the initial gap above the best."""
+    t = m.thresholds
+    return max(m.floor + t.relapse_factor * (best - m.floor), best + t.relapse_min_gap * (m.initial_loss - m.floor))
+
+
+def rule_spikes(m: Monitor, p: Point) -> bool:
+    """Spike incidents on the loss and gradient norm (SpikeRule); a gradient spike names the
+    layer whose gradient norm rose most against its own history."""
+    t = m.thresholds
+    raise_factor = t.lr_raise_factor if m.n <= m._raised_until else 1.0
+    for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
+        if value is None:
+            continue
+        rule = m.rules[signal]
+        pre = rule.ema
+        what, info = rule.check(p.step, value, raise_factor)
+        prefix = "loss" if signal == "loss" else "grad"
+        if what == "new":
+            detail = f"> EMA + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {len(rule.history)} residuals"
+            if signal == "grad_norm" and p.layer_norms:
+                detail += f"; {spiking_layer(m, p.layer_norms)}"
+            m.emit(p.step, f"{prefix}_spike", signal, value, info, detail)
+            if signal == "loss" and m._open_spike is None:
+                m._open_spike = (p.step, pre, m.n)
+        elif what == "shift":
+            for i in range(len(m.events) - 1, -1, -1):  # the incident's spike event becomes a shift
+                e = m.events[i]
+                if e.kind == f"{prefix}_spike" and e.step == info:
+                    m.events[i] = Event(e.step, f"{prefix}_shift", e.signal, e.value, e.threshold,
+                                        e.detail + f"; not back within {t.shift_points} points: a level shift")
+                    break
+    if p.layer_norms:
+        for name, value in p.layer_norms.items():
+            m._layer_history.setdefault(name, deque(maxlen=t.spike_window)).append(value)
+    return False
+
+
+def rule_recovery(m: Monitor, p: Point) -> bool:
+    """After a loss spike: back within recovery_band of the pre-spike level within
+    recovery_window points is a recovery event."""
+    t = m.thresholds
+    if m._open_spike is None:
+        return False
+    s0, pre, i0 = m._open_spike
+    if p.step > s0 and p.loss <= pre * (1 + t.recovery_band):
+        m.emit(p.step, "recovery", "loss", p.loss, pre * (1 + t.recovery_band), f"{p.step - s0} steps after the spike at {s0}")
+        m._open_spike = None
+    elif m.n - i0 >= t.recovery_window:
+        m._open_spike = None
+    return False
+
+
+RULES = (rule_nonfinite, rule_lr, rule_catastrophic, rule_explosion, rule_relapse, rule_spikes, rule_recovery)
+
+
+def spiking_layer(m: Monitor, layer_norms: dict[str, float]) -> str:
+    """The layer whose gradient norm rose most, in standard deviations over its own history."""
+    def score(name):
+        h = m._layer_history.get(name)
+        if h is None or len(h) < 2:
+            return -math.inf
+        return (layer_norms[name] - float(np.mean(h))) / max(float(np.std(h, ddof=1)), 1e-12)
+    worst = max(layer_norms, key=score)
+    return f"largest rise in {worst} ({score(worst):.1f} std)"
 
 
 def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")) -> tuple[Verdict, list[Event]]:
-    """Replay one run's trace (an iterable of (step, loss, grad_norm[, lr]), or a DataFrame with
-    those columns, ``lr`` optional) through a ``Monitor`` and return its verdict and events."""
+    """Replay one run's log through a ``Monitor``: an iterable of (step, loss[, grad_norm[, lr]])
+    (None: not logged), or a DataFrame with ``step`` and ``loss`` and optionally ``grad_norm`` and
+    ``lr`` (None/NaN there: not logged, except that a NaN loss is a logged NaN)."""
     m = Monitor(loss_floor=loss_floor, thresholds=thresholds or Thresholds())
     if hasattr(steps, "columns"):
-        cols = ["step", "loss", "grad_norm"] + (["lr"] if "lr" in steps.columns else [])
-        steps = steps[cols].itertuples(index=False)
-    for step, loss, gn, *lr in steps:
-        m.update(int(step), float(loss), float(gn), float(lr[0]) if lr else None)
+        df = steps
+        cols = [c if c in df.columns else None for c in ("step", "loss", "grad_norm", "lr")]
+        steps = zip(*(df[c].tolist() if c else [None] * len(df) for c in cols))
+    for step, loss, *rest in steps:
+        grad, lr = (list(rest) + [None, None])[:2]
+        m.update(int(step), float(loss), logged(grad), logged(lr))
         if m.diverged:
             break
     return m.verdict(), m.events
+
+
+def logged(x) -> float | None:
+    """A table cell as the Monitor takes it: None when not logged (None, or a pandas NA)."""
+    if x is None:
+        return None
+    try:
+        import pandas as pd
+        if x is pd.NA:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return float(x)
 
 
 VERDICT_COLUMNS = ["run_id", "status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes",
@@ -356,8 +570,8 @@ VERDICT_COLUMNS = ["run_id", "status", "status_reason", "divergence_step", "firs
 
 
 def classify_table(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")):
-    """Classify every run of a steps table (columns run_id, step, loss, grad_norm; numeric).
-    Returns (verdict rows, event rows) as lists of dicts in run order."""
+    """Classify every run of a table (columns run_id, step, loss; grad_norm and lr optional,
+    None where not logged). Returns (verdict rows, event rows) as lists of dicts in run order."""
     verdicts, events = [], []
     for run_id, trace in steps.sort_values(["run_id", "step"], kind="stable").groupby("run_id", sort=True):
         v, evs = classify(trace, thresholds, loss_floor)

@@ -21,9 +21,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from . import detect
+
 STABILITY = "stability.csv"
 CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "seed", "steps", "model_size"]
-CONVERGED = ("converged", "unstable")
+CONVERGED = detect.CONVERGED  # the statuses that count as converged (detect.STATUS_TABLE)
 COLUMNS = CONFIG + ["lr_scales", "statuses", "stability_edge", "lr_sensitivity", "best_lr_scale", "best_val_loss"]
 
 

@@ -1,0 +1,121 @@
+"""Reading the logs users have (diagnostics/logs.py) and judging them with `diagnostics detect`."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diagnostics import logs
+from tests.conftest import diagnostics
+from tests.traces import healthy
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_csv_with_only_step_and_loss(tmp_path):
+    t = logs.read(write(tmp_path / "run.csv", "step,loss\n1,3.0\n2,2.9\n"))
+    assert t[["run_id", "step", "loss"]].values.tolist() == [["run", 1, 3.0], ["run", 2, 2.9]]
+    assert t["grad_norm"].tolist() == [None, None] and t["lr"].tolist() == [None, None]
+
+
+def test_a_blank_cell_is_not_logged_and_nan_is_a_logged_nan(tmp_path):
+    t = logs.read(write(tmp_path / "a.tsv", "iteration\ttrain/loss\tgrad_norm\tlearning_rate\n"
+                                            "10\t3.0\t\t0.001\n20\tnan\t1.5\t\n30\t2.0\tinf\t0.001\n"))
+    assert t["step"].tolist() == [10, 20, 30] and math.isnan(t["loss"][1])
+    assert t["grad_norm"][0] is None and t["grad_norm"][1] == 1.5 and t["grad_norm"][2] == math.inf
+    assert t["lr"][1] is None
+
+
+def test_json_lines_with_missing_keys(tmp_path):
+    lines = [{"step": 1, "loss": 3.0, "grad_norm": 2.0}, {"step": 2, "lr": 0.1}, {"step": 3, "loss": 2.5}]
+    t = logs.read(write(tmp_path / "log.jsonl", "\n".join(map(json.dumps, lines))))
+    assert t["step"].tolist() == [1, 3] and t["grad_norm"].tolist() == [2.0, None]
+
+
+def test_hf_trainer_state_keeps_eval_entries_apart(tmp_path):
+    state = {"log_history": [
+        {"epoch": 0.1, "grad_norm": 1.2, "learning_rate": 5e-5, "loss": 2.5, "step": 10},
+        {"epoch": 0.2, "eval_loss": 2.4, "eval_runtime": 1.0, "step": 20},
+        {"epoch": 0.2, "grad_norm": 0.9, "learning_rate": 4e-5, "loss": 2.1, "step": 20},
+        {"epoch": 1.0, "step": 20, "train_loss": 2.3, "train_runtime": 9.0},
+    ]}
+    path = tmp_path / "checkpoint-20" / "trainer_state.json"
+    path.parent.mkdir()
+    t = logs.read(write(path, json.dumps(state)))
+    assert t[["step", "loss", "grad_norm", "lr"]].values.tolist() == [[10, 2.5, 1.2, 5e-5], [20, 2.1, 0.9, 4e-5]]
+    assert t["run_id"].iloc[0] == "checkpoint-20" and len(logs.evaluation_entries(path)) == 1
+
+
+def test_lightning_metrics_csv_interleaves_train_and_val_rows(tmp_path):
+    text = ("epoch,step,train_loss_step,val_loss,lr-AdamW\n0,49,3.1,,0.001\n0,99,2.8,,0.001\n0,99,,2.9,\n"
+            "1,149,2.5,,0.0005\n")
+    t = logs.read(write(tmp_path / "metrics.csv", text))
+    assert t["step"].tolist() == [49, 99, 149] and t["loss"].tolist() == [3.1, 2.8, 2.5]
+    assert t["lr"].tolist() == [0.001, 0.001, 0.0005]
+
+
+def test_wandb_chart_export_has_one_run_per_prefix(tmp_path):
+    text = ('"Step","blue-sky-1 - train/loss","blue-sky-1 - train/loss__MIN","red-sun-2 - train/loss"\n'
+            '1,3.0,3.0,3.1\n2,2.5,2.5,\n')
+    t = logs.read(write(tmp_path / "wandb_export.csv", text))
+    assert sorted(set(t["run_id"])) == ["blue-sky-1", "red-sun-2"]
+    assert t[t.run_id == "red-sun-2"]["step"].tolist() == [1]
+
+
+def test_named_columns_override_detection(tmp_path):
+    path = write(tmp_path / "odd.csv", "when,objective,gn\n1,3.0,1.0\n2,2.0,1.0\n")
+    with pytest.raises(logs.LogError, match="no step column.*--step-col.*found: when, objective, gn"):
+        logs.read(path)
+    t = logs.read(path, logs.Columns(step="when", loss="objective", grad="gn"))
+    assert t["grad_norm"].tolist() == [1.0, 1.0]
+    with pytest.raises(logs.LogError, match="no column 'nope' \\(--loss-col\\)"):
+        logs.read(path, logs.Columns(step="when", loss="nope"))
+
+
+@pytest.mark.parametrize("content,pattern", [
+    ("", "empty file"),
+    ("step,loss\n", "a header but no rows"),
+    ("step,loss\n1,abc\n", "column loss has a non-numeric value 'abc' \\(data row 1\\)"),
+    ("step,val_loss\n1,2.0\n", "no loss column"),
+    ("step,loss\n,2.0\n", "logs a loss but no step"),
+])
+def test_unreadable_logs_say_what_was_found_in_one_line(tmp_path, content, pattern):
+    with pytest.raises(logs.LogError, match=pattern):
+        logs.read(write(tmp_path / "bad.csv", content))
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "tb"))
+    for step in range(1, 6):
+        w.add_scalar("train/loss", 3.0 - 0.1 * step, step)
+        w.add_scalar("train/learning_rate", 1e-3, step)
+    w.close()
+    t = logs.read(tmp_path / "tb")
+    assert t["step"].tolist() == [1, 2, 3, 4, 5] and t["loss"].iloc[-1] == pytest.approx(2.5)
+    assert t["lr"].iloc[0] == pytest.approx(1e-3) and t["grad_norm"].iloc[0] is None
+
+
+def test_detect_on_a_loss_only_log_every_50_steps(tmp_path):
+    steps, loss, _ = healthy(n=3000, rate=0.003, noise=0.01)
+    keep = np.arange(0, 3000, 50)
+    loss = loss[keep].copy()
+    loss[-20:] = math.nan  # the run died
+    pd.DataFrame({"step": steps[keep], "loss": loss}).to_csv(tmp_path / "daily.csv", index=False, na_rep="nan")
+    proc = diagnostics("detect", str(tmp_path / "daily.csv"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no gradient norm or LR logged" in proc.stdout
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert runs.iloc[0]["status"] == "diverged_nonfinite" and runs.iloc[0]["divergence_step"] == steps[keep][-20]
+
+
+def test_detect_bad_log_is_one_line(tmp_path):
+    proc = diagnostics("detect", str(write(tmp_path / "x.csv", "a,b\n1,2\n")))
+    assert proc.returncode == 2 and "no step column" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
