@@ -239,7 +239,10 @@ def real_traces() -> dict[str, list[bool]]:
     tally: dict[str, list[bool]] = {}
     for _, trace in table.groupby("run_id"):
         dense, _ = classify(trace)
-        sparse, _ = classify(trace[trace["step"] % THIN == 0])
+        thin = trace[trace["step"] % THIN == 0]
+        if len(thin) < 5:  # it ended (diverged) within its first few logged points: nothing to thin
+            continue
+        sparse, _ = classify(thin)
         tally.setdefault("same verdict dense and thinned", []).append(
             dense.status.startswith("diverged") == sparse.status.startswith("diverged"))
         if dense.status.startswith("diverged") and sparse.status.startswith("diverged"):
@@ -265,7 +268,8 @@ def main() -> None:
     if REAL.exists():
         real = real_traces()
         n = len(real["diverged (dense)"])
-        print(f"\nreal traces ({REAL.name}: {n} runs of the stability sweep), dense vs every {THIN}th step:")
+        print(f"\nreal traces ({REAL.name}: {n} runs of the stability sweep long enough to thin), dense vs every "
+              f"{THIN}th step:")
         for key in real:
             print(f"- {key}: {cell(real, key)}")
 

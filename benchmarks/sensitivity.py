@@ -181,6 +181,9 @@ def train_one(task):
 
 
 def run_change(pool, name: str, out: Path) -> pd.DataFrame:
+    """The default grid with one change active (a complete earlier report of it is reused)."""
+    if (out / name / report.RUNS).exists() and len(report.read_csv(out / name / report.RUNS)) == 60:
+        return report.read(out / name / report.RUNS)
     specs = GRIDS["default"].__class__(**{**GRIDS["default"].__dict__, "devices": ("cpu",)}).specs()
     results = pool.map(train_one, [(name, s) for s in specs])
     runs = report.frame([r for r, _ in results], report.RUNS_COLUMNS)
@@ -190,12 +193,14 @@ def run_change(pool, name: str, out: Path) -> pd.DataFrame:
     return runs
 
 
-def judge(change: Change, runs: pd.DataFrame, base: Path) -> dict:
-    """Verdict counts on the configs the change touches and on the others."""
+def judge(change: Change, runs: pd.DataFrame, steps: pd.DataFrame, base: Path) -> dict:
+    """Verdict counts on the configs the change touches and on the others (compare with the
+    baseline's tolerances and curve envelope, as ``diagnostics compare`` does)."""
     b = report.read(base / report.RUNS)
     b = b[b["seed"] == 0]
     tol = report.read(base / calibrate.TOLERANCES, required=compare.CONFIG)
-    table = compare.compare_reports(b, runs, tolerances=tol)
+    env = report.read(base / calibrate.ENVELOPE, required=calibrate.ENVELOPE_COLUMNS)
+    table = compare.compare_reports(b, runs, None, steps, tolerances=tol, envelope=env)
     touched = table.apply(lambda r: change.touches(r), axis=1)
     counts = lambda t: ", ".join(f"{n} {v}" for v, n in t["verdict"].value_counts().items())  # noqa: E731
     return dict(change=change.name, kind=change.kind, what=change.what, touched=int(touched.sum()),
@@ -206,7 +211,8 @@ def judge(change: Change, runs: pd.DataFrame, base: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--changes", default=",".join(CHANGES), help="comma list (default: all)")
+    parser.add_argument("--changes", default=",".join(CHANGES), help="comma list (default: all; reports "
+                                                                       "already complete under --out are reused)")
     parser.add_argument("-n", type=int, default=2, help="worker processes")
     parser.add_argument("--out", default="reports/sensitivity", help="where each change's report goes")
     args = parser.parse_args()
@@ -216,7 +222,7 @@ def main() -> None:
         for name in args.changes.split(","):
             t0 = time.perf_counter()
             runs = run_change(pool, name, Path(args.out))
-            rows.append(judge(CHANGES[name], runs, base))
+            rows.append(judge(CHANGES[name], runs, report.read(Path(args.out) / name / report.STEPS), base))
             print(f"{name}: {rows[-1]['touched_verdicts']} | untouched: {rows[-1]['untouched_verdicts']} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print("\n| change | kind | touched configs | found beyond noise | untouched flagged | verdicts (touched) |")

@@ -60,6 +60,7 @@ class Baseline:
     path: Path
     runs: dict[tuple, dict] = field(default_factory=dict)
     tolerances: dict[tuple, dict] = field(default_factory=dict)
+    envelopes: dict[str, pd.DataFrame] = field(default_factory=dict)  # calibrated run_id -> its envelope
     repro: pd.DataFrame | None = None
 
     @classmethod
@@ -74,6 +75,9 @@ class Baseline:
         if tol_path.exists():
             df = report.read(tol_path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
             b.tolerances = {config_key(r[c] for c in CONFIG): r for r in df.to_dict("records")}
+        if (path / calibrate.ENVELOPE).exists():
+            env = report.read(path / calibrate.ENVELOPE, required=calibrate.ENVELOPE_COLUMNS)
+            b.envelopes = dict(iter(env.groupby("run_id")))
         if repro_path.exists():
             b.repro = report.read(repro_path, required=REPRO_COLUMNS)
         return b
@@ -87,6 +91,10 @@ class Baseline:
 
     def tolerance(self, run: dict) -> dict | None:
         return self.tolerances.get(config_key(run[c] for c in CONFIG))
+
+    def envelope(self, run: dict) -> pd.DataFrame | None:
+        """The calibrated envelope of this very run (its seed was the one perturbed), or None."""
+        return self.envelopes.get(str(run["run_id"]))
 
     def repro_result(self, run_id: str, check: str) -> str | None:
         if self.repro is None:

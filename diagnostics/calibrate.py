@@ -11,9 +11,11 @@ deviations into per-config tolerances, committed beside the baseline:
   for configs that diverge; and every status the config took under noise (``statuses_seen``,
   over perturbations and, where calibrated with several seeds, seeds), which marks configs that
   sit on a status threshold.
-- ``envelope.csv``: per config and step, the largest |perturbed - reference| training loss seen
-  at or before that step (a running maximum: differences between trajectories grow, they do not
-  heal), the per-step curve envelope ``compare`` reports a candidate's exit from.
+- ``envelope.csv``: per config and step, the reference's training loss and the largest
+  |perturbed - reference| loss seen at or before that step (a running maximum: differences
+  between trajectories grow, they do not heal). A candidate whose curve leaves NOISE_FACTOR x
+  that envelope has changed beyond noise even where its final numbers have not (a systematic
+  change shows from the first steps, while rounding noise starts at an ulp and grows).
 
 Precedent: Megatron-LM's ``compute_golden_statistics --recommend-tolerances`` (measure, don't guess).
 """
@@ -37,7 +39,7 @@ ULP_FLOOR = 16 * 2.0**-23
 METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare, lower-is-better except accuracy
 TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "statuses_seen", "divergence_step_noise"]
                      + [f"{m}_{k}" for m in METRICS for k in ("reference", "noise", "tol")])
-ENVELOPE_COLUMNS = ["run_id", "step", "loss_noise"]
+ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise"]
 TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"
 
 
@@ -93,10 +95,13 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
 
 
 def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per run and step: the running maximum over steps of max |perturbed - reference| loss."""
+    """Per perturbed run and step: the reference's loss and the running maximum over steps of
+    max |perturbed - reference| loss (the reference trace travels with it, so a candidate's
+    curve can be judged against the baseline without its steps.csv)."""
     ref = reference_steps.set_index(["run_id", "step"])["loss"]
     dev = pd.concat([(s.set_index(["run_id", "step"])["loss"] - ref).abs() for s in perturbed_steps.values()],
                     axis=1).max(axis=1, skipna=True).dropna()
     df = dev.rename("loss_noise").reset_index().sort_values(["run_id", "step"])
     df["loss_noise"] = df.groupby("run_id")["loss_noise"].cummax()
+    df["loss_reference"] = ref.reindex(pd.MultiIndex.from_frame(df[["run_id", "step"]])).to_numpy()
     return df[ENVELOPE_COLUMNS].reset_index(drop=True)

@@ -6,7 +6,8 @@ what numerical noise explains, and beyond a practical margin?
 
 - ``identical``: every paired seed has the same final weights (``weights_sha256``) and status.
 - ``equivalent``: every judged value lies within its config's measured tolerance
-  (``calibrate.tolerances``: NOISE_FACTOR x the noise seen when only the arithmetic changes).
+  (``calibrate.tolerances``: NOISE_FACTOR x the noise seen when only the arithmetic changes), and
+  the loss curve of the calibrated seed stays inside NOISE_FACTOR x the per-step envelope.
 - ``changed``: beyond that noise, within the practical ``margin`` (MARGIN).
 - ``regressed`` / ``improved``: beyond the noise and beyond the margin, worse / better.
 - ``status_changed``: the (worst) status differs and the difference is not noise: the config's
@@ -255,13 +256,18 @@ def apply_holm(df: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     return df
 
 
-def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN) -> dict:
+def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN,
+              trace: list[dict] | None = None, envelope: pd.DataFrame | None = None) -> dict:
     """The suite's check of one run against its baseline row (None: there is none): a verdict
-    row (``verdict``, ``direction``, ``detail``) to hand to ``Policy.failure``."""
+    row (``verdict``, ``direction``, ``detail``) to hand to ``Policy.failure``. With the run's
+    ``trace`` (steps rows) and its calibrated ``envelope``, a curve that leaves it is a change."""
     if base is None:
         return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
     frame = lambda r: pd.DataFrame([r]).assign(seed=0)  # noqa: E731  (one run: one "seed")
-    return judge_config(frame(base), frame(row), tol, margin)
+    out = judge_config(frame(base), frame(row), tol, margin)
+    if trace and envelope is not None and out["verdict"] not in ("identical", "skipped"):
+        out["curve_exit_step"] = envelope_exit(pd.DataFrame(trace).set_index("step")["loss"], envelope)
+    return curve_beyond_noise(out)
 
 
 def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
@@ -278,13 +284,25 @@ def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[fl
             float(apart[0]) if len(apart) else math.nan)
 
 
-def envelope_exit(base: pd.Series, cand: pd.Series, noise: pd.Series) -> float:
-    """First step where |cand - base| loss leaves NOISE_FACTOR x the calibrated envelope (or
-    ULP_FLOOR of the loss, whichever is larger); NaN if it never does."""
-    both = pd.concat([base.rename("b"), cand.rename("c"), noise.rename("n")], axis=1, join="inner").sort_index()
+def envelope_exit(cand: pd.Series, envelope: pd.DataFrame) -> float:
+    """First step where the candidate's loss leaves the calibrated envelope: |cand - reference|
+    beyond NOISE_FACTOR x the noise seen there (at least ULP_FLOOR of the loss); NaN if never."""
+    env = envelope.set_index("step")
+    both = pd.concat([cand.rename("c"), env["loss_reference"].rename("b"), env["loss_noise"].rename("n")], axis=1,
+                     join="inner").sort_index()
     limit = np.maximum(NOISE_FACTOR * both["n"], ULP_FLOOR * both["b"].abs())
     out = both.index[(both["c"] - both["b"]).abs() > limit]
     return float(out[0]) if len(out) else math.nan
+
+
+def curve_beyond_noise(row: dict) -> dict:
+    """An ``equivalent`` config whose loss curve left the calibrated envelope has changed beyond
+    noise (a systematic change shows early; its final numbers may still sit inside the noise)."""
+    exit_step = row.get("curve_exit_step", math.nan)
+    if row["verdict"] == "equivalent" and isinstance(exit_step, float) and not math.isnan(exit_step):
+        row.update(verdict="changed", detail=f"loss curve left the calibrated envelope at step {exit_step:.0f}; "
+                                             + row["detail"])
+    return row
 
 
 def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
@@ -342,31 +360,31 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
         row = dict(cfg, run_id=b["run_id"].iloc[0])
         row.update(judge_config(b, c, tol, margin))
         row.update(cost_flags(b, c))
-        row.update(curves(b, c, b_trace, c_trace, env.get(tol["run_id"]) if tol else None))
-        rows.append(row)
+        row.update(curves(b, c, b_trace, c_trace, env.get(tol["run_id"]) if tol else None, tol["run_id"] if tol else None))
+        rows.append(curve_beyond_noise(row))
     df = apply_holm(pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "note"]))
     df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
     return df[COMPARE_COLUMNS]
 
 
-def curves(b: pd.DataFrame, c: pd.DataFrame, b_trace: dict, c_trace: dict, env: pd.DataFrame | None) -> dict:
-    """Curve distances over the paired seeds whose traces both reports have."""
-    dists, exits = [], []
+def curves(b: pd.DataFrame, c: pd.DataFrame, b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
+           env_run: str | None) -> dict:
+    """Curve distances over the paired seeds whose traces both reports have, and where the
+    candidate run of the calibrated seed (``env_run``) leaves the envelope."""
+    dists, out = [], {}
     for seed in sorted(set(b["seed"]) & set(c["seed"])):
         rb, rc = b[b["seed"] == seed].iloc[0], c[c["seed"] == seed].iloc[0]
-        tb, tc = b_trace.get(rb["run_id"]), c_trace.get(rc["run_id"])
-        if tb is None or tc is None:
-            continue
-        lb, lc = tb.set_index("step")["loss"], tc.set_index("step")["loss"]
-        dists.append(curve_distance(lb, lc, rb["initial_loss"]))
-        if env is not None:
-            exits.append(envelope_exit(lb, lc, env.set_index("step")["loss_noise"]))
-    if not dists:
-        return {}
-    return dict(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
-                max_curve_distance=max(d[1] for d in dists),
-                separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan),
-                curve_exit_step=min((e for e in exits if not math.isnan(e)), default=math.nan))
+        tc = c_trace.get(rc["run_id"])
+        if tc is not None and env is not None and rb["run_id"] == env_run:
+            out["curve_exit_step"] = envelope_exit(tc.set_index("step")["loss"], env)
+        tb = b_trace.get(rb["run_id"])
+        if tb is not None and tc is not None:
+            dists.append(curve_distance(tb.set_index("step")["loss"], tc.set_index("step")["loss"], rb["initial_loss"]))
+    if dists:
+        out.update(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
+                   max_curve_distance=max(d[1] for d in dists),
+                   separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
+    return out
 
 
 def failures(table: pd.DataFrame) -> list[str]:

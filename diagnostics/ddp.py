@@ -6,9 +6,8 @@ the very global batch the single process trains on, so DDP's gradient average eq
 single-process gradient up to the order of float sums. BatchNorm: on CUDA the model's BatchNorm
 layers become SyncBatchNorm (statistics over the global batch, as in one process);
 SyncBatchNorm does not run on CPU, so a CPU ResNet normalises each rank's half-batch with its own
-statistics. That changes the function being trained, so for it only the final loss is compared,
-within the practical margin (no calibrated noise covers a different function), never the first
-steps.
+statistics. That trains a different function, which no tolerance for rounding covers: for it the
+check is ``skipped`` with that reason (its numbers are still in the row), never a hollow pass.
 """
 
 from __future__ import annotations
@@ -119,11 +118,13 @@ def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | N
     info = data.load(MODELS[spec.model].task, block_size(spec.model, spec.size), str(data_dir)).info
     bn = has_batchnorm(build_model(spec.model, spec.size, info))
     per_rank_bn = bn and spec.device == "cpu"
-    steps_ok = per_rank_bn or first_rel <= DDP_RTOL
-    final_ok, how = final_loss_agrees(single.row["final_loss"], ddp_final, None if per_rank_bn else tol)
+    final_ok, how = final_loss_agrees(single.row["final_loss"], ddp_final, tol)
     detail = (f"{world_size} processes ({'nccl' if spec.device == 'cuda' else 'gloo'}): final loss {ddp_final:.4g} vs "
-              f"{single.row['final_loss']:.4g} ({how}); first {k} steps max rel diff {first_rel:.2g}"
-              + (" (per-rank BatchNorm on CPU: steps not compared)" if per_rank_bn
-                 else f" (tolerance {DDP_RTOL:g})"))
+              f"{single.row['final_loss']:.4g} ({how}); first {k} steps max rel diff {first_rel:.2g} (tolerance {DDP_RTOL:g})")
     first_diff = next((float(s["step"]) for s in trace if s["step"] in ref and s["loss"] != ref[s["step"]]), math.nan)
-    return row(spec, "ddp", "close" if final_ok and steps_ok else "far", first_diff, max(diffs, default=math.nan), detail)
+    if per_rank_bn:
+        result = "skipped"
+        detail = "per-rank BatchNorm on CPU (no SyncBatchNorm) trains another function: not comparable; " + detail
+    else:
+        result = "close" if final_ok and first_rel <= DDP_RTOL else "far"
+    return row(spec, "ddp", result, first_diff, max(diffs, default=math.nan), detail)

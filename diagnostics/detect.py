@@ -100,13 +100,14 @@ class Thresholds:
     shift_points: int = 3
     shift_fraction: float = 0.5
     # An LR that rises by more than 10% from one point to the next (warmup, a warm restart) lifts
-    # loss and gradients on purpose: for ``lr_raise_points`` points the spike threshold is
+    # loss and gradients on purpose: for ``lr_raise_steps`` optimizer steps (steps, not points:
+    # the bump lasts as many steps however often they are logged) the spike threshold is
     # ``lr_raise_factor`` times higher (a 100x gradient spike still shows) and residuals are kept
     # out of the history. A rise to more than ``lr_rise_max`` x the largest LR the schedule has
     # used is an LR bomb: no raise, and it does not become the schedule's largest LR, so a second
     # bomb of the same size gets none either.
     lr_rise: float = 1.10
-    lr_raise_points: int = 30
+    lr_raise_steps: int = 30
     lr_raise_factor: float = 4.0
     lr_rise_max: float = 2.0
     # Megatron-LM: a loss >= 10x the largest of the first 100 values is "spiky" (catastrophic).
@@ -117,18 +118,21 @@ class Thresholds:
     explode_factor: float = 3.0
     explode_patience: int = 10
     # Relapse: the median of the last ``relapse_median_points`` losses is, for
-    # ``relapse_patience`` points in a row, at least ``relapse_factor`` x the best such median
-    # above the floor *and* back by ``relapse_min_gap`` of the initial gap (or above the
-    # initial loss after closing ``relapse_min_progress`` of it, as much as "converged" asks), *and it stays*: the excess
+    # ``relapse_patience`` points in a row, at least ``relapse_factor`` (1.5) x the best such
+    # median above the floor and back by ``relapse_min_gap`` (0.5%) of the initial gap (or above
+    # the initial loss after closing ``relapse_min_progress`` of it, as much as "converged" asks),
+    # *beyond* ``relapse_noise_sigmas`` robust sigmas of the loss's own noise (what keeps a noisy
+    # small loss, ResNet-8 with SGD at 0.03-0.2, from reading as one), *and it stays*: the excess
     # over the best has not fallen below ``relapse_stay`` of its peak in the streak. A warm
     # restart's bump decays (by half within 25 points at the slowest decay of the benchmark's
-    # restarts), a relapse does not (*tuned*).
+    # restarts), a relapse does not (*tuned*; none of the 360 real default-grid runs of the
+    # calibration changed status under it).
     relapse_median_points: int = 5
-    relapse_factor: float = 2.0
-    relapse_min_gap: float = 0.05
+    relapse_factor: float = 1.5
+    relapse_min_gap: float = 0.005
     relapse_min_progress: float = 0.2
     relapse_stay: float = 0.75
-    relapse_noise_sigmas: float = 8.0  # ... and beyond 8 robust sigmas of the loss's own noise (as spikes)
+    relapse_noise_sigmas: float = 8.0  # a median of 5 points is calmer than one point: 8 sigmas, not 9
     relapse_patience: int = 25
     # The initial loss is that of the first point, before any update: the untrained model's.
     early_steps: int = 5  # the early level (smallest spike scale) is the mean of the first 5 values
@@ -288,7 +292,7 @@ class Monitor:
         self.steps: list[int] = []
         self._lr: float | None = None
         self._lr_max = 0.0
-        self._raised_until = -1  # point index up to which spike thresholds are raised
+        self._raised_until = -1  # the step up to which spike thresholds are raised
         self._above = 0  # consecutive points above the explosion line
         self._lost = 0  # consecutive points in relapse
         self._lost_from: int | None = None
@@ -321,11 +325,14 @@ class Monitor:
 
     def onset(self, level: float) -> int:
         """Where the climb that ends at the last point started: the first point of the final run
-        of losses above ``level``, or the start of the last loss incident (spike or shift) after
-        the run's best level if that is earlier (the first point beyond noise)."""
-        i = len(self.losses) - 1
-        while i > 0 and self.losses[i - 1] > level:
-            i -= 1
+        of losses above ``level`` (up to 2 points in a row below it are noise, not the start), or
+        the start of the last loss incident (spike or shift) after the run's best level if that is
+        earlier (the first point beyond noise)."""
+        i, j = len(self.losses) - 1, len(self.losses) - 1
+        while j > 0 and any(x > level for x in self.losses[max(0, j - 3):j]):  # noise may dip below for 2 points
+            j -= 1
+            if self.losses[j] > level:
+                i = j
         start = self.rules["loss"].last_start
         return min(self.steps[i], start) if start is not None and start > self._best_step else self.steps[i]
 
@@ -400,7 +407,7 @@ def rule_lr(m: Monitor, p: Point) -> bool:
         return False
     bomb = m._lr_max > 0 and p.lr > t.lr_rise_max * m._lr_max
     if m._lr is not None and p.lr > m._lr * t.lr_rise and not bomb:
-        m._raised_until = m.n + t.lr_raise_points
+        m._raised_until = p.step + t.lr_raise_steps
     if not bomb:
         m._lr_max = max(m._lr_max, p.lr)
     m._lr = p.lr
@@ -447,7 +454,7 @@ def rule_relapse(m: Monitor, p: Point) -> bool:
     gap = initial - floor
     noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)  # the loss's own noise, absolute
     # an LR schedule's rise excuses a bump, never a loss back above where training started
-    excused = m.n <= m._raised_until and med <= initial
+    excused = p.step <= m._raised_until and med <= initial
     lost = gap > 0 and not excused and med - best > noise and (
         (med - floor >= t.relapse_factor * (best - floor) and med - best >= t.relapse_min_gap * gap)
         or (progress(initial, best, floor) >= t.relapse_min_progress and med > initial))
@@ -469,16 +476,18 @@ def rule_relapse(m: Monitor, p: Point) -> bool:
 
 def relapse_level(m: Monitor, best: float) -> float:
     """The lowest loss that counts as lost ground: relapse_factor x the best above the floor,
-    and relapse_min_gap of the initial gap above the best."""
+    relapse_min_gap of the initial gap above the best, and beyond the loss's own noise."""
     t = m.thresholds
-    return max(m.floor + t.relapse_factor * (best - m.floor), best + t.relapse_min_gap * (m.initial_loss - m.floor))
+    noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)
+    return max(m.floor + t.relapse_factor * (best - m.floor), best + t.relapse_min_gap * (m.initial_loss - m.floor),
+               best + (noise if math.isfinite(noise) else 0.0))
 
 
 def rule_spikes(m: Monitor, p: Point) -> bool:
     """Spike incidents on the loss and gradient norm (SpikeRule); a gradient spike names the
     layer whose gradient norm rose most against its own history."""
     t = m.thresholds
-    raise_factor = t.lr_raise_factor if m.n <= m._raised_until else 1.0
+    raise_factor = t.lr_raise_factor if p.step <= m._raised_until else 1.0
     for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
         if value is None:
             continue

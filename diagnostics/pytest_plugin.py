@@ -169,7 +169,8 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
         session.record(result)  # the row says why; the test is a skip with that reason, never silent
         pytest.skip(f"{spec.id}: {result.row['status_reason']}")
     base = session.baseline(spec.grid)
-    verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), session.margin)
+    verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), session.margin,
+                                result.steps, base.envelope(result.row))
     judged = not (session.perturbation or session.update_baseline)
     result.row["baseline_check"] = verdict["verdict"] if judged else "not judged"
     session.record(result)

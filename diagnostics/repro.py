@@ -2,7 +2,8 @@
 
 Each check returns ``repro.csv`` rows (run_id, check, result, first_diff_step, max_abs_diff,
 detail). ``result`` is ``identical`` (bitwise), ``different`` (first differing step and the largest
-difference given), ``close`` / ``far`` (agreement within / beyond a stated tolerance), ``error``.
+difference given), ``close`` / ``far`` (agreement within / beyond a stated tolerance), ``skipped``
+(nothing comparable, with the reason), ``error``.
 """
 
 from __future__ import annotations

@@ -111,3 +111,18 @@ def test_no_baseline_row_is_new():
 ])
 def test_policy_fails_every_hollow_or_bad_verdict(verdict_row, policy, fails):
     assert (policy.failure(verdict_row) is not None) == fails
+
+
+def test_a_curve_that_leaves_the_calibrated_envelope_has_changed():
+    import pandas as pd
+
+    steps = list(range(1, 11))
+    envelope = pd.DataFrame(dict(run_id="x", step=steps, loss_reference=[3.0 - 0.1 * s for s in steps],
+                                 loss_noise=[0.0] + [1e-4] * 9))
+    inside = [dict(step=s, loss=3.0 - 0.1 * s + (5e-4 if s > 1 else 0.0)) for s in steps]  # within 10 x 1e-4
+    outside = [dict(step=s, loss=3.0 - 0.1 * s + (2e-3 if s > 4 else 0.0)) for s in steps]
+    base, cand = row(), row(loss=2.0 + 1e-5, sha="b")  # final numbers within tolerance either way
+    assert verdict(cand, base, tol()) == compare.check_run(cand, base, tol())  # no trace: the values decide
+    assert compare.check_run(cand, base, tol(), trace=inside, envelope=envelope)["verdict"] == "equivalent"
+    v = compare.check_run(cand, base, tol(), trace=outside, envelope=envelope)
+    assert v["verdict"] == "changed" and "left the calibrated envelope at step 5" in v["detail"]

@@ -241,3 +241,27 @@ def test_status_registry_answers_every_status_question():
     assert detect.STATUSES[0] == "converged" and detect.STATUSES[-1] == "error"
     assert set(detect.STATUS_COLOUR) == set(detect.STATUSES) and plots.STATUS_COLOUR is detect.STATUS_COLOUR
     assert stability.CONVERGED == ("converged", "unstable")
+
+
+def test_real_traces_of_the_stability_sweep_keep_their_verdicts_when_logged_sparsely():
+    """tests/fixtures/stability_traces.csv: real runs at x30 and x300 the recipes' LRs (some
+    diverge to NaN within 10 steps, some stall, most converge). Thinned to every 10th step, the
+    divergent ones are still divergent, within one logged point, and the others are not."""
+    from pathlib import Path
+
+    from diagnostics import logs
+
+    table = logs.read(Path(__file__).parent / "fixtures" / "stability_traces.csv")
+    assert table["run_id"].nunique() == 24
+    for run_id, trace in table.groupby("run_id"):
+        dense, _ = classify(trace)
+        first_nan = trace.loc[trace["loss"].isna() | trace["grad_norm"].map(lambda g: g is not None and g != g), "step"]
+        if len(first_nan):
+            assert dense.status == "diverged_nonfinite" and dense.divergence_step == first_nan.iloc[0], run_id
+        thin = trace[trace["step"] % 10 == 0]
+        if len(thin) < 5:
+            continue  # diverged within its first 10 steps: nothing left to thin
+        sparse, _ = classify(thin)
+        assert sparse.status.startswith("diverged") == dense.status.startswith("diverged"), run_id
+        if dense.status.startswith("diverged"):
+            assert abs(sparse.divergence_step - dense.divergence_step) <= 10, run_id

@@ -91,9 +91,11 @@ def test_truncated_or_foreign_checkpoints_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("model", ["gpt", "resnet"])
 def test_ddp_two_processes_agree_with_one(model, tmp_path):
     r = ddp_check(RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=30), tmp_path)
+    if model == "resnet":  # per-rank BatchNorm on CPU: another function, said so, never a hollow pass
+        assert r["result"] == "skipped" and "per-rank BatchNorm" in r["detail"]
+        return
     assert r["result"] == "close", r["detail"]
-    if model == "gpt":
-        assert "first 5 steps max rel diff" in r["detail"] and r["max_abs_diff"] < 1e-4
+    assert "first 5 steps max rel diff" in r["detail"] and r["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.slow
