@@ -367,12 +367,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from . import report
+    from . import report, repro, stability
 
     try:
         counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
     except report.ReportError as e:
         raise UsageError(str(e)) from None
+    runs = report.read(Path(args.out) / report.RUNS)
+    for name, table in ((repro.SEEDS, repro.seed_table(runs)), (stability.STABILITY, stability.table(runs))):
+        if not table.empty:  # derived from all the runs together, not concatenated
+            report.write_atomic(Path(args.out) / name, table)
+            counts[name] = len(table)
     print(f"merged {len(args.dirs)} reports into {args.out}: " + ", ".join(f"{n} rows in {k}" for k, n in counts.items()))
     return 0
 

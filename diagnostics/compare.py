@@ -284,12 +284,22 @@ def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[fl
             float(apart[0]) if len(apart) else math.nan)
 
 
+# Rounding noise grows from an ulp at its own pace: one rerun can run ahead of all five
+# calibration reruns (a loss computed in float64 left the envelope at step 29 of a ResNet run
+# that ended inside every tolerance). So step s is judged against the envelope at step
+# ENVELOPE_TIME_SLACK x s: noise may grow up to that much faster than calibration saw.
+ENVELOPE_TIME_SLACK = 2.0
+
+
 def envelope_exit(cand: pd.Series, envelope: pd.DataFrame) -> float:
     """First step where the candidate's loss leaves the calibrated envelope: |cand - reference|
-    beyond NOISE_FACTOR x the noise seen there (at least ULP_FLOOR of the loss); NaN if never."""
-    env = envelope.set_index("step")
-    both = pd.concat([cand.rename("c"), env["loss_reference"].rename("b"), env["loss_noise"].rename("n")], axis=1,
-                     join="inner").sort_index()
+    beyond NOISE_FACTOR x the noise seen by step ENVELOPE_TIME_SLACK x that step (at least
+    ULP_FLOOR of the loss); NaN if never."""
+    env = envelope.set_index("step").sort_index()
+    later = env["loss_noise"].reindex(np.ceil(ENVELOPE_TIME_SLACK * env.index.to_numpy()).astype(int), method="ffill")
+    later.index = env.index
+    both = pd.concat([cand.rename("c"), env["loss_reference"].rename("b"), later.fillna(env["loss_noise"].iloc[-1])
+                      .rename("n")], axis=1, join="inner").sort_index()
     limit = np.maximum(NOISE_FACTOR * both["n"], ULP_FLOOR * both["b"].abs())
     out = both.index[(both["c"] - both["b"]).abs() > limit]
     return float(out[0]) if len(out) else math.nan

@@ -4,7 +4,7 @@ Embedded data is generated deterministically from ``DATA_SEED`` (independent of 
 so seeds vary initialisation and data order, never the data), written once into the data
 directory as one ``.npy``-stream file, and identified by that file's SHA-256:
 
-- ``markov``: tokens from a seeded order-2 Markov source over 32 symbols. Its entropy rate is
+- ``markov``: tokens from a seeded order-1 Markov source over 32 symbols. Its entropy rate is
   computed exactly and reported as ``loss_floor``: the lowest mean cross-entropy (nats/token)
   any model can reach, so convergence is judged in absolute nats.
 - ``shapes``: a learnable class-conditional image set: 10 classes, each a smooth random

@@ -78,7 +78,9 @@ def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out:
             loss = ddp(x[rank::world], y[rank::world])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            # the global norm as the single-process loop computes it (and torch >= 2.4 has)
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params
+                                                                                  if p.grad is not None])))
             opt.step()
             if step < spec.steps:
                 sched.step()

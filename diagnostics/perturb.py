@@ -10,7 +10,11 @@ the kind of difference a new torch release, BLAS library or machine brings to th
 - ``gradK``: on every step, every nonzero gradient element is moved one ulp up or down (seed K,
   the run's seed and the step): what a backward kernel that sums in another order does to each
   step, which is how a release's kernel change reaches a run (the one-off ``ulpK`` nudge alone
-  moved the gpt final losses 10-100x less than that).
+  moved the gpt final losses 10-100x less than that);
+- ``fwdK``: every output of every Linear and Conv layer, on every forward pass, moved one ulp up
+  or down: what a forward kernel that sums in another order does. Sign-based optimizers (Lion)
+  barely feel gradient nudges but do feel this: held out, a split-K matmul moved gpt-Lion final
+  losses ~10x further than the other perturbations did.
 
 Training amplifies these last-bit differences; how far each config's final and held-out losses
 move under them is its measured numerical noise (``calibrate.tolerances``).
@@ -27,6 +31,7 @@ class Perturbation:
     threads: int | None = None  # CPU intra-op threads for the run (None: the determinism profile's)
     ulp_seed: int | None = None  # seed of the one-ulp nudge of the initial weights (None: no nudge)
     grad_seed: int | None = None  # seed of the per-step one-ulp nudge of the gradients (None: none)
+    forward_seed: int | None = None  # seed of the one-ulp nudge of every Linear/Conv output (None: none)
 
     def apply(self, model, device_type: str, run_seed: int) -> None:
         """Perturb a freshly built (and seeded) run in place, after ``determinism.apply``."""
@@ -36,6 +41,8 @@ class Perturbation:
             torch.set_num_threads(self.threads)
         if self.ulp_seed is not None:
             nudge_ulp(model.parameters(), self.ulp_seed * 1_000_003 + run_seed)
+        if self.forward_seed is not None:
+            nudge_outputs(model, self.forward_seed * 1_000_003 + run_seed)
 
     def after_backward(self, params: list, run_seed: int, step: int) -> None:
         """Perturb one step's gradients in place, between backward and the optimizer step."""
@@ -58,17 +65,36 @@ def nudge_ulp(tensors, seed: int) -> None:
             t.copy_(torch.where(t != 0, torch.nextafter(t, target), t))
 
 
+def nudge_outputs(model, seed: int) -> None:
+    """Forward hooks moving every Linear/Conv output one ulp (coins from one generator per run,
+    drawn in call order: the same run gets the same coins)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(module, inputs, output):
+        out = output.detach().clone()
+        nudge_ulp([out], int(torch.randint(0, 2**62, (1,), generator=gen)))
+        return output + (out - output.detach())  # the same values as the nudged copy, gradients intact
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            m.register_forward_hook(hook)
+
+
 PERTURBATIONS: dict[str, Perturbation] = {
     p.name: p for p in (
         Perturbation("threads2", threads=2),
         Perturbation("threads3", threads=3),
         *(Perturbation(f"ulp{k}", ulp_seed=k) for k in range(1, 9)),
         *(Perturbation(f"grad{k}", grad_seed=k) for k in range(1, 9)),
+        *(Perturbation(f"fwd{k}", forward_seed=k) for k in range(1, 9)),
     )
 }
-# calibration's default set: a reduction-order change, a one-off nudge of the initial weights and
-# two independent per-step nudges of the gradients (the others are held out: benchmarks/sensitivity.py)
-DEFAULT = ("threads2", "ulp1", "grad1", "grad2")
+# calibration's default set: a reduction-order change, a one-off nudge of the initial weights, two
+# independent per-step nudges of the gradients and one of the forward outputs (the others, and the
+# rounding-size changes of benchmarks/sensitivity.py, are held out)
+DEFAULT = ("threads2", "ulp1", "grad1", "grad2", "fwd1")
 
 
 def get(name: str | None) -> Perturbation | None:

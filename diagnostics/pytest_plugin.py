@@ -197,7 +197,7 @@ def grid_point(diagnostics_session, record_property):
 def prepare_reports(config: pytest.Config) -> None:
     """Start a fresh report directory (once, in the controlling process)."""
     session = config.stash[SESSION]
-    if session.prepared:
+    if session.prepared or config.option.collectonly:  # looking (--collect-only) never deletes a report
         return
     session.prepared = True
     report.reset(session.report_dir)

@@ -172,14 +172,16 @@ def missing_fields(row: dict) -> list[str]:
 
 
 def merge(dirs: list[Path], out: Path) -> dict[str, int]:
-    """Merge report directories (e.g. shards) into ``out``: runs, steps and events concatenated
-    and sorted, env.csv keys united (values that differ joined with " | "). Refuses, with one
-    line, mixed schemas, a run present twice, and an ``out`` that already holds a report."""
+    """Merge report directories (e.g. shards) into ``out``: runs, steps, events and repro
+    results concatenated and sorted, env.csv keys united (values that differ joined with " | ").
+    Tables derived from the runs (seeds.csv, stability.csv) are the caller's to recompute from the
+    merged runs. Refuses, with one line, mixed schemas, a run present twice, and an ``out`` that
+    already holds a report."""
     out = Path(out)
     if (out / RUNS).exists():
         raise ReportError(f"{out} already holds a report (runs.csv); choose an empty --out")
     merged: dict[str, pd.DataFrame] = {}
-    for name in (RUNS, STEPS, EVENTS):
+    for name in (RUNS, STEPS, EVENTS, "repro.csv"):
         frames = []
         for d in dirs:
             path = Path(d) / name

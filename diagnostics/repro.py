@@ -128,7 +128,8 @@ def cross_device(spec: RunSpec, other: str = "cuda", tol: float | None = None, *
     a = train.run(replace(spec, device="cpu"), **run_kw)
     b = train.run(replace(spec, device=other), **run_kw)
     if a.status == "error" or b.status == "error":
-        return row(spec, f"cross_device_{other}", "error", detail=a.row["status_reason"] + b.row["status_reason"])
+        reasons = "; ".join(r.row["status_reason"] for r in (a, b) if r.status == "error")
+        return row(spec, f"cross_device_{other}", "error", detail=reasons)
     first, biggest = first_difference(a.steps, b.steps)
     k = min(DDP_STEPS, len(a.steps), len(b.steps))
     rel = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a.steps[:k], b.steps[:k]))

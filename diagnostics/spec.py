@@ -125,15 +125,15 @@ def parse_lr_scales(value: str | None) -> tuple[float, ...] | None:
     return None if scales is None else tuple(sorted(scales))
 
 
-def parse_positive_int(value, what: str) -> int | None:
+def parse_positive_int(value, what: str, minimum: int = 1) -> int | None:
     if value is None:
         return None
     try:
         n = int(value)
     except (TypeError, ValueError):
         raise SpecError(f"--{what} {value!r} is not an integer") from None
-    if n < 1:
-        raise SpecError(f"--{what} {n}: must be at least 1")
+    if n < minimum:
+        raise SpecError(f"--{what} {n}: must be at least {minimum}")
     return n
 
 
@@ -183,9 +183,7 @@ class GridOptions:
 def resolve_grid(opts: GridOptions) -> Grid:
     """Apply overrides to the preset, validating each; raises SpecError."""
     g = parse_grid(opts.grid)
-    steps = parse_positive_int(opts.steps, "steps")
-    if steps is not None and steps < 2:
-        raise SpecError(f"--steps {steps}: a run needs at least 2 steps")
+    steps = parse_positive_int(opts.steps, "steps", minimum=2)  # a run needs a first and a last step
     overrides = dict(
         models=parse_names(opts.models, tuple(MODELS), "models"),
         optimizers=parse_names(opts.optimizers, tuple(OPTIMIZERS), "optimizers"),

@@ -36,7 +36,8 @@ ABSENT = next((d for d in devices.DEVICE_TYPES if not devices.is_available(d)), 
     (["--schedulers", "poly"], "valid: constant, step, cosine, cosine_restarts, onecycle"),
     (["--models", "bert"], "valid: gpt, resnet, resnet18, vit"),
     (["--grid", "huge"], "unknown grid 'huge'; valid: smoke, default, nightly"),
-    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--steps", "0"], "--steps 0: must be at least 2"),
+    (["--steps", "1"], "--steps 1: must be at least 2"),
     (["--seeds", "x"], "--seeds 'x' is not a comma list of integers"),
     (["--data-root", "/nonexistent/data"], "--data-root /nonexistent/data does not exist"),
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -76,7 +77,7 @@ def test_env_prints_what_the_report_records():
 def test_smoke_grid_writes_the_three_reports(smoke_reports):
     d, proc = smoke_reports["0"]
     runs = report.read(d / "runs.csv")
-    assert len(runs) == 4 and (runs["baseline_check"] == "no baseline").all()
+    assert len(runs) == 4 and (runs["baseline_check"] == "new").all()  # 20 steps: no baseline (allowed here)
     for name in ("steps.csv", "env.csv", "events.csv"):
         assert (d / name).exists() or name == "events.csv"
     steps = report.read(d / "steps.csv")
@@ -205,3 +206,13 @@ def test_a_killed_session_keeps_every_finished_run(tmp_path):
     assert 1 <= len(runs) < 4 and runs["status"].isin(detect.STATUSES).all()
     assert set(steps["run_id"]) >= set(runs["run_id"])  # each finished run's trace is there too
     assert (steps.groupby("run_id").size()[list(runs["run_id"])] == 200).all()
+
+
+def test_collect_only_never_deletes_a_report(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "runs.csv").write_text("run_id\nkept\n")
+    proc = run("-m", "pytest", "suites/test_convergence.py", "--grid", "smoke", "--devices", "cpu", "--collect-only",
+               "-q", "--report-dir", str(d), "-p", "no:cacheprovider")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert (d / "runs.csv").read_text() == "run_id\nkept\n"

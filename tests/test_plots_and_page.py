@@ -55,7 +55,7 @@ def test_plot_runs_and_compare(smoke_reports, tmp_path):
     cand = tmp_path / "cand"
     shutil.copytree(d, cand, ignore=shutil.ignore_patterns("data"))
     runs = report.read(cand / "runs.csv")
-    runs.loc[runs.run_id == "gpt-sgd-cosine-linear-cpu-fp32-s0", "final_loss"] += 1.0
+    runs.loc[runs.run_id == "gpt-sgd-cosine-linear-cpu-fp32-s0", ["final_loss", "weights_sha256"]] = [9.0, "other"]
     report.write_atomic(cand / "runs.csv", runs)
     assert [c["run_id"] for _, c in plots.changed_configs(report.read(d / "runs.csv"), runs)] == \
         ["gpt-sgd-cosine-linear-cpu-fp32-s0"]

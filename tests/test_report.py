@@ -75,3 +75,22 @@ def test_missing_fields_lists_empty_required_columns():
     assert report.missing_fields(r) == ["data_path", "final_loss"]
     r["status"] = "diverged_nonfinite"  # a diverged run may have no finite loss at all
     assert report.missing_fields(r) == ["data_path"]
+
+
+def test_merge_keeps_repro_results_and_recomputes_the_seed_table(tmp_path):
+    from diagnostics import repro
+    from tests.conftest import diagnostics
+
+    base = dict(suite="convergence", model="gpt", optimizer="adamw", scheduler="cosine", warmup="none", device="cpu",
+                precision="fp32", lr_scale=1.0, steps=200, model_size="tiny", status="converged")
+    for k, seeds in enumerate(((0, 1), (2,))):  # two shards of one config's three seeds
+        d = tmp_path / f"shard{k}"
+        rows = [dict(base, run_id=f"gpt-s{s}", seed=s, final_loss=1.8 + 0.01 * s, val_loss=1.7) for s in seeds]
+        report.write_atomic(d / report.RUNS, report.frame(rows, report.RUNS_COLUMNS))
+        report.write_atomic(d / repro.REPRO, report.frame([dict(run_id=f"gpt-s{seeds[0]}", check="twice_same",
+                                                                result="identical")], repro.REPRO_COLUMNS))
+    proc = diagnostics("merge", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "m"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(report.read_csv(tmp_path / "m" / repro.REPRO)) == 2
+    seeds = report.read_csv(tmp_path / "m" / repro.SEEDS)
+    assert seeds.iloc[0]["n_seeds"] == 3 and seeds.iloc[0]["seeds"] == "0,1,2"  # over all shards, not per shard

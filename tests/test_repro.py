@@ -106,7 +106,9 @@ def test_reproducibility_suite_writes_repro_csv(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:]
     t = pd.read_csv(d / "repro.csv")
     assert set(t["check"]) == {"twice_same", "resume", "ddp"}
-    assert (t[t["check"] != "ddp"]["result"] == "identical").all() and (t[t["check"] == "ddp"]["result"] == "close").all()
+    assert (t[t["check"] != "ddp"]["result"] == "identical").all()
+    ddp = dict(zip(t[t["check"] == "ddp"]["run_id"].str.split("-").str[0], t[t["check"] == "ddp"]["result"]))
+    assert ddp == {"gpt": "close", "resnet": "skipped"}  # per-rank BatchNorm on CPU: a stated skip
 
 
 @pytest.mark.slow
