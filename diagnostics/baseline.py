@@ -90,7 +90,7 @@ class Baseline:
         return self.runs.get(key_of(run))
 
     def tolerance(self, run: dict) -> dict | None:
-        return self.tolerances.get(config_key(run[c] for c in CONFIG))
+        return self.tolerances.get(config_key(run.get(c, report.AXIS_DEFAULTS.get(c)) for c in CONFIG))
 
     def envelope(self, run: dict) -> pd.DataFrame | None:
         """The calibrated envelope of this very run (its seed was the one perturbed), or None."""

@@ -27,6 +27,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from .report import with_axis_defaults
+
 # A candidate's deviation must exceed the largest deviation seen under the calibration
 # perturbations by this factor to count as beyond noise. Measured (benchmarks/noise_factor.py,
 # README "Verdicts"): on the default grid, each calibration perturbation held out in turn moved
@@ -73,7 +75,7 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
     ``reference`` and each ``perturbed[name]`` are runs.csv frames of the same grid; a seed
     absent from the perturbed runs gets the config's noise from the seeds that were perturbed,
     and every seed contributes its status to ``statuses_seen``."""
-    runs = reference.to_dict("records")
+    runs = with_axis_defaults(reference).to_dict("records")
     by_run = {name: df.set_index("run_id").to_dict("index") for name, df in perturbed.items()}
     statuses: dict[tuple, set] = {}
     for r in runs:

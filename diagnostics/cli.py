@@ -13,8 +13,6 @@ from pathlib import Path
 from . import options
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
-GRID_OPTIONS = ("grid", "models", "optimizers", "schedulers", "warmup", "devices", "precision", "seeds", "steps",
-                "size", "lr_scales", "shard", "data_root", "data_dir", "report_dir", "baseline")
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
                "reproducibility": "test_reproducibility.py"}
 
@@ -31,62 +29,40 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_grid_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", help="grid preset: smoke, default, nightly, stability (default: the suite's)")
-    p.add_argument("--models", help="comma list of: gpt, resnet, resnet18, vit")
-    p.add_argument("--optimizers", help="comma list of: adamw, sgd, lion")
-    p.add_argument("--schedulers", help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
-    p.add_argument("--warmup", help="comma list of: none, linear")
-    p.add_argument("--devices", help="auto (default) or a comma list of: cpu, cuda, mps, xpu")
-    p.add_argument("--precision", help="comma list of: fp32, bf16")
-    p.add_argument("--seeds", help="comma list of integer seeds (default: 0)")
-    p.add_argument("--steps", help="optimizer steps per run (default: the grid's)")
-    p.add_argument("--size", help="model size preset: tiny, small")
-    p.add_argument("--lr-scales", help="comma list of LR multipliers (default: the grid's)")
-    p.add_argument("--shard", help="i/N: run the i-th of N deterministic slices of the grid")
-    p.add_argument("--data-root", help="real data: torchvision dataset / ImageFolder folder, or a text file")
-    p.add_argument("--data-dir", help="where embedded data is written (default: reports/data)")
-    p.add_argument("--report-dir", help="where reports go (default: reports/latest)")
-    p.add_argument("--baseline", help="baseline runs.csv or folder (default: reports/baselines/<grid>)")
-    p.add_argument("--update-baseline", action="store_true", help="write this session's rows into the baseline")
-    p.add_argument("--force", action="store_true", help="with --update-baseline: write even if runs errored or skipped")
-    options.add(p)
-    p.add_argument("--probes", action="store_true",
-                   help="gpt: record the max attention logit and output log-partition every 10 steps")
+    options.add(p, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
+
+
+def grid_of(args: argparse.Namespace):
+    """The resolved grid the options select (raises SpecError / ValueError with one line)."""
+    from .spec import resolve_grid
+
+    return resolve_grid(options.grid_options(lambda k: getattr(args, k, None)))
 
 
 def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
-    from . import data, devices
-    from .spec import GridOptions, SpecError, parse_shard, resolve_grid
+    from . import data
+    from .spec import SpecError, parse_shard
 
+    get = lambda k: getattr(args, k, None)  # noqa: E731
     try:
-        devs = devices.resolve(args.devices or "auto")
-        resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
-                                 schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
-                                 seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,
-                                 devices=devs))
+        grid_of(args)
         parse_shard(args.shard)
         if args.data_root:
             data.check_root(Path(args.data_root))
-        options.policy(lambda k: getattr(args, k, None))
+        options.policy(get)
     except (SpecError, data.DataError, ValueError) as e:
         raise UsageError(str(e)) from None
 
 
 def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
     out = [str(SUITES / suite), "-p", "no:cacheprovider"]
-    for name in GRID_OPTIONS:
-        value = getattr(args, name, None)
-        if value is not None:
-            out += [f"--{name.replace('_', '-')}", str(value)]
-    out += ["--update-baseline"] if args.update_baseline else []
-    out += ["--force"] if getattr(args, "force", False) else []
-    out += options.forward(lambda k: getattr(args, k, None))
-    out += ["--probes"] if args.probes else []
+    get = lambda k: getattr(args, k, None)  # noqa: E731
+    out += options.forward(get, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
     out += ["--quiet-runs"] if args.quiet else []
     out += ["-q"] if not any(a.startswith("-v") for a in args.pytest_args) else []
     if args.workers is not None:
-        out += ["-n", str(args.workers)]
+        out += ["-n", str(xdist_workers(args.workers))]
     if args.k:
         out += ["-k", args.k]
     return out + list(args.pytest_args)
@@ -100,6 +76,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pytest
 
     return int(pytest.main(pytest_args(args, suite.name)))
+
+
+def xdist_workers(value: str) -> str:
+    """``-n``: a number, ``auto`` (xdist: one per CPU core) or ``gpus`` (every visible GPU times
+    DIAGNOSTICS_WORKERS_PER_GPU, pinned round-robin; devices.gpu_workers)."""
+    from . import devices
+
+    if value != "gpus":
+        return value
+    try:
+        return str(devices.gpu_workers())
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def workers_for(p, workers: str | None) -> str | None:
@@ -121,19 +110,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from . import baseline, calibrate, devices, perturb, report, repro
+    from . import baseline, calibrate, perturb, report, repro
     from .compare import CONFIG
-    from .spec import GridOptions, resolve_grid
 
     validate_grid_options(args)
     names = [n.strip() for n in args.perturbations.split(",") if n.strip()]
     bad = [n for n in names if n not in perturb.PERTURBATIONS]
     if bad or not names:
         raise UsageError(f"--perturbations {args.perturbations!r}: valid names are {', '.join(perturb.PERTURBATIONS)}")
-    grid = resolve_grid(GridOptions(grid=args.grid, models=args.models, optimizers=args.optimizers,
-                                    schedulers=args.schedulers, warmup=args.warmup, precision=args.precision,
-                                    seeds=args.seeds, steps=args.steps, size=args.size, lr_scales=args.lr_scales,
-                                    devices=devices.resolve(args.devices or "auto")))
+    grid = grid_of(args)
     work = Path(args.work_dir) / grid.name
     target = baseline.directory(grid.name, args.baseline)
 
@@ -277,6 +262,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from . import report, summary
+
+    try:
+        print(summary.write(args.report_dir, args.compare, args.title))
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def versions_line(report_dir: Path, runs) -> str:
     """torch / CUDA / device of a report, from its env.csv (else its first row)."""
     import pandas as pd
@@ -400,7 +395,8 @@ def build_parser() -> Parser:
                      help="convergence (grid: default), stability (LR sweep; grid: stability) or "
                           "reproducibility (twice-same, resume, DDP, cross-device; grid: default)")
     add_grid_options(run)
-    run.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
+    run.add_argument("-n", dest="workers", help="pytest-xdist workers: a number, auto (one per core) or gpus "
+                                                   "(GPUs x DIAGNOSTICS_WORKERS_PER_GPU)")
     run.add_argument("-k", help="pytest -k expression to select runs by id")
     run.add_argument("--quiet", action="store_true", help="no progress line per run")
     run.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
@@ -414,7 +410,8 @@ def build_parser() -> Parser:
     cal.add_argument("--work-dir", default="reports/calibration", help="where the sessions' reports go (a folder per grid)")
     cal.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
                                                            "report is complete")
-    cal.add_argument("-n", dest="workers", help="pytest-xdist workers (a number or auto)")
+    cal.add_argument("-n", dest="workers", help="pytest-xdist workers: a number, auto (one per core) or gpus "
+                                                   "(GPUs x DIAGNOSTICS_WORKERS_PER_GPU)")
     cal.set_defaults(func=cmd_calibrate, quiet=True, k=None, pytest_args=[], suite="convergence", probes=False)
 
     det = sub.add_parser("detect", help="statuses and events for any training log: CSV/TSV, JSON lines, HF "
@@ -468,6 +465,13 @@ def build_parser() -> Parser:
     rep = sub.add_parser("report", help="write REPORT_DIR/index.html (runs table, figures, environment)")
     rep.add_argument("report_dir", type=report_dir_arg)
     rep.set_defaults(func=cmd_report)
+
+    summ = sub.add_parser("summary", help="Markdown for a CI job summary or a PR comment: counts, failing and "
+                                           "changed configs first, then every run")
+    summ.add_argument("report_dir", type=report_dir_arg)
+    summ.add_argument("--compare", help="compare.csv from `diagnostics compare` (default: each run's baseline_check)")
+    summ.add_argument("--title", default="", help="heading (default: Convergence diagnostics)")
+    summ.set_defaults(func=cmd_summary)
 
     env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
     env.set_defaults(func=cmd_env)

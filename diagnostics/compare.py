@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import report
 from .calibrate import METRICS, NOISE_FACTOR, ULP_FLOOR
 from .detect import SKIPPED, STATUS_RANK, Thresholds, stall_line
 
@@ -43,7 +44,7 @@ from .detect import SKIPPED, STATUS_RANK, Thresholds, stall_line
 BASELINE_KEY = ["run_id", "steps", "model_size"]
 # A config is matched across reports on these columns (device type, not device name), never on
 # the run_id text; its seeds are paired on ``seed``.
-CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "lr_scale", "steps", "model_size"]
+CONFIG = report.CONFIG  # the columns that name a config (report.py, the CSV contract)
 VERDICTS = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed", "missing", "new",
             "skipped")
 JUDGED = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed")  # something was checked
@@ -351,6 +352,8 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
                     policy: Policy | None = None) -> pd.DataFrame:
     """One row per config on either side, with its verdict and whether it fails ``policy``."""
     policy = policy or Policy()
+    base_runs, cand_runs = report.with_axis_defaults(base_runs), report.with_axis_defaults(cand_runs)
+    tolerances = None if tolerances is None else report.with_axis_defaults(tolerances)
     tols = {config_key(k): v for k, v in index_by_config(tolerances).items()}
     env = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
     b_groups = dict(iter(base_runs.groupby(CONFIG, dropna=False, sort=True)))

@@ -21,6 +21,7 @@ on what ran before, so resuming at step k needs only k.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import hashlib
 import json
@@ -384,9 +385,27 @@ def batch_indices(ds: Dataset, seed: int, step: int, batch_size: int) -> torch.T
 
 
 def lm_windows(tokens: torch.Tensor, starts: torch.Tensor, block: int):
-    idx = starts[:, None] + torch.arange(block + 1)
+    idx = starts[:, None] + torch.arange(block + 1, device=starts.device)
     w = tokens[idx]
     return w[:, :-1], w[:, 1:]
+
+
+def on_device(ds: Dataset, device: torch.device) -> Dataset:
+    """The dataset with its tensors (splits, labels, normalisation constants) moved to the
+    device once, so a training step gathers its batch there: the only per-step transfer is the
+    batch's indices, copied asynchronously from pinned memory."""
+    if device.type == "cpu":
+        return ds
+    move = {k: getattr(ds, k).to(device) for k in ("train_x", "val_x", "train_y", "val_y", "mean", "std")
+            if getattr(ds, k) is not None}
+    return dataclasses.replace(ds, **move)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto ``device`` without blocking the host (pinned, non_blocking)."""
+    if t.device == device or device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def normalize(ds: Dataset, x_u8: torch.Tensor) -> torch.Tensor:
@@ -395,7 +414,9 @@ def normalize(ds: Dataset, x_u8: torch.Tensor) -> torch.Tensor:
 
 
 def train_batch(ds: Dataset, seed: int, step: int, batch_size: int, device: torch.device):
-    idx = batch_indices(ds, seed, step, batch_size)
+    """Step ``step``'s batch on ``device``: indices drawn on the host (the same on every device),
+    data gathered wherever ``ds`` lives (``on_device``: the device, with no blocking copy)."""
+    idx = to_device(batch_indices(ds, seed, step, batch_size), ds.train_x.device)
     if ds.task == "lm":
         x, y = lm_windows(ds.train_x, idx, ds.info.block_size)
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -407,7 +428,7 @@ def val_batches(ds: Dataset, device: torch.device, batch_size: int = 256):
     if ds.task == "lm":
         T = ds.info.block_size
         n = min(LM_EVAL_WINDOWS, (len(ds.val_x) - 1) // T)
-        starts = torch.arange(n) * T
+        starts = torch.arange(n, device=ds.val_x.device) * T
         for i in range(0, n, batch_size):
             x, y = lm_windows(ds.val_x, starts[i : i + batch_size], T)
             yield x.to(device), y.to(device)

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import data, determinism, train
 from .models import MODELS, block_size, build_model
-from .recipes import build_optimizer, build_schedule
+from .recipes import after_optimizer_step
 from .spec import RunSpec
 
 
@@ -51,40 +51,50 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def rank_device(device_type: str, rank: int) -> torch.device:
+    """Each rank its own device: ``cuda:rank`` (the caller checks there are enough GPUs:
+    ``missing_devices``), the CPU for gloo."""
+    return torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
+
+
+def missing_devices(device_type: str, world_size: int) -> str:
+    """Why ``world_size`` ranks cannot each have their own device ("" when they can)."""
+    if device_type == "cuda" and torch.cuda.device_count() < world_size:
+        return (f"DDP on cuda needs {world_size} GPUs (one per rank); {torch.cuda.device_count()} visible: "
+                "ranks sharing a GPU would not test NCCL across devices")
+    return ""
+
+
+def backend(device_type: str) -> str:
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
 def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    on_cuda = spec.device == "cuda"
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if on_cuda else "cpu")
-    if on_cuda:
+    device = rank_device(spec.device, rank)
+    if device.type == "cuda":
         determinism.configure_process()  # before the first cuBLAS call
         torch.cuda.set_device(device)  # NCCL's device for this rank
-    dist.init_process_group("nccl" if on_cuda else "gloo", rank=rank, world_size=world)
+    dist.init_process_group(backend(device.type), rank=rank, world_size=world)
     try:
         determinism.apply(spec.seed, device.type)
-        entry = MODELS[spec.model]
-        ds = data.load(entry.task, block_size(spec.model, spec.size), data_dir)
-        model = build_model(spec.model, spec.size, ds.info)
-        if on_cuda:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(device)
-        opt, _ = build_optimizer(spec.optimizer, model, spec.lr_scale)
-        sched, _ = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
-        ddp = nn.parallel.DistributedDataParallel(LossModule(model))
-        params = [p for g in opt.param_groups for p in g["params"]]
+        s = train.setup(spec, device, Path(data_dir), None)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model) if device.type == "cuda" else s.model
+        ddp = nn.parallel.DistributedDataParallel(LossModule(model))  # SyncBatchNorm keeps the same Parameters
         trace = []
         for step in range(1, spec.steps + 1):
-            x, y = data.train_batch(ds, spec.seed, step, entry.batch_size[spec.size], device)
-            lr = opt.param_groups[0]["lr"]
-            loss = ddp(x[rank::world], y[rank::world])
-            opt.zero_grad(set_to_none=True)
+            x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, device)
+            lr = s.opt.param_groups[0]["lr"]
+            with s.autocast:
+                loss = ddp(x[rank::world], y[rank::world])
+            s.opt.zero_grad(set_to_none=True)
             loss.backward()
-            # the global norm as the single-process loop computes it (and torch >= 2.4 has)
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params
-                                                                                  if p.grad is not None])))
-            opt.step()
-            if step < spec.steps:
-                sched.step()
-            mean_loss = loss.detach().clone()
+            # the global norm as the single-process loop computes it
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(
+                [p.grad for p in s.params if p.grad is not None])))
+            s.opt.step()
+            after_optimizer_step(s.sched, step, spec.steps)
+            mean_loss = loss.detach().float().clone()
             dist.all_reduce(mean_loss)  # equal shards: the mean of the shard means is the batch mean
             trace.append(dict(step=step, lr=lr, loss=float(mean_loss) / world, grad_norm=float(grad_norm)))
         if rank == 0:
@@ -109,6 +119,9 @@ def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | N
     final losses agree as ``repro.final_loss_agrees`` says (``tol``: the calibrated one)."""
     from .repro import DDP_RTOL, DDP_STEPS, final_loss_agrees, row
 
+    absent = missing_devices(spec.device, world_size)
+    if absent:
+        return row(spec, "ddp", "skipped", detail=absent)
     single = train.run(spec, data_dir)
     trace, _ = ddp_trace(spec, data_dir, world_size)
     ref = {s["step"]: s["loss"] for s in single.steps}
@@ -121,7 +134,7 @@ def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | N
     bn = has_batchnorm(build_model(spec.model, spec.size, info))
     per_rank_bn = bn and spec.device == "cpu"
     final_ok, how = final_loss_agrees(single.row["final_loss"], ddp_final, tol)
-    detail = (f"{world_size} processes ({'nccl' if spec.device == 'cuda' else 'gloo'}): final loss {ddp_final:.4g} vs "
+    detail = (f"{world_size} processes ({backend(spec.device)}): final loss {ddp_final:.4g} vs "
               f"{single.row['final_loss']:.4g} ({how}); first {k} steps max rel diff {first_rel:.2g} (tolerance {DDP_RTOL:g})")
     first_diff = next((float(s["step"]) for s in trace if s["step"] in ref and s["loss"] != ref[s["step"]]), math.nan)
     if per_rank_bn:

@@ -9,6 +9,9 @@ or irregularly, is judged like a dense one.
 The rules run in the order of ``RULES``, each a small function with its thresholds documented in
 ``Thresholds``; a rule that ends the run (divergence) stops the rest for that point:
 
+0. ``rule_scale``: with fp16 loss scaling (a logged ``grad_scale``), a non-finite gradient norm
+   is a step the scaler skipped, not a divergence; a scale below ``scale_collapse`` is a
+   ``scale_collapse`` event and ``diverged_nonfinite`` (the gradients overflow at true size).
 1. ``rule_nonfinite``: a logged NaN/inf loss or gradient norm -> ``diverged_nonfinite`` there.
 2. ``rule_lr``: an LR rise of the schedule raises the spike thresholds for a while (an LR
    bomb, far above any LR the schedule has used, does not); a NaN LR is ignored.
@@ -61,7 +64,7 @@ CONVERGED = tuple(s.name for s in STATUS_TABLE if s.converged)
 # status_reason prefix of an ``error`` row for a run that could not start on this stack (e.g. a
 # model that needs torchvision where none loads): the suite reports it as a skip with the reason
 SKIPPED = "skipped: "
-EVENT_KINDS = ("nonfinite", "explosion", "relapse", "loss_spike", "grad_spike", "loss_shift", "grad_shift",
+EVENT_KINDS = ("nonfinite", "scale_collapse", "explosion", "relapse", "loss_spike", "grad_spike", "loss_shift", "grad_shift",
                "catastrophic_spike", "recovery")
 
 
@@ -142,6 +145,10 @@ class Thresholds:
     unstable_spike_rate: float = 0.01  # ... and more than 1 per 100 points
     recovery_band: float = 0.1  # back within 10% of the pre-spike level ...
     recovery_window: int = 50  # ... within 50 points: a recovery event
+    # fp16 loss scaling (torch.amp.GradScaler: starts at 2**16, halves per overflowing step):
+    # below 1 the gradients overflow float16 at their true size, not only scaled up, so every
+    # step is skipped; reaching it takes 16 more overflows than growth steps gave back.
+    scale_collapse: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -271,6 +278,7 @@ class Point:
     grad_norm: float | None
     lr: float | None
     layer_norms: dict | None = None
+    grad_scale: float | None = None  # fp16 loss scale in force for this step (None: no scaling)
 
 
 @dataclass
@@ -337,12 +345,12 @@ class Monitor:
         return min(self.steps[i], start) if start is not None and start > self._best_step else self.steps[i]
 
     def update(self, step: int, loss: float, grad_norm: float | None = None, lr: float | None = None,
-               layer_norms: dict[str, float] | None = None) -> None:
+               layer_norms: dict[str, float] | None = None, grad_scale: float | None = None) -> None:
         """Judge one logged point (see the module docs for the rules, in order)."""
         if self.diverged:
             return
         p = Point(int(step), float(loss), None if grad_norm is None else float(grad_norm),
-                  None if lr is None else float(lr), layer_norms)
+                  None if lr is None else float(lr), layer_norms, None if grad_scale is None else float(grad_scale))
         for rule in RULES:
             if rule(self, p):
                 return
@@ -356,7 +364,8 @@ class Monitor:
                      n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
                      min_loss=min(self.losses, default=math.nan))
         if self.diverged:
-            kind = "diverged_nonfinite" if any(e.kind == "nonfinite" for e in self.events) else "diverged_exploded"
+            nonfinite = any(e.kind in ("nonfinite", "scale_collapse") for e in self.events)
+            kind = "diverged_nonfinite" if nonfinite else "diverged_exploded"
             return Verdict(kind, self.divergence_reason, **stats)
         closed = progress(initial, final, self.floor)
         if not self.losses or closed < t.stall_min_progress:
@@ -386,6 +395,21 @@ class Monitor:
 # ---------------------------------------------------------------------------------------------
 # the rules, in order: rule(monitor, point) -> True when the run has diverged (stop here)
 # ---------------------------------------------------------------------------------------------
+
+def rule_scale(m: Monitor, p: Point) -> bool:
+    """fp16 loss scaling: a skipped step (non-finite gradients, which the scaler discards) is
+    not judged on its gradient norm; a collapsed scale ends the run."""
+    if p.grad_scale is None:
+        return False
+    if p.grad_norm is not None and not is_finite(p.grad_norm):
+        p.grad_norm = None  # the scaler skipped this step: its gradients never reached the weights
+    if p.grad_scale < m.thresholds.scale_collapse:
+        m.emit(p.step, "scale_collapse", "grad_scale", p.grad_scale, m.thresholds.scale_collapse)
+        m.diverge(p.step, f"fp16 grad scale collapsed to {p.grad_scale:.3g} at step {p.step} "
+                          f"(< {m.thresholds.scale_collapse:g}: gradients overflow float16 unscaled)")
+        return True
+    return False
+
 
 def rule_nonfinite(m: Monitor, p: Point) -> bool:
     """A logged NaN/inf loss or gradient norm: diverged at this point."""
@@ -530,7 +554,7 @@ def rule_recovery(m: Monitor, p: Point) -> bool:
     return False
 
 
-RULES = (rule_nonfinite, rule_lr, rule_catastrophic, rule_explosion, rule_relapse, rule_spikes, rule_recovery)
+RULES = (rule_scale, rule_nonfinite, rule_lr, rule_catastrophic, rule_explosion, rule_relapse, rule_spikes, rule_recovery)
 
 
 def spiking_layer(m: Monitor, layer_norms: dict[str, float]) -> str:

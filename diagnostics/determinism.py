@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -45,22 +45,53 @@ def apply(seed: int, device_type: str) -> bool:
     return enforced
 
 
-NONDETERMINISTIC_WARNING = "does not have a deterministic implementation"
+# The texts torch's warn_only alerts use: "<op> does not have a deterministic implementation,
+# but you set 'torch.use_deterministic_algorithms(True, warn_only=True)'" (at::Context::
+# alertNotDeterministic) and, for scaled-dot-product attention's fused CUDA kernels, "<kernel>
+# defaults to a non-deterministic algorithm".
+NONDETERMINISTIC_WARNINGS = (" does not have a deterministic implementation", " defaults to a non-deterministic algorithm")
+
+
+def nondeterministic_op(message: str) -> str | None:
+    """The op a determinism warning names, or None for any other warning."""
+    for marker in NONDETERMINISTIC_WARNINGS:
+        if marker in message:
+            return message.split(marker)[0].strip().split("\n")[-1].strip()
+    return None
 
 
 @contextmanager
 def nondeterministic_ops():
-    """Collect the names of ops that warned they ran without a deterministic kernel."""
+    """Collect the names of ops that warned they ran without a deterministic kernel, in every
+    run: torch warns some of these once per process unless ``torch.set_warn_always(True)``,
+    which holds inside this context."""
     seen: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield seen
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield seen
+    finally:
+        torch.set_warn_always(always)
     for w in caught:
-        msg = str(w.message)
-        if NONDETERMINISTIC_WARNING in msg:
-            seen.append(msg.split(" does not")[0].strip())
+        op = nondeterministic_op(str(w.message))
+        if op is not None:
+            seen.append(op)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+# Scaled-dot-product attention on CUDA picks flash or memory-efficient kernels whose backward
+# passes are not deterministic; determinism mode runs the math kernel instead (recorded as the
+# row's ``sdpa_backend``). CPU attention kernels are deterministic and left to torch.
+def attention_backend(device_type: str):
+    """(context manager, backend name) for a run's attention on this device type."""
+    if device_type != "cuda":
+        return nullcontext(), "default"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH]), "math"
 
 
 def profile() -> dict[str, str]:
@@ -71,5 +102,7 @@ def profile() -> dict[str, str]:
         "cudnn_benchmark": "False",
         "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE),
         "cpu_threads_per_run": str(CPU_THREADS),
+        "sdpa_backend_cuda": "math (flash and memory-efficient attention backward are nondeterministic)",
+        "float32_matmul": "fp32/bf16/fp16 runs: TF32 off, precision highest; tf32 runs: TF32 on, high",
         "seeded": "python random, numpy, torch (all devices); batches from (seed, step)",
     }

@@ -47,8 +47,31 @@ def resolve(value: str) -> tuple[str, ...]:
 
 def worker_device_index(worker_number: int, n_visible: int) -> int:
     """GPU a pytest-xdist worker pins itself to: round-robin over the visible devices (which
-    are the caller's CUDA_VISIBLE_DEVICES, in its order, when set)."""
+    are the caller's CUDA_VISIBLE_DEVICES, in its order, when set), so with k workers per GPU
+    every GPU gets k of them."""
     return worker_number % n_visible if n_visible else 0
+
+
+# xdist workers per visible GPU for ``-n gpus`` (tox -e gpu): small models leave a GPU mostly
+# idle, so several processes share one, pinned round-robin (worker_device_index). README "GPU"
+# has the runs per minute measured with 1, 2 and 4 (benchmarks/gpu_check.py).
+WORKERS_PER_GPU_ENV = "DIAGNOSTICS_WORKERS_PER_GPU"
+DEFAULT_WORKERS_PER_GPU = 2
+
+
+def workers_per_gpu(environ=os.environ) -> int:
+    """DIAGNOSTICS_WORKERS_PER_GPU, a positive integer (default DEFAULT_WORKERS_PER_GPU);
+    raises ValueError with one line otherwise."""
+    raw = environ.get(WORKERS_PER_GPU_ENV, "") or str(DEFAULT_WORKERS_PER_GPU)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{WORKERS_PER_GPU_ENV}={raw!r}: must be a positive integer")
+    return int(raw)
+
+
+def gpu_workers(n_gpus: int | None = None, per_gpu: int | None = None) -> int:
+    """xdist workers that fill the visible GPUs: GPUs x workers per GPU (1 without a GPU)."""
+    n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
+    return max(1, n_gpus * (per_gpu or workers_per_gpu()))
 
 
 def threads_per_worker(n_workers: int, cpu_count: int | None = None) -> int:

@@ -72,6 +72,28 @@ def cudnn_version() -> str:
     return str(v) if v else ""
 
 
+@functools.lru_cache(maxsize=1)
+def driver_version() -> str:
+    """The NVIDIA driver's version (nvidia-smi), "" without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def nccl_version() -> str:
+    """NCCL's version as torch was built with it, "" without CUDA."""
+    try:
+        if not torch.cuda.is_available():
+            return ""
+        v = torch.cuda.nccl.version()
+        return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    except (AttributeError, RuntimeError):
+        return ""
+
+
 def versions() -> dict[str, str]:
     return {
         "torch_version": torch.__version__,
@@ -80,6 +102,8 @@ def versions() -> dict[str, str]:
         "python_version": platform.python_version(),
         "cuda_version": torch.version.cuda or "",
         "cudnn_version": cudnn_version(),
+        "driver_version": driver_version(),
+        "nccl_version": nccl_version(),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
         "git_sha": git_sha(),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 FAULT_KINDS = ("nan", "grad_scale", "lr_bomb", "slow_blowup")
+NONE = "none"  # the no-op fault every healthy run carries (train.run's default)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Fault:
     duration: int = 1  # steps affected (slow_blowup: until the end)
 
     def __post_init__(self):
-        if self.kind not in FAULT_KINDS:
+        if self.kind not in FAULT_KINDS + (NONE,):
             raise ValueError(f"unknown fault {self.kind!r}; valid: {', '.join(FAULT_KINDS)}")
 
     def active(self, step: int) -> bool:
@@ -45,3 +46,6 @@ class Fault:
         if self.kind == "slow_blowup" and step >= self.step:
             return self.magnitude ** (step - self.step + 1)
         return 1.0
+
+
+NO_FAULT = Fault(NONE, step=0)  # changes nothing: loss, gradients and LR pass through

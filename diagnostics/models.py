@@ -169,16 +169,35 @@ class Classifier(nn.Module):
         return F.cross_entropy(self(x).float(), y)
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ``resnet.BasicBlock`` (two 3x3 conv + BatchNorm, identity or ``downsample``
+    shortcut), with the same submodules created in the same order, so weights and state-dict
+    keys match it bit for bit. Written here so the CIFAR ResNet needs no torchvision (whose
+    compiled ops load only beside the torch build they were made for)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
 class CifarResNet(nn.Module):
     """The CIFAR ResNet of He et al. 2016, section 4.2: a 3x3 stem with 16 channels, three
-    stages of ``n`` torchvision ``BasicBlock`` (16, 32, 64 channels; stride 2 entering stages 2
-    and 3), global average pooling and a linear classifier: depth 6n+2. The shortcut on a
-    change of shape is a 1x1 convolution + BatchNorm (the paper's option B), the ``downsample``
-    module that ``BasicBlock`` takes."""
+    stages of ``n`` ``BasicBlock`` (16, 32, 64 channels; stride 2 entering stages 2 and 3),
+    global average pooling and a linear classifier: depth 6n+2. The shortcut on a change of
+    shape is a 1x1 convolution + BatchNorm (the paper's option B), the block's ``downsample``."""
 
     def __init__(self, n: int, num_classes: int, in_channels: int = 3):
-        from torchvision.models.resnet import BasicBlock
-
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
@@ -269,7 +288,7 @@ class ModelEntry:
 SIZES = ("tiny", "small")  # the presets every model has: CPU grids, nightly/GPU
 MODELS: dict[str, ModelEntry] = {
     "gpt": ModelEntry("gpt", "lm", _gpt, {"tiny": 16, "small": 32}, False),
-    "resnet": ModelEntry("resnet", "image", _resnet, {"tiny": 32, "small": 128}, True),
+    "resnet": ModelEntry("resnet", "image", _resnet, {"tiny": 32, "small": 128}, False),
     "resnet18": ModelEntry("resnet18", "image", _resnet18, {"tiny": 32, "small": 128}, True),
     "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True),
 }

@@ -1,8 +1,16 @@
 """Options declared once for both front ends (``diagnostics`` argparse and the pytest plugin).
 
 Each ``Option`` is a name, a parser (None: an on/off flag), a default and a help text; ``add``
-puts a table of them on an argparse parser or a pytest option group alike, and ``policy``
-builds the verdict policy from whichever front end parsed them.
+puts a table of them on an argparse parser or a pytest option group alike. Three tables:
+
+- ``GRID_OPTIONS``: the grid's axes; help texts list each registry's names (models.MODELS,
+  recipes.OPTIMIZERS, ...), so a new entry appears in both front ends' help by itself.
+  ``grid_options`` turns them into a ``spec.GridOptions`` (validated by ``spec.resolve_grid``).
+- ``SESSION_OPTIONS``: where data, reports and the baseline live, sharding, the seed checkpoint.
+- ``VERDICT_OPTIONS``: which verdicts fail (``policy``).
+
+``forward`` writes parsed options back as pytest arguments (the CLI runs the suites through
+pytest).
 """
 
 from __future__ import annotations
@@ -12,6 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .compare import MARGIN, Policy
+from .devices import DEVICE_TYPES
+from .models import MODELS, SIZES
+from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+from .spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
+from .train import DEFAULT_DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,48 @@ VERDICT_OPTIONS = (
 )
 
 
+DEFAULT_REPORT_DIR = "reports/latest"
+
+
+def names(registry) -> str:
+    return ", ".join(registry)
+
+
+GRID_OPTIONS = (
+    Option("--grid", f"grid preset: {names(GRIDS)} (default: the suite's)", str),
+    Option("--models", f"comma list of: {names(MODELS)}", str),
+    Option("--optimizers", f"comma list of: {names(OPTIMIZERS)}", str),
+    Option("--schedulers", f"comma list of: {names(SCHEDULERS)}", str),
+    Option("--warmup", f"comma list of: {names(WARMUPS)}", str),
+    Option("--devices", f"auto (default: every available device type) or a comma list of: {names(DEVICE_TYPES)}; "
+                        "an absent device is an error", str, "auto"),
+    Option("--precision", f"comma list of: {names(PRECISIONS)}", str),
+    Option("--impls", f"optimizer implementations, comma list of: {names(IMPLS)} (default: the grid's; "
+                      "default = torch's choice)", str),
+    Option("--compile", f"torch.compile backends, comma list of: {names(COMPILE_BACKENDS)}", str),
+    Option("--seeds", "comma list of integer seeds (default: the grid's; 0)", str),
+    Option("--steps", "optimizer steps per run, at least 2 (default: the grid's)", str),
+    Option("--size", f"model size preset: {names(SIZES)} (default: the grid's)", str),
+    Option("--lr-scales", "comma list of LR multipliers (default: the grid's; 1)", str),
+)
+
+SESSION_OPTIONS = (
+    Option("--shard", "i/N: run the i-th of N deterministic slices of the grid", str),
+    Option("--data-root", "real data: a torchvision dataset or ImageFolder folder, or a UTF-8 text file for the LM",
+           str),
+    Option("--data-dir", f"where embedded data is written once (default: {DEFAULT_DATA_DIR})", str,
+           str(DEFAULT_DATA_DIR)),
+    Option("--report-dir", f"where the CSV reports go (default: {DEFAULT_REPORT_DIR})", str, DEFAULT_REPORT_DIR),
+    Option("--baseline", "baseline runs.csv or its folder (default: reports/baselines/<grid>)", str),
+    Option("--init-dir", "seed checkpoint folder: each (model, size, seed)'s initial weights are saved there once "
+                         "and loaded by every later run (compare releases from the same weights)", str),
+    Option("--update-baseline", "write this session's rows into the baseline"),
+    Option("--force", "with --update-baseline: write even if runs errored or skipped"),
+    Option("--probes", "gpt: record the max attention logit and the output log-partition every 10 steps "
+                       "(one extra forward pass each)"),
+)
+
+
 def add(target, options=VERDICT_OPTIONS) -> None:
     """Add options to an argparse parser or a pytest option group (both take add_argument-style
     keywords; pytest's is ``addoption``)."""
@@ -71,10 +126,20 @@ def policy(get: Callable[[str], Any]) -> tuple[Policy, float]:
     return Policy(v["allow_missing"], v["allow_no_baseline"], v["allow_improved"], v["fail_on_change"]), v["margin"]
 
 
-def forward(get: Callable[[str], Any]) -> list[str]:
-    """The verdict options as command-line arguments again (the CLI hands them to pytest)."""
+def grid_options(get: Callable[[str], Any]) -> GridOptions:
+    """The grid options of either front end as ``spec.GridOptions``, devices resolved
+    (raises SpecError with one line for an unknown or absent device)."""
+    from . import devices
+
+    raw = {o.dest: get(o.dest) for o in GRID_OPTIONS}
+    return GridOptions(**{k: v for k, v in raw.items() if k != "devices"},
+                       devices=devices.resolve(raw["devices"] or "auto"))
+
+
+def forward(get: Callable[[str], Any], table=VERDICT_OPTIONS) -> list[str]:
+    """Options of ``table`` as command-line arguments again (the CLI hands them to pytest)."""
     out = []
-    for o in VERDICT_OPTIONS:
+    for o in table:
         raw = get(o.dest)
         if o.parse is None and raw:
             out.append(o.flag)

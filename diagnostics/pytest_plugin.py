@@ -15,9 +15,8 @@ from . import baseline, compare, data, determinism, devices, env, options, pertu
 from .detect import SKIPPED
 from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
-from .train import DEFAULT_DATA_DIR, RunResult
+from .train import RunResult
 
-DEFAULT_REPORT_DIR = Path("reports/latest")
 # test functions that write reports (parametrized over a grid, or the repro checks)
 GRID_TESTS = ("test_convergence[", "test_stability[", "test_twice_same[", "test_resume[", "test_ddp[",
               "test_cross_device[")
@@ -42,6 +41,7 @@ class Session:
     margin: float = compare.MARGIN
     force: bool = False  # --update-baseline even with errored or skipped runs
     perturbation: str | None = None  # calibration reruns: no baseline judgement
+    init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     prepared: bool = False
@@ -76,50 +76,31 @@ SESSION = pytest.StashKey[Session]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("diagnostics", "convergence diagnostics grid")
-    g.addoption("--grid", default=None, help="grid preset: smoke, default, nightly, stability (default: the suite's)")
-    g.addoption("--models", default=None, help=f"comma list of: {', '.join(MODELS)}")
-    g.addoption("--optimizers", default=None, help="comma list of: adamw, sgd, lion")
-    g.addoption("--schedulers", default=None, help="comma list of: constant, step, cosine, cosine_restarts, onecycle")
-    g.addoption("--warmup", default=None, help="comma list of: none, linear")
-    g.addoption("--devices", default="auto", help="auto (every available device type) or a comma list of "
-                                                  "cpu, cuda, mps, xpu; an absent device is an error")
-    g.addoption("--precision", default=None, help="comma list of: fp32, bf16")
-    g.addoption("--seeds", default=None, help="comma list of integer seeds (default: 0)")
-    g.addoption("--steps", default=None, help="optimizer steps per run (default: the grid's)")
-    g.addoption("--size", default=None, help="model size preset: tiny, small (default: the grid's)")
-    g.addoption("--lr-scales", default=None, help="comma list of LR multipliers (default: the grid's; 1)")
-    g.addoption("--shard", default=None, help="i/N: run the i-th of N deterministic slices of the grid")
-    g.addoption("--data-root", default=None, help="real data: a torchvision dataset or ImageFolder folder, "
-                                                  "or a UTF-8 text file for the LM")
-    g.addoption("--data-dir", default=str(DEFAULT_DATA_DIR), help="where embedded data is written once")
-    g.addoption("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where the CSV reports go")
-    g.addoption("--baseline", default=None, help="baseline runs.csv or its folder (default: reports/baselines/<grid>)")
-    g.addoption("--update-baseline", action="store_true", help="write this session's rows into the baseline")
-    g.addoption("--force", action="store_true", help="with --update-baseline: write even if runs errored or skipped")
+    options.add(g, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
     g.addoption("--perturb", default=None, help="calibration rerun: change only the arithmetic "
                                                  f"({', '.join(perturb.PERTURBATIONS)}); no baseline judgement")
-    options.add(g)
     g.addoption("--quiet-runs", action="store_true", help="no progress line per finished run")
-    g.addoption("--probes", action="store_true", help="gpt: record the max attention logit and the output "
-                                                      "log-partition every 10 steps (one extra forward pass each)")
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """True in a pytest-xdist worker process (the controller, or a run without xdist, is not)."""
+    return hasattr(config, "workerinput")
 
 
 def build_session(config: pytest.Config) -> Session:
     opt = config.getoption
-    grid_options = GridOptions(grid=opt("grid"), models=opt("models"), optimizers=opt("optimizers"),
-                               schedulers=opt("schedulers"), warmup=opt("warmup"), precision=opt("precision"),
-                               seeds=opt("seeds"), steps=opt("steps"), size=opt("size"), lr_scales=opt("lr_scales"),
-                               devices=devices.resolve(opt("devices")))
+    grid_options = options.grid_options(opt)
     resolve_grid(replace(grid_options, grid=grid_options.grid or "default"))  # validate every option now
     worker = getattr(config, "workerinput", {}).get("workerid", "")
     try:
+        v = {o.dest: options.value(opt, o) for o in options.SESSION_OPTIONS}
         policy, margin = options.policy(opt)
         perturb.get(opt("perturb"))
     except ValueError as e:
         raise SpecError(str(e)) from None
-    session = Session(grid_options, Path(opt("report_dir")), Path(opt("data_dir")), opt("data_root"), opt("baseline"),
-                      opt("update_baseline"), opt("quiet_runs"), worker, opt("probes"), parse_shard(opt("shard")),
-                      policy, margin, opt("force"), opt("perturb"))
+    session = Session(grid_options, Path(v["report_dir"]), Path(v["data_dir"]), v["data_root"], v["baseline"],
+                      v["update_baseline"], opt("quiet_runs"), worker, v["probes"], parse_shard(v["shard"]),
+                      policy, margin, v["force"], opt("perturb"), Path(v["init_dir"]) if v["init_dir"] else None)
     session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
     return session
 
@@ -135,15 +116,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "grid: a test parametrized over the diagnostic grid")
     try:
         session = build_session(config)
-        if not hasattr(config, "workerinput"):
+        if not is_worker(config):
             check_data(session)
     except (SpecError, data.DataError, report.ReportError) as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[SESSION] = session
-    if not hasattr(config, "workerinput"):
+    if not is_worker(config):
         config.pluginmanager.register(Progress(config), "diagnostics-progress")
     determinism.configure_process()  # process-wide settings that must precede any CUDA work
-    if hasattr(config, "workerinput"):  # an xdist worker: share the cores, pin one GPU
+    if is_worker(config):  # an xdist worker: share the cores, pin one GPU
         n_workers = int(config.workerinput.get("workercount", 1))
         torch.set_num_threads(devices.threads_per_worker(n_workers))
         devices.pin_worker(int(session.worker.removeprefix("gw") or 0))
@@ -164,7 +145,7 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     (compare.Policy: a regression, an improvement, no baseline at all). Calibration reruns
     (``--perturb``) and baseline updates record without judging."""
     result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes,
-                       perturbation=session.perturbation)
+                       perturbation=session.perturbation, init_dir=session.init_dir)
     if str(result.row.get("status_reason", "")).startswith(SKIPPED):
         session.record(result)  # the row says why; the test is a skip with that reason, never silent
         pytest.skip(f"{spec.id}: {result.row['status_reason']}")
@@ -206,7 +187,7 @@ def prepare_reports(config: pytest.Config) -> None:
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
-    if hasattr(config, "workerinput"):
+    if is_worker(config):
         return
     if any(i.name.startswith(GRID_TESTS) for i in session.items):
         prepare_reports(config)
@@ -271,7 +252,7 @@ class Progress:
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     s = config.stash.get(SESSION, None)
-    if s is None or hasattr(config, "workerinput") or not s.prepared:
+    if s is None or is_worker(config) or not s.prepared:
         return
     report.finalize(s.report_dir)
     runs_path, repro_path = s.report_dir / report.RUNS, s.report_dir / repro.REPRO

@@ -38,11 +38,20 @@ def _lion(params, **kw):
     return Lion(params, **kw)
 
 
+# spec.IMPLS -> the torch optimizer kwargs that ask for it ("default": torch chooses)
+IMPL_KWARGS = {"default": {}, "forloop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+
+
+class UnsupportedImpl(ValueError):
+    """The optimizer (or torch, on this device) has no such implementation: a skip, not an error."""
+
+
 @dataclass(frozen=True)
 class OptimizerRecipe:
     name: str
     make: Callable[..., torch.optim.Optimizer]
     defaults: dict  # the chapter's kwargs; "lr" is scaled by the run's lr_scale
+    impls: tuple[str, ...] = tuple(IMPL_KWARGS)  # the implementations it has (spec.IMPLS)
 
 
 OPTIMIZERS: dict[str, OptimizerRecipe] = {
@@ -50,8 +59,30 @@ OPTIMIZERS: dict[str, OptimizerRecipe] = {
                              dict(lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)),
     "sgd": OptimizerRecipe("sgd", torch.optim.SGD,
                            dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)),
-    "lion": OptimizerRecipe("lion", _lion, dict(lr=1e-4, weight_decay=1e-2)),
+    # lion-pytorch has one (for-loop) update; its Triton kernel is not a torch implementation
+    "lion": OptimizerRecipe("lion", _lion, dict(lr=1e-4, weight_decay=1e-2), impls=("default", "forloop")),
 }
+
+
+def resolved_impl(opt: torch.optim.Optimizer, impl: str) -> str:
+    """What actually runs: the requested implementation, or for "default" what torch picks for
+    these parameters (foreach for CUDA tensors, the for-loop on CPU)."""
+    if impl != "default":
+        return impl
+    d = opt.defaults
+    if "foreach" not in d:  # not a torch optimizer (lion-pytorch): one for-loop update
+        return "forloop"
+    if d.get("fused"):
+        return "fused"
+    if d["foreach"] is not None:
+        return "foreach" if d["foreach"] else "forloop"
+    try:  # torch's own rule for foreach=None
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        params = [p for g in opt.param_groups for p in g["params"]]
+        return "foreach" if _default_to_fused_or_foreach(params, False, False)[1] else "forloop"
+    except (ImportError, TypeError):
+        return "default"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -67,13 +98,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(name: str, model: nn.Module, lr_scale: float = 1.0):
-    """The named optimizer over ``param_groups(model)``; returns it and its resolved kwargs."""
+def build_optimizer(name: str, model: nn.Module, lr_scale: float = 1.0, impl: str = "default"):
+    """The named optimizer over ``param_groups(model)`` in implementation ``impl``; returns it
+    and its resolved kwargs. Raises UnsupportedImpl when the optimizer, or torch on the model's
+    device, has no such implementation."""
     recipe = OPTIMIZERS[name]
+    if impl not in recipe.impls:
+        raise UnsupportedImpl(f"{name} has no {impl} implementation (it has: {', '.join(recipe.impls)})")
     kw = dict(recipe.defaults, lr=recipe.defaults["lr"] * lr_scale)
     groups = param_groups(model, kw.pop("weight_decay"))
-    opt = recipe.make(groups, **kw)
+    try:
+        opt = recipe.make(groups, **kw, **IMPL_KWARGS[impl])
+    except RuntimeError as e:  # e.g. fused=True on a device or torch release without the kernel
+        if impl == "default":
+            raise
+        raise UnsupportedImpl(f"{name} {impl}: {str(e).splitlines()[0]}") from None
     resolved = dict(kw, weight_decay=groups[0]["weight_decay"], class_name=type(opt).__name__,
+                    impl=resolved_impl(opt, impl),
                     n_decay=sum(p.numel() for p in groups[0]["params"]),
                     n_no_decay=sum(p.numel() for p in groups[1]["params"]))
     if "betas" in resolved:
@@ -159,6 +200,13 @@ def build_schedule(optimizer: torch.optim.Optimizer, scheduler: str, warmup: str
     return chain, resolved
 
 
+def after_optimizer_step(scheduler, step: int, total_steps: int) -> None:
+    """The calling contract's one rule: step the schedule after optimizer step ``step`` (1-based)
+    unless it was the last, so the schedule covers exactly ``total_steps`` optimizer steps."""
+    if step < total_steps:
+        scheduler.step()
+
+
 def lr_trace(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_scale: float = 1.0) -> list[float]:
     """The LR of every optimizer step 1..total_steps of a recipe, obtained by driving the very
     optimizer and schedule objects the grid trains with (on a stand-in two-layer model), per the
@@ -170,6 +218,5 @@ def lr_trace(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_s
     for k in range(1, total_steps + 1):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
-        if k < total_steps:
-            sched.step()
+        after_optimizer_step(sched, k, total_steps)
     return lrs

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
-            "precision", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
+            "precision", "impl", "compile", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
 OUTCOME = ["status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes", "n_grad_spikes",
            "initial_loss", "final_loss", "min_loss", "val_loss", "val_metric", "loss_floor", "max_grad_norm",
            "weights_sha256"]
@@ -27,13 +27,21 @@ PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version"
               "deterministic", "git_sha", "started_at", "worker"]
 # beyond the contract, appended last
 EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid", "perturbation",
-         "val_samples"]
+         "val_samples", "impl_resolved", "init_sha256", "skipped_steps", "tf32", "matmul_precision", "sdpa_backend",
+         "driver_version", "nccl_version"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 # the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",
-                 "output_log_z"]
+                 "output_log_z", "grad_scale", "skipped"]  # fp16: the loss scale of the step, 1 if the scaler skipped it
 EVENTS_COLUMNS = ["run_id", "step", "kind", "signal", "value", "threshold", "detail"]
 ENV_COLUMNS = ["key", "value"]
+
+# the columns that name a config (a grid point up to its seed): compare, calibrate and stability
+# key on them. A report written before the ``impl``/``compile`` axes existed reads them as these
+# defaults (``read``), so older reports and baselines stay comparable.
+CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "impl", "compile", "lr_scale", "steps",
+          "model_size"]
+AXIS_DEFAULTS = {"impl": "default", "compile": "none"}
 
 RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
@@ -108,12 +116,25 @@ def write_env(report_dir: Path, env: dict[str, str]) -> None:
 # read as text even when they look like numbers ("13.0" must not become 13)
 TEXT_COLUMNS = {c: str for c in ("run_id", "weights_sha256", "git_sha", "data_sha256", "torch_version",
                                  "torchvision_version", "lion_pytorch_version", "python_version", "cuda_version",
-                                 "cudnn_version", "value", "worker")}
+                                 "cudnn_version", "value", "worker", "driver_version",
+                                 "nccl_version", "init_sha256")}
 
 
 def read_csv(path: Path) -> pd.DataFrame:
     """pandas.read_csv with exact float round-trip and text ids kept as text."""
     return pd.read_csv(path, **ROUND_TRIP, dtype=TEXT_COLUMNS)
+
+
+def with_axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """A table of runs or configs written before the ``impl``/``compile`` axes existed, with
+    them filled as their defaults (after ``precision``); other tables pass unchanged."""
+    missing = [c for c in AXIS_DEFAULTS if c not in df.columns]
+    if "precision" not in df.columns or not missing:
+        return df
+    df = df.copy()
+    for column in reversed(missing):
+        df.insert(df.columns.get_loc("precision") + 1, column, AXIS_DEFAULTS[column])
+    return df
 
 
 def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
@@ -128,6 +149,7 @@ def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
         raise ReportError(f"{path}: empty file") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    df = with_axis_defaults(df)
     missing = [c for c in (required or SCHEMAS.get(path.name, [])) if c not in df.columns]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import compare, train
+from . import compare, report, train
 from .spec import RunSpec
 
 REPRO, SEEDS = "repro.csv", "seeds.csv"
@@ -95,6 +95,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per config with >= 2 seeds: mean, std and a 95% bootstrap CI (scipy) of the final and
     held-out losses: the noise floor of comparisons."""
     rows = []
+    runs = report.with_axis_defaults(runs)
     for key, g in runs.groupby(compare.CONFIG, dropna=False, sort=True):
         if g["seed"].nunique() < 2:
             continue

@@ -11,8 +11,17 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+from .report import AXIS_DEFAULTS
 
-PRECISIONS = ("fp32", "bf16")
+# fp32: float32 with TF32 off and matmul precision "highest" (a CUDA fp32 run is truly fp32);
+# tf32: float32 storage, TF32 matmuls and convolutions (CUDA only); bf16: bfloat16 autocast;
+# fp16: float16 autocast with torch.amp.GradScaler (scale and skipped steps in steps.csv)
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+# the torch optimizer implementation: "default" lets torch choose (for-loop on CPU, foreach on
+# CUDA), the others ask for one (recipes.IMPL_KWARGS); unsupported combinations are skips
+IMPLS = ("default", "forloop", "foreach", "fused")
+# torch.compile of the model with this backend ("none": eager)
+COMPILE_BACKENDS = ("none", "aot_eager", "inductor")
 
 
 class SpecError(ValueError):
@@ -26,19 +35,24 @@ class RunSpec:
     scheduler: str  # key of recipes.SCHEDULERS
     warmup: str  # "none" or "linear"
     device: str  # device type: cpu, cuda, mps, xpu
-    precision: str = "fp32"  # fp32, or bf16 autocast
+    precision: str = "fp32"  # one of PRECISIONS
     seed: int = 0  # model init and data order
     steps: int = 200  # optimizer steps
     lr_scale: float = 1.0  # multiplies the recipe's LR
     size: str = "tiny"  # model size preset
     suite: str = "convergence"  # the suite that runs it
     grid: str = "default"  # the grid preset it belongs to (names its baseline)
+    impl: str = "default"  # one of IMPLS: the optimizer implementation
+    compile: str = "none"  # one of COMPILE_BACKENDS: torch.compile backend of the model
 
     @property
     def id(self) -> str:
-        """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0`` (``-lrx3`` when the
-        LR is scaled)."""
-        base = f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}-s{self.seed}"
+        """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0``; a non-default
+        implementation or compile backend follows the precision (``-fp32-fused-inductor-s0``),
+        ``-lrx3`` ends it when the LR is scaled. Ids of default-axis runs never change."""
+        axes = "".join(f"-{v}" for k, v in (("impl", self.impl), ("compile", self.compile)) if v != AXIS_DEFAULTS[k])
+        base = (f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}{axes}"
+                f"-s{self.seed}")
         return base if self.lr_scale == 1.0 else f"{base}-lrx{self.lr_scale:g}"
 
     def to_dict(self) -> dict:
@@ -56,6 +70,8 @@ class Grid:
     schedulers: tuple[str, ...] = tuple(SCHEDULERS)
     warmups: tuple[str, ...] = WARMUPS
     precisions: tuple[str, ...] = ("fp32",)
+    impls: tuple[str, ...] = ("default",)
+    compiles: tuple[str, ...] = ("none",)
     seeds: tuple[int, ...] = (0,)
     lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
@@ -65,10 +81,10 @@ class Grid:
     def specs(self) -> list[RunSpec]:
         """The grid in a fixed order (the same on every xdist worker)."""
         return [
-            RunSpec(m, o, s, w, d, p, seed, self.steps, lr, self.size, self.suite, self.name)
-            for d, m, o, s, w, p, seed, lr in itertools.product(
-                self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.seeds,
-                self.lr_scales)
+            RunSpec(m, o, s, w, d, p, seed, self.steps, lr, self.size, self.suite, self.name, impl, comp)
+            for d, m, o, s, w, p, impl, comp, seed, lr in itertools.product(
+                self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
+                self.compiles, self.seeds, self.lr_scales)
         ]
 
 
@@ -81,6 +97,14 @@ GRIDS: dict[str, Grid] = {
     # GPU nightly: larger presets, torchvision's resnet18, fp32 and bf16
     "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), precisions=("fp32", "bf16"),
                     steps=1000, size="small"),
+    # release: the paths torch releases change (README "Releases"), ~7 min on 2 CPU cores. gpt and
+    # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
+    # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
+    # 2 x 3 x 3 x 3 = 54 runs of 60 steps. AdamW: the optimizer of the reports (fused AdamW with
+    # AMP, compile changing the loss); tf32 is a CUDA precision (the nightly grid has it).
+    "release": Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
+                    schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "bf16", "fp16"),
+                    impls=("forloop", "foreach", "fused"), compiles=("none", "aot_eager", "inductor"), steps=60),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
@@ -173,6 +197,8 @@ class GridOptions:
     schedulers: str | None = None
     warmup: str | None = None
     precision: str | None = None
+    impls: str | None = None
+    compile: str | None = None
     seeds: str | None = None
     steps: str | int | None = None
     size: str | None = None
@@ -190,6 +216,8 @@ def resolve_grid(opts: GridOptions) -> Grid:
         schedulers=parse_names(opts.schedulers, tuple(SCHEDULERS), "schedulers"),
         warmups=parse_names(opts.warmup, WARMUPS, "warmup"),
         precisions=parse_names(opts.precision, PRECISIONS, "precision"),
+        impls=parse_names(opts.impls, IMPLS, "impls"),
+        compiles=parse_names(opts.compile, COMPILE_BACKENDS, "compile"),
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,

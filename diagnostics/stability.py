@@ -21,10 +21,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from . import detect
+from . import detect, report
 
 STABILITY = "stability.csv"
-CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "seed", "steps", "model_size"]
+# a config of the sweep: every config column but lr_scale (swept), per seed
+CONFIG = [c if c != "lr_scale" else "seed" for c in report.CONFIG]
 CONVERGED = detect.CONVERGED  # the statuses that count as converged (detect.STATUS_TABLE)
 COLUMNS = CONFIG + ["lr_scales", "statuses", "stability_edge", "lr_sensitivity", "best_lr_scale", "best_val_loss"]
 
@@ -48,6 +49,7 @@ def lr_sensitivity(losses, initial: float) -> float:
 def table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per config that was run at two or more LR multipliers."""
     rows = []
+    runs = report.with_axis_defaults(runs)
     for key, g in runs.groupby(CONFIG, dropna=False, sort=True):
         if g["lr_scale"].nunique() < 2:
             continue

@@ -18,22 +18,23 @@ import math
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import psutil
 import torch
 
-from . import checkpoint, data, determinism, env, perturb
-from .detect import SKIPPED, Monitor, Thresholds
-from .faults import Fault
+from . import checkpoint, data, determinism, env, perturb, precision
+from .detect import SKIPPED, Monitor, Thresholds, Verdict
+from .faults import NO_FAULT, Fault
 from .models import MODELS, block_size, build_model, count_params
-from .recipes import build_optimizer, build_schedule
+from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
 
 SYNC_EVERY = 10  # steps between host reads of loss / grad norm (and RSS samples)
 MB = 1024 * 1024
 DEFAULT_DATA_DIR = Path("reports/data")
+VERDICT_FIELDS = [f.name for f in fields(Verdict) if f.name not in ("status", "status_reason")]  # runs.csv columns
 
 
 @dataclass
@@ -60,33 +61,43 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 class Trace:
     """Per-step values kept on the device and read to the host in one synchronisation per
-    ``read`` (every SYNC_EVERY steps): they become steps.csv rows and feed the Monitor."""
+    ``read`` (every SYNC_EVERY steps): they become steps.csv rows and feed the Monitor. With fp16
+    loss scaling each step also carries its scale; a step whose gradients overflowed (the scaler
+    skipped it) is marked ``skipped``."""
 
     def __init__(self, run_id: str, layer_names: list[str], monitor: Monitor):
         self.run_id, self.layer_names, self.monitor = run_id, layer_names, monitor
-        self.pending: list[tuple[int, float, torch.Tensor, float]] = []
+        self.pending: list[tuple[int, float, torch.Tensor, float, bool]] = []
         self.rows: list[dict] = []
         self.max_grad_norm = 0.0
+        self.skipped_steps = 0
 
     def add(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor, per_layer: torch.Tensor,
-            elapsed: float) -> None:
-        values = torch.cat((loss.detach().float().view(1), grad_norm.float().view(1), per_layer))
-        self.pending.append((step, lr, values, elapsed))
+            elapsed: float, grad_scale: torch.Tensor | None = None) -> None:
+        scale = grad_scale.float().view(1) if grad_scale is not None else loss.new_zeros(1, dtype=torch.float32)
+        values = torch.cat((loss.detach().float().view(1), grad_norm.float().view(1), scale, per_layer))
+        self.pending.append((step, lr, values, elapsed, grad_scale is not None))
 
     def read(self, sampled: dict[str, torch.Tensor]) -> None:
         """Host-read everything pending; ``sampled`` (signals measured on this step only) joins
         the row of the last pending step."""
         last = self.pending[-1][0]
-        stacked = torch.stack([v for _, _, v, _ in self.pending])
+        stacked = torch.stack([v for _, _, v, _, _ in self.pending])
         extra = [v.float().view(1) for v in sampled.values()]
         flat = torch.cat([stacked.flatten(), *extra]).tolist()  # the one host synchronisation
         width = stacked.shape[1]
         values = [flat[i:i + width] for i in range(0, stacked.numel(), width)]
         extra = dict(zip(sampled, flat[stacked.numel():]))
-        for (step, lr, _, elapsed), (loss, grad_norm, *per_layer) in zip(self.pending, values):
+        for (step, lr, _, elapsed, scaled), (loss, grad_norm, scale, *per_layer) in zip(self.pending, values):
+            amp = {}
+            if scaled:
+                skipped = not math.isfinite(grad_norm)  # GradScaler skips exactly the steps with inf/NaN gradients
+                self.skipped_steps += skipped
+                amp = dict(grad_scale=scale, skipped=int(skipped))
             self.rows.append(dict(run_id=self.run_id, step=step, lr=lr, loss=loss, grad_norm=grad_norm,
-                                  elapsed_s=elapsed, **(extra if step == last else {})))
-            self.monitor.update(step, loss, grad_norm, lr, dict(zip(self.layer_names, per_layer)))
+                                  elapsed_s=elapsed, **amp, **(extra if step == last else {})))
+            self.monitor.update(step, loss, grad_norm, lr, dict(zip(self.layer_names, per_layer)),
+                                grad_scale=scale if scaled else None)
             if math.isfinite(grad_norm):
                 self.max_grad_norm = max(self.max_grad_norm, grad_norm)
         self.pending.clear()
@@ -139,7 +150,8 @@ def utc_now() -> str:
 def identity(spec: RunSpec) -> dict:
     return dict(run_id=spec.id, suite=spec.suite, model=spec.model, optimizer=spec.optimizer,
                 scheduler=spec.scheduler, warmup=spec.warmup, device=spec.device, precision=spec.precision,
-                seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps, model_size=spec.size, grid=spec.grid)
+                impl=spec.impl, compile=spec.compile, seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps,
+                model_size=spec.size, grid=spec.grid)
 
 
 def provenance(spec: RunSpec, worker: str) -> dict:
@@ -170,30 +182,52 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
     return (val_loss, val_loss, "val_loss", n) if ds.task == "lm" else (val_loss, total_correct / n, "val_accuracy", n)
 
 
+def skipped_row(spec: RunSpec, worker: str, reason: str) -> RunResult:
+    """The row of a run this stack cannot do (the suite reports a skip with the reason)."""
+    row = dict(identity(spec), status="error", status_reason=f"{SKIPPED}{reason}")
+    row.update(provenance(spec, worker))
+    return RunResult(row)
+
+
+def unsupported(spec: RunSpec) -> str:
+    """Why this grid point cannot run on this stack, before anything is built ("" if it can)."""
+    if MODELS[spec.model].needs_torchvision and env.torchvision_status()[1]:
+        return env.torchvision_status()[1]  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
+    return precision.unsupported(spec.precision, torch.device(spec.device).type)
+
+
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
         thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None,
         probes: bool = False, stop_after: int | None = None, checkpoint_path: Path | None = None,
-        resume_from: Path | None = None, perturbation: str | None = None) -> RunResult:
-    """Train one grid point. Never raises for a failing run: the row says ``error`` and why.
+        resume_from: Path | None = None, perturbation: str | None = None, init_dir: Path | None = None) -> RunResult:
+    """Train one grid point. Never raises for a failing run: the row says ``error`` and why
+    (a point this stack cannot run, e.g. fused Lion or TF32 on CPU, says ``skipped: why``).
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
     pass each). ``stop_after=k`` with ``checkpoint_path`` trains steps 1..k and saves a
     checkpoint; ``resume_from`` loads one and trains the remaining steps (the trace then starts
     after the checkpoint's step). A resumed run's Monitor starts afresh. ``perturbation`` (a name
-    in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration."""
+    in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration. ``init_dir``:
+    the initial weights of (model, size, seed) are saved there by the first run and loaded by
+    every later one (``initial_weights``)."""
     started = utc_now()
-    problem = env.torchvision_status()[1] if MODELS[spec.model].needs_torchvision else ""
-    if problem:  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
-        row = dict(identity(spec), status="error", status_reason=f"{SKIPPED}{problem}", started_at=started)
-        row.update(provenance(spec, worker))
-        return RunResult(row)
+    fault = fault or NO_FAULT
+    reason = unsupported(spec)
+    if reason:
+        result = skipped_row(spec, worker, reason)
+        result.row["started_at"] = started
+        return result
+    attention, sdpa_backend = determinism.attention_backend(torch.device(spec.device).type)
     try:
-        with determinism.nondeterministic_ops() as nondeterministic:
+        with determinism.nondeterministic_ops() as nondeterministic, attention:
             result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes,
-                            stop_after, checkpoint_path, resume_from, perturb.get(perturbation))
+                            stop_after, checkpoint_path, resume_from, perturb.get(perturbation), init_dir)
+        result.row["sdpa_backend"] = sdpa_backend
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
+    except UnsupportedImpl as e:
+        result = skipped_row(spec, worker, str(e))
     except Exception as e:  # the row must exist whatever broke
         result = RunResult(dict(identity(spec), status="error",
                                 status_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -203,64 +237,92 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     return result
 
 
-def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
-           fault: Fault | None, probes: bool, stop_after: int | None = None, checkpoint_path: Path | None = None,
-           resume_from: Path | None = None, perturbation: perturb.Perturbation | None = None) -> RunResult:
+def initial_weights(model: torch.nn.Module, init_dir: Path | None, spec: RunSpec) -> None:
+    """A seed checkpoint (as torchtitan's loss_compare): with ``init_dir``, the first run of a
+    (model, size, seed) saves its freshly initialised weights there and every later run, on any
+    release or device, loads them (``weights_only=True``), so a change of the init RNG between
+    releases does not hide the training numerics behind other starting weights."""
+    if init_dir is None:
+        return
+    path = Path(init_dir) / f"{spec.model}-{spec.size}-s{spec.seed}.pt"
+    if path.exists():
+        checkpoint.load_weights(path, model)
+    else:
+        checkpoint.save_weights(path, model)
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built by ``setup``."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object  # a torch LR scheduler
+    opt_kw: dict  # resolved optimizer kwargs (the recipe column)
+    sched_kw: dict  # resolved schedule numbers
+    ds: data.Dataset  # on the run's device
+    params: list[torch.Tensor]
+    batch_size: int
+    autocast: object  # context manager of the forward pass
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    numerics: dict  # float32 matmul settings (tf32, matmul_precision)
+    init_sha256: str  # of the weights before the first step
+
+
+def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | None,
+          perturbation: perturb.Perturbation | None = None, init_dir: Path | None = None) -> Setup:
+    """Data, model (initial weights, compile), optimizer, schedule and precision of a run.
+    Shared with ``ddp`` (which wraps the model afterwards)."""
     entry = MODELS[spec.model]
-    device = torch.device(spec.device)
-    deterministic = determinism.apply(spec.seed, spec.device)
+    numerics = precision.set_float32_matmul(spec.precision)
     ds = data.load(entry.task, block_size(spec.model, spec.size), str(data_dir), data_root)
-    model = build_model(spec.model, spec.size, ds.info).to(device)
+    model = build_model(spec.model, spec.size, ds.info)
+    initial_weights(model, init_dir, spec)
+    model = model.to(device)
     if perturbation is not None:
         perturbation.apply(model, device.type, spec.seed)
-    opt, opt_kw = build_optimizer(spec.optimizer, model, spec.lr_scale)
+    init_sha = weights_sha256(model)
+    opt, opt_kw = build_optimizer(spec.optimizer, model, spec.lr_scale, spec.impl)
     sched, sched_kw = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
-    batch_size = entry.batch_size[spec.size]
-    params = [p for g in opt.param_groups for p in g["params"]]
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if spec.precision == "bf16"
-                else nullcontext())
-    monitor = Monitor(loss_floor=ds.loss_floor, thresholds=thresholds)
+    if spec.compile != "none":
+        torch._dynamo.reset()  # a fresh model: no guards or recompile budget left from earlier runs
+        model.compile(backend=spec.compile)  # in place: state-dict keys and the loss method unchanged
+    return Setup(model, opt, sched, opt_kw, sched_kw, data.on_device(ds, device),
+                 [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.size],
+                 precision.autocast(spec.precision, device.type), precision.grad_scaler(spec.precision, device.type),
+                 numerics, init_sha)
+
+
+def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
+           fault: Fault, probes: bool, stop_after: int | None = None, checkpoint_path: Path | None = None,
+           resume_from: Path | None = None, perturbation: perturb.Perturbation | None = None,
+           init_dir: Path | None = None) -> RunResult:
+    device = torch.device(spec.device)
+    deterministic = determinism.apply(spec.seed, spec.device)
+    s = setup(spec, device, data_dir, data_root, perturbation, init_dir)
+    monitor = Monitor(loss_floor=s.ds.loss_floor, thresholds=thresholds)
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
-    first_step = 1 + (checkpoint.load(resume_from, spec.id, model, opt, sched) if resume_from else 0)
+    first_step = 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
     last_step = min(stop_after or spec.steps, spec.steps)
 
-    layer_names, layer_assign = layers_of(model, params)
+    layer_names, layer_assign = layers_of(s.model, s.params)
     layer_assign = layer_assign.to(device)
     trace = Trace(spec.id, layer_names, monitor)
     t0 = time.perf_counter()
     for step in range(first_step, last_step + 1):
-        x, y = data.train_batch(ds, spec.seed, step, batch_size, device)
-        lr_factor = fault.lr_factor(step) if fault else 1.0
-        lr = opt.param_groups[0]["lr"] * lr_factor  # the LR this optimizer step uses
-        with autocast:
-            loss = model.loss((x, y))
-        if fault:
-            loss = fault.loss(step, loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if fault:
-            fault.grads(step, params)
-        if perturbation is not None:
-            perturbation.after_backward(params, spec.seed, step)
-        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
-        param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
-        grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
         read = step % SYNC_EVERY == 0 or step == last_step  # values reach the host on these steps
-        before = [p.detach().clone() for p in params] if read else None
-        with scaled_lr(opt, lr_factor) if lr_factor != 1.0 else nullcontext():
-            opt.step()
-        if step < spec.steps:  # the schedule covers exactly spec.steps optimizer steps
-            sched.step()
-        trace.add(step, lr, loss, grad_norm, layer_norms(param_norms, layer_assign), time.perf_counter() - t0)
+        out = train_step(s, spec, step, fault, perturbation, keep_weights=read)
+        trace.add(step, out.lr, out.loss, out.grad_norm, layer_norms(out.param_norms, layer_assign),
+                  time.perf_counter() - t0, out.grad_scale)
         if read:
-            sampled = dict(update_ratio=update_ratio(params, before))
-            if probes and hasattr(model, "probes"):
-                with autocast:
-                    sampled.update(model.probes(x))
+            sampled = dict(update_ratio=update_ratio(s.params, out.before))
+            if probes and hasattr(s.model, "probes"):
+                with s.autocast:
+                    sampled.update(s.model.probes(out.x))
             trace.read(sampled)
             peak_rss = max(peak_rss, proc.memory_info().rss)
             if monitor.diverged:
@@ -269,28 +331,83 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         torch.cuda.synchronize()
     runtime = time.perf_counter() - t0
     if stop_after is not None and checkpoint_path is not None and not monitor.diverged:
-        checkpoint.save(checkpoint_path, spec.id, last_step, model, opt, sched)
-    steps, steps_run = trace.rows, len(trace.rows)
+        checkpoint.save(checkpoint_path, spec.id, last_step, s.model, s.opt, s.sched, s.scaler)
 
-    val_loss, val_metric, metric_name, val_samples = evaluate(model, ds, device, autocast)
-    verdict = monitor.verdict()
-    recipe = dict(optimizer=opt_kw, schedule=sched_kw, batch_size=batch_size, model_size=spec.size,
-                  sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
-    row = identity(spec)
+    val_loss, val_metric, metric_name, val_samples = evaluate(s.model, s.ds, device, s.autocast)
+    row = result_row(spec, s, monitor.verdict(), trace, thresholds)
     row.update(
-        warmup_steps=sched_kw["warmup_steps"], lr=opt_kw["lr"], batch_size=batch_size,
-        model_params=count_params(model), recipe=json.dumps(recipe, sort_keys=True),
-        status=verdict.status, status_reason=verdict.status_reason, divergence_step=verdict.divergence_step,
-        first_event_step=verdict.first_event_step, n_loss_spikes=verdict.n_loss_spikes,
-        n_grad_spikes=verdict.n_grad_spikes, initial_loss=verdict.initial_loss, final_loss=verdict.final_loss,
-        min_loss=verdict.min_loss, val_loss=val_loss, val_metric=val_metric, loss_floor=ds.loss_floor,
-        max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(model),
-        runtime_s=runtime, steps_per_s=steps_run / runtime, samples_per_s=steps_run * batch_size / runtime,
+        val_loss=val_loss, val_metric=val_metric, val_metric_name=metric_name, val_samples=val_samples,
+        runtime_s=runtime, steps_per_s=len(trace.rows) / runtime, samples_per_s=len(trace.rows) * s.batch_size / runtime,
         peak_rss_mb=peak_rss / MB, peak_device_mem_mb=torch.cuda.max_memory_allocated() / MB if on_cuda else math.nan,
-        data_path=str(ds.path.resolve()), data_sha256=ds.sha256, data_name=ds.name, deterministic=deterministic,
-        steps_run=steps_run, val_metric_name=metric_name, val_samples=val_samples,
-        perturbation=perturbation.name if perturbation is not None else "none",
+        deterministic=deterministic, perturbation=perturbation.name if perturbation is not None else "none",
     )
     row.update(provenance(spec, worker))
     events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
-    return RunResult(row, steps, events)
+    return RunResult(row, trace.rows, events)
+
+
+@dataclass
+class StepOutput:
+    """One optimizer step's values, still on the device."""
+
+    x: torch.Tensor  # the batch's inputs (for the probes)
+    lr: float  # the LR this optimizer step used
+    loss: torch.Tensor
+    grad_norm: torch.Tensor  # global, before clipping (there is none), of the true (unscaled) gradients
+    param_norms: torch.Tensor  # per parameter tensor
+    before: list[torch.Tensor] | None  # weights before the step (read steps: the update ratio)
+    grad_scale: torch.Tensor | None  # fp16: the loss scale this step used
+
+
+def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: perturb.Perturbation | None,
+               keep_weights: bool) -> StepOutput:
+    """Forward, backward, optimizer step and schedule step of 1-based ``step``, without a host
+    synchronisation (fp16's GradScaler reads one flag per step: torch's, not ours)."""
+    x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device)
+    lr_factor = fault.lr_factor(step)
+    lr = s.opt.param_groups[0]["lr"] * lr_factor
+    with s.autocast:
+        loss = s.model.loss((x, y))
+    loss = fault.loss(step, loss)
+    s.opt.zero_grad(set_to_none=True)
+    scale = None
+    if s.scaler is not None:
+        scaled = s.scaler.scale(loss)
+        scale = s.scaler._scale.detach().clone()  # the scale this step uses (GradScaler keeps it on the device)
+        scaled.backward()
+        s.scaler.unscale_(s.opt)  # the norms below are of the true gradients
+    else:
+        loss.backward()
+    fault.grads(step, s.params)
+    if perturbation is not None:
+        perturbation.after_backward(s.params, spec.seed, step)
+    grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in s.params]
+    param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
+    grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
+    before = [p.detach().clone() for p in s.params] if keep_weights else None
+    with scaled_lr(s.opt, lr_factor) if lr_factor != 1.0 else nullcontext():
+        if s.scaler is not None:
+            s.scaler.step(s.opt)  # skipped when the gradients overflowed
+            s.scaler.update()
+        else:
+            s.opt.step()
+    after_optimizer_step(s.sched, step, spec.steps)
+    return StepOutput(x, lr, loss, grad_norm, param_norms, before, scale)
+
+
+def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thresholds) -> dict:
+    """The runs.csv row: identity, recipe, the verdict's fields, the weights."""
+    recipe = dict(optimizer=s.opt_kw, schedule=s.sched_kw, batch_size=s.batch_size, model_size=spec.size,
+                  sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
+    row = identity(spec)
+    row.update(
+        warmup_steps=s.sched_kw["warmup_steps"], lr=s.opt_kw["lr"], batch_size=s.batch_size,
+        model_params=count_params(s.model), recipe=json.dumps(recipe, sort_keys=True),
+        status=verdict.status, status_reason=verdict.status_reason,
+        **{k: getattr(verdict, k) for k in VERDICT_FIELDS},
+        loss_floor=s.ds.loss_floor, max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(s.model),
+        data_path=str(s.ds.path.resolve()), data_sha256=s.ds.sha256, data_name=s.ds.name,
+        steps_run=len(trace.rows), impl_resolved=s.opt_kw["impl"], init_sha256=s.init_sha256,
+        skipped_steps=trace.skipped_steps if s.scaler is not None else math.nan, **s.numerics,
+    )
+    return row

@@ -7,16 +7,17 @@ max_abs_diff, detail); with several --seeds the session also writes seeds.csv.
   difference) and fails only where the baseline's repro.csv recorded the check as identical.
 - resume: N steps in one go vs N/2, checkpoint (torch.save), load (weights_only=True) into fresh
   objects, N/2 more -> identical trace and weights, for every optimizer x scheduler x warmup.
-- ddp: gpt and resnet under DistributedDataParallel with 2 processes vs one process, same
-  global batch (see diagnostics/ddp.py for BatchNorm).
-- cross_device: CPU vs CUDA, when a CUDA device is present.
+- ddp: gpt and resnet (those of --models) under DistributedDataParallel with 2 processes vs one
+  process, same global batch, on each device of --devices (CUDA: one GPU per rank, else a
+  stated skip; see diagnostics/ddp.py for BatchNorm).
+- cross_device: CPU vs each accelerator of --devices (a stated skip when there is none).
 """
 
 from dataclasses import replace
 
 import pytest
 
-from diagnostics import devices, repro
+from diagnostics import repro
 from diagnostics.ddp import ddp_check
 from diagnostics.spec import RunSpec
 
@@ -55,25 +56,40 @@ def test_resume(run_spec, diagnostics_session):
           strict=run_spec.device == "cpu")
 
 
-@pytest.mark.parametrize("model", DDP_MODELS)
-def test_ddp(model, diagnostics_session):
+def pytest_generate_tests(metafunc):
+    """DDP and cross-device checks per model of the grid (gpt, resnet) and per device of
+    ``--devices``: DDP on each device type, cross-device for CPU against each other type."""
+    from diagnostics.pytest_plugin import SESSION
+
+    if not {"ddp_spec", "cross_device_spec"} & set(metafunc.fixturenames):
+        return
+    grid = metafunc.config.stash[SESSION].grid(GRID)
+    models = [m for m in DDP_MODELS if m in grid.models]
+    base = [RunSpec(m, "adamw", "cosine", "linear", "cpu", steps=grid.steps, size=grid.size, grid=grid.name)
+            for m in models]
+    if "ddp_spec" in metafunc.fixturenames:
+        specs = [replace(b, device=d) for d in grid.devices for b in base]
+        metafunc.parametrize("ddp_spec", specs, ids=[s.id for s in specs])
+    else:
+        others = [d for d in grid.devices if d != "cpu"] or ["none"]
+        pairs = [(b, d) for d in others for b in base]
+        metafunc.parametrize("cross_device_spec", pairs, ids=[f"{b.id}-vs-{d}" for b, d in pairs])
+
+
+def test_ddp(ddp_spec, diagnostics_session):
     s = diagnostics_session
-    grid = s.grid(GRID)
-    spec = RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=grid.steps, grid=grid.name)
-    result = ddp_check(spec, s.data_dir, tol=final_loss_tol(s, spec))
+    result = ddp_check(ddp_spec, s.data_dir, tol=final_loss_tol(s, ddp_spec))
     s.record_repro(result)
     if result["result"] == "skipped":
         pytest.skip(result["detail"])
     assert result["result"] == "close", result["detail"]
 
 
-@pytest.mark.parametrize("model", DDP_MODELS)
-def test_cross_device(model, diagnostics_session):
-    if not devices.is_available("cuda"):
-        pytest.skip("no CUDA device: the CPU vs CUDA check needs one")
+def test_cross_device(cross_device_spec, diagnostics_session):
+    spec, other = cross_device_spec
+    if other == "none":
+        pytest.skip("no accelerator among --devices: the CPU vs accelerator check needs one")
     s = diagnostics_session
-    grid = s.grid(GRID)
-    spec = replace(RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=grid.steps, grid=grid.name))
-    result = repro.cross_device(spec, "cuda", tol=final_loss_tol(s, spec), **run_kw(s))
+    result = repro.cross_device(spec, other, tol=final_loss_tol(s, spec), **run_kw(s))
     s.record_repro(result)
     assert result["result"] == "close", result["detail"]

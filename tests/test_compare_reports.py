@@ -129,7 +129,7 @@ def test_status_changes_identity_and_one_sided_configs():
 def test_tolerances_are_matched_by_config():
     b = runs_frame({0: 1.8})
     c = runs_frame({0: 1.8001})
-    tol = b[compare.CONFIG].assign(run_id="adamw-s0", statuses_seen="converged", final_loss_tol=1e-3,
+    tol = report.with_axis_defaults(b)[compare.CONFIG].assign(run_id="adamw-s0", statuses_seen="converged", final_loss_tol=1e-3,
                                    val_loss_tol=1e-3, val_metric_tol=1e-3, divergence_step_noise=math.nan)
     assert verdict(b, c)["verdict"] == "changed"  # no tolerance: any difference
     assert verdict(b, c, tolerances=tol)["verdict"] == "equivalent"

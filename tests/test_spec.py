@@ -43,7 +43,9 @@ def test_overrides_apply():
     (dict(seeds="a,b"), r"not a comma list of integers"),
     (dict(seeds="-1"), r"seeds must be >= 0"),
     (dict(warmup=""), r"--warmup is empty"),
-    (dict(precision="fp16"), r"unknown precision 'fp16'; valid: fp32, bf16"),
+    (dict(precision="fp8"), r"unknown precision 'fp8'; valid: fp32, tf32, bf16, fp16"),
+    (dict(impls="cudnn"), r"unknown impls 'cudnn'; valid: default, forloop, foreach, fused"),
+    (dict(compile="tvm"), r"unknown compile 'tvm'; valid: none, aot_eager, inductor"),
     (dict(lr_scales="1,x"), r"--lr-scales '1,x' is not a comma list of numbers"),
     (dict(lr_scales="0,1"), r"multipliers must be positive and finite"),
 ])

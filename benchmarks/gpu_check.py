@@ -1,0 +1,167 @@
+"""The prepared GPU check: everything the CUDA paths do, in one script of at most ~8 minutes on one
+H100, writing one results folder.
+
+    python benchmarks/gpu_check.py --out DIR [--budget-s 420]
+
+Steps (each a real ``diagnostics run`` session on ``--devices cuda``; every session also writes
+pytest's JUnit XML):
+
+1. ``smoke``: the smoke grid (gpt and ResNet-8, AdamW and SGD).
+2. ``release-eager``: the release axes without compile: gpt and ResNet-8 x AdamW x for-loop /
+   foreach / fused x fp32 / tf32 / bf16 / fp16 (24 runs); ``release-compile``: fused AdamW x
+   aot_eager / inductor x fp32 / bf16 (8 runs).
+3. ``repro``: the reproducibility suite on the smoke grid: twice-same, resume, DDP (a stated skip
+   with fewer than 2 GPUs), CPU vs CUDA.
+4. ``nightly-wN``: a slice of the nightly grid (gpt-small, ResNet-20, resnet18 x AdamW and SGD x
+   fp32 / bf16, 200 steps: 12 runs) with N = 1, 2, 4 xdist workers per GPU: runs per minute,
+   and from it the estimated time of the whole nightly grid.
+
+Results: ``DIR/results.csv`` (a row per step: rc, wall time, runs, statuses, runs per minute),
+``DIR/summary.md`` (the ``diagnostics summary`` of each session, and the estimate),
+``DIR/log.txt`` and ``DIR/reports.tar.gz`` (every session's report folder: four files in all). A step that would
+start after ``--budget-s`` is skipped and says so; a step that fails does not stop the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from diagnostics import report, spec, summary  # noqa: E402
+
+CUDA = ["--devices", "cuda", "--allow-no-baseline", "--quiet"]  # no CUDA baseline is committed yet
+NIGHTLY_SLICE = ["--grid", "nightly", "--optimizers", "adamw,sgd", "--schedulers", "cosine", "--warmup", "linear",
+                 "--steps", "200"]
+STEPS = [  # (name, diagnostics run arguments, workers per GPU, timeout in seconds)
+    ("smoke", ["--grid", "smoke", *CUDA], 2, 150),
+    ("release-eager", ["--grid", "release", "--compile", "none", "--precision", "fp32,tf32,bf16,fp16", *CUDA], 4, 200),
+    ("release-compile", ["--grid", "release", "--impls", "fused", "--compile", "aot_eager,inductor",
+                         "--precision", "fp32,bf16", *CUDA], 4, 240),
+    ("repro", ["--suite", "reproducibility", "--grid", "smoke", "--devices", "cpu,cuda", "--quiet"], 2, 200),
+    ("nightly-w1", [*NIGHTLY_SLICE, *CUDA], 1, 200),
+    ("nightly-w2", [*NIGHTLY_SLICE, *CUDA], 2, 150),
+    ("nightly-w4", [*NIGHTLY_SLICE, *CUDA], 4, 150),
+]
+
+
+def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path, log) -> dict:
+    """One diagnostics session; its row of results.csv."""
+    report_dir = work / name
+    cmd = [sys.executable, "-m", "diagnostics", "run", *args, "-n", "gpus", "--report-dir", str(report_dir),
+           "--", f"--junitxml={report_dir}/junit.xml", "-p", "no:cacheprovider"]
+    env = dict(os.environ, DIAGNOSTICS_WORKERS_PER_GPU=str(per_gpu), PYTHONUNBUFFERED="1")
+    log.write(f"\n=== {name}: {' '.join(cmd[1:])}\n")
+    log.flush()
+    t0 = time.perf_counter()
+    try:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    wall = time.perf_counter() - t0
+    row = dict(step=name, rc=rc, wall_s=round(wall, 1), workers_per_gpu=per_gpu, runs=0, statuses="", runs_per_min=None,
+               mean_run_s=None, mean_steps_per_s=None, nondeterministic=None)
+    runs_path = report_dir / report.RUNS
+    if runs_path.exists():
+        runs = report.read(runs_path)
+        trained = runs[~runs["status_reason"].astype(str).str.startswith("skipped")]
+        row.update(runs=len(runs), statuses=summary.counts(runs.assign(o=[summary.run_outcome(r) for r in
+                                                                           runs.to_dict("records")])["o"]),
+                   runs_per_min=round(len(trained) / wall * 60, 1),
+                   mean_run_s=round(float(trained["runtime_s"].mean()), 2) if len(trained) else None,
+                   mean_steps_per_s=round(float(trained["steps_per_s"].mean()), 1) if len(trained) else None,
+                   nondeterministic=int((trained["deterministic"].astype(str) == "False").sum()))
+    if (report_dir / "repro.csv").exists():
+        repro = report.read_csv(report_dir / "repro.csv")
+        row["statuses"] += " | repro: " + summary.counts(repro["check"] + ":" + repro["result"])
+    return row
+
+
+def nightly_estimate(results: pd.DataFrame) -> str:
+    """Minutes for the whole nightly grid on one GPU at each measured workers-per-GPU, scaling the
+    slice's measured throughput by runs and steps (1000-step runs: per-run overhead plus 5x the
+    200-step training time)."""
+    full = spec.GRIDS["nightly"]
+    n_runs = len(full.models) * len(full.optimizers) * len(full.schedulers) * len(full.warmups) * len(full.precisions)
+    lines = []
+    for r in results[results["step"].str.startswith("nightly-")].to_dict("records"):
+        if not r["runs"] or not r["mean_run_s"]:
+            continue
+        per_run_wall = r["wall_s"] / r["runs"]  # with r["workers_per_gpu"] runs at a time
+        train_share = r["mean_run_s"] / r["workers_per_gpu"]
+        est = n_runs * (per_run_wall + train_share * (full.steps / 200 - 1)) / 60
+        lines.append(f"- {r['workers_per_gpu']} worker(s) per GPU: {r['runs_per_min']} runs/min on the 200-step slice; "
+                     f"nightly grid ({n_runs} runs x {full.steps} steps) estimated at {est:.1f} min")
+    return "\n".join(lines)
+
+
+def device_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no GPU (rehearsal on CPU)"
+    return f"{torch.cuda.get_device_name()} x {torch.cuda.device_count()}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="results folder")
+    ap.add_argument("--budget-s", type=float, default=420, help="start no step after this many seconds")
+    ap.add_argument("--only", help="comma list of step names (default: all)")
+    ap.add_argument("--rehearse", action="store_true", help="no GPU: every step on CPU with 4-step gpt runs, to "
+                                                            "check the script itself before a GPU is lent")
+    a = ap.parse_args(argv)
+    import torch
+
+    steps = STEPS
+    if a.rehearse:
+        cpu = {"cuda": "cpu", "cpu,cuda": "cpu"}
+        steps = [(n, [cpu.get(x, x) for x in args] + ["--models", "gpt", "--steps", "4", "--size", "tiny"], k, t)
+                 for n, args, k, t in STEPS]
+    elif not torch.cuda.is_available():
+        print("gpu_check: no CUDA device: this check needs a GPU (--rehearse runs it on CPU)", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-"))  # the sessions' reports: tarred into out at the end
+    only = set(a.only.split(",")) if a.only else None
+    t0 = time.perf_counter()
+    rows = []
+    with open(out / "log.txt", "w") as log:
+        log.write(f"torch {torch.__version__}, {device_name()}\n")
+        for name, args, per_gpu, timeout in steps:
+            if only and name not in only:
+                continue
+            elapsed = time.perf_counter() - t0
+            if elapsed > a.budget_s:
+                rows.append(dict(step=name, rc="not run: budget", wall_s=0.0, workers_per_gpu=per_gpu))
+                continue
+            rows.append(run_step(name, args, per_gpu, int(min(timeout, a.budget_s + 60 - elapsed)), work, log))
+            print(rows[-1], flush=True)
+    results = pd.DataFrame(rows)
+    results.to_csv(out / "results.csv", index=False)
+    parts = [f"# GPU check: torch {torch.__version__}, {device_name()}, {time.perf_counter() - t0:.0f} s", "",
+             *summary.table(results.to_dict("records"), [(c, c, "") for c in results.columns]), "",
+             "## Nightly grid estimate", "", nightly_estimate(results)]
+    for name in results["step"]:
+        if (work / name / report.RUNS).exists():
+            parts += ["", summary.write(work / name, title=name)]
+    (out / "summary.md").write_text("\n".join(parts))
+    with tarfile.open(out / "reports.tar.gz", "w:gz") as tar:
+        tar.add(work, arcname="work")
+    print("\n".join(parts[:6]))
+    return 0 if all(str(r.get("rc")) == "0" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
