@@ -266,8 +266,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from . import report, summary
 
     try:
-        print(summary.write(args.report_dir, args.compare, args.title))
-    except report.ReportError as e:
+        policy, _ = options.policy(lambda k: getattr(args, k, None))
+        print(summary.write(args.report_dir, args.compare, args.title, policy))
+    except (report.ReportError, ValueError) as e:
         raise UsageError(str(e)) from None
     return 0
 
@@ -471,6 +472,7 @@ def build_parser() -> Parser:
     summ.add_argument("report_dir", type=report_dir_arg)
     summ.add_argument("--compare", help="compare.csv from `diagnostics compare` (default: each run's baseline_check)")
     summ.add_argument("--title", default="", help="heading (default: Convergence diagnostics)")
+    options.add(summ, options.VERDICT_OPTIONS[1:])  # without --compare: which baseline checks count as failing
     summ.set_defaults(func=cmd_summary)
 
     env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")

@@ -77,15 +77,22 @@ class Grid:
     steps: int = 200  # optimizer steps per run
     size: str = "tiny"  # model size preset
     devices: tuple[str, ...] = ()  # () = every available device type
+    # further products of the same preset (their own axes and steps; the command line's
+    # overrides apply to each): a preset can cover the recipe grid and the release axes
+    # without the cost of their full product
+    parts: tuple[Grid, ...] = ()
 
     def specs(self) -> list[RunSpec]:
-        """The grid in a fixed order (the same on every xdist worker)."""
-        return [
+        """The grid in a fixed order (the same on every xdist worker): this product, then each
+        part's, a point already listed dropped."""
+        specs = [
             RunSpec(m, o, s, w, d, p, seed, self.steps, lr, self.size, self.suite, self.name, impl, comp)
             for d, m, o, s, w, p, impl, comp, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
                 self.compiles, self.seeds, self.lr_scales)
         ]
+        specs += [s for part in self.parts for s in part.specs()]
+        return list({(s.id, s.steps, s.size): s for s in specs}.values())
 
 
 GRIDS: dict[str, Grid] = {
@@ -94,9 +101,15 @@ GRIDS: dict[str, Grid] = {
                   schedulers=("cosine",), warmups=("linear",), steps=60),
     # the chapter's full recipe grid on the CPU-sized models: 2 x 3 x 5 x 2 = 60 runs
     "default": Grid("default", "convergence", models=("gpt", "resnet"), steps=200),
-    # GPU nightly: larger presets, torchvision's resnet18, fp32 and bf16
-    "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), precisions=("fp32", "bf16"),
-                    steps=1000, size="small"),
+    # GPU nightly, sized to 15 minutes on one H100 with 4 workers (README "GPU"): the chapter's
+    # recipe grid on the larger presets and torchvision's resnet18 (3 x 3 x 5 x 2 = 90 runs of
+    # 500 steps), and the release axes on gpt-small and ResNet-20 with AdamW: for-loop / foreach /
+    # fused x eager / inductor x fp32 / tf32 / bf16 / fp16 (2 x 3 x 2 x 4 = 48 runs of 200 steps)
+    "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), steps=500, size="small",
+                    parts=(Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
+                                schedulers=("cosine",), warmups=("linear",), precisions=PRECISIONS,
+                                impls=("forloop", "foreach", "fused"), compiles=("none", "inductor"), steps=200,
+                                size="small"),)),
     # release: the paths torch releases change (README "Releases"), ~7 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
@@ -224,4 +237,5 @@ def resolve_grid(opts: GridOptions) -> Grid:
         size=parse_names(opts.size, SIZES, "size")[0] if opts.size else None,
         devices=opts.devices or None,
     )
-    return replace(g, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(g, **given, parts=tuple(replace(part, **given) for part in g.parts))

@@ -45,9 +45,12 @@ def run_outcome(r: dict) -> str:
     return "skipped" if str(r.get("status_reason", "")).startswith(SKIPPED) else str(r["status"])
 
 
-def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: str = "") -> str:
+def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: str = "",
+             policy: Policy | None = None) -> str:
     """The summary (module docs). ``runs``: runs.csv; ``compared``: compare.csv, or None (then
-    each run's ``baseline_check`` is its verdict and the default ``compare.Policy`` says what fails)."""
+    each run's ``baseline_check`` is its verdict and ``policy``, the session's verdict options,
+    says what fails)."""
+    policy = policy or Policy()
     runs = runs.assign(outcome=[run_outcome(r) for r in runs.to_dict("records")])
     records = runs.to_dict("records")
     lines = [f"## {title or 'Convergence diagnostics'}", "", f"**{len(runs)} runs**: {counts(runs['outcome'])}"]
@@ -59,7 +62,7 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
     else:
         verdicts = [dict(r, verdict=str(r.get("baseline_check") or ""), detail="") for r in records]
         for r in verdicts:
-            r["failure"] = Policy().failure(r) or ""
+            r["failure"] = policy.failure(r) or ""
         checked = [r["verdict"] for r in verdicts if r["verdict"]]
         if checked:
             lines.append(f"**baseline checks**: {counts(pd.Series(checked))}")
@@ -86,9 +89,9 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
     return "\n".join(lines)
 
 
-def write(report_dir: Path, compare_csv: Path | None = None, title: str = "") -> str:
+def write(report_dir: Path, compare_csv: Path | None = None, title: str = "", policy: Policy | None = None) -> str:
     """The summary of a report directory (raises report.ReportError with one line)."""
     runs = report.read(Path(report_dir) / report.RUNS)
     compared = report.read(Path(compare_csv), required=["run_id", "verdict", "failure", "detail"]) \
         if compare_csv else None
-    return markdown(runs, compared, title)
+    return markdown(runs, compared, title, policy)
