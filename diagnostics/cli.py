@@ -362,6 +362,68 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if failed or (args.fail_on_cost and len(cost) > 0) else 0
 
 
+def release_sessions(args: argparse.Namespace, versions: list[str]):
+    """The cached environments and the grid sessions of ``release`` / ``bisect``."""
+    from . import release
+
+    try:
+        for v in versions:
+            release.check_version(v)
+    except release.ReleaseError as e:
+        raise UsageError(str(e)) from None
+    validate_grid_options(argparse.Namespace(**{**vars(args), "shard": None, "data_root": None}))
+    grid_args = options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
+    if not args.grid:
+        grid_args = ["--grid", "release", *grid_args]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return release.Sessions(release.Environments(Path(args.envs_dir)), grid_args, Path(args.out), args.workers)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare)."""
+    from . import page, release
+
+    sessions = release_sessions(args, [args.base, args.candidate])
+    try:
+        base, cand = sessions.run(args.base), sessions.run(args.candidate)
+    except release.ReleaseError as e:
+        raise UsageError(str(e)) from None
+    compare_args = argparse.Namespace(**{**vars(args), "baseline_dir": str(base), "candidate_dir": str(cand),
+                                         "fail_on_cost": False})
+    code = cmd_compare(compare_args)
+    for d in (base, cand):
+        try:
+            page.write(d)
+        except Exception as e:  # a figure that cannot be drawn must not hide the verdicts
+            print(f"release: no page for {d}: {e}")
+    print(f"release: reports {base} and {cand}; pages {base / 'index.html'} and {cand / 'index.html'}")
+    return code
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """The first release at which each config's verdict against the first one changed."""
+    from . import release
+
+    if len(args.versions) < 2:
+        raise UsageError("bisect needs at least two torch versions, oldest first")
+    sessions = release_sessions(args, args.versions)
+    try:
+        tol, _ = read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
+        policy, margin = options.policy(lambda k: getattr(args, k, None))
+        table = release.bisect(args.versions, sessions, tol, margin, not args.fail_on_change)
+    except (release.ReleaseError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    from . import report
+
+    report.write_atomic(Path(args.out) / "bisect.csv", table)
+    moved = table[table["first_changed"] != ""]
+    print(f"{len(table)} configs: {len(moved)} changed between {args.versions[0]} and {args.versions[-1]}")
+    for r in moved.to_dict("records"):
+        print(f"{r['run_id']}: first {r['verdict']} at {r['first_changed']} (same at {r['last_same']})")
+    print(f"wrote {Path(args.out) / 'bisect.csv'}")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from . import report, repro, stability
 
@@ -466,6 +528,23 @@ def build_parser() -> Parser:
     rep = sub.add_parser("report", help="write REPORT_DIR/index.html (runs table, figures, environment)")
     rep.add_argument("report_dir", type=report_dir_arg)
     rep.set_defaults(func=cmd_report)
+
+    for name, helptext in (("release", "did torch CANDIDATE change convergence against BASE? Each trains the grid "
+                                       "(default: release) in its own cached environment, then compare"),
+                           ("bisect", "the first of the given torch releases at which each config's verdict "
+                                      "against the first changed (binary search)")):
+        q = sub.add_parser(name, help=helptext)
+        if name == "release":
+            q.add_argument("base", help="torch version, e.g. 2.14.1")
+            q.add_argument("candidate", help="torch version, e.g. 2.15.0")
+        else:
+            q.add_argument("versions", nargs="+", help="torch versions, oldest first")
+        options.add(q, options.GRID_OPTIONS + options.VERDICT_OPTIONS)
+        q.add_argument("--out", required=True, help="folder for both reports, compare.csv / bisect.csv, seed weights")
+        q.add_argument("--envs-dir", default=".release-envs", help="where the per-version environments are kept")
+        q.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
+        q.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
+        q.set_defaults(func=cmd_release if name == "release" else cmd_bisect, shard=None, data_root=None)
 
     summ = sub.add_parser("summary", help="Markdown for a CI job summary or a PR comment: counts, failing and "
                                            "changed configs first, then every run")
