@@ -45,6 +45,9 @@ AXIS_DEFAULTS = {"impl": "default", "compile": "none"}
 
 RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
+# what a readable report must hold: runs.csv the contract's columns (the EXTRA ones grow with the
+# project: a report from before a column existed still reads), the other files their schemas
+READ_REQUIRED = {**SCHEMAS, RUNS: IDENTITY + OUTCOME + COST + PROVENANCE}
 SORT_KEYS = {RUNS: ["run_id"], STEPS: ["run_id", "step"], EVENTS: ["run_id", "step", "kind"],
              "repro.csv": ["run_id", "check"]}
 FLOAT_FORMAT = "%.17g"  # round-trips every float64 exactly: reports compare bit for bit
@@ -150,7 +153,7 @@ def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
     df = with_axis_defaults(df)
-    missing = [c for c in (required or SCHEMAS.get(path.name, [])) if c not in df.columns]
+    missing = [c for c in (required or READ_REQUIRED.get(path.name, [])) if c not in df.columns]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")
     return df

@@ -1,0 +1,94 @@
+"""``diagnostics summary`` (Markdown for CI) and ``release`` / ``bisect`` (with stand-in
+environments: the real ones download several GB)."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from diagnostics import compare, release, summary
+from diagnostics.compare import Policy
+from tests.conftest import diagnostics
+
+
+def runs(**statuses):
+    return pd.DataFrame([dict(run_id=k, status=v.split(":")[0], status_reason=v.split(":", 1)[-1] if ":" in v else "",
+                              final_loss=1.0, val_metric=0.5, runtime_s=2.0,
+                              baseline_check="identical" if k != "b" else "regressed")
+                         for k, v in statuses.items()])
+
+
+def test_summary_lists_failures_first_then_every_run():
+    md = summary.markdown(runs(a="converged", b="converged", c="error:RuntimeError: boom | x",
+                               d="error:skipped: torchvision unavailable"))
+    assert md.index("### Failing (2)") < md.index("### Every run (4)")
+    failing = md[md.index("### Failing"):md.index("### Every run")]
+    assert "| b | regressed | regression |" in failing and "| c |" in failing and "| a |" not in failing
+    assert "boom \\| x" in md  # a pipe in a reason does not break the table
+    assert "1 skipped" in md and "1 error" in md
+
+
+def test_summary_with_a_compare_csv_uses_its_verdicts_and_policy():
+    compared = pd.DataFrame([dict(run_id="a", verdict="changed", failure="", detail="final loss +1%"),
+                             dict(run_id="b", verdict="new", failure="no baseline", detail="")])
+    md = summary.markdown(runs(a="converged", b="converged"), compared)
+    assert "### Failing (1)" in md and "### Changed, passing (1)" in md and "final loss +1%" in md
+    nothing = pd.DataFrame([dict(run_id="a", verdict="new", failure="", detail="")])
+    assert "Nothing was judged" in summary.markdown(runs(a="converged"), nothing)
+    allowed = summary.markdown(runs(a="converged", b="converged"), policy=Policy(allow_improved=True))
+    assert "### Failing (1)" in allowed  # b regressed fails whatever is allowed
+
+
+def test_summary_command_reads_a_report_and_rejects_bad_input(smoke_reports, tmp_path):
+    d, _ = smoke_reports["0"]
+    proc = diagnostics("summary", str(d), "--allow-no-baseline")
+    assert proc.returncode == 0 and "**4 runs**" in proc.stdout and "### Every run (4)" in proc.stdout
+    bad = diagnostics("summary", str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs.csv" in bad.stderr
+
+
+def test_release_refuses_versions_it_cannot_run():
+    for version, why in (("2.3.1", "older than 2.4"), ("latest", "not a torch version")):
+        with pytest.raises(release.ReleaseError, match=why):
+            release.check_version(version)
+    assert release.torchvision_for("2.14.1") == "0.29.1" and release.torchvision_for("2.12.0") == "0.27.0"
+    proc = diagnostics("release", "2.14.1", "2.1.0", "--out", "unused")
+    assert proc.returncode == 2 and "older than 2.4" in proc.stderr
+
+
+class StandInReleases(release.Environments):
+    """Every "release" is this Python; those in ``changed`` train with one ulp added to every
+    gradient (calibration's grad1 perturbation): a change within noise ("equivalent"), which a
+    bisect that counts any bit as a change must locate."""
+
+    def __init__(self, changed):
+        super().__init__()
+        self.changed, self.built = set(changed), []
+
+    def command(self, version):
+        self.built.append(version)
+        extra = "['--perturb', 'grad1']" if version in self.changed else "[]"
+        return [sys.executable, "-c", f"import sys; from diagnostics.cli import main; sys.exit(main(sys.argv[1:] + {extra}))"]
+
+
+@pytest.mark.slow
+def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_path):
+    envs = StandInReleases(changed={"2.12", "2.13", "2.14"})
+    grid = ["--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--steps", "12", "--devices", "cpu",
+            "--data-dir", str(tmp_path / "data")]
+    sessions = release.Sessions(envs, grid, tmp_path)
+    versions = ["2.10", "2.11", "2.12", "2.13", "2.14"]
+    assert release.bisect(versions, sessions).loc[0, "first_changed"] == ""  # within noise: the same verdict
+    table = release.bisect(versions, sessions, equivalent_is_same=False)
+    assert len(table) == 1 and table.loc[0, "first_changed"] == "2.12" and table.loc[0, "last_same"] == "2.11"
+    assert table.loc[0, "verdict"] == "equivalent"
+    assert sorted(envs.built) == sorted(set(envs.built))  # each release trained at most once
+    assert "2.13" not in envs.built  # binary search: 2.10, 2.14, 2.12, 2.11
+    same = release.bisect(["2.10", "2.11"], sessions, equivalent_is_same=False)
+    assert same.loc[0, "first_changed"] == "" and same.loc[0, "verdict"] == "identical"
+    init = list((tmp_path / "init").glob("*.pt"))
+    assert [p.name for p in init] == ["gpt-tiny-s0.pt"]  # every release started from these weights
+    both = release.judged(tmp_path / "torch-2.10", tmp_path / "torch-2.12", None, compare.MARGIN, Policy())
+    assert both.loc[0, "verdict"] != "identical"
+    assert (Path(tmp_path) / "torch-2.12" / "runs.csv").exists()
