@@ -11,7 +11,7 @@ import torch
 
 from diagnostics import baseline, checkpoint, detect, precision, recipes, report, spec, train
 from diagnostics.models import MODELS, CifarResNet
-from diagnostics.spec import GRIDS, GridOptions, RunSpec, resolve_grid
+from diagnostics.spec import GridOptions, RunSpec, resolve_grid
 
 
 def cpu(grid):

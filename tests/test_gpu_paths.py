@@ -37,12 +37,12 @@ def test_each_determinism_warning_is_caught_in_every_run():
         with determinism.nondeterministic_ops() as seen:
             assert torch.is_warn_always_enabled()
             for m in messages:
-                warnings.warn(m, UserWarning)
+                warnings.warn(m, UserWarning, stacklevel=1)
         assert seen == ["adaptive_avg_pool2d_backward_cuda", "Memory Efficient attention"]
     assert torch.is_warn_always_enabled() == before
     with pytest.warns(UserWarning, match="unrelated"):  # other warnings pass through
         with determinism.nondeterministic_ops():
-            warnings.warn("unrelated", UserWarning)
+            warnings.warn("unrelated", UserWarning, stacklevel=1)
 
 
 def test_cuda_attention_runs_the_deterministic_math_kernel():
