@@ -56,7 +56,7 @@ def worker_device_index(worker_number: int, n_visible: int) -> int:
 # idle, so several processes share one, pinned round-robin (worker_device_index). README "GPU"
 # has the runs per minute measured with 1, 2 and 4 (benchmarks/gpu_check.py).
 WORKERS_PER_GPU_ENV = "DIAGNOSTICS_WORKERS_PER_GPU"
-DEFAULT_WORKERS_PER_GPU = 2
+DEFAULT_WORKERS_PER_GPU = 4
 
 
 def workers_per_gpu(environ=os.environ) -> int:
