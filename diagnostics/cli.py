@@ -376,7 +376,8 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
     if not args.grid:
         grid_args = ["--grid", "release", *grid_args]
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    return release.Sessions(release.Environments(Path(args.envs_dir)), grid_args, Path(args.out), args.workers)
+    pip_log = open(Path(args.out) / "pip.log", "a")  # noqa: SIM115 (open for the whole command)
+    return release.Sessions(release.Environments(Path(args.envs_dir), pip_log), grid_args, Path(args.out), args.workers)
 
 
 def cmd_release(args: argparse.Namespace) -> int:

@@ -83,7 +83,8 @@ class Environments:
         python = env / "bin" / "python"
         if (env / READY).exists():
             return python
-        print(f"release: building the torch {version} environment in {env} (once)", flush=True)
+        where = f"; pip's output in {self.log.name}" if hasattr(self.log, "name") else ""
+        print(f"release: building the torch {version} environment in {env} (once{where})", flush=True)
         venv.create(env, with_pip=True, clear=True)
         if not (pip(python, [f"torch=={version}"], log=self.log) or
                 pip(python, [f"torch=={version}"], registry=True, log=self.log)):
