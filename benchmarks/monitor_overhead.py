@@ -18,7 +18,7 @@ import time
 import torch
 
 from diagnostics import data, determinism, train
-from diagnostics.models import MODELS, block_size, build_model
+from diagnostics.models import MODELS, build_model
 from diagnostics.recipes import build_optimizer, build_schedule
 from diagnostics.spec import RunSpec
 
@@ -27,7 +27,7 @@ def bare_loop(spec: RunSpec) -> float:
     """Seconds for spec.steps steps of a plain loop: batch, forward, backward, step, schedule."""
     determinism.apply(spec.seed, "cpu")
     entry = MODELS[spec.model]
-    ds = data.load(entry.task, block_size(spec.model, spec.size), str(train.DEFAULT_DATA_DIR))
+    ds = data.for_model(spec.model, spec.size, train.DEFAULT_DATA_DIR)
     model = build_model(spec.model, spec.size, ds.info)
     opt, _ = build_optimizer(spec.optimizer, model)
     sched, _ = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
@@ -51,7 +51,7 @@ def instrumentation_alone(spec: RunSpec, repeats: int = 2000) -> float:
     from diagnostics.detect import Monitor
 
     entry = MODELS[spec.model]
-    ds = data.load(entry.task, block_size(spec.model, spec.size), str(train.DEFAULT_DATA_DIR))
+    ds = data.for_model(spec.model, spec.size, train.DEFAULT_DATA_DIR)
     model = build_model(spec.model, spec.size, ds.info)
     opt, _ = build_optimizer(spec.optimizer, model)
     params = [p for g in opt.param_groups for p in g["params"]]

@@ -273,71 +273,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def versions_line(report_dir: Path, runs) -> str:
-    """torch / CUDA / device of a report, from its env.csv (else its first row)."""
-    import pandas as pd
-
-    from . import report
-
-    env = {}
-    if (report_dir / report.ENV).exists():
-        env = dict(report.read(report_dir / report.ENV).fillna("").itertuples(index=False))
-    first = runs.iloc[0].to_dict() if len(runs) else {}
-    get = lambda k: env.get(k) or ("" if pd.isna(first.get(k, "")) else first.get(k, ""))  # noqa: E731
-    devices = ",".join(sorted(set(runs["device_name"].dropna().astype(str)))) if "device_name" in runs else ""
-    return (f"torch {get('torch_version')}, CUDA {get('cuda_version') or '-'}, python {get('python_version')}, "
-            f"devices {devices or get('available_devices')}")
-
-
-def read_report_runs(path: Path, need: list[str]):
-    """A report's runs.csv with the columns compare needs; a truncated row (no status or
-    run_id) is bad input, never a run."""
-    from . import report
-
-    df = report.read(path / report.RUNS, required=need)
-    broken = df["run_id"].isna() | df["status"].isna()
-    if broken.any():
-        i = int(broken.idxmax())
-        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id or status (truncated file?)")
-    return df
-
-
-def read_tolerances(base_dir: Path, option: str | None):
-    """(tolerances, envelope) beside the baseline or at --tolerances (a file or its folder);
-    (None, None) when the baseline was never calibrated and no --tolerances was given."""
-    from . import calibrate, report
-
-    folder = Path(option) if option else base_dir
-    path = folder if folder.suffix == ".csv" else folder / calibrate.TOLERANCES
-    if not path.exists():
-        if option:
-            raise report.ReportError(f"{path}: no such file (--tolerances)")
-        return None, None
-    from .compare import CONFIG
-
-    tol = report.read(path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
-    env_path = path.with_name(calibrate.ENVELOPE)
-    env = report.read(env_path, required=calibrate.ENVELOPE_COLUMNS) if env_path.exists() else None
-    return tol, env
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from . import compare, options, report
 
     base_dir, cand_dir = Path(args.baseline_dir), Path(args.candidate_dir)
     try:
         policy, margin = options.policy(lambda k: getattr(args, k))
-        need = compare.CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
-                                 "val_loss", "val_metric", "divergence_step", "weights_sha256", "steps_per_s",
-                                 "peak_rss_mb", "peak_device_mem_mb"]
-        base, cand = (read_report_runs(d, need) for d in (base_dir, cand_dir))
-        steps = [report.read(d / report.STEPS, required=["run_id", "step", "loss"]) if (d / report.STEPS).exists()
-                 else None for d in (base_dir, cand_dir)]
-        tol, env = read_tolerances(base_dir, args.tolerances)
+        base, cand, steps, tol, env = compare.load_pair(base_dir, cand_dir, args.tolerances)
     except (report.ReportError, ValueError) as e:
         raise UsageError(str(e)) from None
-    print(f"baseline  {base_dir}: {versions_line(base_dir, base)}")
-    print(f"candidate {cand_dir}: {versions_line(cand_dir, cand)}")
+    print(f"baseline  {base_dir}: {compare.versions_line(base_dir, base)}")
+    print(f"candidate {cand_dir}: {compare.versions_line(cand_dir, cand)}")
     empty = [f"{name} {d} holds no runs" for name, d, df in (("baseline", base_dir, base), ("candidate", cand_dir, cand))
              if df.empty]
     if empty:
@@ -409,6 +355,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         raise UsageError("bisect needs at least two torch versions, oldest first")
     sessions = release_sessions(args, args.versions)
     try:
+        from .compare import read_tolerances
+
         tol, _ = read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
         policy, margin = options.policy(lambda k: getattr(args, k, None))
         table = release.bisect(args.versions, sessions, tol, margin, not args.fail_on_change)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -398,6 +399,62 @@ def curves(b: pd.DataFrame, c: pd.DataFrame, b_trace: dict, c_trace: dict, env: 
                    max_curve_distance=max(d[1] for d in dists),
                    separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
     return out
+
+
+def versions_line(report_dir: Path, runs) -> str:
+    """torch / CUDA / device of a report, from its env.csv (else its first row)."""
+    env = {}
+    if (report_dir / report.ENV).exists():
+        env = dict(report.read(report_dir / report.ENV).fillna("").itertuples(index=False))
+    first = runs.iloc[0].to_dict() if len(runs) else {}
+    get = lambda k: env.get(k) or ("" if pd.isna(first.get(k, "")) else first.get(k, ""))  # noqa: E731
+    devices = ",".join(sorted(set(runs["device_name"].dropna().astype(str)))) if "device_name" in runs else ""
+    return (f"torch {get('torch_version')}, CUDA {get('cuda_version') or '-'}, python {get('python_version')}, "
+            f"devices {devices or get('available_devices')}")
+
+
+def read_report_runs(path: Path, need: list[str]):
+    """A report's runs.csv with the columns compare needs; a truncated row (no status or
+    run_id) is bad input, never a run."""
+    df = report.read(path / report.RUNS, required=need)
+    broken = df["run_id"].isna() | df["status"].isna()
+    if broken.any():
+        i = int(broken.idxmax())
+        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id or status (truncated file?)")
+    return df
+
+
+def read_tolerances(base_dir: Path, option: str | None):
+    """(tolerances, envelope) beside the baseline or at --tolerances (a file or its folder);
+    (None, None) when the baseline was never calibrated and no --tolerances was given."""
+    from . import calibrate
+
+    folder = Path(option) if option else base_dir
+    path = folder if folder.suffix == ".csv" else folder / calibrate.TOLERANCES
+    if not path.exists():
+        if option:
+            raise report.ReportError(f"{path}: no such file (--tolerances)")
+        return None, None
+    tol = report.read(path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
+    env_path = path.with_name(calibrate.ENVELOPE)
+    env = report.read(env_path, required=calibrate.ENVELOPE_COLUMNS) if env_path.exists() else None
+    return tol, env
+
+
+# the runs.csv columns a comparison reads
+COMPARE_NEEDS = CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss", "val_loss",
+                          "val_metric", "divergence_step", "weights_sha256", "steps_per_s", "peak_rss_mb",
+                          "peak_device_mem_mb"]
+
+
+def load_pair(base_dir: Path, cand_dir: Path, tolerances: str | None = None):
+    """(base runs, candidate runs, [base steps, candidate steps], tolerances, envelope) of two
+    report directories, as ``compare_reports`` takes them; raises report.ReportError (one line)."""
+    base, cand = (read_report_runs(Path(d), COMPARE_NEEDS) for d in (base_dir, cand_dir))
+    steps = [report.read(Path(d) / report.STEPS, required=["run_id", "step", "loss"])
+             if (Path(d) / report.STEPS).exists() else None for d in (base_dir, cand_dir)]
+    tol, env = read_tolerances(Path(base_dir), tolerances)
+    return base, cand, steps, tol, env
 
 
 def failures(table: pd.DataFrame) -> list[str]:

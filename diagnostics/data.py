@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import DataInfo
+from .models import MODELS, DataInfo
 
 DATA_SEED = 1234  # fixed: the embedded data is the same for every run and machine
 MARKOV = dict(vocab=32, order=1, alpha=0.1, train_tokens=200_000, val_tokens=20_000)
@@ -335,6 +335,12 @@ def check_root(root: Path) -> None:
 
 
 @functools.lru_cache(maxsize=8)
+def for_model(model: str, size: str, data_dir, data_root: str | None = None) -> Dataset:
+    """The dataset a model preset trains on: its task's data, cut to its context length."""
+    entry = MODELS[model]
+    return load(entry.task, entry.block_size(size), str(data_dir), data_root)
+
+
 def load(task: str, block: int, data_dir: str, data_root: str | None = None) -> Dataset:
     """The dataset a model of ``task`` trains on; cached per process (read-only tensors)."""
     if data_root is None:

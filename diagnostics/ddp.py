@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from . import data, determinism, train
-from .models import MODELS, block_size, build_model
+from .models import build_model
 from .recipes import after_optimizer_step
 from .spec import RunSpec
 
@@ -105,7 +105,7 @@ def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out:
 
 def ddp_trace(spec: RunSpec, data_dir: Path, world_size: int = 2) -> tuple[list[dict], str]:
     """(rank 0's per-step lr / batch-mean loss / grad norm, final weights hash) of a DDP run."""
-    data.load(MODELS[spec.model].task, block_size(spec.model, spec.size), str(data_dir))  # written once, here
+    data.for_model(spec.model, spec.size, data_dir)  # written once, here
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "trace.json"
         mp.start_processes(_worker, args=(world_size, free_port(), spec, str(data_dir), str(out)),
@@ -130,7 +130,7 @@ def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | N
     first_rel = max((abs(s["loss"] - ref[s["step"]]) / abs(ref[s["step"]]) for s in trace[:k]), default=math.nan)
     tail = max(1, round(0.1 * len(trace)))
     ddp_final = sum(s["loss"] for s in trace[-tail:]) / tail
-    info = data.load(MODELS[spec.model].task, block_size(spec.model, spec.size), str(data_dir)).info
+    info = data.for_model(spec.model, spec.size, data_dir).info
     bn = has_batchnorm(build_model(spec.model, spec.size, info))
     per_rank_bn = bn and spec.device == "cpu"
     final_ok, how = final_loss_agrees(single.row["final_loss"], ddp_final, tol)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -278,25 +278,29 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """Everything the suite needs to know of a model, in the spirit of torch's OptimizerInfo:
+    adding a model is one entry here."""
+
     name: str
-    task: str  # "lm" or "image": which data it trains on
-    build: Callable[[str, DataInfo], nn.Module]
+    task: str  # "lm" or "image": which data it trains on (data.load)
+    build: Callable[[str, DataInfo], nn.Module]  # (size preset, data facts) -> model with a .loss(batch)
     batch_size: dict  # size preset (each of SIZES) -> default batch size
-    needs_torchvision: bool
+    needs_torchvision: bool  # a stack without a working torchvision skips it, saying so
+    context: dict = field(default_factory=dict)  # LM: size preset -> context length the data is cut into
+
+    def block_size(self, size: str) -> int:
+        """Context length of an LM preset (0 for image models)."""
+        return self.context.get(size, 0)
 
 
 SIZES = ("tiny", "small")  # the presets every model has: CPU grids, nightly/GPU
 MODELS: dict[str, ModelEntry] = {
-    "gpt": ModelEntry("gpt", "lm", _gpt, {"tiny": 16, "small": 32}, False),
+    "gpt": ModelEntry("gpt", "lm", _gpt, {"tiny": 16, "small": 32}, False,
+                      context={size: preset.block_size for size, preset in GPT_PRESETS.items()}),
     "resnet": ModelEntry("resnet", "image", _resnet, {"tiny": 32, "small": 128}, False),
     "resnet18": ModelEntry("resnet18", "image", _resnet18, {"tiny": 32, "small": 128}, True),
     "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True),
 }
-
-
-def block_size(model: str, size: str) -> int:
-    """Context length of an LM preset (the data is cut into windows of this length)."""
-    return GPT_PRESETS[size].block_size if model == "gpt" else 0
 
 
 def build_model(name: str, size: str, info: DataInfo) -> nn.Module:

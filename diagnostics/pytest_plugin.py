@@ -13,7 +13,6 @@ import torch
 
 from . import baseline, compare, data, determinism, devices, env, options, perturb, report, repro, stability, train
 from .detect import SKIPPED
-from .models import MODELS, block_size
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
 from .train import RunResult
 
@@ -108,8 +107,8 @@ def build_session(config: pytest.Config) -> Session:
 def check_data(session: Session) -> None:
     """Load every dataset the grids may need once, so bad data fails before any training."""
     specs = [s for name in ("default", session.options.grid) if name for s in session.grid(name).specs()]
-    for task_block in {(MODELS[s.model].task, block_size(s.model, s.size)) for s in specs}:
-        data.load(*task_block, str(session.data_dir), session.data_root)
+    for model, size in {(s.model, s.size) for s in specs}:
+        data.for_model(model, size, session.data_dir, session.data_root)
 
 
 def pytest_configure(config: pytest.Config) -> None:

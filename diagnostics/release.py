@@ -133,10 +133,8 @@ class Sessions:
 def judged(base_dir: Path, cand_dir: Path, tolerances: pd.DataFrame | None, margin: float,
            policy: compare.Policy) -> pd.DataFrame:
     """compare.csv of two report directories (the verdicts of ``diagnostics compare``)."""
-    runs = [report.read(Path(d) / report.RUNS) for d in (base_dir, cand_dir)]
-    steps = [report.read(Path(d) / report.STEPS) if (Path(d) / report.STEPS).exists() else None
-             for d in (base_dir, cand_dir)]
-    return compare.compare_reports(runs[0], runs[1], steps[0], steps[1], tolerances=tolerances, margin=margin,
+    base, cand, steps, _, envelope = compare.load_pair(base_dir, cand_dir)
+    return compare.compare_reports(base, cand, *steps, tolerances=tolerances, envelope=envelope, margin=margin,
                                    policy=policy)
 
 

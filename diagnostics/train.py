@@ -27,7 +27,7 @@ import torch
 from . import checkpoint, data, determinism, env, perturb, precision
 from .detect import SKIPPED, Monitor, Thresholds, Verdict
 from .faults import NO_FAULT, Fault
-from .models import MODELS, block_size, build_model, count_params
+from .models import MODELS, build_model, count_params
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
 
@@ -275,7 +275,7 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
     Shared with ``ddp`` (which wraps the model afterwards)."""
     entry = MODELS[spec.model]
     numerics = precision.set_float32_matmul(spec.precision)
-    ds = data.load(entry.task, block_size(spec.model, spec.size), str(data_dir), data_root)
+    ds = data.for_model(spec.model, spec.size, data_dir, data_root)
     model = build_model(spec.model, spec.size, ds.info)
     initial_weights(model, init_dir, spec)
     model = model.to(device)
