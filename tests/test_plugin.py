@@ -6,7 +6,6 @@ import pytest
 
 from diagnostics import devices
 
-
 SUITE = """
 GRID = "smoke"
 
