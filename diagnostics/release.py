@@ -93,9 +93,15 @@ class Environments:
         if tv and not (pip(python, [f"torchvision=={tv}", "--no-deps"], log=self.log) or
                        pip(python, [f"torchvision=={tv}", "--no-deps"], registry=True, log=self.log)):
             print(f"release: torchvision {tv} did not install beside torch {version}: going without", flush=True)
-        if not pip(python, ["-e", str(ROOT)], log=self.log) and not pip(python, ["-e", str(ROOT)], registry=True,
-                                                                          log=self.log):
-            raise ReleaseError(f"this package could not be installed into {env}")
+        # the package's own dependencies, with torch held at this version: a local pip cap would
+        # otherwise "satisfy" torch>=2.4 by replacing it with the newest local wheel
+        package = ["-e", str(ROOT), f"torch=={version}"]
+        if not (pip(python, package, log=self.log) or pip(python, package, registry=True, log=self.log)):
+            raise ReleaseError(f"this package could not be installed into {env} beside torch {version}")
+        installed = subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                                   text=True).stdout.strip()
+        if installed.split("+")[0] != version:
+            raise ReleaseError(f"the torch {version} environment holds torch {installed or 'none'}: not built")
         (env / READY).write_text(version)
         return python
 
