@@ -115,6 +115,7 @@ class Sessions:
     grid_args: list[str]  # diagnostics run's grid options
     out: Path
     workers: str | None = None
+    check_versions: bool = True  # every run of torch-V must have run on torch V (stand-ins in tests: off)
     done: dict = field(default_factory=dict)
 
     def report_dir(self, version: str) -> Path:
@@ -123,7 +124,7 @@ class Sessions:
     def run(self, version: str) -> Path:
         d = self.report_dir(version)
         if version in self.done or (d / report.RUNS).exists():
-            self.done[version] = d
+            self.done[version] = self.checked(version, d)
             return d
         cmd = [*self.envs.command(version), "run", *self.grid_args, "--report-dir", str(d),
                "--init-dir", str(Path(self.out) / "init"), "--allow-no-baseline", "--quiet",
@@ -132,7 +133,14 @@ class Sessions:
         subprocess.run(cmd, cwd=ROOT)  # a failing test is a verdict for compare, not a reason to stop
         if not (d / report.RUNS).exists():
             raise ReleaseError(f"the torch {version} session wrote no runs.csv (see its output above)")
-        self.done[version] = d
+        self.done[version] = self.checked(version, d)
+        return d
+
+    def checked(self, version: str, d: Path) -> Path:
+        """``d``, once every run in it says it ran on torch ``version``."""
+        ran = set(report.read(d / report.RUNS)["torch_version"].dropna().astype(str).str.split("+").str[0])
+        if self.check_versions and ran - {version}:
+            raise ReleaseError(f"{d} holds runs of torch {', '.join(sorted(ran))}, not {version}: delete it to rerun")
         return d
 
 

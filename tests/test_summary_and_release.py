@@ -77,7 +77,7 @@ def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_pa
     envs = StandInReleases(changed={"2.12", "2.13", "2.14"})
     grid = ["--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--steps", "12", "--devices", "cpu",
             "--data-dir", str(tmp_path / "data")]
-    sessions = release.Sessions(envs, grid, tmp_path)
+    sessions = release.Sessions(envs, grid, tmp_path, check_versions=False)
     versions = ["2.10", "2.11", "2.12", "2.13", "2.14"]
     assert release.bisect(versions, sessions).loc[0, "first_changed"] == ""  # within noise: the same verdict
     table = release.bisect(versions, sessions, equivalent_is_same=False)
@@ -92,3 +92,5 @@ def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_pa
     both = release.judged(tmp_path / "torch-2.10", tmp_path / "torch-2.12", None, compare.MARGIN, Policy())
     assert both.loc[0, "verdict"] != "identical"
     assert (Path(tmp_path) / "torch-2.12" / "runs.csv").exists()
+    with pytest.raises(release.ReleaseError, match="holds runs of torch 2.1"):  # a stand-in's report is no 2.10
+        release.Sessions(envs, grid, tmp_path).run("2.10")
