@@ -151,6 +151,7 @@ def main(argv=None) -> int:
                 continue
             rows.append(run_step(name, args, per_gpu, int(min(timeout, a.budget_s + 60 - elapsed)), work, log))
             print(rows[-1], flush=True)
+            pd.DataFrame(rows).to_csv(out / "results.csv", index=False)  # kept if the check is stopped later
     results = pd.DataFrame(rows)
     results.to_csv(out / "results.csv", index=False)
     parts = [f"# GPU check: torch {torch.__version__}, {device_name()}, {time.perf_counter() - t0:.0f} s", "",
