@@ -334,13 +334,13 @@ def check_root(root: Path) -> None:
         raise DataError(f"--data-root {root} is not readable")
 
 
-@functools.lru_cache(maxsize=8)
 def for_model(model: str, size: str, data_dir, data_root: str | None = None) -> Dataset:
     """The dataset a model preset trains on: its task's data, cut to its context length."""
     entry = MODELS[model]
     return load(entry.task, entry.block_size(size), str(data_dir), data_root)
 
 
+@functools.lru_cache(maxsize=8)
 def load(task: str, block: int, data_dir: str, data_root: str | None = None) -> Dataset:
     """The dataset a model of ``task`` trains on; cached per process (read-only tensors)."""
     if data_root is None:
