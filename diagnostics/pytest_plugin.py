@@ -4,6 +4,7 @@ wires it into pytest (and is the only module that imports pytest)."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,9 +17,8 @@ from .detect import SKIPPED
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
 from .train import RunResult
 
-# test functions that write reports (parametrized over a grid, or the repro checks)
-GRID_TESTS = ("test_convergence[", "test_stability[", "test_twice_same[", "test_resume[", "test_ddp[",
-              "test_cross_device[")
+# fixtures that hand a test a grid point: a test taking one is a ``grid`` test (writes reports)
+GRID_FIXTURES = {"run_spec", "ddp_spec", "cross_device_spec"}
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Session:
     init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
-    prepared: bool = False
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session (xdist: the controller's)
 
     def grid(self, default: str = "default") -> Grid:
         name = self.options.grid or default
@@ -101,6 +101,8 @@ def build_session(config: pytest.Config) -> Session:
                       v["update_baseline"], opt("quiet_runs"), worker, v["probes"], parse_shard(v["shard"]),
                       policy, margin, v["force"], opt("perturb"), Path(v["init_dir"]) if v["init_dir"] else None)
     session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
+    if is_worker(config):
+        session.token = config.workerinput.get("diagnostics_token", session.token)
     return session
 
 
@@ -174,29 +176,46 @@ def grid_point(diagnostics_session, record_property):
     return lambda spec: run_grid_point(spec, diagnostics_session, record_property)
 
 
-def prepare_reports(config: pytest.Config) -> None:
-    """Start a fresh report directory (once, in the controlling process)."""
-    session = config.stash[SESSION]
-    if session.prepared or config.option.collectonly:  # looking (--collect-only) never deletes a report
-        return
-    session.prepared = True
-    report.reset(session.report_dir)
-    report.write_env(session.report_dir, env.capture(session.options.devices))
+SESSION_FILE = ".session"  # in the report directory: the token of the session that started it
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that takes a grid point (``GRID_FIXTURES``) is a grid test, declared or not."""
+    for item in items:
+        if GRID_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("grid"):
+            item.add_marker(pytest.mark.grid)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    """Whichever process collected grid tests (``grid`` marker) starts a fresh report directory,
+    once per session: the first to take the directory's lock writes the session's token, and a
+    process that finds its token there leaves it alone (xdist workers all collect before any test
+    runs, so none writes into a directory that is then emptied). Looking (--collect-only) never
+    deletes a report."""
     config = session.config
-    if is_worker(config):
+    s = config.stash[SESSION]
+    if config.option.collectonly or not any(i.get_closest_marker("grid") for i in session.items):
         return
-    if any(i.name.startswith(GRID_TESTS) for i in session.items):
-        prepare_reports(config)
+    marker = s.report_dir / SESSION_FILE
+    s.report_dir.mkdir(parents=True, exist_ok=True)
+    with report.locked(marker):
+        if not marker.exists() or marker.read_text() != s.token:
+            report.reset(s.report_dir)
+            report.write_env(s.report_dir, env.capture(s.options.devices))
+            marker.write_text(s.token)
+
+
+def started_here(s: Session) -> bool:
+    """Whether this session's processes started the report directory (so the controller
+    finalizes it and prints its summary)."""
+    marker = s.report_dir / SESSION_FILE
+    return marker.exists() and marker.read_text() == s.token
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_node_collection_finished(node, ids) -> None:
-    """Under xdist the controller does not collect; it sees the workers' test ids."""
-    if any(i.rpartition("::")[2].startswith(GRID_TESTS) for i in ids):
-        prepare_reports(node.config)
+def pytest_configure_node(node) -> None:
+    """xdist: each worker carries the controller's session token."""
+    node.workerinput["diagnostics_token"] = node.config.stash[SESSION].token
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +256,7 @@ class Progress:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         session = self.config.stash[SESSION]
         path = session.report_dir / report.RUNS
-        if not session.prepared or not path.exists():
+        if not started_here(session) or not path.exists():
             return
         runs = report.read(path)
         counts = runs["status"].value_counts().to_dict()
@@ -251,7 +270,7 @@ class Progress:
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     s = config.stash.get(SESSION, None)
-    if s is None or is_worker(config) or not s.prepared:
+    if s is None or is_worker(config) or not started_here(s):
         return
     report.finalize(s.report_dir)
     runs_path, repro_path = s.report_dir / report.RUNS, s.report_dir / repro.REPRO
