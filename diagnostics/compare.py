@@ -169,7 +169,10 @@ def judge_value(name: str, b: pd.Series, c: pd.Series, tol: float, sign: int, ma
 
 
 def describe(v: dict) -> str:
-    return f"{v['name']} {v['delta']:+.4g} ({v['rel']:+.2%} worse)" + (
+    """``final_loss +0.012 (0.61% worse) beyond tol 0.001``: the change, its direction in words
+    (an accuracy that rose is better), and how it stands against the tolerance."""
+    way = "worse" if v["rel"] > 0 else "better" if v["rel"] < 0 else "no change"
+    return f"{v['name']} {v['delta']:+.4g} ({abs(v['rel']):.2%} {way})" + (
         f" beyond tol {v['tol']:.3g}" if v["beyond"] else f" within tol {v['tol']:.3g}")
 
 

@@ -126,3 +126,11 @@ def test_a_curve_that_leaves_the_calibrated_envelope_has_changed():
     assert compare.check_run(cand, base, tol(), trace=inside, envelope=envelope)["verdict"] == "equivalent"
     v = compare.check_run(cand, base, tol(), trace=outside, envelope=envelope)
     assert v["verdict"] == "changed" and "left the calibrated envelope at step 5" in v["detail"]
+
+
+def test_a_change_is_described_by_its_direction_in_words():
+    from diagnostics.compare import describe
+
+    base = dict(name="val_metric", delta=0.002, tol=0.001, beyond=True)
+    assert describe(dict(base, rel=-0.0052)) == "val_metric +0.002 (0.52% better) beyond tol 0.001"
+    assert describe(dict(base, rel=0.0061, beyond=False)) == "val_metric +0.002 (0.61% worse) within tol 0.001"
