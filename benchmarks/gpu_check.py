@@ -32,7 +32,6 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -95,8 +94,7 @@ def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path,
 def nightly_estimate(results: pd.DataFrame) -> str:
     """The nightly grid's minutes on this GPU: the measured shard's wall time times the number of
     shards (``spec.shard`` interleaves the grid, so each shard holds every kind of run)."""
-    n_runs = len(replace(spec.GRIDS["nightly"], devices=("cuda",),
-                         parts=tuple(replace(p, devices=("cuda",)) for p in spec.GRIDS["nightly"].parts)).specs())
+    n_runs = len(spec.resolve_grid(spec.GridOptions(grid="nightly", devices=("cuda",))).specs())
     lines = [f"- {r['workers_per_gpu']} worker(s) per GPU: {r['runs_per_min']} runs/min on the nightly slice"
              for r in results[results["step"].str.startswith("nightly-w")].to_dict("records") if r.get("runs")]
     shard = results[results["step"] == "nightly-shard"].to_dict("records")

@@ -42,12 +42,13 @@ def grid_of(args: argparse.Namespace):
 def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
     from . import data
-    from .spec import SpecError, parse_shard
+    from .spec import SpecError, parse_init_dir, parse_shard
 
     get = lambda k: getattr(args, k, None)  # noqa: E731
     try:
         grid_of(args)
         parse_shard(args.shard)
+        parse_init_dir(getattr(args, "init_dir", None))
         if args.data_root:
             data.check_root(Path(args.data_root))
         options.policy(get)
@@ -317,7 +318,7 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
             release.check_version(v)
     except release.ReleaseError as e:
         raise UsageError(str(e)) from None
-    validate_grid_options(argparse.Namespace(**{**vars(args), "shard": None, "data_root": None}))
+    validate_grid_options(args)
     grid_args = options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
     if not args.grid:
         grid_args = ["--grid", "release", *grid_args]

@@ -14,7 +14,7 @@ import torch
 
 from . import baseline, compare, data, determinism, devices, env, options, perturb, report, repro, stability, train
 from .detect import SKIPPED
-from .spec import Grid, GridOptions, RunSpec, SpecError, parse_shard, resolve_grid, shard
+from .spec import Grid, GridOptions, RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
 from .train import RunResult
 
 # fixtures that hand a test a grid point: a test taking one is a ``grid`` test (writes reports)
@@ -99,7 +99,7 @@ def build_session(config: pytest.Config) -> Session:
         raise SpecError(str(e)) from None
     session = Session(grid_options, Path(v["report_dir"]), Path(v["data_dir"]), v["data_root"], v["baseline"],
                       v["update_baseline"], opt("quiet_runs"), worker, v["probes"], parse_shard(v["shard"]),
-                      policy, margin, v["force"], opt("perturb"), Path(v["init_dir"]) if v["init_dir"] else None)
+                      policy, margin, v["force"], opt("perturb"), parse_init_dir(v["init_dir"]))
     session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
     if is_worker(config):
         session.token = config.workerinput.get("diagnostics_token", session.token)

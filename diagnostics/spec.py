@@ -175,6 +175,18 @@ def parse_positive_int(value, what: str, minimum: int = 1) -> int | None:
     return n
 
 
+def parse_init_dir(value: str | None):
+    """``--init-dir``: a folder (created on first use), never an existing file."""
+    from pathlib import Path
+
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"--init-dir {value}: exists and is not a folder (seed checkpoints go into a folder)")
+    return path
+
+
 def parse_shard(value: str | None) -> tuple[int, int] | None:
     """``i/N`` (1 <= i <= N): this machine runs the i-th of N deterministic slices of the grid."""
     if value is None:

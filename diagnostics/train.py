@@ -65,39 +65,40 @@ class Trace:
     loss scaling each step also carries its scale; a step whose gradients overflowed (the scaler
     skipped it) is marked ``skipped``."""
 
-    def __init__(self, run_id: str, layer_names: list[str], monitor: Monitor):
-        self.run_id, self.layer_names, self.monitor = run_id, layer_names, monitor
-        self.pending: list[tuple[int, float, torch.Tensor, float, bool]] = []
+    def __init__(self, run_id: str, layer_names: list[str], monitor: Monitor, scaled: bool = False):
+        self.run_id, self.layer_names, self.monitor, self.scaled = run_id, layer_names, monitor, scaled
+        self.pending: list[tuple[int, float, torch.Tensor, float]] = []
         self.rows: list[dict] = []
         self.max_grad_norm = 0.0
         self.skipped_steps = 0
 
     def add(self, step: int, lr: float, loss: torch.Tensor, grad_norm: torch.Tensor, per_layer: torch.Tensor,
             elapsed: float, grad_scale: torch.Tensor | None = None) -> None:
-        scale = grad_scale.float().view(1) if grad_scale is not None else loss.new_zeros(1, dtype=torch.float32)
-        values = torch.cat((loss.detach().float().view(1), grad_norm.float().view(1), scale, per_layer))
-        self.pending.append((step, lr, values, elapsed, grad_scale is not None))
+        scale = (grad_scale.float().view(1),) if self.scaled else ()
+        values = torch.cat((loss.detach().float().view(1), grad_norm.float().view(1), *scale, per_layer))
+        self.pending.append((step, lr, values, elapsed))
 
     def read(self, sampled: dict[str, torch.Tensor]) -> None:
         """Host-read everything pending; ``sampled`` (signals measured on this step only) joins
         the row of the last pending step."""
         last = self.pending[-1][0]
-        stacked = torch.stack([v for _, _, v, _, _ in self.pending])
+        stacked = torch.stack([v for _, _, v, _ in self.pending])
         extra = [v.float().view(1) for v in sampled.values()]
         flat = torch.cat([stacked.flatten(), *extra]).tolist()  # the one host synchronisation
         width = stacked.shape[1]
         values = [flat[i:i + width] for i in range(0, stacked.numel(), width)]
         extra = dict(zip(sampled, flat[stacked.numel():]))
-        for (step, lr, _, elapsed, scaled), (loss, grad_norm, scale, *per_layer) in zip(self.pending, values):
+        for (step, lr, _, elapsed), (loss, grad_norm, *rest) in zip(self.pending, values):
+            scale, per_layer = (rest[0], rest[1:]) if self.scaled else (None, rest)
             amp = {}
-            if scaled:
+            if self.scaled:
                 skipped = not math.isfinite(grad_norm)  # GradScaler skips exactly the steps with inf/NaN gradients
                 self.skipped_steps += skipped
                 amp = dict(grad_scale=scale, skipped=int(skipped))
             self.rows.append(dict(run_id=self.run_id, step=step, lr=lr, loss=loss, grad_norm=grad_norm,
                                   elapsed_s=elapsed, **amp, **(extra if step == last else {})))
             self.monitor.update(step, loss, grad_norm, lr, dict(zip(self.layer_names, per_layer)),
-                                grad_scale=scale if scaled else None)
+                                grad_scale=scale)
             if math.isfinite(grad_norm):
                 self.max_grad_norm = max(self.max_grad_norm, grad_norm)
         self.pending.clear()
@@ -311,7 +312,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
 
     layer_names, layer_assign = layers_of(s.model, s.params)
     layer_assign = layer_assign.to(device)
-    trace = Trace(spec.id, layer_names, monitor)
+    trace = Trace(spec.id, layer_names, monitor, scaled=s.scaler is not None)
     t0 = time.perf_counter()
     for step in range(first_step, last_step + 1):
         read = step % SYNC_EVERY == 0 or step == last_step  # values reach the host on these steps

@@ -164,3 +164,12 @@ def test_reports_without_the_axes_read_as_their_defaults():
     assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "seed"]
     assert filled.loc[0, "impl"] == "default" and filled.loc[0, "compile"] == "none"
     assert report.with_axis_defaults(pd.DataFrame(dict(key=["a"]))).columns.tolist() == ["key"]
+
+
+def test_an_init_dir_that_is_a_file_is_one_usage_line(tmp_path):
+    from tests.conftest import diagnostics
+
+    f = tmp_path / "weights.pt"
+    f.write_text("x")
+    proc = diagnostics("run", "--grid", "smoke", "--devices", "cpu", "--init-dir", str(f))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not a folder" in proc.stderr
