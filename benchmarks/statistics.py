@@ -1,12 +1,11 @@
-"""False alarms and power of the multi-seed verdict (compare.py), by simulation.
+"""False alarms and power of compare's verdicts, by simulation through ``compare.compare_reports``
+itself (the same pairing, tests, Holm family and verdicts a user's comparison goes through).
 
-The decision simulated is compare's own: per config, a one-sample t-test on the paired
-(by seed) differences of each judged value (``compare.paired_pvalues``), Bonferroni across the
-values (``compare.config_pvalue``), Holm across the configs at ``compare.ALPHA``; no measured
-tolerance (which could only remove findings). Paired differences are drawn as
-``shift + noise * N(0, 1)`` relative to the loss: ``noise`` is the spread of the difference
-between two runs of one seed (numerical noise, or the seed spread where the seeds' initial
-weights differ between the sides).
+Each simulated comparison has 60 configs (the default grid) with n paired seeds a side. Each
+config's noise is calibrated as ``diagnostics calibrate`` does: 2 perturbed seeds x (reference + 5
+reruns), drawn with sd ``sigma`` per run, pooled (stats.pooled_noise: 10 degrees of freedom).
+Candidate runs differ from the baseline's by fresh noise of the same size (a rerun that changed
+only rounding); in the power runs one config is also shifted by a given relative amount.
 
     python benchmarks/statistics.py            # the README tables (one invocation)
 """
@@ -14,54 +13,74 @@ weights differ between the sides).
 from __future__ import annotations
 
 import argparse
+import math
+import time
 
 import numpy as np
+import pandas as pd
 
-from diagnostics import compare
+from diagnostics import compare, report, stats
 
 N_CONFIGS = 60  # the default grid
-N_VALUES = 2  # final loss and held-out loss (the LM's metric is its held-out loss)
+SIGMA = 0.01  # noise of one run, relative to the loss (the difference of two runs has sqrt(2) x that)
+PERTURBED_SEEDS, RERUNS = 2, 5  # calibrate's defaults
 
 
-def flagged(rng, reps: int, n_seeds: int, noise: float, shift=0.0, n_configs: int = N_CONFIGS,
-            alpha: float = compare.ALPHA) -> np.ndarray:
-    """(reps, n_configs) booleans: which configs compare would call beyond noise."""
-    shift = np.broadcast_to(np.asarray(shift, float), (n_configs,))[None, :, None, None]
-    d = shift + noise * rng.standard_normal((reps, n_configs, N_VALUES, n_seeds))
-    p = compare.paired_pvalues(d)  # (reps, configs, values)
-    p_config = np.minimum(1.0, N_VALUES * p.min(axis=-1))
-    return np.array([np.asarray(compare.holm(row)) < alpha for row in p_config])
+def reports(rng, n_seeds: int, shift: np.ndarray):
+    """(baseline runs, candidate runs, tolerances) of one simulated comparison."""
+    cfg = dict(optimizer="adamw", scheduler="cosine", warmup="none", device="cpu", precision="fp32", impl="default",
+               compile="none", lr_scale=1.0, steps=200, model_size="tiny", status="converged", status_reason="",
+               initial_loss=3.5, loss_floor=0.0, divergence_step=math.nan, steps_per_s=60.0, peak_rss_mb=800.0,
+               peak_device_mem_mb=math.nan, val_metric_name="val_loss")
+    truth = 2.0 + 0.2 * rng.standard_normal((N_CONFIGS, n_seeds))  # each seed's own level
+    base = truth[..., None] * (1 + SIGMA * rng.standard_normal((N_CONFIGS, n_seeds, 2)))  # (final, held-out)
+    cand = truth[..., None] * (1 + shift[:, None, None]) * (1 + SIGMA * rng.standard_normal((N_CONFIGS, n_seeds, 2)))
+    b_rows, c_rows, t_rows = [], [], []
+    for k in range(N_CONFIGS):
+        name = dict(cfg, model="gpt", scheduler=f"s{k}")
+        for s in range(n_seeds):
+            rid = f"c{k}-s{s}"
+            b_rows.append(dict(name, run_id=rid, seed=s, final_loss=base[k, s, 0], val_loss=base[k, s, 1],
+                               val_metric=base[k, s, 1], weights_sha256="b"))
+            c_rows.append(dict(name, run_id=rid, seed=s, final_loss=cand[k, s, 0], val_loss=cand[k, s, 1],
+                               val_metric=cand[k, s, 1], weights_sha256="c"))
+        calib = 2.0 * (1 + SIGMA * rng.standard_normal((PERTURBED_SEEDS, RERUNS + 1, 2)))
+        noise = [stats.pooled_noise(calib[..., v]) for v in range(2)]
+        t_rows.append(dict({c: name[c] for c in compare.CONFIG}, run_id=f"c{k}-s0", statuses_seen="converged",
+                           status_flips=0, status_runs=PERTURBED_SEEDS * RERUNS,
+                           final_loss_noise=noise[0][0], final_loss_df=noise[0][1], val_loss_noise=noise[1][0],
+                           val_loss_df=noise[1][1], val_metric_noise=noise[1][0], val_metric_df=noise[1][1]))
+    return pd.DataFrame(b_rows), pd.DataFrame(c_rows), report.with_axis_defaults(pd.DataFrame(t_rows))
 
 
-def family_wise_rate(rng, reps: int, n_seeds: int, noise: float) -> float:
-    """Share of comparisons with no real change in which any config is flagged."""
-    return float(flagged(rng, reps, n_seeds, noise).any(axis=1).mean())
-
-
-def power(rng, reps: int, n_seeds: int, noise: float, shift: float = 0.05) -> float:
-    """Share of comparisons in which one config shifted by ``shift`` among unchanged ones is flagged."""
-    shifts = np.zeros(N_CONFIGS)
-    shifts[0] = shift
-    return float(flagged(rng, reps, n_seeds, noise, shifts)[:, 0].mean())
+def flagged(rng, n_seeds: int, shift: np.ndarray) -> np.ndarray:
+    b, c, tol = reports(rng, n_seeds, shift)
+    table = compare.compare_reports(b, c, tolerances=tol)
+    order = np.argsort([int(x[1:]) for x in table["scheduler"]])
+    return table["verdict"].isin(compare.BEYOND_NOISE).to_numpy()[order], table["mde"].to_numpy(float)[order]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=300, help="simulated comparisons per cell")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    print(f"family-wise false-alarm rate, {N_CONFIGS} unchanged configs, alpha {compare.ALPHA} "
-          f"({args.reps} simulated comparisons each)")
-    print("| seeds a side | rate |\n|---|---|")
-    for n in (2, 3, 5, 8):
-        print(f"| {n} | {family_wise_rate(rng, args.reps, n, 0.01):.2%} |")
-    print(f"\npower: one config shifted by 5% among {N_CONFIGS - 1} unchanged ones, found (changed or beyond)")
-    noises = (0.0025, 0.005, 0.0075, 0.01, 0.02)
-    print("| seeds a side | " + " | ".join(f"noise {x:.2%}" for x in noises) + " |")
-    print("|---|" + "---|" * len(noises))
-    for n in (2, 3, 5, 8):
-        print(f"| {n} | " + " | ".join(f"{power(rng, args.reps, n, x):.1%}" for x in noises) + " |")
+    t0 = time.perf_counter()
+    print(f"{N_CONFIGS} configs, noise {SIGMA:.0%} of the loss per run, calibrated on {PERTURBED_SEEDS} seeds x "
+          f"{RERUNS} reruns; alpha {compare.ALPHA} family-wise; {args.reps} simulated comparisons per cell\n")
+    print("| seeds a side | family-wise false alarms | stated mde (median) | found at that mde | found at 2x |")
+    print("|---|---|---|---|---|")
+    for n in (1, 2, 3, 5, 8):
+        alarms = np.mean([flagged(rng, n, np.zeros(N_CONFIGS))[0].any() for _ in range(args.reps)])
+        mde = float(np.nanmedian(flagged(rng, n, np.zeros(N_CONFIGS))[1]))
+        found = []
+        for factor in (1, 2):
+            shift = np.zeros(N_CONFIGS)
+            shift[0] = factor * mde
+            found.append(np.mean([flagged(rng, n, shift)[0][0] for _ in range(args.reps)]))
+        print(f"| {n} | {alarms:.2%} | {mde:.2%} | {found[0]:.1%} | {found[1]:.1%} |", flush=True)
+    print(f"\n({time.perf_counter() - t0:.0f} s)")
 
 
 if __name__ == "__main__":

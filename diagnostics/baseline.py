@@ -6,7 +6,8 @@ the package's location, so every command finds it whatever directory it runs fro
 - ``runs.csv``: the reference runs (the same schema as a report's), matched on
   ``compare.BASELINE_KEY``;
 - ``tolerances.csv`` and ``envelope.csv``: the per-config tolerances ``diagnostics calibrate``
-  measured (see calibrate.py); without them a run is judged with no room for noise;
+  measured (see calibrate.py); without them a value is judged on its differences alone
+  (one seed: any difference is beyond noise);
 - ``repro.csv``: what the reproducibility checks found (a CUDA twice-same recorded identical is
   required to stay so);
 - ``seeds.csv``: the seed study, where the calibration had several seeds.
@@ -23,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import calibrate, report
-from .compare import BASELINE_KEY, CONFIG, config_key
+from .compare import BASELINE_KEY, CONFIG, config_key, index_by_config, read_tolerances
 from .detect import SKIPPED
 from .repro import REPRO, REPRO_COLUMNS
 
@@ -67,16 +68,14 @@ class Baseline:
     def load(cls, path: Path) -> Baseline:
         """Read a baseline folder; a file that exists but cannot be read raises ReportError."""
         path = Path(path)
-        runs_path, tol_path, repro_path = path / report.RUNS, path / calibrate.TOLERANCES, path / REPRO
+        runs_path, repro_path = path / report.RUNS, path / REPRO
         b = cls(path)
         if runs_path.exists():
             df = report.read(runs_path, required=BASELINE_KEY + ["status", "final_loss"])
             b.runs = {key_of(r): r for r in df.to_dict("records")}
-        if tol_path.exists():
-            df = report.read(tol_path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
-            b.tolerances = {config_key(r[c] for c in CONFIG): r for r in df.to_dict("records")}
-        if (path / calibrate.ENVELOPE).exists():
-            env = report.read(path / calibrate.ENVELOPE, required=calibrate.ENVELOPE_COLUMNS)
+        tol, env = read_tolerances(path, None)
+        b.tolerances = index_by_config(tol)
+        if env is not None:
             b.envelopes = dict(iter(env.groupby("run_id")))
         if repro_path.exists():
             b.repro = report.read(repro_path, required=REPRO_COLUMNS)
@@ -93,7 +92,7 @@ class Baseline:
         return self.tolerances.get(config_key(run.get(c, report.AXIS_DEFAULTS.get(c)) for c in CONFIG))
 
     def envelope(self, run: dict) -> pd.DataFrame | None:
-        """The calibrated envelope of this very run (its seed was the one perturbed), or None."""
+        """The calibrated per-step noise of this very run (one of the perturbed seeds), or None."""
         return self.envelopes.get(str(run["run_id"]))
 
     def repro_result(self, run_id: str, check: str) -> str | None:

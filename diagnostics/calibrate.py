@@ -1,21 +1,21 @@
-"""Measured tolerances: how far each config's numbers move when only the arithmetic changes.
+"""Measured noise: how far each config's numbers move when only the arithmetic changes.
 
-``diagnostics calibrate`` trains the grid once as the reference (the baseline) and once per
-perturbation in ``perturb.DEFAULT`` (same maths, other rounding), then ``tolerances`` turns the
-deviations into per-config tolerances, committed beside the baseline:
+``diagnostics calibrate`` trains the grid once as the reference (the baseline, every seed of the
+grid) and reruns its first ``--perturb-seeds`` seeds once per perturbation in ``perturb.DEFAULT``
+(same maths, other rounding). ``tolerances`` turns those runs into a noise distribution per
+config and judged value, committed beside the baseline; compare.py tests candidates against it:
 
-- ``tolerances.csv``, one row per config: for the final loss, the held-out loss and the held-out
-  metric, the measured noise (the largest |perturbed - reference| over the perturbations) and the
-  tolerance ``max(NOISE_FACTOR * noise, ULP_FLOOR * |reference|)`` (an accuracy's noise is at
-  least one held-out example: ``resolution``); the divergence step's noise
-  for configs that diverge; and every status the config took under noise (``statuses_seen``,
-  over perturbations and, where calibrated with several seeds, seeds), which marks configs that
-  sit on a status threshold.
-- ``envelope.csv``: per config and step, the reference's training loss and the largest
-  |perturbed - reference| loss seen at or before that step (a running maximum: differences
-  between trajectories grow, they do not heal). A candidate whose curve leaves NOISE_FACTOR x
-  that envelope has changed beyond noise even where its final numbers have not (a systematic
-  change shows from the first steps, while rounding noise starts at an ulp and grows).
+- ``tolerances.csv``, one row per config. For the final loss, the held-out loss, the held-out
+  metric and the divergence step: ``<value>_noise``, the standard deviation of the difference of
+  two runs that differ only in rounding, and ``<value>_df``, its degrees of freedom
+  (``stats.pooled_noise``: the spread of each perturbed seed's reference and reruns, pooled over
+  those seeds: 5 perturbations x 2 seeds give 10). A noise is never taken below its value's
+  resolution (``noise_floor``). ``statuses_seen``: every status the config took under the
+  perturbations; ``status_flips`` of ``status_runs`` perturbed runs took another status than
+  their reference (the flip rate a candidate's flips are tested against).
+- ``envelope.csv``: per calibrated reference run and step, that run's training loss and the
+  noise of the loss at that step (the same pooled estimate, per step), so a candidate's curve is
+  judged step by step against the noise at that step.
 
 Precedent: Megatron-LM's ``compute_golden_statistics --recommend-tolerances`` (measure, don't guess).
 """
@@ -23,92 +23,129 @@ Precedent: Megatron-LM's ``compute_golden_statistics --recommend-tolerances`` (m
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
 
+from . import report, stats
 from .report import with_axis_defaults
+from .stats import pooled_noise
 
-# A candidate's deviation must exceed the largest deviation seen under the calibration
-# perturbations by this factor to count as beyond noise. Measured (benchmarks/noise_factor.py,
-# README "Verdicts"): on the default grid, each calibration perturbation held out in turn moved
-# the judged values by at most 5.8x the noise the other four measured (floored as below), and
-# two rounding-size changes never used for calibration (a split-K matmul, the loss in float64) by
-# at most 4.6x; 20 leaves over 3x the largest ratio seen (before the floor was raised to 64 ulps
-# ratios of 13 and 18 were seen, on configs whose perturbations agreed to under an ulp).
-NOISE_FACTOR = 20.0
-# The smallest tolerance, relative to the value: 64 float32 units in the last place. Losses are
-# float32 numbers, and a config's perturbations can agree by chance: on gpt-lion-step-linear all
-# five moved the final loss by under one ulp, while a held-out split-K matmul moved it by 15.
-# 64 ulps (7.6e-6 of the loss) is 4x that, and 10x below the smallest systematic change seen
-# (an ignored AdamW weight decay: 1e-4 of the gpt's loss).
-ULP_FLOOR = 64 * 2.0**-23
-METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare, lower-is-better except accuracy
-TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "statuses_seen", "divergence_step_noise"]
-                     + [f"{m}_{k}" for m in METRICS for k in ("reference", "noise", "tol")])
-ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise"]
+# The smallest noise of a loss, relative to it: 4 float32 units in the last place. A config's
+# perturbations can agree by chance (on gpt-lion-step-linear all five moved the final loss by
+# under one ulp), and a float32 loss cannot be judged finer than its last bits; the number is
+# checked against rounding changes never used for calibration (benchmarks/sensitivity.py, the
+# split-K matmul and the float64 loss: README "Verdicts").
+ULP_NOISE_FLOOR = 4 * 2.0**-23
+METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare on runs that did not diverge
+VALUES = METRICS + ("divergence_step",)  # divergence_step: judged where both sides diverged
+NOISE_COLUMNS = [f"{v}_{k}" for v in VALUES for k in ("reference", "noise", "df")]
+TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "perturbed_seeds", "statuses_seen", "status_flips",
+                      "status_runs"] + NOISE_COLUMNS)
+ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise", "loss_df"]
 TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"
 
 
-def tolerance(reference: float, noise: float) -> float:
-    """The tolerance of one value: NOISE_FACTOR x its measured noise, at least ULP_FLOOR of it."""
-    return max(NOISE_FACTOR * noise, ULP_FLOOR * abs(reference))
-
-
-def noise_of(reference: float, perturbed) -> float:
-    """Largest |perturbed - reference| over the finite perturbed values (NaN when none is)."""
-    values = [abs(v - reference) for v in perturbed if np.isfinite(v)]
-    return max(values) if values and np.isfinite(reference) else math.nan
-
-
-def resolution(run: dict, metric: str) -> float:
-    """The smallest step a value can take: one example of the held-out set for an accuracy
-    (counted on ``val_samples`` examples, it cannot move by less), 0 for losses. Noise is never
-    taken as smaller than that, so one flipped example is not "beyond noise" by construction."""
-    if metric == "val_metric" and run.get("val_metric_name") == "val_accuracy" and run.get("val_samples", 0) > 0:
+def noise_floor(value: str, reference: float, run: dict) -> float:
+    """The finest step a value can be judged at: ULP_NOISE_FLOOR of a loss; one held-out example
+    of an accuracy (counted on ``val_samples`` examples it cannot move by less); one step of a
+    divergence step."""
+    if value == "divergence_step":
+        return 1.0
+    if value == "val_metric" and run.get("val_metric_name") == "val_accuracy" and run.get("val_samples", 0) > 0:
         return 1.0 / float(run["val_samples"])
-    return 0.0
+    return ULP_NOISE_FLOOR * abs(reference) if np.isfinite(reference) else 0.0
 
 
 def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], config: list[str]) -> pd.DataFrame:
-    """One row per reference run: its config, measured noise and tolerances (module docs).
-    ``reference`` and each ``perturbed[name]`` are runs.csv frames of the same grid; a seed
-    absent from the perturbed runs gets the config's noise from the seeds that were perturbed,
-    and every seed contributes its status to ``statuses_seen``."""
-    runs = with_axis_defaults(reference).to_dict("records")
-    by_run = {name: df.set_index("run_id").to_dict("index") for name, df in perturbed.items()}
-    statuses: dict[tuple, set] = {}
-    for r in runs:
-        statuses.setdefault(tuple(r[c] for c in config), set()).add(r["status"])
+    """One row per config that has perturbed runs: its measured noise (module docs). ``reference``
+    and each ``perturbed[name]`` are runs.csv frames of the same grid (perturbed runs carry the
+    reference's run_id); a reference seed with no perturbed rerun adds nothing."""
+    ref = with_axis_defaults(reference)
+    by_name = {name: df.set_index("run_id").to_dict("index") for name, df in perturbed.items()}
     rows = []
-    for r in runs:
-        others = [p[r["run_id"]] for p in by_run.values() if r["run_id"] in p]
-        if not others:
+    for key, group in ref.groupby(config, dropna=False, sort=True):
+        runs = [r for r in group.sort_values("seed").to_dict("records") if any(r["run_id"] in p for p in by_name.values())]
+        if not runs:
             continue
-        key = tuple(r[c] for c in config)
-        statuses[key] |= {o["status"] for o in others}
-        row = {c: r[c] for c in config}
-        row.update(run_id=r["run_id"], n_perturbations=len(others),
-                   perturbations=",".join(n for n, p in by_run.items() if r["run_id"] in p),
-                   divergence_step_noise=noise_of(r["divergence_step"], [o["divergence_step"] for o in others]))
-        for m in METRICS:
-            noise = max(noise_of(r[m], [o[m] for o in others]), resolution(r, m))
-            row.update({f"{m}_reference": r[m], f"{m}_noise": noise,
-                        f"{m}_tol": tolerance(r[m], noise) if np.isfinite(noise) else math.nan})
+        reruns = [[p[r["run_id"]] for p in by_name.values() if r["run_id"] in p] for r in runs]
+        first = runs[0]
+        row = dict(zip(config, key if isinstance(key, tuple) else (key,)))
+        row.update(run_id=first["run_id"], n_perturbations=len(reruns[0]),
+                   perturbations=",".join(n for n, p in by_name.items() if first["run_id"] in p),
+                   perturbed_seeds=",".join(str(int(r["seed"])) for r in runs),
+                   statuses_seen=",".join(sorted({r["status"] for r in runs} | {o["status"] for rr in reruns for o in rr})),
+                   status_flips=sum(o["status"] != r["status"] for r, rr in zip(runs, reruns) for o in rr),
+                   status_runs=sum(len(rr) for rr in reruns))
+        for v in VALUES:
+            reference_value = float(np.nanmean([r[v] for r in runs])) if any(np.isfinite(r[v]) for r in runs) else math.nan
+            noise, df = pooled_noise([[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)])
+            if df:
+                noise = max(noise, noise_floor(v, reference_value, first))
+            row.update({f"{v}_reference": reference_value, f"{v}_noise": noise, f"{v}_df": df})
         rows.append(row)
-    for row in rows:
-        row["statuses_seen"] = ",".join(sorted(statuses[tuple(row[c] for c in config)]))
     return pd.DataFrame(rows, columns=config + TOLERANCE_COLUMNS)
 
 
-def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per perturbed run and step: the reference's loss and the running maximum over steps of
-    max |perturbed - reference| loss (the reference trace travels with it, so a candidate's
-    curve can be judged against the baseline without its steps.csv)."""
-    ref = reference_steps.set_index(["run_id", "step"])["loss"]
-    dev = pd.concat([(s.set_index(["run_id", "step"])["loss"] - ref).abs() for s in perturbed_steps.values()],
-                    axis=1).max(axis=1, skipna=True).dropna()
-    df = dev.rename("loss_noise").reset_index().sort_values(["run_id", "step"])
-    df["loss_noise"] = df.groupby("run_id")["loss_noise"].cummax()
-    df["loss_reference"] = ref.reindex(pd.MultiIndex.from_frame(df[["run_id", "step"]])).to_numpy()
-    return df[ENVELOPE_COLUMNS].reset_index(drop=True)
+def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFrame], reference: pd.DataFrame,
+             config: list[str]) -> pd.DataFrame:
+    """Per calibrated reference run and step: its loss, and the noise of the loss at that step
+    pooled over its config's perturbed seeds (``stats.pooled_noise`` per step, floored at
+    ULP_NOISE_FLOOR of the loss). Runs with no perturbed rerun get no rows."""
+    ref_loss = reference_steps.set_index(["run_id", "step"])["loss"]
+    reruns = [s.set_index(["run_id", "step"])["loss"].rename(n) for n, s in perturbed_steps.items()]
+    wide = pd.concat([ref_loss.rename("reference"), *reruns], axis=1, join="inner").sort_index()
+    calibrated = set(wide.index.get_level_values("run_id"))
+    ref = with_axis_defaults(reference)
+    ref = ref[ref["run_id"].isin(calibrated)]
+    out = []
+    for _, group in ref.groupby(config, dropna=False, sort=True):
+        ids = list(group["run_id"])
+        per_run = [wide.xs(i, level="run_id") for i in ids]
+        steps = sorted(set.intersection(*(set(w.index) for w in per_run)))
+        values = np.stack([w.loc[steps].to_numpy() for w in per_run])  # (runs, steps, 1 + reruns)
+        x = np.where(np.isfinite(values), values, np.nan)
+        count = np.isfinite(x).sum(axis=2)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a step where every run is NaN
+            ss = np.nansum((x - np.nanmean(x, axis=2, keepdims=True)) ** 2, axis=2)  # (runs, steps)
+        dof = np.clip(count - 1, 0, None)
+        ss, dof = np.where(dof > 0, ss, 0).sum(axis=0), dof.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise = np.where(dof > 0, np.sqrt(2 * ss / np.maximum(dof, 1)), np.nan)
+        for i, w in zip(ids, per_run):
+            loss = w.loc[steps, "reference"].to_numpy()
+            floor = ULP_NOISE_FLOOR * np.abs(loss)
+            out.append(pd.DataFrame(dict(run_id=i, step=steps, loss_reference=loss,
+                                         loss_noise=np.where(dof > 0, np.fmax(noise, floor), np.nan), loss_df=dof)))
+    if not out:
+        return pd.DataFrame(columns=ENVELOPE_COLUMNS)
+    return pd.concat(out, ignore_index=True)[ENVELOPE_COLUMNS]
+
+
+def with_power(tol: pd.DataFrame, margin: float, alpha: float) -> pd.DataFrame:
+    """tolerances.csv with, per config, the relative final-loss shift one seed would find
+    (``mde_1``) and the paired seeds it needs to find a relative shift of ``margin``
+    (``seeds_for_margin``; NaN: more than stats.MAX_SEEDS), each at 80% power and family-wise
+    level ``alpha`` over this grid's tests (Bonferroni over its configs x 2 values). compare.py
+    passes its MARGIN and ALPHA."""
+    tol = tol.copy()
+    n_tests = max(2 * len(tol), 1)
+    ref = tol["final_loss_reference"].abs().astype(float)
+    sig, df = tol["final_loss_noise"].astype(float), tol["final_loss_df"].fillna(0).astype(int)
+    tol["mde_1"] = [stats.mde(s, d, 1, alpha / n_tests) / r if d > 0 and r > 0 else math.nan
+                    for s, d, r in zip(sig, df, ref)]
+    tol["seeds_for_margin"] = [stats.seeds_needed(s, d, margin * r, alpha / n_tests) if d > 0 else math.nan
+                               for s, d, r in zip(sig, df, ref)]
+    return tol
+
+
+def from_sessions(reference_dir, perturbed_dirs: dict, config: list[str], margin: float, alpha: float):
+    """(tolerances, envelope) from a calibration's report folders: the reference session and one
+    per perturbation (name -> folder). Raises report.ReportError on an unreadable report."""
+    ref_runs = report.read(reference_dir / report.RUNS)
+    runs = {n: report.read(d / report.RUNS) for n, d in perturbed_dirs.items()}
+    steps = {n: report.read(d / report.STEPS) for n, d in perturbed_dirs.items()}
+    tol = with_power(tolerances(ref_runs, runs, config), margin, alpha)
+    return tol, envelope(report.read(reference_dir / report.STEPS), steps, ref_runs, config)

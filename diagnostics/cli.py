@@ -111,8 +111,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from . import baseline, calibrate, perturb, report, repro
-    from .compare import CONFIG
+    from . import baseline, calibrate, compare, perturb, report, repro
 
     validate_grid_options(args)
     names = [n.strip() for n in args.perturbations.split(",") if n.strip()]
@@ -127,7 +126,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return args.resume and (folder / report.RUNS).exists() and len(report.read_csv(folder / report.RUNS)) == n_runs
 
     def session(name: str, extra: list[str], **changes) -> Path:
-        n_runs = len(grid.specs()) // (1 if name == "reference" else len(grid.seeds))
+        n_runs = len(grid.specs()) // len(grid.seeds) * (len(grid.seeds) if name == "reference"
+                                                         else min(args.perturb_seeds, len(grid.seeds)))
         if complete(work / name, n_runs):
             print(f"calibrate: {name}: reusing the complete session in {work / name} (--resume)")
             return work / name
@@ -139,14 +139,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return work / name
 
     ref = session("reference", [], update_baseline=True)
-    perturbed_dirs = {n: session(n, ["--perturb", n], seeds=str(grid.seeds[0]), update_baseline=False, force=False,
+    perturbed_seeds = ",".join(str(x) for x in grid.seeds[:args.perturb_seeds])
+    perturbed_dirs = {n: session(n, ["--perturb", n], seeds=perturbed_seeds, update_baseline=False, force=False,
                                  workers=workers_for(perturb.PERTURBATIONS[n], args.workers)) for n in names}
     try:
-        ref_runs = report.read(ref / report.RUNS)
-        runs = {n: report.read(d / report.RUNS) for n, d in perturbed_dirs.items()}
-        tol = calibrate.tolerances(ref_runs, runs, CONFIG)
-        env = calibrate.envelope(report.read(ref / report.STEPS), {n: report.read(d / report.STEPS)
-                                                                   for n, d in perturbed_dirs.items()})
+        tol, env = calibrate.from_sessions(ref, perturbed_dirs, compare.CONFIG, compare.MARGIN, compare.ALPHA)
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     report.write_atomic(target / calibrate.TOLERANCES, tol)
@@ -158,6 +155,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"calibrate: {len(tol)} configs x {len(names)} perturbations ({', '.join(names)}) into "
           f"{target / calibrate.TOLERANCES}; final-loss noise relative to the loss: median {rel.median():.2g}, "
           f"max {rel.max():.2g}; {len(borderline)} config(s) on a status threshold"
+          f"; {int((tol['seeds_for_margin'] > 1).sum() + tol['seeds_for_margin'].isna().sum())} config(s) need more "
+          f"than one seed to see a {compare.MARGIN:.0%} change"
           + (f": {', '.join(pd.unique(borderline['run_id']))}" if len(borderline) else ""))
     return 0
 
@@ -267,8 +266,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from . import report, summary
 
     try:
-        policy, _ = options.policy(lambda k: getattr(args, k, None))
-        print(summary.write(args.report_dir, args.compare, args.title, policy))
+        policy, margin = options.policy(lambda k: getattr(args, k, None))
+        print(summary.write(args.report_dir, args.compare, args.title, policy, margin))
     except (report.ReportError, ValueError) as e:
         raise UsageError(str(e)) from None
     return 0
@@ -290,8 +289,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if empty:
         print(f"FAILED: {'; '.join(empty)}: nothing was judged")
         return 1
-    measured = f"measured, {len(tol)} configs" if tol is not None else "none measured (any difference is beyond noise)"
-    print(f"tolerances: {measured}; margin {margin:.0%}")
+    measured = (f"measured, {len(tol)} configs" if tol is not None
+                else "none measured (values are judged on their own spread: one seed with any difference is beyond noise)")
+    print(f"noise: {measured}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
+    if compare.same_environment(base, cand):
+        print("control: both sides ran in the same environment (software and devices): differences are run to run, "
+              "not a release's")
     table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / "compare.csv", table)
@@ -299,6 +302,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):
         print(f"changed {r['run_id']}: {r['detail']}")
+    blind = compare.blind_spots(table, margin)
+    if len(blind):
+        print(f"{len(blind)} judged configs cannot see a {margin:.0%} change at the seeds run (mde above the margin): "
+              + ", ".join(f"{r['run_id']} ({r['mde']:.1%})" for r in blind.head(8).to_dict("records"))
+              + (" ..." if len(blind) > 8 else ""))
     cost = table[table["cost"].fillna("ok") != "ok"]
     for r in cost.to_dict("records"):
         print(f"COST {r['run_id']}: {r['cost']} (slowdown x{r['slowdown']:.2f}, memory x{r['rss_ratio']:.2f})")
@@ -331,6 +339,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare)."""
     from . import page, release
 
+    if args.base == args.candidate:
+        raise UsageError(f"release {args.base} {args.candidate}: one version twice compares a report with itself; "
+                         "give two versions (a control is `diagnostics compare` of two runs in one environment)")
     sessions = release_sessions(args, [args.base, args.candidate])
     try:
         base, cand = sessions.run(args.base), sessions.run(args.candidate)
@@ -370,8 +381,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     print(f"{len(table)} configs: {len(moved)} changed between {args.versions[0]} and {args.versions[-1]}")
     for r in moved.to_dict("records"):
         print(f"{r['run_id']}: first {r['verdict']} at {r['first_changed']} (same at {r['last_same']})")
+    failed = release.failing(table, policy)
+    for r in failed:
+        print(f"FAILED {r['verdict'].upper()} {r['run_id']} at {args.versions[-1]}: {policy.failure(r)}")
     print(f"wrote {Path(args.out) / 'bisect.csv'}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -420,6 +434,9 @@ def build_parser() -> Parser:
     add_grid_options(cal)
     cal.add_argument("--perturbations", default=",".join(PERTURB_DEFAULT),
                      help="comma list of arithmetic-only perturbations (default: %(default)s)")
+    cal.add_argument("--perturb-seeds", type=positive_int, default=2,
+                     help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
+                          "adds one noise sample per perturbation and config (default: %(default)s)")
     cal.add_argument("--work-dir", default="reports/calibration", help="where the sessions' reports go (a folder per grid)")
     cal.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
                                                            "report is complete")

@@ -1,31 +1,45 @@
 """Verdicts: one home for every comparison rule, used alike by the suites' baseline check (one
-run against its baseline row) and by ``diagnostics compare`` (one report against another).
+run against its baseline row) and by ``diagnostics compare`` (one report against another), and
+through it by ``release``, ``bisect`` and ``changelog``.
 
 Two questions are kept apart: did the numbers change at all (bits), and is the change beyond
 what numerical noise explains, and beyond a practical margin?
 
-- ``identical``: every paired seed has the same final weights (``weights_sha256``) and status.
-- ``equivalent``: every judged value lies within its config's measured tolerance
-  (``calibrate.tolerances``: NOISE_FACTOR x the noise seen when only the arithmetic changes), and
-  the loss curve of the calibrated seed stays inside NOISE_FACTOR x the per-step envelope.
-- ``changed``: beyond that noise, within the practical ``margin`` (MARGIN).
-- ``regressed`` / ``improved``: beyond the noise and beyond the margin, worse / better.
-- ``status_changed``: the (worst) status differs and the difference is not noise: the config's
-  calibration never saw both statuses, and a stalled/converged flip does not sit within the
-  tolerance of the stall line.
-- ``missing`` / ``new``: the config (or every one of its seeds) is on one side only.
-- ``skipped``: a side could not run it (e.g. no torchvision beside that torch).
+- ``identical``: every baseline seed is paired, and every pair has the same final weights
+  (``weights_sha256``) and status.
+- ``equivalent``: no judged value, no status and no curve is beyond noise. The row's ``mde``
+  says how large a shift of the final loss this comparison would have found.
+- ``changed``: beyond noise, within the practical margin (``--margin``, MARGIN).
+- ``regressed`` / ``improved``: beyond noise and beyond the margin, worse / better.
+- ``status_changed``: a paired seed took a status that noise never produced for this config, or
+  more seeds flipped than the calibrated flip rate explains.
+- ``missing``: a baseline seed (or a judged value of one) is absent from the candidate or empty.
+- ``new``: candidate seeds with no baseline partner (no baseline row, other data, other initial
+  weights).
+- ``skipped``: every seed was skipped on a side (the rows say why); a config with some seeds
+  skipped is judged on the others.
+- ``unjudged``: seeds were paired but nothing could be judged (errors on both sides, no values).
 
-Judged values: the final training loss, the held-out loss and the held-out metric (accuracy,
-higher is better; for the LM the metric is the held-out loss and is judged once). Diverged runs
-are judged on when they diverged (``divergence_step``), not on their last loss.
+**Pairs are checked, not assumed.** Seeds pair by ``seed`` within a config, and only when both
+sides trained on the same data (``data_sha256``) from the same initial weights (``init_sha256``,
+where both recorded one); otherwise the baseline seed is missing and the candidate's is new.
 
-Seeds are paired by seed. With one paired seed a value is beyond noise when |difference| >
-tolerance. With two or more, one test decides: a one-sample t-test on the paired differences of
-each value, Bonferroni across the values of the config, then Holm across configs at ALPHA; a
-config is beyond noise when that survives *and* the mean difference exceeds the tolerance. Where
-no tolerance was measured, any difference counts as beyond noise (only the test can then hold
-it back). What fails a check is ``Policy.failure``: a pass that checked nothing never passes.
+**The test** (stats.py). Each judged value (final training loss, held-out loss, held-out metric;
+the divergence step where both runs diverged; the loss curve) is tested on its own: the paired
+differences against the config's calibrated noise (calibrate.py), pooled with their own spread.
+One seed and several go through the same test, and its power grows with seeds. All the tests of a
+comparison form one family: Holm's step-down holds its family-wise error at ALPHA. A value beyond
+noise is then ``regressed``/``improved`` if its mean relative change is beyond the margin in that
+direction, else ``changed``. The curve is tested step by step against the per-step noise
+(Bonferroni over steps); a value or curve with no calibrated noise is judged on its differences'
+own spread alone, so one seed with any difference is beyond noise.
+
+**Statuses** are compared seed by seed. A flip between two statuses the config took under
+calibration's perturbations (or a stalled/converged flip within the noise of the stall line) is
+noise-like: the number of such flips is tested against the calibrated flip rate (a binomial test
+in the same family). A flip to a status noise never produced is ``status_changed`` outright.
+
+What fails a check is ``Policy.failure``: a pass that checked nothing never passes.
 """
 
 from __future__ import annotations
@@ -37,8 +51,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import report
-from .calibrate import METRICS, NOISE_FACTOR, ULP_FLOOR
+from . import report, stats
+from .calibrate import METRICS
 from .detect import SKIPPED, STATUS_RANK, Thresholds, stall_line
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
@@ -47,33 +61,41 @@ BASELINE_KEY = ["run_id", "steps", "model_size"]
 # the run_id text; its seeds are paired on ``seed``.
 CONFIG = report.CONFIG  # the columns that name a config (report.py, the CSV contract)
 VERDICTS = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed", "missing", "new",
-            "skipped")
+            "skipped", "unjudged")
 JUDGED = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed")  # something was checked
+BEYOND_NOISE = ("changed", "regressed", "improved", "status_changed")
 # Practical margin: a relative change of 5% in a final or held-out loss (or in the held-out
-# accuracy) is a difference a recipe owner acts on. It is the shift the statistics are sized to
-# find (5 seeds a side find it >= 90% of the time, README "Verdicts"); for a diverged run, 5% of
-# the run's steps earlier or later. ``--margin`` changes it.
+# accuracy) is a difference a recipe owner acts on; for a diverged run, 5% of the run's steps
+# earlier or later. ``--margin`` changes it. Each config states the seeds it needs to see it
+# (``tolerances.csv`` seeds_for_margin) and the shift it could see (``compare.csv`` mde).
 MARGIN = 0.05
-# Family-wise error rate across the configs of one comparison (Holm-Bonferroni).
+# Family-wise error rate over all the tests of one comparison (Holm-Bonferroni): one false alarm
+# in a hundred comparisons of runs that differ only in rounding (benchmarks/statistics.py).
 ALPHA = 0.01
 # Cost thresholds: a 2x slowdown (steps/s) or 1.5x more peak memory is news even when the loss
 # is fine. Within one machine, run-to-run noise of steps/s here was under 10% (README).
 SLOWDOWN = 2.0
 MEMORY_GROWTH = 1.5
-# Curves: two traces "separate" where their 10-step rolling means differ by more than 5% of the
-# initial loss.
+# Curves, descriptively: two traces "separate" where their 10-step rolling means differ by more
+# than 5% of the initial loss (``separation_step``; the verdict uses the noise test).
 CURVE_WINDOW = 10
 SEPARATION = 0.05
+# What pairs two runs besides the seed: the same data, the same initial weights (where recorded).
+PAIRING = ("data_sha256", "init_sha256")
+# The environment columns that make two reports "the same environment" (a control, not a release).
+ENVIRONMENT = ("torch_version", "torchvision_version", "cuda_version", "python_version", "platform", "cpu_model",
+               "device_name")
 
 
 @dataclass(frozen=True)
 class Policy:
     """Which verdicts fail a check. The defaults fail everything that is not a clean pass:
     a regression, an improvement beyond the margin (the baseline must be updated to describe
-    what the suite sees, as PyTorch's accuracy CI treats IMPROVED), a config on one side only."""
+    what the suite sees, as PyTorch's accuracy CI treats IMPROVED), a baseline seed the
+    candidate lacks, a candidate seed with no baseline, a config where nothing was judged."""
 
-    allow_missing: bool = False  # a baseline config the candidate lacks passes
-    allow_no_baseline: bool = False  # a candidate config without a baseline passes
+    allow_missing: bool = False  # a baseline seed the candidate lacks passes
+    allow_no_baseline: bool = False  # a candidate seed without a baseline passes
     allow_improved: bool = False  # an improvement (or a better status) passes
     fail_on_change: bool = False  # a change beyond noise but within the margin fails
 
@@ -88,191 +110,364 @@ class Policy:
             return "missing from the candidate (--allow-missing to accept)"
         if v == "new" and not self.allow_no_baseline:
             return "no baseline to judge it against (--allow-no-baseline to accept)"
+        if v == "unjudged":
+            return "nothing could be judged"
         if v == "changed" and self.fail_on_change:
             return "changed beyond numerical noise (--fail-on-change)"
         return None
 
 
 def holm(pvalues) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def paired_pvalues(diffs) -> np.ndarray:
-    """Two-sided p-values of one-sample t-tests that paired differences have mean 0, over the
-    last axis (seeds), vectorised over the others. Exact zeros everywhere give 1; a constant
-    nonzero difference (no spread to test against) gives 0; fewer than 2 pairs give NaN."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=float)
-    if d.shape[-1] < 2:
-        return np.full(d.shape[:-1], math.nan)
-    constant = np.all(d == d[..., :1], axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.asarray(stats.ttest_1samp(d, 0.0, axis=-1).pvalue, dtype=float)
-    return np.where(constant, np.where(d[..., 0] == 0, 1.0, 0.0), p)
-
-
-def config_pvalue(pvalues) -> float:
-    """One p-value per config: Bonferroni across its judged values (the smallest times their
-    number), so the config's test keeps its level however many values are judged."""
-    p = [x for x in pvalues if not math.isnan(x)]
-    return min(1.0, len(p) * min(p)) if p else math.nan
+    return stats.holm(pvalues)
 
 
 def worst(statuses) -> str:
     return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
 
 
-def higher_is_better(runs: pd.DataFrame, metric: str) -> bool:
-    return metric == "val_metric" and "val_accuracy" in set(runs.get("val_metric_name", pd.Series(dtype=str)).dropna())
+def is_skipped(row: dict) -> bool:
+    return str(row.get("status_reason") or "").startswith(SKIPPED)
 
 
-def judged_metrics(runs: pd.DataFrame) -> list[str]:
-    """The values judged for a config: the LM's metric is its held-out loss, judged once."""
-    names = set(runs.get("val_metric_name", pd.Series(dtype=str)).dropna())
-    return [m for m in METRICS if m in runs.columns and not (m == "val_metric" and names == {"val_loss"})]
+def is_diverged(status: str) -> bool:
+    return str(status).startswith("diverged")
 
 
-def tolerance_of(tol: dict | None, name: str) -> float:
-    """The measured tolerance of a value (``<name>_tol``), 0 where none was measured."""
+# ------------------------------------------------------------------------------------------
+# what is judged, and in which direction
+# ------------------------------------------------------------------------------------------
+
+
+def metric_task(model: str, rows: pd.DataFrame | None = None) -> str:
+    """The model's task from its registry entry ("lm": the metric is the held-out loss, judged
+    once; "image": the metric is an accuracy, higher is better). A model the registry does not
+    know falls back on the rows' ``val_metric_name``."""
+    from .models import MODELS
+
+    if model in MODELS:
+        return MODELS[model].task
+    names = set(rows["val_metric_name"].dropna()) if rows is not None and "val_metric_name" in rows else set()
+    return "image" if "val_accuracy" in names else "lm"
+
+
+def judged_values(task: str) -> list[tuple[str, int]]:
+    """(value, sign) pairs judged on runs that did not diverge; sign +1 where higher is worse."""
+    return [(m, -1 if m == "val_metric" else 1) for m in METRICS if not (m == "val_metric" and task == "lm")]
+
+
+def noise_of(tol: dict | None, value: str) -> tuple[float, int]:
+    """(noise of a paired difference, degrees of freedom) of a value from its tolerances.csv row;
+    (NaN, 0) where none was measured."""
     if tol is None:
-        return 0.0
-    if name == "divergence_step":
-        noise = tol.get("divergence_step_noise", math.nan)
-        return NOISE_FACTOR * noise if pd.notna(noise) else 0.0
-    value = tol.get(f"{name}_tol", math.nan)
-    return float(value) if pd.notna(value) else 0.0
+        return math.nan, 0
+    sigma, df = tol.get(f"{value}_noise", math.nan), tol.get(f"{value}_df", 0)
+    if pd.isna(sigma) or pd.isna(df) or int(df) < 1:
+        return math.nan, 0
+    return float(sigma), int(df)
 
 
-def judge_value(name: str, b: pd.Series, c: pd.Series, tol: float, sign: int, margin: float, scale: float) -> dict:
-    """One value of one config over its paired seeds (b, c indexed by seed). ``sign`` is +1
-    where higher is worse; ``scale`` is what the margin is relative to."""
-    both = pd.concat([b.rename("b"), c.rename("c")], axis=1).dropna()
-    if both.empty:
-        return dict(name=name, judged=False)
-    d = both["c"] - both["b"]
-    mean = float(d.mean())
-    worse = sign * mean / max(scale, 1e-12)  # relative change, > 0 = worse
-    beyond = abs(mean) > tol
-    kind = "same" if not beyond else "worse" if worse > margin else "better" if worse < -margin else "changed"
-    return dict(name=name, judged=True, n=len(d), delta=mean, rel=worse, tol=tol, beyond=beyond, kind=kind,
-                p=float(paired_pvalues(d.to_numpy()[None])[0]))
+def noise_band(tol: dict | None, value: str = "final_loss") -> float | None:
+    """The largest difference one seed can show and stay within noise in a single test at ALPHA
+    (the critical t times the value's noise); None where no noise was measured. For checks of one
+    pair outside a comparison (repro.py: DDP, cross-device)."""
+    from scipy import stats as sps
+
+    sigma, df = noise_of(tol, value)
+    return None if not np.isfinite(sigma) else float(sps.t.isf(ALPHA / 2, df) * sigma)
 
 
-def describe(v: dict) -> str:
-    """``final_loss +0.012 (0.61% worse) beyond tol 0.001``: the change, its direction in words
-    (an accuracy that rose is better), and how it stands against the tolerance."""
-    way = "worse" if v["rel"] > 0 else "better" if v["rel"] < 0 else "no change"
-    return f"{v['name']} {v['delta']:+.4g} ({abs(v['rel']):.2%} {way})" + (
-        f" beyond tol {v['tol']:.3g}" if v["beyond"] else f" within tol {v['tol']:.3g}")
+# ------------------------------------------------------------------------------------------
+# pairing
+# ------------------------------------------------------------------------------------------
 
 
-def status_flip_is_noise(base_status: str, cand_status: str, c: pd.DataFrame, tol: dict | None) -> str:
-    """Why a status difference is numerical noise, or "" when it is real: calibration saw both
-    statuses for this config, or a stalled/converged flip lies within the final-loss tolerance
-    of the stall line."""
-    seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
-    if {base_status, cand_status} <= seen:
-        return f"status {base_status} -> {cand_status} is within noise (calibration saw {', '.join(sorted(seen))})"
-    if {base_status, cand_status} == {"converged", "stalled"} and tol is not None:
-        t = tolerance_of(tol, "final_loss")
-        floor = c["loss_floor"].fillna(0.0) if "loss_floor" in c else 0.0
-        line = stall_line(c["initial_loss"], floor, Thresholds())
-        if ((c["final_loss"] - line).abs() <= t).all():
-            return f"status {base_status} -> {cand_status} on the stall line (within the final-loss tolerance {t:.3g})"
+def unpaired_reason(b: dict, c: dict) -> str:
+    """Why a baseline and a candidate run of one seed are not a pair ("" when they are)."""
+    for col in PAIRING:
+        x, y = b.get(col), c.get(col)
+        if isinstance(x, str) and isinstance(y, str) and x and y and x != y:
+            return f"{col} {y[:12]} differs from the baseline's {x[:12]}"
     return ""
 
 
-def judge_config(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None = None, margin: float = MARGIN) -> dict:
-    """The verdict for one config: b, c are its runs.csv rows on each side (one per seed);
-    ``tol`` its tolerances.csv row (None: none measured). Multi-seed verdicts carry ``p_value``
-    and are final only after ``apply_holm``."""
-    out = dict(n_seeds_base=len(b), n_seeds_candidate=len(c), base_status=worst(b["status"]),
-               candidate_status=worst(c["status"]), base_final_loss=b["final_loss"].mean(),
-               candidate_final_loss=c["final_loss"].mean(), p_value=math.nan, direction="", note="")
-    out["delta_final_loss"] = out["candidate_final_loss"] - out["base_final_loss"]
-    reasons = pd.concat([b["status_reason"], c["status_reason"]]).fillna("").astype(str)
-    if reasons.str.startswith(SKIPPED).any():
-        return dict(out, verdict="skipped", detail="; ".join(sorted(set(r for r in reasons if r.startswith(SKIPPED)))))
-    seeds = sorted(set(b["seed"]) & set(c["seed"]))
-    if not seeds:
-        return dict(out, verdict="missing", detail="no seed on both sides")
-    b, c = b.set_index("seed").loc[seeds], c.set_index("seed").loc[seeds]
-    unpaired = "" if len(seeds) == out["n_seeds_base"] == out["n_seeds_candidate"] else f"judged on paired seeds {seeds}; "
-    out.update(base_status=worst(b["status"]), candidate_status=worst(c["status"]))
-    if (b["weights_sha256"] == c["weights_sha256"]).all() and (b["status"] == c["status"]).all():
-        return dict(out, verdict="identical", detail=unpaired + "same weights (sha256) and status for every seed")
-    bs, cs = out["base_status"], out["candidate_status"]
-    if bs != cs:
-        noise = status_flip_is_noise(bs, cs, c, tol)
-        if not noise:
-            better = STATUS_RANK.get(cs, 99) < STATUS_RANK.get(bs, 99)
-            return dict(out, verdict="status_changed", direction="better" if better else "worse",
-                        detail=unpaired + f"{bs} -> {cs}")
-        out["note"] = noise
-    if bs.startswith("diverged") and cs.startswith("diverged"):
-        values = [judge_value("divergence_step", b["divergence_step"], c["divergence_step"],
-                              tolerance_of(tol, "divergence_step"), -1, margin, float(b["steps"].iloc[0]))]
-    else:
-        values = [judge_value(m, b[m], c[m], tolerance_of(tol, m), -1 if higher_is_better(b, m) else 1, margin,
-                              abs(float(b[m].mean()))) for m in judged_metrics(b)]
-    values = [v for v in values if v["judged"]]
-    if len(seeds) >= 2 and values:
-        out["p_value"] = config_pvalue([v["p"] for v in values])
-    return dict(out, **verdict_from(values, out["note"], unpaired))
+@dataclass
+class Pairing:
+    """The seeds of one config on both sides, sorted into pairs and the rest."""
+
+    pairs: dict  # seed -> (baseline row, candidate row): same data, same initial weights
+    missing: list  # baseline seeds with no candidate partner
+    new: list  # candidate seeds with no baseline partner
+    skipped: list  # seeds skipped on either side
+    unpaired: list  # "seed N: why" for seeds present on both sides but not a pair
 
 
-def verdict_from(values: list[dict], note: str, prefix: str) -> dict:
-    """Combine the judged values: any worse -> regressed; else any better -> improved; else any
-    beyond noise -> changed; else equivalent."""
-    notes = "; ".join(x for x in (note,) if x)
-    if not values:
-        return dict(verdict="changed", direction="", detail=prefix + "; ".join(x for x in (notes, "no value to judge") if x))
-    kinds = [v["kind"] for v in values]
-    verdict = ("regressed" if "worse" in kinds else "improved" if "better" in kinds
-               else "changed" if "changed" in kinds else "equivalent")
-    shown = [v for v in values if v["beyond"]] or values
-    detail = prefix + "; ".join([describe(v) for v in shown] + ([notes] if notes else []))
-    direction = {"regressed": "worse", "improved": "better"}.get(verdict, "")
-    return dict(verdict=verdict, direction=direction, detail=detail, threshold=values[0]["tol"])
+def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
+    """Pair the runs of one config by seed (module docs: pairs are checked)."""
+    bs = {int(r["seed"]): r for r in b.to_dict("records")}
+    cs = {int(r["seed"]): r for r in c.to_dict("records")}
+    out = Pairing({}, sorted(set(bs) - set(cs)), sorted(set(cs) - set(bs)), [], [])
+    for seed in sorted(set(bs) & set(cs)):
+        rb, rc = bs[seed], cs[seed]
+        if is_skipped(rb) or is_skipped(rc):
+            out.skipped.append(seed)
+        elif why := unpaired_reason(rb, rc):
+            out.unpaired.append(f"seed {seed}: {why}")
+            out.missing.append(seed)
+            out.new.append(seed)
+        else:
+            out.pairs[seed] = (rb, rc)
+    return out
 
 
-def apply_holm(df: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Multi-seed verdicts beyond noise stand only where their p-value survives Holm across the
-    configs that were tested; the others become ``equivalent``."""
-    df = df.copy()
-    df["p_holm"] = math.nan
-    tested = df["p_value"].notna()
-    if tested.any():
-        df.loc[tested, "p_holm"] = holm(df.loc[tested, "p_value"])
-        demote = tested & df["verdict"].isin(["changed", "regressed", "improved"]) & (df["p_holm"] >= alpha)
-        df.loc[demote, "detail"] = df.loc[demote, "detail"] + f"; not significant after Holm (alpha {alpha:g})"
-        df.loc[demote, "verdict"] = "equivalent"
-        df.loc[demote, "direction"] = ""
-    return df
+# ------------------------------------------------------------------------------------------
+# one config: its tests (raw p-values), then its verdict once the family's p-values are adjusted
+# ------------------------------------------------------------------------------------------
+
+
+def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign: int, scale_of,
+               margin: float) -> dict | None:
+    """The test of one value over the pairs that have it in the baseline; None when no pair has
+    it. Two statistics, Bonferroni-combined when there are several seeds: the mean of the paired
+    differences (stats.noise_test), and the largest single seed among those beyond the margin
+    against the calibrated noise alone (Sidak over the seeds), so one seed far outside the noise is
+    not averaged away by four equal ones. ``scale_of(baseline values)`` is what relative changes
+    are relative to. Candidate values that are empty where the baseline's is not are ``empty``."""
+    have = [(b, c) for b, c in pairs if pd.notna(b.get(name))]
+    if not have:
+        return None
+    empty = [int(c["seed"]) for b, c in have if not np.isfinite(float(c.get(name, math.nan)))]
+    both = [(float(b[name]), float(c[name]), int(c["seed"])) for b, c in have if np.isfinite(float(c.get(name, math.nan)))]
+    sigma, df = noise_of(tol, name)
+    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign)
+    if not both:
+        return dict(out, p=math.nan)
+    base = np.array([x for x, _, _ in both])
+    d = np.array([y - x for x, y, _ in both])
+    scale = max(abs(scale_of(base)), 1e-12)
+    out.update(scale=scale, delta=float(d.mean()), rel=float(sign * d.mean() / scale))
+    _, p_mean, _ = stats.noise_test(d, sigma, df)
+    if len(d) == 1:
+        return dict(out, p=float(p_mean))
+    p_any, i = 1.0, None
+    far = np.flatnonzero(np.abs(d) / scale > margin)
+    if len(far):  # each far seed alone against the calibrated noise
+        _, p_seed, _ = stats.noise_test(d[far][:, None], sigma, df)
+        i = int(far[np.argmin(p_seed)])
+        p_any = 1 - (1 - float(np.min(p_seed))) ** len(d)
+    if p_any < p_mean:
+        return dict(out, p=min(1.0, 2 * p_any), delta=float(d[i]), rel=float(sign * d[i] / scale), seed=both[i][2])
+    return dict(out, p=min(1.0, 2 * float(p_mean)))
+
+
+def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
+    """Seed-by-seed status comparison: flips to a status noise never produced (``real``), and the
+    binomial test of the noise-like flips against the calibrated flip rate."""
+    seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
+    real, noisy, notes = [], [], []
+    for b, c in pairs:
+        bs, cs = str(b["status"]), str(c["status"])
+        if bs == cs:
+            continue
+        flip = (int(c["seed"]), bs, cs)
+        if {bs, cs} <= seen:
+            noisy.append(flip)
+        elif on_stall_line(bs, cs, c, tol):
+            noisy.append(flip)
+            notes.append(f"seed {flip[0]} {bs} -> {cs} on the stall line")
+        else:
+            real.append(flip)
+    flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
+    p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
+    return dict(name="status", real=real, noisy=noisy, p=p, notes=notes)
+
+
+def on_stall_line(bs: str, cs: str, c: dict, tol: dict | None) -> bool:
+    """A stalled/converged flip whose final loss is within the noise of the stall line (the
+    critical value of one test at ALPHA times the final loss's noise)."""
+    sigma, df = noise_of(tol, "final_loss")
+    if {bs, cs} != {"converged", "stalled"} or not np.isfinite(sigma):
+        return False
+    from scipy import stats as sps
+
+    floor = c.get("loss_floor")
+    line = stall_line(float(c["initial_loss"]), 0.0 if pd.isna(floor) else float(floor), Thresholds())
+    return abs(float(c["final_loss"]) - line) <= sps.t.isf(ALPHA / 2, df) * sigma
+
+
+def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
+               ref_traces: dict) -> dict | None:
+    """The loss curve, step by step: per step the paired differences over the seeds with traces
+    on both sides (the baseline's from its steps.csv, else the calibrated reference's), against
+    that step's calibrated noise; p = the smallest step p-value times the steps tested. None
+    without a calibrated per-step noise or without a paired trace."""
+    if env is None or env.empty:
+        return None
+    noise = env.drop_duplicates("step").set_index("step")[["loss_noise", "loss_df"]]
+    cols = []
+    for b, c in pairs:
+        tb = b_trace.get(b["run_id"])
+        tb = tb if tb is not None else ref_traces.get(b["run_id"])
+        tc = c_trace.get(c["run_id"])
+        if tb is not None and tc is not None:
+            cols.append((tb, tc))
+    if not cols:
+        return None
+    steps = sorted(set(noise.index[noise["loss_df"] > 0]).intersection(*(set(tb.index) & set(tc.index) for tb, tc in cols)))
+    if not steps:
+        return None
+    base = np.stack([tb.reindex(steps).to_numpy(float) for tb, _ in cols], axis=1)  # (steps, seeds)
+    cand = np.stack([tc.reindex(steps).to_numpy(float) for _, tc in cols], axis=1)
+    d = cand - base
+    _, p, _ = stats.noise_test(d, noise.loc[steps, "loss_noise"].to_numpy(float), noise.loc[steps, "loss_df"].to_numpy(float))
+    p = np.where(np.isnan(p), 1.0, p)
+    n_steps = len(steps)
+    beyond = p * n_steps < ALPHA
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.nanmean(d, axis=1) / np.abs(np.nanmean(base, axis=1))
+    out = dict(name="curve", n=len(cols), p=float(min(1.0, p.min() * n_steps)), sign=1, empty=[],
+               exit_step=float(steps[int(np.argmax(beyond))]) if beyond.any() else math.nan)
+    shown = rel[beyond] if beyond.any() else rel[[int(np.argmin(p))]]
+    return dict(out, rel=float(np.nanmean(shown)), delta=math.nan)
+
+
+def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
+    """The relative shift of a value this comparison would find with 80% power (Bonferroni's
+    bound on Holm over ``n_tests`` tests), at the seeds it judged; NaN without calibrated noise."""
+    if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
+        return math.nan
+    return stats.mde(test["sigma"], test["df"], test["n"], alpha / max(n_tests, 1)) / test["scale"]
+
+
+def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: dict, c_trace: dict,
+                 env: pd.DataFrame | None, ref_traces: dict, margin: float = MARGIN) -> dict:
+    """Everything about one config before the family's p-values are adjusted: its pairing, its
+    bitwise identity, its status comparison and its tests (each with a raw ``p``)."""
+    pairing = pair(b, c)
+    pairs = list(pairing.pairs.values())
+    statuses = status_test(pairs, tol)
+    flipped = {s for s, _, _ in statuses["real"] + statuses["noisy"]}
+    same = [(rb, rc) for rb, rc in pairs if int(rb["seed"]) not in flipped]
+    diverged = [(rb, rc) for rb, rc in same if is_diverged(rb["status"])]
+    ran = [(rb, rc) for rb, rc in same if not is_diverged(rb["status"]) and rb["status"] != "error"]
+    task = metric_task(str(b["model"].iloc[0]), b)
+    steps = float(b["steps"].iloc[0])
+    tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(task)]
+    tests.append(value_test("divergence_step", diverged, tol, -1, lambda x: steps, margin))
+    tests = [t for t in tests if t is not None]
+    curve = curve_test(ran, b_trace, c_trace, env, ref_traces)
+    identical = bool(pairs) and all(rb.get("weights_sha256") == rc.get("weights_sha256") and pd.notna(rb.get("weights_sha256"))
+                                    and rb["status"] == rc["status"] for rb, rc in pairs)
+    return dict(pairing=pairing, statuses=statuses, tests=tests + ([curve] if curve else []), identical=identical,
+                n_pairs=len(pairs), errors_both=sum(rb["status"] == "error" and rc["status"] == "error" for rb, rc in pairs))
+
+
+def family(judgements: list[dict]) -> list[dict]:
+    """Every test of a comparison that has a p-value (values, curves, status flips), in order."""
+    out = []
+    for j in judgements:
+        out += [t for t in j["tests"] if np.isfinite(t.get("p", math.nan))]
+        if np.isfinite(j["statuses"]["p"]):
+            out.append(j["statuses"])
+    return out
+
+
+def describe(t: dict) -> str:
+    """``final_loss +0.012 (0.61% worse, p 3e-05)``: the change, its direction in words (an
+    accuracy that rose is better) and its adjusted p-value."""
+    rel = t.get("rel", math.nan)
+    way = "worse" if rel > 0 else "better" if rel < 0 else "no change"
+    delta = "" if not np.isfinite(t.get("delta", math.nan)) else f" {t['delta']:+.4g}"
+    where = f" from step {t['exit_step']:.0f}" if np.isfinite(t.get("exit_step", math.nan)) else ""
+    seed = f" on seed {t['seed']}" if "seed" in t else ""
+    return f"{t['name']}{delta} ({abs(rel):.2%} {way}{seed}{where}, p {t.get('p_adj', t['p']):.2g})"
+
+
+def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
+    """The verdict of one config from its tests once their ``p_adj`` (family-adjusted) is set."""
+    pg, st = j["pairing"], j["statuses"]
+    tests = j["tests"]
+    value_tests = [t for t in tests if t["name"] != "curve"]
+    primary = next((t for t in value_tests if t["name"] in ("final_loss", "divergence_step") and t["n"]), None)
+    out = dict(n_seeds_judged=max((t["n"] for t in tests), default=0), mde=mde_of(primary, n_tests),
+               p_value=min((t["p"] for t in tests + [st] if np.isfinite(t.get("p", math.nan))), default=math.nan),
+               p_holm=min((t["p_adj"] for t in tests + [st] if np.isfinite(t.get("p_adj", math.nan))), default=math.nan),
+               curve_exit_step=next((t["exit_step"] for t in tests if t["name"] == "curve"), math.nan),
+               seeds_missing=",".join(map(str, pg.missing)), seeds_new=",".join(map(str, pg.new)),
+               seeds_skipped=",".join(map(str, pg.skipped)))
+    notes = list(pg.unpaired) + st["notes"]
+    if pg.missing:
+        notes.append(f"baseline seeds {','.join(map(str, pg.missing))} not in the candidate")
+    if pg.new:
+        notes.append(f"candidate seeds {','.join(map(str, pg.new))} have no baseline partner")
+    if pg.skipped:
+        notes.append(f"seeds {','.join(map(str, pg.skipped))} skipped")
+    empty = sorted({s for t in value_tests for s in t["empty"]})
+    if empty:
+        notes.append("empty values in the candidate: " + "; ".join(
+            f"{t['name']} seeds {','.join(map(str, t['empty']))}" for t in value_tests if t["empty"]))
+    beyond = [t for t in tests if np.isfinite(t.get("p_adj", math.nan)) and t["p_adj"] < alpha]
+    kind = lambda t: "worse" if t["rel"] > margin else "better" if t["rel"] < -margin else "changed"  # noqa: E731
+    kinds = [kind(t) for t in beyond]
+    flips = st["real"] + (st["noisy"] if np.isfinite(st.get("p_adj", math.nan)) and st["p_adj"] < alpha else [])
+    flip_text = ", ".join(f"seed {s} {x} -> {y}" for s, x, y in flips)
+    worse_flip = any(STATUS_RANK.get(y, 99) > STATUS_RANK.get(x, 99) for _, x, y in flips)
+    found = "; ".join(describe(t) for t in beyond)
+
+    def done(verdict: str, direction: str = "", detail: str = "") -> dict:
+        return dict(out, verdict=verdict, direction=direction, detail="; ".join(x for x in [detail, *notes] if x))
+
+    if flips and worse_flip:
+        return done("status_changed", "worse", flip_text)
+    if "worse" in kinds:
+        return done("regressed", "worse", found)
+    if not pg.pairs and pg.new and not pg.skipped and (pg.unpaired or not pg.missing):
+        return done("new", detail="no baseline run for these seeds")
+    if pg.missing or empty:
+        return done("missing", detail=found)
+    if flips:
+        return done("status_changed", "better", flip_text)
+    if "better" in kinds:
+        return done("improved", "better", found)
+    if not pg.pairs and pg.skipped:
+        return done("skipped", detail="every seed skipped on a side")
+    if "changed" in kinds:
+        return done("changed", detail=found)
+    if pg.new:
+        return done("new", detail="the paired seeds are within noise")
+    if j["identical"]:
+        return done("identical", detail="same weights (sha256) and status for every seed")
+    if not tests and not st["noisy"]:
+        why = "errors on both sides" if j["errors_both"] else "no value to judge"
+        return done("unjudged", detail=why)
+    shown = "" if not np.isfinite(out["mde"]) else f"would have found a {out['mde']:.2%} final-loss shift"
+    return done("equivalent", detail="within noise" + (f" ({shown})" if shown else "") + (
+        "; " + ", ".join(f"seed {s} {x} -> {y} within the calibrated flip rate" for s, x, y in st["noisy"])
+        if st["noisy"] else ""))
+
+
+# ------------------------------------------------------------------------------------------
+# the suite's check (one run) and a comparison of two reports
+# ------------------------------------------------------------------------------------------
 
 
 def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN,
-              trace: list[dict] | None = None, envelope: pd.DataFrame | None = None) -> dict:
+              trace: list[dict] | None = None, envelope: pd.DataFrame | None = None, family_size: int = 1) -> dict:
     """The suite's check of one run against its baseline row (None: there is none): a verdict
-    row (``verdict``, ``direction``, ``detail``) to hand to ``Policy.failure``. With the run's
-    ``trace`` (steps rows) and its calibrated ``envelope``, a curve that leaves it is a change."""
+    row (``verdict``, ``direction``, ``detail``, ``mde``) to hand to ``Policy.failure``. The run's
+    tests join a family of ``family_size`` runs (the session's grid): Bonferroni over all of them
+    holds the session's family-wise error at ALPHA. With the run's ``trace`` (steps rows) and its
+    calibrated ``envelope``, the curve is judged too."""
     if base is None:
         return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
-    frame = lambda r: pd.DataFrame([r]).assign(seed=0)  # noqa: E731  (one run: one "seed")
-    out = judge_config(frame(base), frame(row), tol, margin)
-    if trace and envelope is not None and out["verdict"] not in ("identical", "skipped"):
-        out["curve_exit_step"] = envelope_exit(pd.DataFrame(trace).set_index("step")["loss"], envelope)
-    return curve_beyond_noise(out)
+    b, c = pd.DataFrame([base]).assign(seed=0), pd.DataFrame([row]).assign(seed=0)
+    c_trace = {row["run_id"]: pd.DataFrame(trace).set_index("step")["loss"]} if trace else {}
+    ref = {base["run_id"]: envelope.set_index("step")["loss_reference"]} if envelope is not None and len(envelope) else {}
+    j = config_tests(b, c, tol, {}, c_trace, envelope, ref, margin)
+    tests = family([j])
+    n = max(len(tests), 1) * max(family_size, 1)
+    for t in tests:
+        t["p_adj"] = min(1.0, t["p"] * n)
+    return verdict_of(j, margin, ALPHA, n)
 
 
 def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
@@ -289,35 +484,15 @@ def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[fl
             float(apart[0]) if len(apart) else math.nan)
 
 
-# Rounding noise grows from an ulp at its own pace: one rerun can run ahead of all five
-# calibration reruns (a loss computed in float64 left the envelope at step 29 of a ResNet run
-# that ended inside every tolerance). So step s is judged against the envelope at step
-# ENVELOPE_TIME_SLACK x s: noise may grow up to that much faster than calibration saw.
-ENVELOPE_TIME_SLACK = 2.0
-
-
-def envelope_exit(cand: pd.Series, envelope: pd.DataFrame) -> float:
-    """First step where the candidate's loss leaves the calibrated envelope: |cand - reference|
-    beyond NOISE_FACTOR x the noise seen by step ENVELOPE_TIME_SLACK x that step (at least
-    ULP_FLOOR of the loss); NaN if never."""
-    env = envelope.set_index("step").sort_index()
-    later = env["loss_noise"].reindex(np.ceil(ENVELOPE_TIME_SLACK * env.index.to_numpy()).astype(int), method="ffill")
-    later.index = env.index
-    both = pd.concat([cand.rename("c"), env["loss_reference"].rename("b"), later.fillna(env["loss_noise"].iloc[-1])
-                      .rename("n")], axis=1, join="inner").sort_index()
-    limit = np.maximum(NOISE_FACTOR * both["n"], ULP_FLOOR * both["b"].abs())
-    out = both.index[(both["c"] - both["b"]).abs() > limit]
-    return float(out[0]) if len(out) else math.nan
-
-
-def curve_beyond_noise(row: dict) -> dict:
-    """An ``equivalent`` config whose loss curve left the calibrated envelope has changed beyond
-    noise (a systematic change shows early; its final numbers may still sit inside the noise)."""
-    exit_step = row.get("curve_exit_step", math.nan)
-    if row["verdict"] == "equivalent" and isinstance(exit_step, float) and not math.isnan(exit_step):
-        row.update(verdict="changed", detail=f"loss curve left the calibrated envelope at step {exit_step:.0f}; "
-                                             + row["detail"])
-    return row
+def curve_distances(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict) -> dict:
+    """Descriptive curve columns over the paired seeds whose traces both reports have."""
+    dists = [curve_distance(b_trace[rb["run_id"]], c_trace[rc["run_id"]], rb["initial_loss"])
+             for rb, rc in pairs if rb["run_id"] in b_trace and rc["run_id"] in c_trace]
+    if not dists:
+        return {}
+    return dict(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
+                max_curve_distance=max(d[1] for d in dists),
+                separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
 
 
 def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
@@ -331,17 +506,10 @@ def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
 
 
 COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detail", "base_status",
-                             "candidate_status", "n_seeds_base", "n_seeds_candidate", "base_final_loss",
-                             "candidate_final_loss", "delta_final_loss", "threshold", "p_value", "p_holm",
-                             "first_diff_step", "curve_exit_step", "max_curve_distance", "separation_step",
-                             "slowdown", "rss_ratio", "device_mem_ratio", "cost"])
-
-
-def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:
-    """tolerances.csv rows by config key."""
-    if df is None or df.empty:
-        return {}
-    return {tuple(r[c] for c in CONFIG): r for r in df.to_dict("records")}
+                             "candidate_status", "n_seeds_base", "n_seeds_candidate", "n_seeds_judged", "seeds_missing",
+                             "seeds_new", "seeds_skipped", "base_final_loss", "candidate_final_loss", "delta_final_loss",
+                             "noise_final_loss", "mde", "p_value", "p_holm", "first_diff_step", "curve_exit_step",
+                             "max_curve_distance", "separation_step", "slowdown", "rss_ratio", "device_mem_ratio", "cost"])
 
 
 def config_key(values) -> tuple:
@@ -350,58 +518,95 @@ def config_key(values) -> tuple:
                  for v in values)
 
 
+def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:
+    """tolerances.csv rows by normalised config key."""
+    if df is None or df.empty:
+        return {}
+    return {config_key(r[c] for c in CONFIG): r for r in report.with_axis_defaults(df).to_dict("records")}
+
+
+def check_unique(runs: pd.DataFrame, side: str) -> None:
+    """A run present twice (the same config and seed, or the same run_id) is bad input."""
+    for cols in (["run_id"], CONFIG + ["seed"]):
+        dup = runs.duplicated(cols, keep=False)
+        if dup.any():
+            first = runs[dup].iloc[0]
+            raise report.ReportError(f"the {side} holds run {first['run_id']} (seed {first['seed']}) "
+                                     f"{int(dup.sum())} times: a report holds each run once (merged twice?)")
+
+
+def traces(steps: pd.DataFrame | None) -> dict:
+    """run_id -> its loss by step."""
+    if steps is None or steps.empty:
+        return {}
+    return {rid: g.set_index("step")["loss"] for rid, g in steps.groupby("run_id")}
+
+
+# the runs.csv columns a verdict reads (the rest of a row is carried nowhere: it only slows the grouping)
+VERDICT_COLUMNS = list(dict.fromkeys(CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
+                                               "loss_floor", "val_loss", "val_metric", "val_metric_name",
+                                               "divergence_step", "weights_sha256", "steps_per_s", "peak_rss_mb",
+                                               "peak_device_mem_mb", *PAIRING, *ENVIRONMENT]))
+
+
+def slim(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[[c for c in VERDICT_COLUMNS if c in runs.columns]]
+
+
 def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps: pd.DataFrame | None = None,
                     cand_steps: pd.DataFrame | None = None, tolerances: pd.DataFrame | None = None,
                     envelope: pd.DataFrame | None = None, margin: float = MARGIN,
-                    policy: Policy | None = None) -> pd.DataFrame:
-    """One row per config on either side, with its verdict and whether it fails ``policy``."""
+                    policy: Policy | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per config on either side, with its verdict and whether it fails ``policy``.
+    Raises report.ReportError on a report that holds a run twice."""
     policy = policy or Policy()
-    base_runs, cand_runs = report.with_axis_defaults(base_runs), report.with_axis_defaults(cand_runs)
-    tolerances = None if tolerances is None else report.with_axis_defaults(tolerances)
-    tols = {config_key(k): v for k, v in index_by_config(tolerances).items()}
-    env = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
-    b_groups = dict(iter(base_runs.groupby(CONFIG, dropna=False, sort=True)))
-    c_groups = dict(iter(cand_runs.groupby(CONFIG, dropna=False, sort=True)))
-    b_trace = dict(iter(base_steps.groupby("run_id"))) if base_steps is not None else {}
-    c_trace = dict(iter(cand_steps.groupby("run_id"))) if cand_steps is not None else {}
-    rows = []
+    base_runs, cand_runs = (slim(report.with_axis_defaults(df)) for df in (base_runs, cand_runs))
+    check_unique(base_runs, "baseline")
+    check_unique(cand_runs, "candidate")
+    tols = index_by_config(tolerances)
+    env_by_run = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
+    ref_traces = {rid: e.set_index("step")["loss_reference"] for rid, e in env_by_run.items()}
+    b_groups = {config_key(k): g for k, g in base_runs.groupby(CONFIG, dropna=False, sort=True)}
+    c_groups = {config_key(k): g for k, g in cand_runs.groupby(CONFIG, dropna=False, sort=True)}
+    b_trace, c_trace = traces(base_steps), traces(cand_steps)
+    rows, judgements = [], []
     for key in sorted(set(b_groups) | set(c_groups), key=str):
-        cfg = dict(zip(CONFIG, key))
         b, c = b_groups.get(key), c_groups.get(key)
+        side = b if b is not None else c
+        head = dict({col: side[col].iloc[0] for col in CONFIG}, run_id=side.sort_values("seed")["run_id"].iloc[0])
         if b is None or c is None:
-            side = c if b is None else b
-            rows.append(dict(cfg, run_id=side["run_id"].iloc[0], verdict="new" if b is None else "missing",
-                             direction="", detail="only in the " + ("candidate" if b is None else "baseline")))
+            rows.append(dict(head, verdict="new" if b is None else "missing", direction="",
+                             detail="only in the " + ("candidate" if b is None else "baseline"),
+                             n_seeds_base=0 if b is None else len(b), n_seeds_candidate=0 if c is None else len(c)))
+            judgements.append(None)
             continue
-        tol = tols.get(config_key(key))
-        row = dict(cfg, run_id=b["run_id"].iloc[0])
-        row.update(judge_config(b, c, tol, margin))
-        row.update(cost_flags(b, c))
-        row.update(curves(b, c, b_trace, c_trace, env.get(tol["run_id"]) if tol else None, tol["run_id"] if tol else None))
-        rows.append(curve_beyond_noise(row))
-    df = apply_holm(pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "note"]))
+        tol = tols.get(key)
+        env = next((env_by_run[r] for r in b["run_id"] if r in env_by_run), None)
+        j = config_tests(b, c, tol, b_trace, c_trace, env, ref_traces, margin)
+        judgements.append(j)
+        rows.append(dict(head, base_status=worst(b["status"]), candidate_status=worst(c["status"]),
+                         n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=b["final_loss"].mean(),
+                         candidate_final_loss=c["final_loss"].mean(),
+                         noise_final_loss=noise_of(tol, "final_loss")[0],
+                         **cost_flags(b, c), **curve_distances(list(j["pairing"].pairs.values()), b_trace, c_trace)))
+    tests = family([j for j in judgements if j is not None])
+    for t, p in zip(tests, stats.holm([t["p"] for t in tests])):
+        t["p_adj"] = p
+    for row, j in zip(rows, judgements):
+        if j is not None:
+            row.update(verdict_of(j, margin, alpha, len(tests)))
+    df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
     df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
     return df[COMPARE_COLUMNS]
 
 
-def curves(b: pd.DataFrame, c: pd.DataFrame, b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
-           env_run: str | None) -> dict:
-    """Curve distances over the paired seeds whose traces both reports have, and where the
-    candidate run of the calibrated seed (``env_run``) leaves the envelope."""
-    dists, out = [], {}
-    for seed in sorted(set(b["seed"]) & set(c["seed"])):
-        rb, rc = b[b["seed"] == seed].iloc[0], c[c["seed"] == seed].iloc[0]
-        tc = c_trace.get(rc["run_id"])
-        if tc is not None and env is not None and rb["run_id"] == env_run:
-            out["curve_exit_step"] = envelope_exit(tc.set_index("step")["loss"], env)
-        tb = b_trace.get(rb["run_id"])
-        if tb is not None and tc is not None:
-            dists.append(curve_distance(tb.set_index("step")["loss"], tc.set_index("step")["loss"], rb["initial_loss"]))
-    if dists:
-        out.update(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
-                   max_curve_distance=max(d[1] for d in dists),
-                   separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
-    return out
+def same_environment(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
+    """Both reports ran in one environment (same software and device by every ENVIRONMENT column
+    both record): a comparison of them is a control (run-to-run), not a release comparison."""
+    cols = [c for c in ENVIRONMENT if c in base and c in cand]
+    values = lambda df, col: set(df[col].dropna().astype(str))  # noqa: E731
+    return bool(cols) and all(values(base, col) == values(cand, col) for col in cols)
 
 
 def versions_line(report_dir: Path, runs) -> str:
@@ -417,14 +622,18 @@ def versions_line(report_dir: Path, runs) -> str:
 
 
 def read_report_runs(path: Path, need: list[str]):
-    """A report's runs.csv with the columns compare needs; a truncated row (no status or
-    run_id) is bad input, never a run."""
+    """A report's runs.csv with the columns compare needs; a truncated row (no status, run_id or
+    seed) is bad input, never a run."""
     df = report.read(path / report.RUNS, required=need)
-    broken = df["run_id"].isna() | df["status"].isna()
+    broken = df["run_id"].isna() | df["status"].isna() | df["seed"].isna()
     if broken.any():
-        i = int(broken.idxmax())
-        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id or status (truncated file?)")
+        i = int(np.argmax(broken.to_numpy()))
+        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id, seed or status (truncated file?)")
     return df
+
+
+# what a tolerances.csv must hold to be judged against (an older calibration lacks the df columns)
+TOLERANCES_NEED = CONFIG + ["run_id", "statuses_seen", "status_flips", "status_runs", "final_loss_noise", "final_loss_df"]
 
 
 def read_tolerances(base_dir: Path, option: str | None):
@@ -432,13 +641,13 @@ def read_tolerances(base_dir: Path, option: str | None):
     (None, None) when the baseline was never calibrated and no --tolerances was given."""
     from . import calibrate
 
-    folder = Path(option) if option else base_dir
+    folder = Path(option) if option else Path(base_dir)
     path = folder if folder.suffix == ".csv" else folder / calibrate.TOLERANCES
     if not path.exists():
         if option:
             raise report.ReportError(f"{path}: no such file (--tolerances)")
         return None, None
-    tol = report.read(path, required=CONFIG + ["run_id", "statuses_seen", "final_loss_tol"])
+    tol = report.read(path, required=TOLERANCES_NEED)
     env_path = path.with_name(calibrate.ENVELOPE)
     env = report.read(env_path, required=calibrate.ENVELOPE_COLUMNS) if env_path.exists() else None
     return tol, env
@@ -467,3 +676,10 @@ def failures(table: pd.DataFrame) -> list[str]:
     if not table["verdict"].isin(JUDGED).any():
         lines.append(f"nothing was judged: {len(table)} configs, none compared against a baseline")
     return lines
+
+
+def blind_spots(table: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
+    """The judged configs whose stated ``mde`` is above the margin: a change of the margin's size
+    could hide in their noise at the seeds run."""
+    judged = table[table["verdict"].isin(JUDGED)]
+    return judged[judged["mde"].astype(float) > margin]

@@ -52,8 +52,9 @@ def margin(text: str) -> float:
 VERDICT_OPTIONS = (
     Option("--margin", f"practical margin, relative (default {MARGIN}): beyond noise and beyond it is regressed/"
                        "improved, within it changed", margin, MARGIN),
-    Option("--allow-missing", "a baseline config absent from the candidate passes"),
-    Option("--allow-no-baseline", "a run or config without a baseline passes (default: fails)"),
+    Option("--allow-missing", "a baseline config or seed absent from the candidate (or with empty values) passes"),
+    Option("--allow-no-baseline", "a run, config or seed without a baseline partner (none, other data or initial "
+                                  "weights) passes (default: fails)"),
     Option("--allow-improved", "an improvement beyond the margin, or a better status, passes"),
     Option("--fail-on-change", "a change beyond numerical noise but within the margin fails too"),
 )

@@ -51,6 +51,16 @@ class Session:
             self.grids[name] = resolve_grid(replace(self.options, grid=name))
         return self.grids[name]
 
+    @property
+    def judges(self) -> bool:
+        """Whether runs are judged against the baseline: not in calibration reruns (``--perturb``)
+        nor while the baseline itself is being written (``--update-baseline``)."""
+        return not (self.perturbation or self.update_baseline)
+
+    def family_size(self, grid_name: str) -> int:
+        """The runs whose checks form one family (compare.check_run): the whole grid, every shard."""
+        return len(self.grid(grid_name).specs())
+
     def baseline_dir(self, grid_name: str) -> Path:
         return baseline.directory(grid_name, self.baseline_option)
 
@@ -100,7 +110,8 @@ def build_session(config: pytest.Config) -> Session:
     session = Session(grid_options, Path(v["report_dir"]), Path(v["data_dir"]), v["data_root"], v["baseline"],
                       v["update_baseline"], opt("quiet_runs"), worker, v["probes"], parse_shard(v["shard"]),
                       policy, margin, v["force"], opt("perturb"), parse_init_dir(v["init_dir"]))
-    session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
+    if session.judges:
+        session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
     if is_worker(config):
         session.token = config.workerinput.get("diagnostics_token", session.token)
     return session
@@ -150,11 +161,14 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     if str(result.row.get("status_reason", "")).startswith(SKIPPED):
         session.record(result)  # the row says why; the test is a skip with that reason, never silent
         pytest.skip(f"{spec.id}: {result.row['status_reason']}")
-    base = session.baseline(spec.grid)
-    verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), session.margin,
-                                result.steps, base.envelope(result.row))
-    judged = not (session.perturbation or session.update_baseline)
-    result.row["baseline_check"] = verdict["verdict"] if judged else "not judged"
+    judged = session.judges
+    if judged:
+        base = session.baseline(spec.grid)
+        verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), session.margin,
+                                    result.steps, base.envelope(result.row), family_size=session.family_size(spec.grid))
+    else:
+        verdict = dict(verdict="not judged", direction="", detail="calibration rerun or baseline update")
+    result.row["baseline_check"] = verdict["verdict"]
     session.record(result)
     record_property("diagnostics_run", progress_line(result.row, verdict))
     if result.status == "error":

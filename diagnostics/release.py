@@ -30,6 +30,7 @@ DEFAULT_ENVS_DIR = ROOT / ".release-envs"
 # torch 2.M.P, torchvision 0.(M+15).P is tried, and the environment goes without on failure
 TORCHVISION_FOR = {"2.15.0": "0.29.2", "2.14.1": "0.29.1", "2.9.1": "0.24.1", "2.13.0": None}
 READY = ".ready"  # written last: an environment without it is rebuilt
+MADE_WITH = "made-with.txt"  # in a session's report folder: the grid options that trained it
 
 
 class ReleaseError(Exception):
@@ -126,6 +127,8 @@ class Sessions:
         if version in self.done or (d / report.RUNS).exists():
             self.done[version] = self.checked(version, d)
             return d
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MADE_WITH).write_text(self.made_with())
         cmd = [*self.envs.command(version), "run", *self.grid_args, "--report-dir", str(d),
                "--init-dir", str(Path(self.out) / "init"), "--allow-no-baseline", "--quiet",
                *(["-n", self.workers] if self.workers else []), "--", "-p", "no:cacheprovider"]
@@ -136,8 +139,17 @@ class Sessions:
         self.done[version] = self.checked(version, d)
         return d
 
+    def made_with(self) -> str:
+        """What makes a cached session reusable: the grid options it was trained with."""
+        return " ".join(self.grid_args) + "\n"
+
     def checked(self, version: str, d: Path) -> Path:
-        """``d``, once every run in it says it ran on torch ``version``."""
+        """``d``, once it was made with this command's grid options and every run in it says it
+        ran on torch ``version``."""
+        made = (d / MADE_WITH).read_text() if (d / MADE_WITH).exists() else None
+        if made != self.made_with():
+            was = f"with `{made.strip()}`" if made is not None else "by an unknown command"
+            raise ReleaseError(f"{d} was trained {was}, not `{self.made_with().strip()}`: delete it or choose another --out")
         ran = set(report.read(d / report.RUNS)["torch_version"].dropna().astype(str).str.split("+").str[0])
         if self.check_versions and ran - {version}:
             raise ReleaseError(f"{d} holds runs of torch {', '.join(sorted(ran))}, not {version}: delete it to rerun")
@@ -192,3 +204,9 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
         rows.append(row | dict(first_changed=versions[hi], last_same=versions[lo], verdict=at["verdict"],
                                detail=at["detail"]))
     return pd.DataFrame(rows)
+
+
+def failing(table: pd.DataFrame, policy: compare.Policy) -> list[dict]:
+    """The rows of a bisect table whose verdict at the last version fails ``policy`` (bisect
+    exits 1 on them, as compare does)."""
+    return [r for r in table.to_dict("records") if policy.failure(r)]

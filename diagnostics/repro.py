@@ -34,9 +34,9 @@ N_BOOTSTRAP = 2000  # resamples of the seed table's bootstrap confidence interva
 
 def final_loss_agrees(a: float, b: float, tol: float | None) -> tuple[bool, str]:
     """Two runs of one config that differ only in arithmetic (processes, devices): their final
-    losses agree within the config's calibrated final-loss tolerance; where none was measured,
-    within the practical margin (compare.MARGIN, relative)."""
-    limit, how = (tol, "calibrated tolerance") if tol else (compare.MARGIN * abs(a), f"margin {compare.MARGIN:.0%}")
+    losses agree within the config's calibrated final-loss noise band (compare.noise_band); where
+    none was measured, within the practical margin (compare.MARGIN, relative)."""
+    limit, how = (tol, "calibrated noise band") if tol else (compare.MARGIN * abs(a), f"margin {compare.MARGIN:.0%}")
     return abs(a - b) <= limit, f"{how} {limit:.3g}"
 
 

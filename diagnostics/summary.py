@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import report
-from .compare import JUDGED, Policy
+from .compare import JUDGED, MARGIN, Policy, blind_spots
 from .detect import SKIPPED, STATUS_RANK
 
 NEEDS_A_LOOK = ("regressed", "status_changed", "changed", "improved", "missing", "new")  # worst first
@@ -46,10 +46,11 @@ def run_outcome(r: dict) -> str:
 
 
 def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: str = "",
-             policy: Policy | None = None) -> str:
+             policy: Policy | None = None, margin: float = MARGIN) -> str:
     """The summary (module docs). ``runs``: runs.csv; ``compared``: compare.csv, or None (then
     each run's ``baseline_check`` is its verdict and ``policy``, the session's verdict options,
-    says what fails)."""
+    says what fails). With compare.csv, the judged configs whose stated ``mde`` is above
+    ``margin`` are listed: a change of the margin's size could hide in their noise."""
     policy = policy or Policy()
     runs = runs.assign(outcome=[run_outcome(r) for r in runs.to_dict("records")])
     records = runs.to_dict("records")
@@ -80,6 +81,12 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
     if changed:
         lines += ["", f"### Changed, passing ({len(changed)})", ""]
         lines += table(changed, [("run", "run_id", ""), ("verdict", "verdict", ""), ("detail", "detail", "")])
+    blind = blind_spots(compared, margin) if compared is not None and "mde" in compared else pd.DataFrame()
+    if len(blind):
+        lines += ["", f"### Cannot see a {margin:.0%} change at the seeds run ({len(blind)})", "",
+                  "Their verdicts hold for changes above the detectable effect; run more seeds to see the margin.", ""]
+        lines += table(blind.to_dict("records"), [("run", "run_id", ""), ("verdict", "verdict", ""),
+                                                  ("seeds", "n_seeds_judged", ".0f"), ("detectable", "mde", ".1%")])
     ordered = sorted(records, key=lambda r: (-STATUS_RANK.get(r["outcome"], -1), str(r["run_id"])))
     lines += ["", f"### Every run ({len(runs)})", "", "<details><summary>table</summary>", ""]
     lines += table(ordered, [("run", "run_id", ""), ("status", "outcome", ""), ("final loss", "final_loss", ".4g"),
@@ -89,9 +96,10 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
     return "\n".join(lines)
 
 
-def write(report_dir: Path, compare_csv: Path | None = None, title: str = "", policy: Policy | None = None) -> str:
+def write(report_dir: Path, compare_csv: Path | None = None, title: str = "", policy: Policy | None = None,
+          margin: float = MARGIN) -> str:
     """The summary of a report directory (raises report.ReportError with one line)."""
     runs = report.read(Path(report_dir) / report.RUNS)
     compared = report.read(Path(compare_csv), required=["run_id", "verdict", "failure", "detail"]) \
         if compare_csv else None
-    return markdown(runs, compared, title, policy)
+    return markdown(runs, compared, title, policy, margin)

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 
-from diagnostics import repro
+from diagnostics import compare, repro
 from diagnostics.ddp import ddp_check
 from diagnostics.spec import RunSpec
 
@@ -30,9 +30,8 @@ def run_kw(session):
 
 
 def final_loss_tol(session, spec: RunSpec) -> float | None:
-    """The config's calibrated final-loss tolerance from the baseline, if it has one."""
-    tol = session.baseline(spec.grid).tolerance(dict(spec.to_dict(), model_size=spec.size))
-    return None if tol is None else float(tol["final_loss_tol"])
+    """The config's final-loss noise band from the baseline's calibration, if it has one."""
+    return compare.noise_band(session.baseline(spec.grid).tolerance(dict(spec.to_dict(), model_size=spec.size)))
 
 
 def judge(session, spec, result: dict, strict: bool) -> None:

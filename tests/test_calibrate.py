@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import baseline, calibrate, perturb, report
+from diagnostics import baseline, calibrate, perturb, report, stats
 from diagnostics.compare import CONFIG
 
 
@@ -43,19 +43,27 @@ def runs(values, status="converged", div=math.nan, acc=None):
     return pd.DataFrame(rows)
 
 
-def test_tolerance_is_the_noise_factor_times_the_largest_deviation():
+def test_noise_is_the_pooled_spread_of_each_seeds_reference_and_reruns():
     ref = runs([2.0, 0.5])
     perturbed = {"a": runs([2.0 + 1e-4, 0.5 - 3e-3]), "b": runs([2.0 - 2e-4, 0.5 + 1e-3])}
     t = calibrate.tolerances(ref, perturbed, CONFIG).set_index("run_id")
-    assert t.loc["r0", "final_loss_noise"] == pytest.approx(2e-4)
-    assert t.loc["r0", "final_loss_tol"] == pytest.approx(calibrate.NOISE_FACTOR * 2e-4)
-    assert t.loc["r1", "final_loss_tol"] == pytest.approx(calibrate.NOISE_FACTOR * 3e-3)
+    sigma, df = stats.pooled_noise([[2.0, 2.0 + 1e-4, 2.0 - 2e-4]])
+    assert t.loc["r0", "final_loss_noise"] == pytest.approx(sigma) and t.loc["r0", "final_loss_df"] == df == 2
     assert t.loc["r0", "n_perturbations"] == 2 and t.loc["r0", "perturbations"] == "a,b"
+    assert t.loc["r0", "perturbed_seeds"] == "0"
+
+
+def test_every_perturbed_seed_adds_degrees_of_freedom():
+    ref = pd.concat([runs([2.0]), runs([2.1]).assign(seed=1, run_id="r0b")])
+    a = pd.concat([runs([2.0 + 1e-4]), runs([2.1 - 1e-4]).assign(seed=1, run_id="r0b")])
+    t = calibrate.tolerances(ref, {"a": a}, CONFIG).iloc[0]
+    assert t["final_loss_df"] == 2 and t["perturbed_seeds"] == "0,1" and t["run_id"] == "r0"
+    assert t["final_loss_noise"] == pytest.approx(stats.pooled_noise([[2.0, 2.0001], [2.1, 2.0999]])[0])
 
 
 def test_a_config_that_never_moved_keeps_a_floor_of_float32_ulps():
     t = calibrate.tolerances(runs([2.0]), {"a": runs([2.0])}, CONFIG).iloc[0]
-    assert t["final_loss_noise"] == 0 and t["final_loss_tol"] == pytest.approx(calibrate.ULP_FLOOR * 2.0)
+    assert t["final_loss_noise"] == pytest.approx(calibrate.ULP_NOISE_FLOOR * 2.0) and t["final_loss_df"] == 1
 
 
 def test_an_accuracy_never_has_less_noise_than_one_held_out_example():
@@ -63,26 +71,38 @@ def test_an_accuracy_never_has_less_noise_than_one_held_out_example():
     assert t["val_metric_noise"] == pytest.approx(1 / 1000)
 
 
-def test_statuses_seen_mark_configs_on_a_threshold():
+def test_statuses_seen_and_flips_under_noise():
     ref = runs([2.0, 2.0])
     other = runs([2.0, 2.0])
     other.loc[1, "status"] = "stalled"
-    t = calibrate.tolerances(ref, {"a": other}, CONFIG).set_index("run_id")
+    t = calibrate.tolerances(ref, {"a": other, "b": ref.copy()}, CONFIG).set_index("run_id")
     assert t.loc["r0", "statuses_seen"] == "converged" and t.loc["r1", "statuses_seen"] == "converged,stalled"
+    assert (t.loc["r1", "status_flips"], t.loc["r1", "status_runs"]) == (1, 2) and t.loc["r0", "status_flips"] == 0
 
 
 def test_divergence_step_noise():
     t = calibrate.tolerances(runs([1e6], "diverged_nonfinite", 100), {"a": runs([1e6], "diverged_nonfinite", 103)},
                              CONFIG).iloc[0]
-    assert t["divergence_step_noise"] == 3
+    assert t["divergence_step_noise"] == pytest.approx(3.0) and t["divergence_step_df"] == 1
 
 
-def test_envelope_is_a_running_maximum_of_the_deviation():
-    ref = pd.DataFrame(dict(run_id="r", step=[1, 2, 3, 4], loss=[3.0, 2.0, 1.5, 1.0]))
-    a = ref.assign(loss=[3.0, 2.1, 1.5, 1.05])
+def test_envelope_is_the_per_step_noise_not_a_running_maximum():
+    ref = pd.DataFrame(dict(run_id="r0", step=[1, 2, 3, 4], loss=[3.0, 2.0, 1.5, 1.0]))
+    a = ref.assign(loss=[3.0, 2.1, 1.5, 1.0])
     b = ref.assign(loss=[3.0, 2.0, 1.3, 1.0])
-    env = calibrate.envelope(ref, {"a": a, "b": b})
-    assert env["loss_noise"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.2])
+    env = calibrate.envelope(ref, {"a": a, "b": b}, runs([2.0]), CONFIG).set_index("step")
+    assert env.loc[2, "loss_noise"] == pytest.approx(stats.pooled_noise([[2.0, 2.1, 2.0]])[0])
+    assert env.loc[4, "loss_noise"] == pytest.approx(calibrate.ULP_NOISE_FLOOR)  # healed: back to the floor
+    assert (env["loss_df"] == 2).all() and env["loss_reference"].tolist() == [3.0, 2.0, 1.5, 1.0]
+
+
+def test_power_columns_state_what_a_config_can_see():
+    ref = runs([2.0, 2.0])
+    a = runs([2.0 + 1e-4, 2.0 + 0.1])
+    t = calibrate.with_power(calibrate.tolerances(ref, {"a": a, "b": runs([2.0 - 1e-4, 2.0 - 0.1])}, CONFIG),
+                             0.05, 0.01).set_index("run_id")
+    assert t.loc["r0", "mde_1"] < 0.05 and t.loc["r0", "seeds_for_margin"] == 1
+    assert t.loc["r1", "mde_1"] > 0.05 and t.loc["r1", "seeds_for_margin"] > 1
 
 
 def base_runs(**changes):
@@ -119,5 +139,6 @@ def test_committed_default_baseline_is_calibrated():
     b = baseline.Baseline.load(baseline.directory("default"))
     assert b.exists and len(b.tolerances) == 60
     tol = pd.read_csv(baseline.directory("default") / calibrate.TOLERANCES)
-    assert (tol["n_perturbations"] == len(perturb.DEFAULT)).all() and (tol["final_loss_tol"] > 0).all()
+    assert (tol["n_perturbations"] == len(perturb.DEFAULT)).all() and (tol["final_loss_noise"] > 0).all()
+    assert (tol["final_loss_df"] >= 2 * len(perturb.DEFAULT)).all() and tol["seeds_for_margin"].notna().any()
     assert (baseline.directory("default") / "seeds.csv").is_file()

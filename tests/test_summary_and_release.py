@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from diagnostics import compare, release, summary
+from diagnostics import compare, release, report, summary
 from diagnostics.compare import Policy
 from tests.conftest import diagnostics
 
@@ -36,6 +36,10 @@ def test_summary_with_a_compare_csv_uses_its_verdicts_and_policy():
     assert "### Failing (1)" in md and "### Changed, passing (1)" in md and "final loss +1%" in md
     nothing = pd.DataFrame([dict(run_id="a", verdict="new", failure="", detail="")])
     assert "Nothing was judged" in summary.markdown(runs(a="converged"), nothing)
+    blind = compared.assign(verdict="equivalent", failure="", mde=[0.12, 0.01], n_seeds_judged=1)
+    md = summary.markdown(runs(a="converged", b="converged"), blind)
+    assert "Cannot see a 5% change at the seeds run (1)" in md and "| a | equivalent | 1 | 12.0% |" in md
+    assert "Cannot see" not in summary.markdown(runs(a="converged", b="converged"), blind.assign(mde=0.01))
     allowed = summary.markdown(runs(a="converged", b="converged"), policy=Policy(allow_improved=True))
     assert "### Failing (1)" in allowed  # b regressed fails whatever is allowed
 
@@ -55,6 +59,17 @@ def test_release_refuses_versions_it_cannot_run():
     assert release.torchvision_for("2.14.1") == "0.29.1" and release.torchvision_for("2.12.0") == "0.27.0"
     proc = diagnostics("release", "2.14.1", "2.1.0", "--out", "unused")
     assert proc.returncode == 2 and "older than 2.4" in proc.stderr
+    proc = diagnostics("release", "2.14.1", "2.14.1", "--out", "unused")
+    assert proc.returncode == 2 and "one version twice" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def noise_for(report_dir, relative=1e-2):
+    """A tolerances table for a report's configs: every value's noise ``relative`` of it, 10 df."""
+    runs = report.with_axis_defaults(report.read(Path(report_dir) / "runs.csv"))
+    tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen="converged", status_flips=0, status_runs=10)
+    for v in ("final_loss", "val_loss", "val_metric"):
+        tol[f"{v}_noise"], tol[f"{v}_df"] = relative * runs[v].abs(), 10
+    return tol
 
 
 class StandInReleases(release.Environments):
@@ -79,10 +94,12 @@ def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_pa
             "--data-dir", str(tmp_path / "data")]
     sessions = release.Sessions(envs, grid, tmp_path, check_versions=False)
     versions = ["2.10", "2.11", "2.12", "2.13", "2.14"]
-    assert release.bisect(versions, sessions).loc[0, "first_changed"] == ""  # within noise: the same verdict
-    table = release.bisect(versions, sessions, equivalent_is_same=False)
+    tol = noise_for(sessions.run("2.10"))
+    assert release.bisect(versions, sessions, tol).loc[0, "first_changed"] == ""  # within noise: the same verdict
+    table = release.bisect(versions, sessions, tol, equivalent_is_same=False)
     assert len(table) == 1 and table.loc[0, "first_changed"] == "2.12" and table.loc[0, "last_same"] == "2.11"
-    assert table.loc[0, "verdict"] == "equivalent"
+    assert table.loc[0, "verdict"] == "equivalent" and not release.failing(table, Policy())
+    assert release.failing(table.assign(verdict="regressed"), Policy())  # bisect exits 1 on these, as compare
     assert sorted(envs.built) == sorted(set(envs.built))  # each release trained at most once
     assert "2.13" not in envs.built  # binary search: 2.10, 2.14, 2.12, 2.11
     same = release.bisect(["2.10", "2.11"], sessions, equivalent_is_same=False)
@@ -94,3 +111,6 @@ def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_pa
     assert (Path(tmp_path) / "torch-2.12" / "runs.csv").exists()
     with pytest.raises(release.ReleaseError, match="holds runs of torch 2.1"):  # a stand-in's report is no 2.10
         release.Sessions(envs, grid, tmp_path).run("2.10")
+    other = release.Sessions(envs, [*grid[:-2], "--steps", "13", *grid[-2:]], tmp_path, check_versions=False)
+    with pytest.raises(release.ReleaseError, match="trained with .*--steps 12.*delete it or choose another --out"):
+        other.run("2.10")  # a cached session is reused only for the same grid and options

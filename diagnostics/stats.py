@@ -1,0 +1,145 @@
+"""The statistics every verdict rests on: small pure functions over numbers (numpy, scipy).
+
+**Noise.** Calibration (calibrate.py) gives, per config, judged value and perturbed seed, m + 1
+runs that differ only in rounding: the reference and its m perturbed reruns. Their sample
+variance, pooled over the perturbed seeds, estimates the variance of one run around the runs the
+same recipe could have given; the difference of two such runs (a baseline and a candidate on the
+same seed, or a reference and a rerun) has twice that variance. ``pooled_noise`` returns the
+standard deviation of that difference and its degrees of freedom (m per perturbed seed).
+
+Why not the deviations from the reference: the m deviations of one seed share that reference, so
+they are correlated (when training is chaotic, half their variance is the reference's own), and
+five of them carry about 2.5 degrees of freedom, not 5. The spread of all m + 1 runs carries m.
+
+**Test.** The paired differences d_1..d_n (candidate - baseline, seed by seed) are tested for
+mean zero with a t-test whose variance pools the calibrated noise (df_noise degrees of freedom)
+with the differences' own spread (n - 1), so one seed and several go through the same test, the
+test's power grows with n, and a candidate whose rounding is noisier than calibration saw widens
+its own band. Under the null (the candidate differs only in rounding) the statistic is t with
+df_noise + n - 1 degrees of freedom.
+
+**Effect.** ``mde`` is the smallest mean shift the test finds with the given power at the given
+level (noncentral t), with the candidate's spread taken as the calibrated noise.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+POWER = 0.8  # the power at which a minimum detectable effect is stated (the usual 80%)
+MAX_SEEDS = 64  # seeds_needed gives up beyond this (NaN: the margin is out of reach)
+
+
+def pooled_noise(groups) -> tuple[float, int]:
+    """(sd of the difference of two runs, degrees of freedom) from groups of runs that differ
+    only in rounding (each group: one seed's reference and its reruns; NaNs dropped, groups of
+    fewer than two values ignored). (NaN, 0) when no group has two values."""
+    ss, df = 0.0, 0
+    for g in groups:
+        x = np.asarray(g, dtype=float)
+        x = x[np.isfinite(x)]
+        if len(x) >= 2:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(x) - 1
+    return (math.sqrt(2.0 * ss / df), df) if df else (math.nan, 0)
+
+
+def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, two-sided p, degrees of freedom) that paired differences have mean zero, against a
+    calibrated noise ``sigma`` (sd of one difference, with ``df`` degrees of freedom) pooled with
+    the differences' own spread. Vectorised: ``diffs`` (..., n), ``sigma`` and ``df`` broadcast
+    to (...); NaN differences are left out. No noise measured (NaN sigma) leaves only the
+    spread; with neither (one difference and no noise, or no spread at all), zero differences
+    give p 1 and any other p 0. No difference at all gives NaN."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    present = np.isfinite(d)
+    n = present.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(present, d, 0.0).sum(axis=-1) / n
+        spread = np.where(present, (d - mean[..., None]) ** 2, 0.0).sum(axis=-1)
+        sigma = np.broadcast_to(np.asarray(sigma, dtype=float), mean.shape)
+        known = np.isfinite(sigma) & (sigma > 0)
+        df_noise = np.where(known, np.broadcast_to(np.asarray(df, dtype=float), mean.shape), 0.0)
+        dof = df_noise + n - 1
+        var = (df_noise * np.where(known, sigma, 0.0) ** 2 + spread) / dof
+        t = mean * np.sqrt(n) / np.sqrt(var)
+        p = 2 * stats.t.sf(np.abs(t), np.maximum(dof, 1))
+    degenerate = (dof < 1) | ~(var > 0)
+    p = np.where(degenerate, np.where(mean == 0, 1.0, 0.0), p)
+    t = np.where(degenerate, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)), t)
+    p = np.where(n == 0, np.nan, p)
+    return t, p, dof
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order; NaNs stay
+    NaN and do not count towards the family."""
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full(len(p), math.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def mde(sigma: float, df: int, n: int, alpha: float, power: float = POWER) -> float:
+    """The smallest mean shift ``noise_test`` finds with probability ``power`` at two-sided level
+    ``alpha`` with n paired seeds (absolute, in the value's units); NaN without a noise
+    measurement, 0 for a noise of exactly zero."""
+    if n < 1 or not np.isfinite(sigma):
+        return math.nan
+    if sigma == 0:
+        return 0.0
+    dof = int(df) + n - 1
+    if dof < 1:
+        return math.nan
+    return float(noncentrality(dof, alpha, power) * sigma / math.sqrt(n))
+
+
+@functools.lru_cache(maxsize=4096)
+def noncentrality(dof: int, alpha: float, power: float) -> float:
+    """The noncentrality at which a two-sided t-test with ``dof`` degrees of freedom at level
+    ``alpha`` rejects with probability ``power`` (cached: a comparison asks for few distinct ones)."""
+    from scipy import optimize, stats
+
+    crit = stats.t.isf(alpha / 2, dof)
+
+    def reach(ncp):  # power at this noncentrality, minus the target (scipy's nct gives NaN far out: power 1)
+        value = stats.nct.sf(crit, dof, ncp) + stats.nct.cdf(-crit, dof, ncp)
+        return (1.0 if not np.isfinite(value) else float(value)) - power
+
+    hi = 2 * crit + 10
+    while reach(hi) < 0:
+        hi *= 2
+    return float(optimize.brentq(reach, 0.0, hi))
+
+
+def seeds_needed(sigma: float, df: int, effect: float, alpha: float, power: float = POWER,
+                 max_seeds: int = MAX_SEEDS) -> float:
+    """The fewest paired seeds whose ``mde`` is at most ``effect`` (absolute); NaN when more than
+    ``max_seeds`` would be needed or no noise was measured."""
+    if not np.isfinite(sigma) or effect <= 0:
+        return math.nan
+    for n in range(1, max_seeds + 1):
+        if mde(sigma, df, n, alpha, power) <= effect:
+            return float(n)
+    return math.nan
+
+
+def flip_pvalue(flips: int, n: int, calibrated_flips: int, calibrated_runs: int) -> float:
+    """P(at least ``flips`` status flips among ``n`` paired seeds) when each seed flips at the
+    rate calibration saw (Laplace's rule: (flips + 1) / (runs + 2), so a rate never seen is not
+    taken as zero, nor one seen once as certain)."""
+    from scipy import stats
+
+    if n == 0 or flips == 0:
+        return 1.0
+    rate = (calibrated_flips + 1) / (calibrated_runs + 2)
+    return float(stats.binom.sf(flips - 1, n, rate))
