@@ -295,7 +295,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if compare.same_environment(base, cand):
         print("control: both sides ran in the same environment (software and devices): differences are run to run, "
               "not a release's")
-    table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
+    try:
+        table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / "compare.csv", table)
     counts = table["verdict"].value_counts()

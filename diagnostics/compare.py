@@ -34,10 +34,12 @@ direction, else ``changed``. The curve is tested step by step against the per-st
 (Bonferroni over steps); a value or curve with no calibrated noise is judged on its differences'
 own spread alone, so one seed with any difference is beyond noise.
 
-**Statuses** are compared seed by seed. A flip between two statuses the config took under
-calibration's perturbations (or a stalled/converged flip within the noise of the stall line) is
-noise-like: the number of such flips is tested against the calibrated flip rate (a binomial test
-in the same family). A flip to a status noise never produced is ``status_changed`` outright.
+**Statuses** are compared seed by seed. A flip among the threshold statuses (converged, unstable,
+stalled: SOFT_STATUSES) or between two statuses the config took under calibration's perturbations
+is noise-like: the number of such flips is tested against the calibrated flip rate (a binomial
+test in the same family, the rate estimated by Laplace's rule so a flip never seen in calibration
+still has a rate). A flip to or from a divergence or an error that calibration never saw is
+``status_changed`` outright.
 
 What fails a check is ``Policy.failure``: a pass that checked nothing never passes.
 """
@@ -53,7 +55,7 @@ import pandas as pd
 
 from . import report, stats
 from .calibrate import METRICS
-from .detect import SKIPPED, STATUS_RANK, Thresholds, stall_line
+from .detect import SKIPPED, STATUS_RANK
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
 BASELINE_KEY = ["run_id", "steps", "model_size"]
@@ -259,9 +261,19 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     return dict(out, p=min(1.0, 2 * float(p_mean)))
 
 
+# Statuses decided by a threshold on a continuous quantity (progress, spike rate): noise can push a
+# run across one without having done so in calibration's few reruns (held out, one perturbation
+# flipped a ResNet-SGD seed converged -> unstable that the other four never did), so flips among
+# them are always tested against the calibrated flip rate; a flip to or from a divergence or an
+# error is not, unless calibration saw both statuses.
+SOFT_STATUSES = frozenset({"converged", "unstable", "stalled"})
+
+
 def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
-    """Seed-by-seed status comparison: flips to a status noise never produced (``real``), and the
-    binomial test of the noise-like flips against the calibrated flip rate."""
+    """Seed-by-seed status comparison: flips that noise does not explain (``real``: to or from a
+    divergence or an error that calibration never saw), and the binomial test of the noise-like
+    ones (among SOFT_STATUSES, or seen in calibration) against the calibrated flip rate. Runs that
+    flipped among SOFT_STATUSES both ran to the end: their values are judged as well."""
     seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
     real, noisy, notes = [], [], []
     for b, c in pairs:
@@ -269,29 +281,13 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
         if bs == cs:
             continue
         flip = (int(c["seed"]), bs, cs)
-        if {bs, cs} <= seen:
+        if {bs, cs} <= seen or {bs, cs} <= SOFT_STATUSES:
             noisy.append(flip)
-        elif on_stall_line(bs, cs, c, tol):
-            noisy.append(flip)
-            notes.append(f"seed {flip[0]} {bs} -> {cs} on the stall line")
         else:
             real.append(flip)
     flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
     p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
     return dict(name="status", real=real, noisy=noisy, p=p, notes=notes)
-
-
-def on_stall_line(bs: str, cs: str, c: dict, tol: dict | None) -> bool:
-    """A stalled/converged flip whose final loss is within the noise of the stall line (the
-    critical value of one test at ALPHA times the final loss's noise)."""
-    sigma, df = noise_of(tol, "final_loss")
-    if {bs, cs} != {"converged", "stalled"} or not np.isfinite(sigma):
-        return False
-    from scipy import stats as sps
-
-    floor = c.get("loss_floor")
-    line = stall_line(float(c["initial_loss"]), 0.0 if pd.isna(floor) else float(floor), Thresholds())
-    return abs(float(c["final_loss"]) - line) <= sps.t.isf(ALPHA / 2, df) * sigma
 
 
 def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
@@ -345,10 +341,9 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
     pairing = pair(b, c)
     pairs = list(pairing.pairs.values())
     statuses = status_test(pairs, tol)
-    flipped = {s for s, _, _ in statuses["real"] + statuses["noisy"]}
-    same = [(rb, rc) for rb, rc in pairs if int(rb["seed"]) not in flipped]
-    diverged = [(rb, rc) for rb, rc in same if is_diverged(rb["status"])]
-    ran = [(rb, rc) for rb, rc in same if not is_diverged(rb["status"]) and rb["status"] != "error"]
+    ended = lambda r: is_diverged(r["status"]) or r["status"] == "error"  # noqa: E731  (no final values to judge)
+    diverged = [(rb, rc) for rb, rc in pairs if is_diverged(rb["status"]) and is_diverged(rc["status"])]
+    ran = [(rb, rc) for rb, rc in pairs if not ended(rb) and not ended(rc)]
     task = metric_task(str(b["model"].iloc[0]), b)
     steps = float(b["steps"].iloc[0])
     tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(task)]
