@@ -194,7 +194,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     report.write_atomic(out / report.RUNS, report.frame(verdicts, detect.VERDICT_COLUMNS))
     report.write_atomic(out / report.EVENTS, report.frame(events, report.EVENTS_COLUMNS))
     logged = [c for c in ("grad_norm", "lr") if df[c].notna().any()]
-    print(f"read {len(df)} points of {df['run_id'].nunique()} run(s): step, loss"
+    print(f"read {int((~df['loss_blank']).sum())} points of {df['run_id'].nunique()} run(s): step, loss"
           + "".join(f", {c}" for c in logged) + ("" if logged else " (no gradient norm or LR logged: the rules use the loss)"))
     for v in verdicts:
         print(f"{v['run_id']}: {v['status']} ({v['status_reason']})")

@@ -102,18 +102,23 @@ class Policy:
     fail_on_change: bool = False  # a change beyond noise but within the margin fails
 
     def failure(self, row: dict) -> str | None:
-        """Why this verdict row fails the check, or None when it passes."""
+        """Why this verdict row fails the check, or None when it passes. A config judged on some
+        seeds while others are missing (or new) fails for those too, whatever its verdict."""
         v, better = row["verdict"], row.get("direction") == "better"
+        listed = lambda key: row.get(key) if isinstance(row.get(key), str) and row.get(key) else ""  # noqa: E731
         if v == "regressed" or (v == "status_changed" and not better):
             return "regression"
         if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
             return "improvement beyond the margin: update the baseline, or pass --allow-improved"
-        if v == "missing" and not self.allow_missing:
-            return "missing from the candidate (--allow-missing to accept)"
-        if v == "new" and not self.allow_no_baseline:
-            return "no baseline to judge it against (--allow-no-baseline to accept)"
         if v == "unjudged":
             return "nothing could be judged"
+        if v == "new" and not self.allow_no_baseline:
+            return "no baseline to judge it against (--allow-no-baseline to accept)"
+        if (v == "missing" or listed("seeds_missing")) and not self.allow_missing and v != "new":
+            seeds = f" (baseline seeds {listed('seeds_missing')})" if listed("seeds_missing") else ""
+            return f"missing from the candidate{seeds} (--allow-missing to accept)"
+        if listed("seeds_new") and not self.allow_no_baseline:
+            return f"candidate seeds {listed('seeds_new')} have no baseline partner (--allow-no-baseline to accept)"
         if v == "changed" and self.fail_on_change:
             return "changed beyond numerical noise (--fail-on-change)"
         return None
@@ -387,7 +392,7 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
                p_value=min((t["p"] for t in tests + [st] if np.isfinite(t.get("p", math.nan))), default=math.nan),
                p_holm=min((t["p_adj"] for t in tests + [st] if np.isfinite(t.get("p_adj", math.nan))), default=math.nan),
                curve_exit_step=next((t["exit_step"] for t in tests if t["name"] == "curve"), math.nan),
-               seeds_missing=",".join(map(str, pg.missing)), seeds_new=",".join(map(str, pg.new)),
+               seeds_new=",".join(map(str, pg.new)),
                seeds_skipped=",".join(map(str, pg.skipped)))
     notes = list(pg.unpaired) + st["notes"]
     if pg.missing:
@@ -397,6 +402,7 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
     if pg.skipped:
         notes.append(f"seeds {','.join(map(str, pg.skipped))} skipped")
     empty = sorted({s for t in value_tests for s in t["empty"]})
+    out["seeds_missing"] = ",".join(map(str, sorted(set(pg.missing) | set(empty))))
     if empty:
         notes.append("empty values in the candidate: " + "; ".join(
             f"{t['name']} seeds {','.join(map(str, t['empty']))}" for t in value_tests if t["empty"]))
@@ -417,16 +423,16 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
         return done("regressed", "worse", found)
     if not pg.pairs and pg.new and not pg.skipped and (pg.unpaired or not pg.missing):
         return done("new", detail="no baseline run for these seeds")
-    if pg.missing or empty:
-        return done("missing", detail=found)
     if flips:
         return done("status_changed", "better", flip_text)
     if "better" in kinds:
         return done("improved", "better", found)
-    if not pg.pairs and pg.skipped:
-        return done("skipped", detail="every seed skipped on a side")
     if "changed" in kinds:
         return done("changed", detail=found)
+    if pg.missing or empty:
+        return done("missing", detail="the paired seeds are within noise" if pg.pairs else "")
+    if not pg.pairs and pg.skipped:
+        return done("skipped", detail="every seed skipped on a side")
     if pg.new:
         return done("new", detail="the paired seeds are within noise")
     if j["identical"]:
@@ -665,10 +671,12 @@ def load_pair(base_dir: Path, cand_dir: Path, tolerances: str | None = None):
 
 
 def failures(table: pd.DataFrame) -> list[str]:
-    """One line per failing config, and one for a comparison that judged nothing."""
+    """One line per failing config, and one for a comparison that judged nothing (no config
+    judged on any paired seed)."""
     lines = [f"{r['verdict'].upper()} {r['run_id']}: {r['failure']}: {r['detail']}"
              for r in table.to_dict("records") if r["failure"]]
-    if not table["verdict"].isin(JUDGED).any():
+    judged = table["verdict"].isin(JUDGED) | (pd.to_numeric(table.get("n_seeds_judged"), errors="coerce").fillna(0) > 0)
+    if not judged.any():
         lines.append(f"nothing was judged: {len(table)} configs, none compared against a baseline")
     return lines
 

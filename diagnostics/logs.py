@@ -39,7 +39,10 @@ GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total"
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
             "lr_group0", "lr_0")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
-TABLE = ["run_id", "step", "loss", "grad_norm", "lr"]  # the normalised table; None = not logged
+# the normalised table; None = not logged. ``loss_blank``: a training row (it logs a gradient norm or
+# an LR) with a blank loss after the run's last logged loss: the loss vanished while the log went
+# on (pandas writes a NaN as an empty cell), which the detector judges (detect.Monitor.vanish)
+TABLE = ["run_id", "step", "loss", "grad_norm", "lr", "loss_blank"]
 
 
 class LogError(ValueError):
@@ -103,20 +106,33 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     grad = find(columns, cols.grad, GRAD_NAMES, "grad", path, False)
     lr = find(columns, cols.lr, LR_NAMES, "lr", path, False)
     run = find(columns, None, RUN_NAMES, "run", path, False)
-    rows = []
+    rows, blank = [], []
     for i, r in enumerate(records, start=1):
         value = number(r.get(loss), path, loss, i)
-        if value is None:  # a row that logged other things (validation, lr only)
+        if value is None:  # a row that logged other things (validation, lr only), or a loss that vanished
+            try:
+                s = number(r.get(step), path, step, i)
+                g, rate = (number(r.get(grad), path, grad, i) if grad else None), (number(r.get(lr), path, lr, i) if lr else None)
+            except LogError:
+                continue
+            if s is not None and math.isfinite(s) and (g is not None or rate is not None):
+                blank.append(dict(run_id=str(r.get(run) or run_id) if run else run_id, step=int(s), loss=math.nan,
+                                  grad_norm=g, lr=rate, loss_blank=True))
             continue
         s = number(r.get(step), path, step, i)
+        row = dict(run_id=str(r.get(run) or run_id) if run else run_id, step=s, loss=value,
+                   grad_norm=number(r.get(grad), path, grad, i) if grad else None,
+                   lr=number(r.get(lr), path, lr, i) if lr else None, loss_blank=False)
         if s is None or not math.isfinite(s):
             raise LogError(f"{path}: data row {i} logs a loss but no step ({step} is blank)")
-        rows.append(dict(run_id=str(r.get(run) or run_id) if run else run_id, step=int(s), loss=value,
-                         grad_norm=number(r.get(grad), path, grad, i) if grad else None,
-                         lr=number(r.get(lr), path, lr, i) if lr else None))
+        rows.append(dict(row, step=int(s)))
     if not rows:
         raise LogError(f"{path}: no row logs a loss ({loss} is blank everywhere)")
-    df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float})  # None stays None
+    last = {}
+    for r in rows:
+        last[r["run_id"]] = max(last.get(r["run_id"], r["step"]), r["step"])
+    rows += [r for r in blank if r["run_id"] in last and r["step"] > last[r["run_id"]]]
+    df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float, "loss_blank": bool})
     return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
 
 

@@ -130,6 +130,14 @@ def test_empty_values_are_missing_not_changed():
     assert judge(b, half, noise(b))["verdict"] == "missing"
 
 
+def test_a_change_on_the_paired_seeds_is_reported_and_missing_seeds_still_fail():
+    b = runs(SEEDS5)
+    better = runs(scaled(SEEDS5, 0.8))[lambda df: df.seed < 2]
+    v = judge(b, better, noise(b), policy=Policy(allow_improved=True))
+    assert v["verdict"] == "improved" and v["seeds_missing"] == "2,3,4" and "allow-missing" in v["failure"]
+    assert judge(b, better, noise(b), policy=Policy(allow_improved=True, allow_missing=True))["failure"] == ""
+
+
 def test_a_skipped_seed_is_reported_and_the_rest_still_judged():
     b = runs(SEEDS5)
     c = runs(scaled(SEEDS5, 1.5))

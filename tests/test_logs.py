@@ -119,3 +119,37 @@ def test_detect_on_a_loss_only_log_every_50_steps(tmp_path):
 def test_detect_bad_log_is_one_line(tmp_path):
     proc = diagnostics("detect", str(write(tmp_path / "x.csv", "a,b\n1,2\n")))
     assert proc.returncode == 2 and "no step column" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def pandas_log(tmp_path, blank_from=None, blank_grad=False, evals=0, name="run.csv"):
+    """A log written through a DataFrame: pandas writes NaN as an empty cell."""
+    steps, loss, grad = healthy(n=200)
+    df = pd.DataFrame(dict(step=steps, loss=loss, grad_norm=grad, learning_rate=1e-3))
+    if blank_from is not None:
+        df.loc[df.step >= blank_from, "loss"] = math.nan
+        if blank_grad:
+            df.loc[df.step >= blank_from, "grad_norm"] = math.nan
+    if evals:
+        df = pd.concat([df, pd.DataFrame(dict(step=[200] * evals, eval_loss=[1.8] * evals))], ignore_index=True)
+    df.to_csv(tmp_path / name, index=False)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("blank_grad", [False, True])
+def test_a_loss_that_vanishes_while_the_log_goes_on_is_a_divergence(tmp_path, blank_grad):
+    from diagnostics.detect import classify
+
+    table = logs.read(pandas_log(tmp_path, blank_from=120, blank_grad=blank_grad))
+    assert table["loss_blank"].sum() == 81 and (table.loc[table.loss_blank, "step"] >= 120).all()
+    v, events = classify(table, loss_floor=1.7)
+    assert v.status == "diverged_nonfinite" and v.divergence_step == 120 and "blank from step 120" in v.status_reason
+    assert [e.kind for e in events if e.kind == "loss_vanished"] == ["loss_vanished"]
+
+
+def test_evaluation_rows_or_a_short_blank_tail_are_not_a_vanished_loss(tmp_path):
+    from diagnostics.detect import classify
+
+    v, _ = classify(logs.read(pandas_log(tmp_path, evals=2)), loss_floor=1.7)
+    assert v.status == "converged"  # eval rows log no training column
+    v, _ = classify(logs.read(pandas_log(tmp_path, blank_from=199, name="b.csv")), loss_floor=1.7)
+    assert v.status == "converged"  # 2 rows: fewer than vanish_min_points, the log's tail
