@@ -27,7 +27,8 @@ above half way from the best level the run reached to the level that triggered t
 
 Statuses live in ``STATUS_TABLE`` (name, rank, colour, whether it counts as converged); plots,
 the stability table and the report page read them from there. ``verdict`` decides
-``stalled`` (< 20% of the gap to the floor closed), ``unstable`` (converged, with spike incidents
+``stalled`` (< 20% of the gap to the floor closed; where the floor is unknown, also a later half
+that did not improve beyond its own noise: ``Monitor.plateau``), ``unstable`` (converged, with spike incidents
 at more than 1 per 100 points and at least 3) and ``converged``; ``error`` is the trainer's.
 """
 
@@ -76,18 +77,24 @@ class Thresholds:
     reported on its held-out families too (README "Detection")."""
 
     # Spikes: OLMo-core's stability monitor flags a value above mean + 6 std of the last 128. Here
-    # the signal's relative residual from a short EMA (weight 0.3, about 3 points: neither the
-    # trend of a decaying loss nor its falling noise hide a spike) is compared with a robust
-    # location and scale of the last ``spike_window`` residuals: median + k * 1.4826 * MAD (the
-    # MAD scaled to a normal sigma), so heavy-tailed noise does not inflate the scale and one
-    # outlier does not move it. k = 8 (*tuned*: 6 called 4% of Student-t(3) healthy runs
-    # unstable). The rule starts after ``spike_min_history`` points (a 60-point log still gets
-    # it) and its window grows with the log up to 128.
+    # a positive signal's residual is taken in log space (its noise is multiplicative) from the
+    # level a short Holt smoother predicts (SpikeRule.follow: level weight 0.3, about 3 points;
+    # trend weight 0.1, against log(step + 1), where a power-law descent is straight), and compared
+    # with a robust location and scale of the last ``spike_window`` residuals: median + k * 1.4826
+    # * MAD (the MAD scaled to a normal sigma), so heavy-tailed noise does not inflate the scale
+    # and one outlier does not move it. k = 8 (*tuned* on the tuning families in log space: 9
+    # found 92% of their spikes, 8 finds 98% with no healthy run called unstable; 6 had called 4%
+    # of Student-t(3) healthy runs unstable). The rule judges from the sixth point (the level,
+    # the trend, then ``spike_min_history`` residuals), with k raised by 8 / n while fewer than
+    # ``spike_full_history`` residuals are seen (a daily log's first week), and its window grows
+    # with the log up to 128.
     spike_window: int = 128
     spike_window_fraction: float = 0.5  # ... and at most half the points seen (a sparse log's early descent drops out)
-    spike_min_history: int = 8
-    spike_sigmas: float = 9.0
+    spike_min_history: int = 3
+    spike_full_history: int = 8  # below this many residuals the threshold is k x 8 / n (a scale from 3 is rough)
+    spike_sigmas: float = 8.0
     spike_ema: float = 0.3
+    spike_trend: float = 0.1  # Holt's trend weight (SpikeRule.follow); 0 would make the level a plain EMA
     # The robust scale is at least 0.1% of the level (losses logged with few decimals have a MAD
     # of 0), and the relative residual's denominator at least 10% of the signal's early level
     # (ResNet-8 with SGD near loss 0.05 swings 0.02-0.2 batch to batch: heavy-tailed, not
@@ -142,6 +149,14 @@ class Thresholds:
     early_steps: int = 5  # the early level (smallest spike scale) is the mean of the first 5 values
     late_fraction: float = 0.1  # the final loss is the mean of the last 10% of points
     stall_min_progress: float = 0.2  # stalled: less than 20% of the gap to the floor closed
+    # Where the floor is unknown, "20% of the way to zero" is arbitrary: a run is also stalled when
+    # the later half of its points did not improve beyond its own noise (``plateau``): the median
+    # of the last ``late_fraction`` of points is not below the median of as many points at the
+    # half-way mark by ``plateau_sigmas`` standard errors of that difference (the loss's robust
+    # noise per point, SpikeRule.sigma), nor by ``stall_min_progress`` of its distance to zero (a
+    # noisy loss that halved is no plateau: ResNet-8 with SGD). From ``plateau_min_points`` on.
+    plateau_sigmas: float = 3.0
+    plateau_min_points: int = 20
     # unstable: >= 3 loss spike incidents, and more than 1 per 100 points. Gradient-norm spikes are
     # events, located and reported, but do not make a run unstable: a small batch's gradient norm
     # blips 2-4x with no mark on the loss (benchmarks/detection.py, multiplicative families), and
@@ -187,6 +202,19 @@ def is_finite(x: float) -> bool:
     return not (math.isnan(x) or math.isinf(x))
 
 
+def drift_free_sigma(history) -> float:
+    """Robust sigma of residuals that may drift (an EMA lagging a sparse log's steep descent):
+    1.4826 MAD of successive differences over sqrt(2), which a slow drift does not inflate."""
+    d = np.diff(np.fromiter(history, float))
+    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2) if len(d) else 0.0
+
+
+def local_threshold(history, k: float, min_sigma: float, recent: int) -> float:
+    """median of the last ``recent`` residuals + k * drift_free_sigma of them all (>= min_sigma)."""
+    h = list(history)
+    return float(np.median(h[-recent:])) + k * max(drift_free_sigma(h), min_sigma)
+
+
 def robust_threshold(history, k: float, min_sigma: float) -> float:
     """median + k * sigma of the history, sigma = 1.4826 * MAD (a normal's sigma), >= min_sigma."""
     h = np.fromiter(history, float)
@@ -222,7 +250,9 @@ class SpikeRule:
     def __init__(self, t: Thresholds):
         self.t = t
         self.history: deque[float] = deque(maxlen=t.spike_window)
-        self.ema: float | None = None  # in the rule's space (log or linear)
+        self.ema: float | None = None  # the level, in the rule's space (log or linear)
+        self.trend = 0.0  # the level's change per unit of log(step + 1) (Holt's linear trend), same space
+        self.u = 0.0  # log(step + 1) of the last point
         self.log_space: bool | None = None
         self.early: list[float] = []
         self.seen = 0  # points seen
@@ -249,18 +279,40 @@ class SpikeRule:
             return None
         return math.exp(self.ema) if self.log_space else self.ema
 
-    def residual(self, value: float) -> float:
-        x = self.space(value)
-        return x - self.ema if self.log_space else (x - self.ema) / self.scale(self.ema)
+    def predicted(self, u: float) -> float:
+        """The expected value at log(step + 1) = ``u`` (level + trend x the log-step gap), in the
+        rule's space."""
+        return self.ema + self.trend * (u - self.u)
 
-    def value_at(self, residual: float) -> float:
+    def residual(self, value: float, u: float) -> float:
+        x, pred = self.space(value), self.predicted(u)
+        return x - pred if self.log_space else (x - pred) / self.scale(pred)
+
+    def value_at(self, residual: float, u: float) -> float:
         """The signal's value whose residual is ``residual`` (an event's threshold)."""
-        return math.exp(self.ema + residual) if self.log_space else self.ema + residual * self.scale(self.ema)
+        pred = self.predicted(u)
+        return math.exp(pred + residual) if self.log_space else pred + residual * self.scale(pred)
+
+    def follow(self, value: float, u: float) -> None:
+        """Holt's double exponential smoothing against log(step + 1): the level moves
+        ``spike_ema`` of the way to the value from where it was predicted, the trend
+        ``spike_trend`` of the way to the level's latest slope. A loss that falls as a power of
+        the step is a straight line there, so a sparse log's steep early descent is followed,
+        not lagged (an EMA's lag reads as noise and hides a jump); in a dense log the log-step
+        gap between points is tiny and the level is the EMA it was."""
+        t = self.t
+        x, pred = self.space(value), self.predicted(u)
+        if not math.isfinite(x):
+            return
+        level = pred + t.spike_ema * (x - pred)
+        if u > self.u:
+            self.trend += t.spike_trend * ((level - self.ema) / (u - self.u) - self.trend)
+        self.ema, self.u = level, u
 
     def recent(self) -> list[float] | None:
         """The residuals the scale is taken from: the last ``spike_window_fraction`` of the points
         seen (at most ``spike_window``); None while fewer than ``spike_min_history``."""
-        w = max(self.t.spike_min_history, int(self.t.spike_window_fraction * self.seen))
+        w = max(self.t.spike_full_history, int(self.t.spike_window_fraction * self.seen))
         h = list(self.history)[-w:]
         return h if len(h) >= self.t.spike_min_history else None
 
@@ -275,19 +327,28 @@ class SpikeRule:
 
     def limit(self, raise_factor: float) -> float:
         h = self.recent()
-        return math.inf if h is None else robust_threshold(h, self.t.spike_sigmas * raise_factor, self.t.spike_min_sigma)
+        if h is None:
+            return math.inf
+        rough = max(1.0, self.t.spike_full_history / len(h))  # a scale from few residuals is uncertain
+        return robust_threshold(h, self.t.spike_sigmas * raise_factor * rough, self.t.spike_min_sigma)
 
     def check(self, step: int, value: float, raise_factor: float = 1.0):
         t = self.t
         self.seen += 1
         if len(self.early) < t.early_steps:
             self.early.append(value)
+        u = math.log(max(step, 0) + 1.0)
         if self.ema is None:
             self.log_space = value > 0
-            self.ema = self.space(value)
+            self.ema, self.u = self.space(value), u
+            return None, None
+        if self.seen == 2 and t.spike_trend > 0 and u > self.u and math.isfinite(self.space(value)):
+            # Holt's start: the trend of the first two points (from zero it would lag the descent)
+            self.trend = (self.space(value) - self.ema) / (u - self.u)
+            self.ema, self.u = self.space(value), u
             return None, None
         before = self.level
-        residual = self.residual(value)
+        residual = self.residual(value, u)
         limit = self.limit(raise_factor)
         exceeds = residual > limit
         out = None, None
@@ -303,11 +364,10 @@ class SpikeRule:
         elif exceeds:
             self.incident, self.incident_points, self.calm, self.last_start = step, 0, 0, step
             self.before, self.peak = before, value - before
-            out = "new", self.value_at(limit)
-        if math.isfinite(residual):
-            if not exceeds and raise_factor == 1.0 and self.incident is None:
-                self.history.append(residual)  # incidents and raised stretches stay out of the history
-            self.ema += t.spike_ema * residual * (1.0 if self.log_space else self.scale(self.ema))
+            out = "new", self.value_at(limit, u)
+        if math.isfinite(residual) and not exceeds and raise_factor == 1.0 and self.incident is None:
+            self.history.append(residual)  # incidents and raised stretches stay out of the history
+        self.follow(value, u)
         return out
 
 
@@ -421,10 +481,29 @@ class Monitor:
         if not self.losses or closed < t.stall_min_progress:
             return Verdict("stalled", f"closed {closed:.0%} of the gap from {initial:.3g} to the floor {self.floor:.3g} "
                                       f"(< {t.stall_min_progress:.0%})", **stats)
+        flat = self.plateau() if math.isnan(self.loss_floor) else ""
+        if flat:
+            return Verdict("stalled", flat, **stats)
         spikes = n_loss  # gradient-norm spikes are events; the loss is what an unstable run shows
         if spikes >= t.unstable_min_spikes and spikes / self.n > t.unstable_spike_rate:
             return Verdict("unstable", f"{spikes} loss spike incidents in {self.n} points", **stats)
         return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {self.floor:.3g}", **stats)
+
+    def plateau(self) -> str:
+        """Why the run sits on a plateau over its later half (Thresholds.plateau_sigmas), or ""
+        when it improved there beyond its own noise (or is too short, or its noise unknown)."""
+        t, n = self.thresholds, len(self.losses)
+        sigma = self.rules["loss"].sigma()
+        if n < t.plateau_min_points or not math.isfinite(sigma):
+            return ""
+        w = max(3, round(t.late_fraction * n))
+        mid, last = np.median(self.losses[n // 2 - w // 2: n // 2 - w // 2 + w]), np.median(self.losses[-w:])
+        noise = 1.2533 * sigma * abs(float(last)) * math.sqrt(2 / w)  # sd of a difference of two window medians
+        gained = float(mid - last)
+        if gained >= t.plateau_sigmas * noise or progress(float(mid), float(last), 0.0) >= t.stall_min_progress:
+            return ""
+        return (f"plateau: the later half did not improve beyond its noise ({mid:.4g} -> {last:.4g}, {gained / noise:.1f} "
+                f"standard errors < {t.plateau_sigmas:g}); the floor is unknown, so the run is judged on its own curve")
 
     @property
     def initial_loss(self) -> float:
@@ -570,7 +649,10 @@ def rule_spikes(m: Monitor, p: Point) -> bool:
         what, info = rule.check(p.step, value, raise_factor)
         prefix = "loss" if signal == "loss" else "grad"
         if what == "new":
-            detail = f"> EMA + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {len(rule.history)} residuals"
+            n = len(rule.recent() or [])
+            detail = f"> predicted level + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {n} residuals"
+            if n < t.spike_full_history:
+                detail += f" (x{t.spike_full_history / n:.2g}: few residuals)"
             if signal == "grad_norm" and p.layer_norms:
                 detail += f"; {spiking_layer(m, p.layer_norms)}"
             m.emit(p.step, f"{prefix}_spike", signal, value, info, detail)

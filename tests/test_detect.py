@@ -90,14 +90,17 @@ def test_grad_spike_detected():
     assert v.n_grad_spikes == 1 and v.first_event_step == 120
 
 
-def test_no_spike_rule_before_min_history():
+def test_spikes_are_judged_from_the_sixth_point_with_a_rough_scale_before_the_ninth():
     steps, loss, grad = healthy()
-    grad[5] = 100.0  # step 6: fewer than 8 values seen
+    grad[4] = 100.0  # step 5: the level, the trend and 2 residuals seen: not judged yet
     _, events = verdict_of(steps, loss, grad)
     assert "grad_spike" not in kinds(events)
-    grad[5], grad[12] = 1.0, 100.0  # step 13: enough
+    grad[4], grad[5] = 1.0, 100.0  # step 6: 3 residuals, the threshold raised 8/3 x
     _, events = verdict_of(steps, loss, grad)
-    assert [(e.kind, e.step) for e in events] == [("grad_spike", 13)]
+    assert [(e.kind, e.step) for e in events] == [("grad_spike", 6)] and "x2.7: few residuals" in events[0].detail
+    grad[5] = 1.25  # 25% above a 5%-noise level: a spike with a full history (9 x MAD), not with 3 residuals
+    _, events = verdict_of(steps, loss, grad)
+    assert "grad_spike" not in kinds(events)
 
 
 def test_catastrophic_spike_megatron_rule():
@@ -288,3 +291,35 @@ def test_real_traces_of_the_stability_sweep_keep_their_verdicts_when_logged_spar
         assert sparse.status.startswith("diverged") == dense.status.startswith("diverged"), run_id
         if dense.status.startswith("diverged"):
             assert abs(sparse.divergence_step - dense.divergence_step) <= 10, run_id
+
+
+def daily_log(jump_day=None, n=70, seed=0):
+    """A pretraining loss logged once a day (a power law in the step), noise 0.5%."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n + 1) * 1000
+    loss = (2.0 + 6.0 * (steps / 1000) ** -0.4) * np.exp(0.005 * rng.standard_normal(n))
+    if jump_day is not None:
+        loss[jump_day - 1] *= 1.2
+    return steps, loss, np.ones(n)
+
+
+@pytest.mark.parametrize("day", [7, 12, 40])
+def test_a_jump_in_a_daily_log_is_located_on_its_day(day):
+    steps, loss, grad = daily_log(jump_day=day)
+    v, events = verdict_of(steps, loss, grad, floor=math.nan)
+    assert [e.step for e in events if e.kind == "loss_spike"] == [day * 1000] and v.status == "converged"
+    v, events = verdict_of(*daily_log(), floor=math.nan)
+    assert not [e for e in events if e.signal == "loss"] and v.status == "converged"
+
+
+def test_a_plateau_without_a_known_floor_is_stalled_on_its_own_curve():
+    rng = np.random.default_rng(0)
+    steps = np.arange(1, 501) * 10
+    flat = (2.2 + 0.9 * np.exp(-steps / 40)) * np.exp(0.01 * rng.standard_normal(500))  # closes 24% of the way to 0
+    v, _ = verdict_of(steps, flat, np.ones(500), floor=math.nan)
+    assert v.status == "stalled" and v.status_reason.startswith("plateau") and "own curve" in v.status_reason
+    v, _ = verdict_of(steps, flat, np.ones(500), floor=2.1)  # a known floor decides as before
+    assert v.status == "converged"
+    improving = 3.0 * (steps / 10) ** -0.2 * np.exp(0.01 * rng.standard_normal(500))
+    v, _ = verdict_of(steps, improving, np.ones(500), floor=math.nan)
+    assert v.status == "converged"
