@@ -350,7 +350,9 @@ class SpikeRule:
         before = self.level
         residual = self.residual(value, u)
         limit = self.limit(raise_factor)
-        exceeds = residual > limit
+        # a spike rises above where the signal was, not only above where its trend was heading (a
+        # descent that stops is no spike)
+        exceeds = residual > limit and self.residual(value, self.u) > limit
         out = None, None
         if self.incident is not None:
             self.incident_points += 1
