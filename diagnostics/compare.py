@@ -333,10 +333,12 @@ def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env
 
 def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
     """The relative shift of a value this comparison would find with 80% power (Bonferroni's
-    bound on Holm over ``n_tests`` tests), at the seeds it judged; NaN without calibrated noise."""
+    bound on Holm over ``n_tests`` tests, and over value_test's two statistics when there are
+    several seeds), at the seeds it judged; NaN without calibrated noise."""
     if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
         return math.nan
-    return stats.mde(test["sigma"], test["df"], test["n"], alpha / max(n_tests, 1)) / test["scale"]
+    level = alpha / max(n_tests, 1) / (2 if test["n"] > 1 else 1)
+    return stats.mde(test["sigma"], test["df"], test["n"], level) / test["scale"]
 
 
 def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: dict, c_trace: dict,

@@ -103,32 +103,42 @@ def mde(sigma: float, df: int, n: int, alpha: float, power: float = POWER) -> fl
     return float(noncentrality(dof, alpha, power) * sigma / math.sqrt(n))
 
 
+def t_power(ncp: float, dof: int, crit: float) -> float:
+    """P(|T| > crit) for T noncentral t with ``dof`` degrees of freedom and noncentrality
+    ``ncp``: T = (Z + ncp) / sqrt(V / dof), V chi-square, integrated over V (scipy's ``nct``
+    loses its accuracy, and its monotonicity, far in the tail this is used in)."""
+    from scipy import integrate, stats
+
+    def given(v):
+        s = crit * math.sqrt(v / dof)
+        return (stats.norm.sf(s - ncp) + stats.norm.cdf(-s - ncp)) * stats.chi2.pdf(v, dof)
+
+    lo, hi = stats.chi2.ppf(1e-12, dof), stats.chi2.isf(1e-12, dof)
+    return float(integrate.quad(given, lo, hi, limit=200)[0])
+
+
 @functools.lru_cache(maxsize=4096)
 def noncentrality(dof: int, alpha: float, power: float) -> float:
     """The noncentrality at which a two-sided t-test with ``dof`` degrees of freedom at level
     ``alpha`` rejects with probability ``power`` (cached: a comparison asks for few distinct ones)."""
     from scipy import optimize, stats
 
-    crit = stats.t.isf(alpha / 2, dof)
-
-    def reach(ncp):  # power at this noncentrality, minus the target (scipy's nct gives NaN far out: power 1)
-        value = stats.nct.sf(crit, dof, ncp) + stats.nct.cdf(-crit, dof, ncp)
-        return (1.0 if not np.isfinite(value) else float(value)) - power
-
+    crit = float(stats.t.isf(alpha / 2, dof))
     hi = 2 * crit + 10
-    while reach(hi) < 0:
+    while t_power(hi, dof, crit) < power:
         hi *= 2
-    return float(optimize.brentq(reach, 0.0, hi))
+    return float(optimize.brentq(lambda ncp: t_power(ncp, dof, crit) - power, 0.0, hi, xtol=1e-6))
 
 
 def seeds_needed(sigma: float, df: int, effect: float, alpha: float, power: float = POWER,
                  max_seeds: int = MAX_SEEDS) -> float:
-    """The fewest paired seeds whose ``mde`` is at most ``effect`` (absolute); NaN when more than
-    ``max_seeds`` would be needed or no noise was measured."""
+    """The fewest paired seeds whose ``mde`` is at most ``effect`` (absolute), at level ``alpha``
+    for one seed and ``alpha / 2`` for several (compare's value test combines two statistics
+    there); NaN when more than ``max_seeds`` would be needed or no noise was measured."""
     if not np.isfinite(sigma) or effect <= 0:
         return math.nan
     for n in range(1, max_seeds + 1):
-        if mde(sigma, df, n, alpha, power) <= effect:
+        if mde(sigma, df, n, alpha / (2 if n > 1 else 1), power) <= effect:
             return float(n)
     return math.nan
 
