@@ -1,5 +1,7 @@
 """``REPORT_DIR/index.html``: a static page (opens without a server) with the environment, the
-runs table (status coloured, sortable by clicking a header), the figures and links to the CSVs."""
+runs table (status coloured, sortable by clicking a header), the figures and links to the CSVs;
+where the folder holds a ``compare.csv`` (``diagnostics compare`` writes it into the candidate's),
+the verdicts, with the configs that could not see the margin at the seeds run."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots, report, stability
+from . import compare, plots, report, stability
 
 TABLE_COLUMNS = ["run_id", "status", "final_loss", "val_loss", "val_metric", "loss_floor", "divergence_step",
                  "n_loss_spikes", "n_grad_spikes", "runtime_s", "samples_per_s", "peak_rss_mb", "baseline_check",
@@ -59,6 +61,25 @@ def runs_table(runs: pd.DataFrame) -> str:
     return f'<table class="sortable" id="runs"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+VERDICT_COLUMNS = ["run_id", "verdict", "failure", "n_seeds_judged", "mde", "seeds_missing", "detail"]
+
+
+def verdicts_section(compared: pd.DataFrame) -> list[str]:
+    """The verdicts of a compare.csv: counts, then the table, then the blind spots."""
+    counts = ", ".join(f"{n} {v}" for v, n in compared["verdict"].value_counts().items())
+    cols = [c for c in VERDICT_COLUMNS if c in compared.columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    rows = "".join("<tr>" + "".join(cell(r[c]) for c in cols) + "</tr>" for r in compared[cols].to_dict("records"))
+    out = ["<h2>Verdicts against the baseline</h2>", f"<p>{html.escape(counts)}</p>",
+           f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>']
+    blind = compare.blind_spots(compared) if "mde" in compared.columns else pd.DataFrame()
+    if len(blind):
+        out.append(f"<p>{len(blind)} judged config(s) could not see a {compare.MARGIN:.0%} change at the seeds run "
+                   "(mde above the margin): " + html.escape(", ".join(
+                       f"{r['run_id']} ({r['mde']:.1%})" for r in blind.to_dict("records"))) + "</p>")
+    return out
+
+
 def env_table(env: pd.DataFrame) -> str:
     kv = dict(zip(env["key"], env["value"].fillna("")))
     keys = [k for k in ENV_FIRST if k in kv] + sorted(k for k in kv if k not in ENV_FIRST)
@@ -80,6 +101,8 @@ def write(report_dir: Path) -> Path:
         "<p>Data: " + " · ".join(f'<a href="{html.escape(c)}">{html.escape(c)}</a>' for c in csvs) + "</p>",
         "<h2>Runs</h2><p>Click a column header to sort.</p>", runs_table(runs),
     ]
+    if (report_dir / "compare.csv").exists():
+        parts += verdicts_section(report.read(report_dir / "compare.csv", required=["run_id", "verdict"]))
     stab_path = report_dir / stability.STABILITY
     if stab_path.exists():
         parts += ["<h2>Stability sweep</h2>", f"<pre>{html.escape(stability.summary(report.read_csv(stab_path)))}</pre>"]

@@ -89,6 +89,13 @@ def test_report_page_lists_every_run(smoke_reports, tmp_path):
     for img in re.findall(r'<img src="([^"]+)"', page):
         assert (d / img).is_file()
     assert 'href="runs.csv"' in page and 'href="env.csv"' in page
+    assert "Verdicts against the baseline" not in page
+    compared = pd.DataFrame(dict(run_id=list(runs.run_id), verdict="equivalent", failure="", n_seeds_judged=1,
+                                 mde=[0.2, 0.01, 0.01, 0.01], seeds_missing="", detail="within noise"))
+    compared.to_csv(d / "compare.csv", index=False)
+    assert diagnostics("report", str(d)).returncode == 0
+    page = (d / "index.html").read_text()
+    assert "4 equivalent" in page and "1 judged config(s) could not see a 5% change" in page
 
 
 @pytest.mark.slow
