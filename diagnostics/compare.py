@@ -277,20 +277,21 @@ SOFT_STATUSES = frozenset({"converged", "unstable", "stalled"})
 def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
     """Seed-by-seed status comparison: flips that noise does not explain (``real``: to or from a
     divergence or an error that calibration never saw), and the binomial test of the noise-like
-    ones (among SOFT_STATUSES, or seen in calibration) against the calibrated flip rate. Runs that
-    flipped among SOFT_STATUSES both ran to the end: their values are judged as well."""
+    ones (among SOFT_STATUSES, or seen in calibration) against the calibrated flip rate; without a
+    calibration every flip is real. Runs that flipped among SOFT_STATUSES both ran to the end: their
+    values are judged as well."""
     seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
+    flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
     real, noisy, notes = [], [], []
     for b, c in pairs:
         bs, cs = str(b["status"]), str(c["status"])
         if bs == cs:
             continue
         flip = (int(c["seed"]), bs, cs)
-        if {bs, cs} <= seen or {bs, cs} <= SOFT_STATUSES:
+        if runs and ({bs, cs} <= seen or {bs, cs} <= SOFT_STATUSES):
             noisy.append(flip)
-        else:
+        else:  # no calibration: no flip rate, so any flip is a change (as any difference of a value is)
             real.append(flip)
-    flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
     p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
     return dict(name="status", real=real, noisy=noisy, p=p, notes=notes)
 
