@@ -221,11 +221,13 @@ def judge(change: Change, runs: pd.DataFrame, steps: pd.DataFrame, base: Path) -
     effect = table["run_id"].map(effects(b, runs))
     visible = touched & (table["mde"].astype(float) < effect)
     found = table["verdict"].isin(BEYOND_NOISE)
+    fails = table["failure"].fillna("") != ""
     counts = lambda t: ", ".join(f"{n} {v}" for v, n in t["verdict"].value_counts().items())  # noqa: E731
     return dict(change=change.name, kind=change.kind, what=change.what, touched=int(touched.sum()),
                 touched_found=int((touched & found).sum()), visible=int(visible.sum()),
                 visible_found=int((visible & found).sum()), untouched=int((~touched).sum()),
-                untouched_flagged=int((~touched & found).sum()), touched_verdicts=counts(table[touched]),
+                touched_failing=int((touched & fails).sum()),
+                untouched_flagged=int((~touched & (found | fails)).sum()), touched_verdicts=counts(table[touched]),
                 untouched_verdicts=counts(table[~touched]),
                 effect=float(effect[touched & np.isfinite(effect)].median()) if (touched & np.isfinite(effect)).any()
                 else float("nan"),
@@ -251,13 +253,14 @@ def main() -> None:
             print(f"{name}: {rows[-1]['touched_verdicts']} | untouched: {rows[-1]['untouched_verdicts']} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\n{len(seeds)} paired seeds a side; 'visible': touched configs whose stated mde is below the change's effect")
-    print("| change | kind | touched | found beyond noise | visible (mde < effect) | visible found | untouched flagged "
-          "| effect (median) | mde (median) | verdicts (touched) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| change | kind | touched | found beyond noise | failing the check | visible (mde < effect) | visible found "
+          "| untouched flagged | effect (median) | mde (median) | verdicts (touched) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['what']} | {r['kind']} | {r['touched']} | {r['touched_found']}/{r['touched']} | {r['visible']} | "
-              f"{r['visible_found']}/{r['visible']} | {r['untouched_flagged']}/{r['untouched']} | {r['effect']:.2%} | "
-              f"{r['mde']:.2%} | {r['touched_verdicts']} |")
+        print(f"| {r['what']} | {r['kind']} | {r['touched']} | {r['touched_found']}/{r['touched']} | "
+              f"{r['touched_failing']}/{r['touched']} | {r['visible']} | {r['visible_found']}/{r['visible']} | "
+              f"{r['untouched_flagged']}/{r['untouched']} | {r['effect']:.2%} | {r['mde']:.2%} | "
+              f"{r['touched_verdicts']} |")
 
 
 if __name__ == "__main__":

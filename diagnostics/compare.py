@@ -296,6 +296,27 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
     return dict(name="status", real=real, noisy=noisy, p=p, notes=notes)
 
 
+# Rounding noise grows from an ulp at its own pace, and a rounding change that is not a random
+# nudge (the loss computed in float64: a bias, not a coin flip) moves the first steps of a curve
+# further than calibration's one-ulp perturbations did, while its final numbers stay inside the
+# noise (ResNet-8 x AdamW, 0.09% from step 18 on, 5 seeds). So step s is judged against the noise
+# calibration saw at step CURVE_TIME_SLACK x s: noise may grow up to that much faster than it did.
+CURVE_TIME_SLACK = 2.0
+
+
+def later_noise(noise: pd.DataFrame) -> pd.DataFrame:
+    """Per step s, the larger of the calibrated noise at s and at CURVE_TIME_SLACK x s (the last
+    step's beyond the run): the noise a curve is judged against (one step's spike in one rerun
+    still reaches only the steps judged against that step)."""
+    steps = noise.index.to_numpy()
+    later = np.ceil(CURVE_TIME_SLACK * steps).astype(int)
+    out = noise.reindex(later, method="ffill")
+    out.index = noise.index
+    out = out.fillna(noise.iloc[-1])
+    out["loss_noise"] = np.fmax(out["loss_noise"], noise["loss_noise"])  # never stricter than the step's own
+    return out
+
+
 def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
                ref_traces: dict) -> dict | None:
     """The loss curve, step by step: per step the paired differences over the seeds with traces
@@ -304,7 +325,7 @@ def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env
     without a calibrated per-step noise or without a paired trace."""
     if env is None or env.empty:
         return None
-    noise = env.drop_duplicates("step").set_index("step")[["loss_noise", "loss_df"]]
+    noise = later_noise(env.drop_duplicates("step").set_index("step")[["loss_noise", "loss_df"]].sort_index())
     cols = []
     for b, c in pairs:
         tb = b_trace.get(b["run_id"])
