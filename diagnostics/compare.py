@@ -124,10 +124,6 @@ class Policy:
         return None
 
 
-def holm(pvalues) -> list[float]:
-    return stats.holm(pvalues)
-
-
 def worst(statuses) -> str:
     return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
 

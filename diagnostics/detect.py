@@ -204,19 +204,6 @@ def is_finite(x: float) -> bool:
     return not (math.isnan(x) or math.isinf(x))
 
 
-def drift_free_sigma(history) -> float:
-    """Robust sigma of residuals that may drift (an EMA lagging a sparse log's steep descent):
-    1.4826 MAD of successive differences over sqrt(2), which a slow drift does not inflate."""
-    d = np.diff(np.fromiter(history, float))
-    return 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2) if len(d) else 0.0
-
-
-def local_threshold(history, k: float, min_sigma: float, recent: int) -> float:
-    """median of the last ``recent`` residuals + k * drift_free_sigma of them all (>= min_sigma)."""
-    h = list(history)
-    return float(np.median(h[-recent:])) + k * max(drift_free_sigma(h), min_sigma)
-
-
 def robust_threshold(history, k: float, min_sigma: float) -> float:
     """median + k * sigma of the history, sigma = 1.4826 * MAD (a normal's sigma), >= min_sigma."""
     h = np.fromiter(history, float)
