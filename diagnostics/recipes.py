@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched
 
-WARMUP_FRACTION = 0.1  # DESIGN.md: W = 10% of the run
+WARMUP_FRACTION = 0.1  # the chapter's rule (README "Grids"): W = 10% of the run
 NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 

@@ -1,4 +1,4 @@
-"""CSV schema, writers and readers: the public output (DESIGN.md's CSV contract).
+"""CSV schema, writers and readers: the public output (the CSV contract: README "Reading the output").
 
 Writers append whole runs under an exclusive file lock, so pytest-xdist workers can share one
 report directory and a crash keeps every run that finished. ``finalize`` sorts the files once the
