@@ -7,12 +7,13 @@ each), as users run it (a subprocess, imports included) and of the comparison al
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from diagnostics import compare, report
 
@@ -37,7 +38,7 @@ def main() -> None:
         table = compare.compare_reports(*runs, *steps)
         alone.append(time.perf_counter() - t0)
     print(f"{len(table)} configs, {args.repeats} repeats (median): `diagnostics compare` "
-          f"{statistics.median(whole):.2f} s end to end, compare_reports {statistics.median(alone):.2f} s")
+          f"{float(np.median(whole)):.2f} s end to end, compare_reports {float(np.median(alone)):.2f} s")
 
 
 if __name__ == "__main__":
