@@ -30,7 +30,6 @@ import pandas as pd
 
 from . import report, stats
 from .report import with_axis_defaults
-from .stats import pooled_noise
 
 # The smallest noise of a loss, relative to it: 4 float32 units in the last place. A config's
 # perturbations can agree by chance (on gpt-lion-step-linear all five moved the final loss by
@@ -80,7 +79,7 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
                    status_runs=sum(len(rr) for rr in reruns))
         for v in VALUES:
             reference_value = float(np.nanmean([r[v] for r in runs])) if any(np.isfinite(r[v]) for r in runs) else math.nan
-            noise, df = pooled_noise([[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)])
+            noise, df = stats.pooled_noise([[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)])
             if df:
                 noise = max(noise, noise_floor(v, reference_value, first))
             row.update({f"{v}_reference": reference_value, f"{v}_noise": noise, f"{v}_df": df})

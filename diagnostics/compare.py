@@ -355,7 +355,7 @@ def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
     several seeds), at the seeds it judged; NaN without calibrated noise."""
     if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
         return math.nan
-    level = alpha / max(n_tests, 1) / (2 if test["n"] > 1 else 1)
+    level = stats.value_level(alpha / max(n_tests, 1), test["n"])
     return stats.mde(test["sigma"], test["df"], test["n"], level) / test["scale"]
 
 

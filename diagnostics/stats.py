@@ -144,15 +144,21 @@ def noncentrality(dof: int, alpha: float, power: float, judged_with: int | None 
     return float(optimize.brentq(lambda ncp: t_power(ncp, dof, crit) - power, 0.0, hi, xtol=1e-6))
 
 
+def value_level(alpha: float, n: int) -> float:
+    """The level one statistic of a value's test runs at: ``alpha`` for one seed; ``alpha / 2``
+    for several, where compare.value_test combines two statistics (the mean, the farthest seed)
+    by Bonferroni."""
+    return alpha / (2 if n > 1 else 1)
+
+
 def seeds_needed(sigma: float, df: int, effect: float, alpha: float, power: float = POWER,
                  max_seeds: int = MAX_SEEDS) -> float:
-    """The fewest paired seeds whose ``mde`` is at most ``effect`` (absolute), at level ``alpha``
-    for one seed and ``alpha / 2`` for several (compare's value test combines two statistics
-    there); NaN when more than ``max_seeds`` would be needed or no noise was measured."""
+    """The fewest paired seeds whose ``mde`` (at ``value_level``) is at most ``effect`` (absolute);
+    NaN when more than ``max_seeds`` would be needed or no noise was measured."""
     if not np.isfinite(sigma) or effect <= 0:
         return math.nan
     for n in range(1, max_seeds + 1):
-        if mde(sigma, df, n, alpha / (2 if n > 1 else 1), power) <= effect:
+        if mde(sigma, df, n, value_level(alpha, n), power) <= effect:
             return float(n)
     return math.nan
 
