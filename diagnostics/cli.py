@@ -217,14 +217,17 @@ def names_arg(valid):
     return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"{n}: must be at least 2")
-    return n
+def int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum`` (one usage line otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{n}: must be at least {minimum}")
+        return n
+    return parse
 
 
 def report_dir_arg(text: str) -> Path:
@@ -441,7 +444,7 @@ def build_parser() -> Parser:
     add_grid_options(cal)
     cal.add_argument("--perturbations", default=",".join(PERTURB_DEFAULT),
                      help="comma list of arithmetic-only perturbations (default: %(default)s)")
-    cal.add_argument("--perturb-seeds", type=positive_int, default=2,
+    cal.add_argument("--perturb-seeds", type=int_at_least(1), default=2,
                      help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
                           "adds one noise sample per perturbation and config (default: %(default)s)")
     cal.add_argument("--work-dir", default="reports/calibration", help="where the sessions' reports go (a folder per grid)")
@@ -471,7 +474,7 @@ def build_parser() -> Parser:
                     help="comma list (default: onecycle,cosine, the chapter's exercise)")
     lr.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw")
     lr.add_argument("--warmup", type=names_arg(WARMUPS), default=["none"], help="comma list of none, linear")
-    lr.add_argument("--steps", type=positive_int, default=200)
+    lr.add_argument("--steps", type=int_at_least(2), default=200)
     lr.add_argument("--all", action="store_true", help="every scheduler x warmup as small multiples")
     lr.add_argument("--out", required=True, help="PNG file")
     runs = what.add_parser("runs", help="loss curves of a report directory")
