@@ -218,15 +218,14 @@ def names_arg(valid):
 
 
 def int_at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum`` (one usage line otherwise)."""
+    """An argparse type: an integer no smaller than ``minimum`` (spec.parse_positive_int's rule)."""
+    from .spec import SpecError, parse_positive_int
+
     def parse(text: str) -> int:
         try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if n < minimum:
-            raise argparse.ArgumentTypeError(f"{n}: must be at least {minimum}")
-        return n
+            return parse_positive_int(text, "", minimum)
+        except SpecError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("-- ")) from None
     return parse
 
 
