@@ -338,17 +338,18 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
     validate_grid_options(args)
     grid_args = options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
     if not args.grid:
-        grid_args = ["--grid", "release", *grid_args]
+        grid_args = ["--grid", "changelog" if args.func is cmd_changelog else "release", *grid_args]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     pip_log = open(Path(args.out) / "pip.log", "a")  # noqa: SIM115 (open for the whole command)
-    return release.Sessions(release.Environments(Path(args.envs_dir), pip_log), grid_args, Path(args.out), args.workers)
+    envs = release.Environments(Path(args.envs_dir), pip_log, keep=getattr(args, "keep_envs", None))
+    return release.Sessions(envs, grid_args, Path(args.out), args.workers)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare)."""
     from . import page, release
 
-    if args.base == args.candidate:
+    if str(Path(args.base).resolve()) == str(Path(args.candidate).resolve()):
         raise UsageError(f"release {args.base} {args.candidate}: one version twice compares a report with itself; "
                          "give two versions (a control is `diagnostics compare` of two runs in one environment)")
     sessions = release_sessions(args, [args.base, args.candidate])
@@ -395,6 +396,39 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         print(f"FAILED {r['verdict'].upper()} {r['run_id']} at {args.versions[-1]}: {policy.failure(r)}")
     print(f"wrote {Path(args.out) / 'bisect.csv'}")
     return 1 if failed else 0
+
+
+def cmd_changelog(args: argparse.Namespace) -> int:
+    """Every consecutive pair of the given releases judged: DIR/changelog.csv, .md and its page."""
+    from . import changelog, compare, release, report
+
+    if len(args.versions) < 2:
+        raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
+    sessions = release_sessions(args, args.versions)
+    cands = [release.candidate(v) for v in args.versions]
+    twice = [c.label for i, c in enumerate(cands) if c.label in [d.label for d in cands[:i]]]
+    if twice:
+        raise UsageError(f"changelog: {', '.join(twice)} given twice (a control is `release` of one version's report "
+                         "against a rerun; give each version once)")
+    out = Path(args.out)
+    try:
+        tol, _ = compare.read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
+        _, margin = options.policy(lambda k: getattr(args, k, None))
+
+        def write(table):
+            report.write_atomic(out / "changelog.csv", table)
+
+        table = release.changelog(cands, sessions, tol, margin, on_transition=write)
+    except (release.ReleaseError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    write(table)
+    for r in changelog.counts(table).to_dict("records"):
+        print(f"{r['from_version']} -> {r['to_version']}: {r['identical']} identical, {r['equivalent']} bits within "
+              f"noise, {r['beyond_noise']} beyond noise, {r['not_judged']} not judged"
+              + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else ""))
+    page = changelog.write(out, table)
+    print(f"wrote {out / 'changelog.csv'}, {out / changelog.MARKDOWN} and {page}")
+    return 0
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -508,19 +542,26 @@ def build_parser() -> Parser:
     for name, helptext in (("release", "did torch CANDIDATE change convergence against BASE? Each trains the grid "
                                        "(default: release) in its own cached environment, then compare"),
                            ("bisect", "the first of the given torch releases at which each config's verdict "
-                                      "against the first changed (binary search)")):
+                                      "against the first changed (binary search)"),
+                           ("changelog", "every consecutive pair of the given torch releases judged: DIR/changelog.csv, "
+                                         "changelog.md and index.html (default grid: changelog)")):
         q = sub.add_parser(name, help=helptext)
         if name == "release":
-            q.add_argument("base", help="torch version, e.g. 2.14.1")
-            q.add_argument("candidate", help="torch version, e.g. 2.15.0")
+            q.add_argument("base", help="torch version (e.g. 2.14.1), a torch wheel file or a folder of wheels")
+            q.add_argument("candidate", help="torch version (e.g. 2.15.0), a torch wheel file or a folder of wheels")
         else:
-            q.add_argument("versions", nargs="+", help="torch versions, oldest first")
+            q.add_argument("versions", nargs="+", help="torch versions, wheel files or folders of wheels, oldest first")
+        if name == "changelog":
+            q.add_argument("--keep-envs", type=int_at_least(1), default=4,
+                           help="environments kept at once (4-7 GB each): the least recently used go first, rebuilt "
+                                "on demand (default: %(default)s)")
         options.add(q, options.GRID_OPTIONS + options.VERDICT_OPTIONS)
         q.add_argument("--out", required=True, help="folder for both reports, compare.csv / bisect.csv, seed weights")
         q.add_argument("--envs-dir", default=".release-envs", help="where the per-version environments are kept")
         q.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
         q.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
-        q.set_defaults(func=cmd_release if name == "release" else cmd_bisect, shard=None, data_root=None)
+        q.set_defaults(func=dict(release=cmd_release, bisect=cmd_bisect, changelog=cmd_changelog)[name], shard=None,
+                       data_root=None)
 
     summ = sub.add_parser("summary", help="Markdown for a CI job summary or a PR comment: counts, failing and "
                                            "changed configs first, then every run")

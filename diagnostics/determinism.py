@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -82,18 +82,6 @@ def nondeterministic_ops():
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-# Scaled-dot-product attention on CUDA picks flash or memory-efficient kernels whose backward
-# passes are not deterministic; determinism mode runs the math kernel instead (recorded as the
-# row's ``sdpa_backend``). CPU attention kernels are deterministic and left to torch.
-def attention_backend(device_type: str):
-    """(context manager, backend name) for a run's attention on this device type."""
-    if device_type != "cuda":
-        return nullcontext(), "default"
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([SDPBackend.MATH]), "math"
-
-
 def profile() -> dict[str, str]:
     """The settings ``apply`` gives every run (not the state of the calling process)."""
     return {
@@ -102,7 +90,8 @@ def profile() -> dict[str, str]:
         "cudnn_benchmark": "False",
         "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE),
         "cpu_threads_per_run": str(CPU_THREADS),
-        "sdpa_backend_cuda": "math (flash and memory-efficient attention backward are nondeterministic)",
+        "sdpa_backend": "the run's --attention kernel (default: torch's choice; CUDA flash and memory-efficient "
+                        "backward are nondeterministic: such runs say so, calibration's repeats measure them)",
         "float32_matmul": "fp32/bf16/fp16 runs: TF32 off, precision highest; tf32 runs: TF32 on, high",
         "seeded": "python random, numpy, torch (all devices); batches from (seed, step)",
     }

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import attention, compat
+
 # --------------------------------------------------------------------------------------------
 # gpt: a decoder-only transformer LM in the shape of nanoGPT's model.py
 # --------------------------------------------------------------------------------------------
@@ -66,9 +68,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.heads(x)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention.sdpa(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -87,9 +87,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = compat.layer_norm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = compat.layer_norm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = compat.layer_norm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
@@ -287,6 +287,7 @@ class ModelEntry:
     batch_size: dict  # size preset (each of SIZES) -> default batch size
     needs_torchvision: bool  # a stack without a working torchvision skips it, saying so
     context: dict = field(default_factory=dict)  # LM: size preset -> context length the data is cut into
+    has_attention: bool = False  # scaled-dot-product attention: the --attention axis applies
 
     def block_size(self, size: str) -> int:
         """Context length of an LM preset (0 for image models)."""
@@ -296,10 +297,10 @@ class ModelEntry:
 SIZES = ("tiny", "small")  # the presets every model has: CPU grids, nightly/GPU
 MODELS: dict[str, ModelEntry] = {
     "gpt": ModelEntry("gpt", "lm", _gpt, {"tiny": 16, "small": 32}, False,
-                      context={size: preset.block_size for size, preset in GPT_PRESETS.items()}),
+                      context={size: preset.block_size for size, preset in GPT_PRESETS.items()}, has_attention=True),
     "resnet": ModelEntry("resnet", "image", _resnet, {"tiny": 32, "small": 128}, False),
     "resnet18": ModelEntry("resnet18", "image", _resnet18, {"tiny": 32, "small": 128}, True),
-    "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True),
+    "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True, has_attention=True),
 }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .attention import ATTENTIONS
 from .compare import MARGIN, Policy
 from .devices import DEVICE_TYPES
 from .models import MODELS, SIZES
@@ -79,6 +80,8 @@ GRID_OPTIONS = (
     Option("--impls", f"optimizer implementations, comma list of: {names(IMPLS)} (default: the grid's; "
                       "default = torch's choice)", str),
     Option("--compile", f"torch.compile backends, comma list of: {names(COMPILE_BACKENDS)}", str),
+    Option("--attention", f"attention kernels, comma list of: {names(ATTENTIONS)} (default: the grid's; default = "
+                          "torch's choice)", str),
     Option("--seeds", "comma list of integer seeds (default: the grid's; 0)", str),
     Option("--steps", "optimizer steps per run, at least 2 (default: the grid's)", str),
     Option("--size", f"model size preset: {names(SIZES)} (default: the grid's)", str),

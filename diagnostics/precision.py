@@ -6,7 +6,7 @@ gradient scaling, set explicitly for every run and recorded in its row.
   convolution runs TF32.
 - ``tf32``: float32 storage, TF32 matmuls and convolutions ("high"). CUDA only: elsewhere a skip.
 - ``bf16``: bfloat16 autocast (float32 matmul settings as fp32).
-- ``fp16``: float16 autocast with ``torch.amp.GradScaler``: a step whose gradients overflow is
+- ``fp16``: float16 autocast with a loss scaler (``torch.amp.GradScaler``): a step whose gradients overflow is
   skipped and the scale halves; the scale and the skip are recorded per step, and a collapsed scale ends the run
   (``detect.rule_scale``).
 """
@@ -17,16 +17,22 @@ from contextlib import nullcontext
 
 import torch
 
+from . import compat
+
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MATMUL_PRECISION = {"tf32": "high"}  # every other precision: "highest" (no TF32)
 CUDA_ONLY = ("tf32",)  # TF32 is an NVIDIA tensor-core format
 
 
 def unsupported(precision: str, device_type: str) -> str:
-    """Why this precision cannot run on this device type ("" when it can)."""
+    """Why this precision cannot run on this device type with this torch ("" when it can)."""
     if precision in CUDA_ONLY and device_type != "cuda":
         return f"{precision} is a CUDA precision (TF32 tensor cores); {device_type} has no TF32"
-    return ""
+    if precision in AUTOCAST_DTYPE:
+        reason = compat.autocast_unsupported(device_type, AUTOCAST_DTYPE[precision])
+        if reason:
+            return reason
+    return compat.grad_scaler_unsupported(device_type) if precision == "fp16" else ""
 
 
 def set_float32_matmul(precision: str) -> dict:
@@ -44,7 +50,7 @@ def autocast(precision: str, device_type: str):
     return nullcontext() if dtype is None else torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def grad_scaler(precision: str, device_type: str) -> torch.amp.GradScaler | None:
+def grad_scaler(precision: str, device_type: str):
     """fp16's loss scaler (torch defaults: initial scale 2**16, growth every 2000 steps)."""
-    return torch.amp.GradScaler(device_type) if precision == "fp16" else None
+    return compat.grad_scaler(device_type) if precision == "fp16" else None
 

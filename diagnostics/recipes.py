@@ -23,8 +23,10 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as sched
 
+from . import compat
+
 WARMUP_FRACTION = 0.1  # the chapter's rule (README "Grids"): W = 10% of the run
-NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+NO_DECAY_MODULES = compat.NORM_MODULES
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,7 +111,9 @@ def build_optimizer(name: str, model: nn.Module, lr_scale: float = 1.0, impl: st
     groups = param_groups(model, kw.pop("weight_decay"))
     try:
         opt = recipe.make(groups, **kw, **IMPL_KWARGS[impl])
-    except RuntimeError as e:  # e.g. fused=True on a device or torch release without the kernel
+    # e.g. fused=True on a device or release without the kernel (RuntimeError), an optimizer
+    # whose release has no such argument yet (TypeError: SGD(fused=...) before torch 2.3)
+    except (RuntimeError, TypeError) as e:
         if impl == "default":
             raise
         raise UnsupportedImpl(f"{name} {impl}: {str(e).splitlines()[0]}") from None

@@ -15,8 +15,11 @@ pip here serves the torch wheels on local disk first; a version it lacks comes f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import threading
 import venv
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,91 +29,193 @@ from . import compare, report
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVS_DIR = ROOT / ".release-envs"
-# torchvision releases seen to import beside these torch releases on this machine; for any other
-# torch 2.M.P, torchvision 0.(M+15).P is tried, and the environment goes without on failure
-TORCHVISION_FOR = {"2.15.0": "0.29.2", "2.14.1": "0.29.1", "2.9.1": "0.24.1", "2.13.0": None}
-READY = ".ready"  # written last: an environment without it is rebuilt
+READY = ".ready"  # written last: an environment without it is rebuilt; its mtime is the last use
 MADE_WITH = "made-with.txt"  # in a session's report folder: the grid options that trained it
+COMPLETE = "session-complete"  # in a session's report folder, written when its grid finished
+MINIMUM_TORCH = (2, 0)  # what a release since lacks is a stated skip (compat.py); 1.x is another API
+# torchvision: pip picks it, the newest whose metadata pins this torch (torchvision wheels name
+# their torch exactly); older torchvisions than the first of torch 2.0 pinned no torch at all
+TORCHVISION = "torchvision>=0.15"
+# an old torch built against NumPy 1's C ABI cannot use NumPy 2 ("Numpy is not available");
+# asked of each environment after the install, and answered with the NumPy of that era
+NUMPY_CHECK = "import numpy, torch; torch.from_numpy(numpy.zeros(1))"
+ERA_NUMPY = "numpy<2"
+# what one environment takes on disk (torch's CUDA wheels and their nvidia-* dependencies: 4-7 GB
+# measured here); a build needs this much free, else the least recently used are removed
+ENV_BYTES = 7 * 1024**3
 
 
 class ReleaseError(Exception):
     """An environment that cannot be built or a session that wrote nothing; one line."""
 
 
-MINIMUM_TORCH = (2, 4)  # pyproject's torch>=2.4 (nn.RMSNorm): older releases cannot run this package
+@dataclass(frozen=True)
+class Candidate:
+    """A torch to judge: a release number (pip installs it) or wheel files (a nightly or release
+    candidate downloaded by CI: the torch wheel, and a torchvision wheel beside it if any)."""
+
+    label: str  # names its environment and report folder: the release, or the wheel's exact version
+    wheels: tuple[Path, ...] = ()
+
+    def __str__(self) -> str:
+        return self.label
+
+    def is_torch(self, version: str) -> bool:
+        """Whether a run's ``torch.__version__`` is this candidate (a release ignores the local
+        build tag: 2.14.1 is 2.14.1+cu128; a wheel's version is exact)."""
+        return version == self.label or (not self.wheels and version.split("+")[0] == self.label)
+
+
+def torch_version(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string; raises ReleaseError with one line."""
+    try:
+        major, minor = (int(x) for x in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        raise ReleaseError(f"{version!r} is not a torch version (e.g. 2.14.1) nor a wheel file or folder") from None
+    if (major, minor) < MINIMUM_TORCH:
+        raise ReleaseError(f"torch {version} is older than {'.'.join(map(str, MINIMUM_TORCH))}, the oldest release "
+                           "this package runs on")
+    return major, minor
+
+
+def candidate(arg: str) -> Candidate:
+    """``2.14.1``, a ``torch-*.whl`` file or a folder holding one; raises ReleaseError."""
+    path = Path(arg)
+    if not (arg.endswith(".whl") or path.is_dir()):
+        torch_version(arg)
+        return Candidate(arg)
+    if not path.exists():
+        raise ReleaseError(f"{arg}: no such wheel file")
+    wheels = tuple(sorted(path.glob("*.whl"))) if path.is_dir() else (path,)
+    torch_wheels = [w for w in wheels if w.name.split("-")[0] == "torch"]
+    if len(torch_wheels) != 1:
+        raise ReleaseError(f"{arg}: holds {len(torch_wheels)} torch wheels (torch-VERSION-...whl); one is needed")
+    version = torch_wheels[0].name.split("-")[1]  # PEP 427: {distribution}-{version}-...
+    torch_version(version)
+    keep = [w.resolve() for w in wheels if w.name.split("-")[0] in ("torch", "torchvision")]
+    return Candidate(version, tuple(keep))
 
 
 def check_version(version: str) -> None:
-    """A torch release this package can run on; raises ReleaseError with one line."""
-    try:
-        major, minor = (int(x) for x in version.split(".")[:2])
-    except ValueError:
-        raise ReleaseError(f"{version!r} is not a torch version (e.g. 2.14.1)") from None
-    if (major, minor) < MINIMUM_TORCH:
-        raise ReleaseError(f"torch {version} is older than {'.'.join(map(str, MINIMUM_TORCH))}, the oldest release "
-                           "this package runs on (nn.RMSNorm)")
-
-
-def torchvision_for(torch_version: str) -> str | None:
-    if torch_version in TORCHVISION_FOR:
-        return TORCHVISION_FOR[torch_version]
-    try:
-        major, minor, patch = (int(x) for x in torch_version.split("+")[0].split(".")[:3])
-    except ValueError:
-        return None
-    return f"0.{minor + 15}.{patch}" if major == 2 else None
+    """A torch release or wheel this package can run on; raises ReleaseError with one line."""
+    candidate(version)
 
 
 def pip(python: Path, args: list[str], registry: bool = False, log=None) -> bool:
-    """``python -m pip install ARGS``; ``registry``: bypass the local wheel cap."""
+    """``python -m pip install ARGS``; ``registry``: bypass the local wheel cap (and keep no
+    cache: a torch and its CUDA libraries are gigabytes per release)."""
     env = dict(os.environ, **({"PIP_CONFIG_FILE": os.devnull} if registry else {}))
-    cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
+    cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           *(["--no-cache-dir"] if registry else []), *args]
     return subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode == 0
+
+
+def pip_anywhere(python: Path, args: list[str], log=None) -> bool:
+    """Local wheels first, then the registry."""
+    return pip(python, args, log=log) or pip(python, args, registry=True, log=log)
 
 
 @dataclass
 class Environments:
-    """One cached virtual environment per torch version (module docs)."""
+    """One cached virtual environment per torch candidate (module docs), at most ``keep`` of
+    them: building one more removes the least recently used (never one in use), as does too
+    little free disk. ``prepare`` builds the next one in the background while a session trains."""
 
     root: Path = DEFAULT_ENVS_DIR
     log: object = None  # a file for pip's output (default: inherited)
+    keep: int | None = None  # at most this many environments (None: no limit but the disk's)
+    in_use: set = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    building: dict = field(default_factory=dict)  # label -> Future of a background build
 
-    def command(self, version: str) -> list[str]:
-        """The ``diagnostics`` command inside ``version``'s environment, built if needed."""
-        return [str(self.python(version)), "-m", "diagnostics"]
+    def command(self, cand: Candidate | str) -> list[str]:
+        """The ``diagnostics`` command inside the candidate's environment, built if needed."""
+        return [str(self.python(cand)), "-m", "diagnostics"]
 
-    def python(self, version: str) -> Path:
-        env = Path(self.root) / f"torch-{version}"
+    def path(self, cand: Candidate | str) -> Path:
+        return Path(self.root) / f"torch-{cand}"
+
+    def prepare(self, cand: Candidate) -> None:
+        """Start building ``cand``'s environment in the background (``python`` waits for it)."""
+        if str(cand) not in self.building and not (self.path(cand) / READY).exists():
+            pool = ThreadPoolExecutor(max_workers=1)
+            self.building[str(cand)] = pool.submit(self.python, cand)
+            pool.shutdown(wait=False)
+
+    def python(self, cand: Candidate | str) -> Path:
+        cand = cand if isinstance(cand, Candidate) else candidate(cand)
+        pending = self.building.get(str(cand))
+        if pending is not None and threading.current_thread() is threading.main_thread():
+            pending.result()  # raises the background build's ReleaseError here
+        env = self.path(cand)
         python = env / "bin" / "python"
-        if (env / READY).exists():
-            return python
+        with self.lock:
+            self.in_use.add(str(cand))
+            if (env / READY).exists():
+                os.utime(env / READY)
+                return python
+            self.make_room(str(cand))
         where = f"; pip's output in {self.log.name}" if hasattr(self.log, "name") else ""
-        print(f"release: building the torch {version} environment in {env} (once{where})", flush=True)
+        print(f"release: building the torch {cand} environment in {env} (once{where})", flush=True)
         venv.create(env, with_pip=True, clear=True)
-        if not (pip(python, [f"torch=={version}"], log=self.log) or
-                pip(python, [f"torch=={version}"], registry=True, log=self.log)):
-            raise ReleaseError(f"torch {version} could not be installed (neither from local wheels nor the registry)")
-        tv = torchvision_for(version)
-        if tv and not (pip(python, [f"torchvision=={tv}", "--no-deps"], log=self.log) or
-                       pip(python, [f"torchvision=={tv}", "--no-deps"], registry=True, log=self.log)):
-            print(f"release: torchvision {tv} did not install beside torch {version}: going without", flush=True)
-        # the package's own dependencies, with torch held at this version: a local pip cap would
-        # otherwise "satisfy" torch>=2.4 by replacing it with the newest local wheel
-        package = ["-e", str(ROOT), f"torch=={version}"]
-        if not (pip(python, package, log=self.log) or pip(python, package, registry=True, log=self.log)):
-            raise ReleaseError(f"this package could not be installed into {env} beside torch {version}")
+        self.install(cand, python)
         installed = subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True,
                                    text=True).stdout.strip()
-        if installed.split("+")[0] != version:
-            raise ReleaseError(f"the torch {version} environment holds torch {installed or 'none'}: not built")
-        (env / READY).write_text(version)
+        if not cand.is_torch(installed):
+            raise ReleaseError(f"the torch {cand} environment holds torch {installed or 'none'}: not built")
+        (env / READY).write_text(installed)
         return python
+
+    def install(self, cand: Candidate, python: Path) -> None:
+        """torch, the torchvision that pairs with it (where one does), this package (editable),
+        and the NumPy of the torch's era where the newest breaks it."""
+        torch_req = [str(w) for w in cand.wheels] or [f"torch=={cand}"]
+        # the package's dependencies with torch held (a local pip cap would otherwise "satisfy"
+        # torch>=2.0 by replacing it with the newest local wheel); a wheel folder brings its own torchvision
+        package = ["-e", str(ROOT), *torch_req]
+        with_vision = package + ([] if cand.wheels else [TORCHVISION])
+        if not pip_anywhere(python, with_vision, self.log):
+            print(f"release: no torchvision installs beside torch {cand}: going without (its image models are skips)",
+                  flush=True)
+            if not pip_anywhere(python, package, self.log):
+                raise ReleaseError(f"torch {cand} and this package could not be installed into {python.parent.parent} "
+                                   "(neither from local wheels nor the registry)")
+        if subprocess.run([str(python), "-c", NUMPY_CHECK], capture_output=True).returncode != 0:
+            if not (pip_anywhere(python, [ERA_NUMPY, *package], self.log) and
+                    subprocess.run([str(python), "-c", NUMPY_CHECK], capture_output=True).returncode == 0):
+                raise ReleaseError(f"torch {cand} cannot use NumPy in {python.parent.parent}, even with {ERA_NUMPY}")
+
+    def release(self, cand: Candidate | str) -> None:
+        """The candidate's environment is no longer needed by the command (it may be removed)."""
+        with self.lock:
+            self.in_use.discard(str(cand))
+
+    def make_room(self, label: str) -> None:
+        """Remove the least recently used environments not in use until at most ``keep`` - 1
+        remain and ``ENV_BYTES`` are free; raises ReleaseError when that cannot be done."""
+        root = Path(self.root)
+        root.mkdir(parents=True, exist_ok=True)
+        ready = sorted((e for e in root.glob("torch-*") if (e / READY).exists()), key=lambda e: (e / READY).stat().st_mtime)
+        removable = [e for e in ready if e.name.removeprefix("torch-") not in self.in_use]
+
+        def crowded() -> bool:
+            return self.keep is not None and len([e for e in ready if e.exists()]) >= self.keep
+
+        while (crowded() or shutil.disk_usage(root).free < ENV_BYTES) and removable:
+            gone = removable.pop(0)
+            print(f"release: removing the environment {gone} (least recently used; rebuilt on demand)", flush=True)
+            shutil.rmtree(gone, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        if free < ENV_BYTES:
+            raise ReleaseError(f"torch {label}: {free / 1024**3:.1f} GB free in {root}, an environment needs "
+                               f"~{ENV_BYTES / 1024**3:.0f} GB (and no unused environment is left to remove)")
 
 
 @dataclass
 class Sessions:
-    """The grid trained once per torch version into ``out/torch-VERSION`` (cached: a version
-    whose report exists is not run again), every version from the same initial weights."""
+    """The grid trained once per torch candidate into ``out/torch-LABEL`` (cached: a finished
+    session is not run again; one an interruption left unfinished is rerun from scratch), every
+    candidate from the same initial weights."""
 
     envs: Environments
     grid_args: list[str]  # diagnostics run's grid options
@@ -119,40 +224,51 @@ class Sessions:
     check_versions: bool = True  # every run of torch-V must have run on torch V (stand-ins in tests: off)
     done: dict = field(default_factory=dict)
 
-    def report_dir(self, version: str) -> Path:
+    def report_dir(self, version: Candidate | str) -> Path:
         return Path(self.out) / f"torch-{version}"
 
-    def run(self, version: str) -> Path:
+    def finished(self, version: Candidate | str) -> bool:
         d = self.report_dir(version)
-        if version in self.done or (d / report.RUNS).exists():
-            self.done[version] = self.checked(version, d)
+        return str(version) in self.done or ((d / COMPLETE).exists() and (d / report.RUNS).exists())
+
+    def run(self, version: Candidate | str) -> Path:
+        cand = version if isinstance(version, Candidate) else candidate(version) if self.check_versions else \
+            Candidate(str(version))
+        d = self.report_dir(cand)
+        if self.finished(cand):
+            self.done[str(cand)] = self.checked(cand, d)
             return d
+        if d.exists():  # an interrupted session: its rows are incomplete
+            print(f"release: {d} was not finished (interrupted?): training it again", flush=True)
+            shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
         (d / MADE_WITH).write_text(self.made_with())
-        cmd = [*self.envs.command(version), "run", *self.grid_args, "--report-dir", str(d),
+        cmd = [*self.envs.command(cand), "run", *self.grid_args, "--report-dir", str(d),
                "--init-dir", str(Path(self.out) / "init"), "--allow-no-baseline", "--quiet",
                *(["-n", self.workers] if self.workers else []), "--", "-p", "no:cacheprovider"]
-        print(f"release: torch {version}: training the grid into {d}", flush=True)
+        print(f"release: torch {cand}: training the grid into {d}", flush=True)
         subprocess.run(cmd, cwd=ROOT)  # a failing test is a verdict for compare, not a reason to stop
         if not (d / report.RUNS).exists():
-            raise ReleaseError(f"the torch {version} session wrote no runs.csv (see its output above)")
-        self.done[version] = self.checked(version, d)
+            raise ReleaseError(f"the torch {cand} session wrote no runs.csv (see its output above)")
+        (d / COMPLETE).write_text(f"{cand}\n")
+        self.done[str(cand)] = self.checked(cand, d)
         return d
 
     def made_with(self) -> str:
         """What makes a cached session reusable: the grid options it was trained with."""
         return " ".join(self.grid_args) + "\n"
 
-    def checked(self, version: str, d: Path) -> Path:
+    def checked(self, cand: Candidate | str, d: Path) -> Path:
         """``d``, once it was made with this command's grid options and every run in it says it
-        ran on torch ``version``."""
+        ran on torch ``cand``."""
         made = (d / MADE_WITH).read_text() if (d / MADE_WITH).exists() else None
         if made != self.made_with():
             was = f"with `{made.strip()}`" if made is not None else "by an unknown command"
             raise ReleaseError(f"{d} was trained {was}, not `{self.made_with().strip()}`: delete it or choose another --out")
-        ran = set(report.read(d / report.RUNS)["torch_version"].dropna().astype(str).str.split("+").str[0])
-        if self.check_versions and ran - {version}:
-            raise ReleaseError(f"{d} holds runs of torch {', '.join(sorted(ran))}, not {version}: delete it to rerun")
+        cand = cand if isinstance(cand, Candidate) else Candidate(str(cand))
+        ran = set(report.read(d / report.RUNS)["torch_version"].dropna().astype(str))
+        if self.check_versions and any(not cand.is_torch(v) for v in ran):
+            raise ReleaseError(f"{d} holds runs of torch {', '.join(sorted(ran))}, not {cand}: delete it to rerun")
         return d
 
 
@@ -210,3 +326,33 @@ def failing(table: pd.DataFrame, policy: compare.Policy) -> list[dict]:
     """The rows of a bisect table whose verdict at the last version fails ``policy`` (bisect
     exits 1 on them, as compare does)."""
     return [r for r in table.to_dict("records") if policy.failure(r)]
+
+
+CHANGELOG_COLUMNS = ["from_version", "to_version", *compare.CONFIG, "run_id", "verdict", "failure", "detail",
+                     "base_status", "candidate_status", "n_seeds_judged", "base_final_loss", "candidate_final_loss",
+                     "delta_final_loss", "noise_final_loss", "mde", "p_holm", "first_diff_step"]
+
+
+def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,
+              on_transition=None) -> pd.DataFrame:
+    """Every consecutive pair of ``versions`` judged (one row per transition and config, as
+    ``CHANGELOG_COLUMNS``). Each candidate is trained once (a finished session is reused, so an
+    interrupted changelog resumes where it stopped); the next candidate's environment is built
+    while the current one trains, and each is released for removal once trained
+    (``Environments.keep`` then bounds the disk). ``on_transition(table)`` sees the table so far
+    after each pair (the command writes it as it goes)."""
+    rows = []
+    for i, (a, b) in enumerate(zip(versions, versions[1:])):
+        if i == 0:
+            if not sessions.finished(b):
+                sessions.envs.prepare(b)
+            sessions.run(a)
+            sessions.envs.release(a)
+        if i + 2 < len(versions) and not sessions.finished(versions[i + 2]):
+            sessions.envs.prepare(versions[i + 2])
+        table = judged(sessions.run(a), sessions.run(b), tolerances, margin, compare.Policy())
+        sessions.envs.release(b)
+        rows.append(table.assign(from_version=str(a), to_version=str(b))[CHANGELOG_COLUMNS])
+        if on_transition is not None:
+            on_transition(pd.concat(rows, ignore_index=True))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CHANGELOG_COLUMNS)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
-            "precision", "impl", "compile", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
+            "precision", "impl", "compile", "attention", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params",
+            "recipe"]
 OUTCOME = ["status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes", "n_grad_spikes",
            "initial_loss", "final_loss", "min_loss", "val_loss", "val_metric", "loss_floor", "max_grad_norm",
            "weights_sha256"]
@@ -37,11 +38,12 @@ EVENTS_COLUMNS = ["run_id", "step", "kind", "signal", "value", "threshold", "det
 ENV_COLUMNS = ["key", "value"]
 
 # the columns that name a config (a grid point up to its seed): compare, calibrate and stability
-# key on them. A report written before the ``impl``/``compile`` axes existed reads them as these
+# key on them. A report written before the ``impl``/``compile``/``attention`` axes existed reads them as these
 # defaults (``read``), so older reports and baselines stay comparable.
-CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "impl", "compile", "lr_scale", "steps",
+CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "impl", "compile", "attention", "lr_scale",
+          "steps",
           "model_size"]
-AXIS_DEFAULTS = {"impl": "default", "compile": "none"}
+AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default"}
 
 RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
@@ -129,14 +131,18 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 
 def with_axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
-    """A table of runs or configs written before the ``impl``/``compile`` axes existed, with
-    them filled as their defaults (after ``precision``); other tables pass unchanged."""
+    """A table of runs or configs written before an axis of ``AXIS_DEFAULTS`` existed, with it
+    filled as its default (each after ``precision`` and the axes before it); other tables pass
+    unchanged."""
     missing = [c for c in AXIS_DEFAULTS if c not in df.columns]
     if "precision" not in df.columns or not missing:
         return df
     df = df.copy()
-    for column in reversed(missing):
-        df.insert(df.columns.get_loc("precision") + 1, column, AXIS_DEFAULTS[column])
+    after = "precision"
+    for column in AXIS_DEFAULTS:
+        if column in missing:
+            df.insert(df.columns.get_loc(after) + 1, column, AXIS_DEFAULTS[column])
+        after = column
     return df
 
 

@@ -10,6 +10,7 @@ import hashlib
 import itertools
 from dataclasses import asdict, dataclass, field, replace
 
+from .attention import ATTENTIONS
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from .report import AXIS_DEFAULTS
@@ -45,13 +46,16 @@ class RunSpec:
     grid: str = "default"  # the grid preset it belongs to (names its baseline)
     impl: str = "default"  # one of IMPLS: the optimizer implementation
     compile: str = "none"  # one of COMPILE_BACKENDS: torch.compile backend of the model
+    attention: str = "default"  # one of attention.ATTENTIONS: the SDPA kernel asked for
 
     @property
     def id(self) -> str:
         """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0``; a non-default
-        implementation or compile backend follows the precision (``-fp32-fused-inductor-s0``),
+        implementation, compile backend or attention kernel follows the precision
+        (``-fp32-fused-inductor-math-s0``),
         ``-lrx3`` ends it when the LR is scaled. Ids of default-axis runs never change."""
-        axes = "".join(f"-{v}" for k, v in (("impl", self.impl), ("compile", self.compile)) if v != AXIS_DEFAULTS[k])
+        axes = "".join(f"-{v}" for k, v in (("impl", self.impl), ("compile", self.compile),
+                                                   ("attention", self.attention)) if v != AXIS_DEFAULTS[k])
         base = (f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}{axes}"
                 f"-s{self.seed}")
         return base if self.lr_scale == 1.0 else f"{base}-lrx{self.lr_scale:g}"
@@ -73,6 +77,7 @@ class Grid:
     precisions: tuple[str, ...] = ("fp32",)
     impls: tuple[str, ...] = ("default",)
     compiles: tuple[str, ...] = ("none",)
+    attentions: tuple[str, ...] = ("default",)  # SDPA kernels (models without attention ignore the axis)
     seeds: tuple[int, ...] = (0,)
     lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
@@ -87,10 +92,12 @@ class Grid:
         """The grid in a fixed order (the same on every xdist worker): this product, then each
         part's, a point already listed dropped."""
         specs = [
-            RunSpec(m, o, s, w, d, p, seed, self.steps, lr, self.size, self.suite, self.name, impl, comp)
-            for d, m, o, s, w, p, impl, comp, seed, lr in itertools.product(
+            RunSpec(model=m, optimizer=o, scheduler=s, warmup=w, device=d, precision=p, seed=seed, steps=self.steps,
+                    lr_scale=lr, size=self.size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
+                    attention=att if MODELS[m].has_attention else "default")
+            for d, m, o, s, w, p, impl, comp, att, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
-                self.compiles, self.seeds, self.lr_scales)
+                self.compiles, self.attentions, self.seeds, self.lr_scales)
         ]
         specs += [s for part in self.parts for s in part.specs()]
         return list({(s.id, s.steps, s.size): s for s in specs}.values())
@@ -110,7 +117,11 @@ GRIDS: dict[str, Grid] = {
                     parts=(Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=PRECISIONS,
                                 impls=("forloop", "foreach", "fused"), compiles=("none", "inductor"), steps=200,
-                                size="small"),)),
+                                size="small"),
+                           # the attention kernels users train with (default: torch's choice) and each alone
+                           Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
+                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
+                                attentions=("math", "flash", "efficient", "cudnn")),)),
     # release: the paths torch releases change (README "Releases"), ~7 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
@@ -118,7 +129,21 @@ GRIDS: dict[str, Grid] = {
     # AMP, compile changing the loss); tf32 is a CUDA precision (the nightly grid has it).
     "release": Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                     schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "bf16", "fp16"),
-                    impls=("forloop", "foreach", "fused"), compiles=("none", "aot_eager", "inductor"), steps=60),
+                    impls=("forloop", "foreach", "fused"), compiles=("none", "aot_eager", "inductor"), steps=60,
+                    parts=(Grid("release", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
+                                warmups=("linear",), precisions=("fp32", "bf16"), impls=("forloop", "fused"),
+                                attentions=("math", "flash"), steps=60),)),
+    # changelog: every torch release's convergence on CPU in a few minutes each (README "Releases
+    # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
+    # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
+    # bf16 / fp16, aot_eager / inductor, math / flash attention (gpt); 2 seeds, 60 steps: 92 runs
+    "changelog": Grid("changelog", "convergence", models=("gpt", "resnet"), warmups=("linear",), seeds=(0, 1), steps=60,
+                      parts=tuple(Grid("changelog", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
+                                       schedulers=("cosine",), warmups=("linear",), seeds=(0, 1), steps=60, **axis)
+                                  for axis in (dict(impls=("forloop", "foreach", "fused")),
+                                               dict(precisions=("bf16", "fp16")),
+                                               dict(compiles=("aot_eager", "inductor")),
+                                               dict(attentions=("math", "flash"))))),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
@@ -236,6 +261,7 @@ class GridOptions:
     precision: str | None = None
     impls: str | None = None
     compile: str | None = None
+    attention: str | None = None
     seeds: str | None = None
     steps: str | int | None = None
     size: str | None = None
@@ -255,6 +281,7 @@ def resolve_grid(opts: GridOptions) -> Grid:
         precisions=parse_names(opts.precision, PRECISIONS, "precision"),
         impls=parse_names(opts.impls, IMPLS, "impls"),
         compiles=parse_names(opts.compile, COMPILE_BACKENDS, "compile"),
+        attentions=parse_names(opts.attention, ATTENTIONS, "attention"),
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,

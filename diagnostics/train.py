@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import checkpoint, data, determinism, env, perturb, precision
+from . import attention, checkpoint, compat, data, determinism, env, perturb, precision
 from .detect import SKIPPED, Monitor, Thresholds, Verdict
 from .faults import NO_FAULT, Fault
 from .models import MODELS, build_model, count_params
@@ -151,7 +151,8 @@ def utc_now() -> str:
 def identity(spec: RunSpec) -> dict:
     return dict(run_id=spec.id, suite=spec.suite, model=spec.model, optimizer=spec.optimizer,
                 scheduler=spec.scheduler, warmup=spec.warmup, device=spec.device, precision=spec.precision,
-                impl=spec.impl, compile=spec.compile, seed=spec.seed, lr_scale=spec.lr_scale, steps=spec.steps,
+                impl=spec.impl, compile=spec.compile, attention=spec.attention, seed=spec.seed, lr_scale=spec.lr_scale,
+                steps=spec.steps,
                 model_size=spec.size, grid=spec.grid)
 
 
@@ -160,6 +161,23 @@ def provenance(spec: RunSpec, worker: str) -> dict:
     row.update(env.memory())
     row.update(device_name=env.device_name(spec.device), num_threads=torch.get_num_threads(), worker=worker)
     return row
+
+
+@torch.no_grad()
+def attention_kernel(s: Setup, spec: RunSpec, device) -> str:
+    """The attention kernel(s) the run's steps dispatched to ("" for a model without attention).
+    A compiled run's attention was traced, not dispatched: one eager forward of a held-out batch
+    (after training and evaluation, so nothing the run measured changes) asks instead."""
+    rec = attention.Recorder.active
+    if rec is None or not MODELS[spec.model].has_attention:
+        return ""
+    if not rec.kernels:
+        x, _ = next(iter(data.val_batches(s.ds, device)))
+        s.model.eval()
+        with s.autocast:
+            s.model.forward(x)  # forward, not __call__: the eager module, not its compiled call
+        s.model.train()
+    return rec.name() or "not observed"
 
 
 @torch.no_grad()
@@ -194,7 +212,9 @@ def unsupported(spec: RunSpec) -> str:
     """Why this grid point cannot run on this stack, before anything is built ("" if it can)."""
     if MODELS[spec.model].needs_torchvision and env.torchvision_status()[1]:
         return env.torchvision_status()[1]  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
-    return precision.unsupported(spec.precision, torch.device(spec.device).type)
+    device_type = torch.device(spec.device).type
+    return (precision.unsupported(spec.precision, device_type) or attention.unsupported(spec.attention, device_type)
+            or (compat.compile_unsupported() if spec.compile != "none" else ""))
 
 
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
@@ -218,24 +238,33 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
         result = skipped_row(spec, worker, reason)
         result.row["started_at"] = started
         return result
-    attention, sdpa_backend = determinism.attention_backend(torch.device(spec.device).type)
     try:
-        with determinism.nondeterministic_ops() as nondeterministic, attention:
+        with determinism.nondeterministic_ops() as nondeterministic, attention.context(spec.attention), \
+                attention.recording():
             result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes,
                             stop_after, checkpoint_path, resume_from, perturb.get(perturbation), init_dir)
-        result.row["sdpa_backend"] = sdpa_backend
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
     except UnsupportedImpl as e:
         result = skipped_row(spec, worker, str(e))
+    except RuntimeError as e:
+        if attention.NO_KERNEL not in str(e):
+            result = error_row(spec, worker, e)
+        else:  # a forced attention kernel that does not take this run's inputs (e.g. CUDA flash in fp32)
+            result = skipped_row(spec, worker, f"{spec.attention} attention: {str(e).splitlines()[0].strip()}")
     except Exception as e:  # the row must exist whatever broke
-        result = RunResult(dict(identity(spec), status="error",
-                                status_reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                                              f" [{traceback.extract_tb(e.__traceback__)[-1].name}]"))
-        result.row.update(provenance(spec, worker))
+        result = error_row(spec, worker, e)
     result.row["started_at"] = started
     return result
+
+
+def error_row(spec: RunSpec, worker: str, e: Exception) -> RunResult:
+    """The row of a run that raised: the exception's first line and the function it came from."""
+    row = dict(identity(spec), status="error", status_reason=f"{type(e).__name__}: "
+               f"{str(e).splitlines()[0] if str(e) else ''} [{traceback.extract_tb(e.__traceback__)[-1].name}]")
+    row.update(provenance(spec, worker))
+    return RunResult(row)
 
 
 def initial_weights(model: torch.nn.Module, init_dir: Path | None, spec: RunSpec) -> None:
@@ -336,6 +365,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
 
     val_loss, val_metric, metric_name, val_samples = evaluate(s.model, s.ds, device, s.autocast)
     row = result_row(spec, s, monitor.verdict(), trace, thresholds)
+    row["sdpa_backend"] = attention_kernel(s, spec, device)
     row.update(
         val_loss=val_loss, val_metric=val_metric, val_metric_name=metric_name, val_samples=val_samples,
         runtime_s=runtime, steps_per_s=len(trace.rows) / runtime, samples_per_s=len(trace.rows) * s.batch_size / runtime,

@@ -161,8 +161,12 @@ def test_the_cifar_resnet_needs_no_torchvision_and_matches_its_block():
 def test_reports_without_the_axes_read_as_their_defaults():
     old = pd.DataFrame(dict(run_id=["a"], model=["gpt"], precision=["fp32"], seed=[0]))
     filled = report.with_axis_defaults(old)
-    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "seed"]
+    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "seed"]
     assert filled.loc[0, "impl"] == "default" and filled.loc[0, "compile"] == "none"
+    assert filled.loc[0, "attention"] == "default"
+    # a report from before the attention axis only: it goes after the axes the report has
+    axes = report.with_axis_defaults(filled.drop(columns="attention").assign(compile="inductor"))
+    assert list(axes.columns) == list(filled.columns) and axes.loc[0, "compile"] == "inductor"
     assert report.with_axis_defaults(pd.DataFrame(dict(key=["a"]))).columns.tolist() == ["key"]
 
 

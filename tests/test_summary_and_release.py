@@ -52,13 +52,19 @@ def test_summary_command_reads_a_report_and_rejects_bad_input(smoke_reports, tmp
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs.csv" in bad.stderr
 
 
-def test_release_refuses_versions_it_cannot_run():
-    for version, why in (("2.3.1", "older than 2.4"), ("latest", "not a torch version")):
+def test_release_refuses_versions_it_cannot_run(tmp_path):
+    for version, why in (("1.13.1", "older than 2.0"), ("latest", "not a torch version nor a wheel"),
+                         (str(tmp_path / "torch-9.whl"), "no such wheel file"), (str(tmp_path), "holds 0 torch wheels")):
         with pytest.raises(release.ReleaseError, match=why):
             release.check_version(version)
-    assert release.torchvision_for("2.14.1") == "0.29.1" and release.torchvision_for("2.12.0") == "0.27.0"
-    proc = diagnostics("release", "2.14.1", "2.1.0", "--out", "unused")
-    assert proc.returncode == 2 and "older than 2.4" in proc.stderr
+    for name in ("torch-2.16.0.dev20261130+cpu-cp311-cp311-linux_x86_64.whl", "torchvision-0.31.0.dev20261130-x.whl"):
+        (tmp_path / name).write_bytes(b"")
+    nightly = release.candidate(str(tmp_path))
+    assert nightly.label == "2.16.0.dev20261130+cpu" and len(nightly.wheels) == 2
+    assert nightly.is_torch("2.16.0.dev20261130+cpu") and not nightly.is_torch("2.16.0")  # a wheel is exact
+    assert release.candidate("2.14.1").is_torch("2.14.1+cu128")  # a release ignores the build tag
+    proc = diagnostics("release", "2.14.1", "1.13.1", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2 and "older than 2.0" in proc.stderr
     proc = diagnostics("release", "2.14.1", "2.14.1", "--out", "unused")
     assert proc.returncode == 2 and "one version twice" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 

@@ -1,0 +1,124 @@
+"""The convergence changelog of torch (``diagnostics changelog V1 ... Vn --out DIR``): what
+``release.changelog`` judged, written for readers. ``DIR/changelog.csv`` holds one row per
+(from version, to version, config); this module adds ``DIR/changelog.md`` (per transition: how
+many configs kept every bit, changed bits within noise, moved beyond noise or went unjudged, and
+on which paths) and ``DIR/index.html`` with a configs x transitions picture coloured by verdict.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from . import compare, report, summary
+
+FIGURE = "changelog.png"
+MARKDOWN = "changelog.md"
+# verdict colours of the picture: bits kept, bits within noise, beyond noise, nothing judged
+VERDICT_COLOUR = {"identical": "#e0e0e0", "equivalent": "#90caf9", "changed": "#ffb74d", "improved": "#81c784",
+                  "regressed": "#e53935", "status_changed": "#8e24aa", "skipped": "#ffffff", "missing": "#616161",
+                  "new": "#616161", "unjudged": "#212121"}
+
+
+def counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per transition: how many configs kept every bit (identical), changed bits within noise
+    (equivalent), moved beyond noise (changed, regressed, improved, status_changed) or could not
+    be judged (skipped on either side, missing, new, unjudged); and which axes changed bits."""
+    out = []
+    for (a, b), t in table.groupby(["from_version", "to_version"], sort=False):
+        bits = t[t["verdict"] != "identical"]
+        judged_bits = bits[bits["verdict"].isin(compare.JUDGED)]
+        out.append(dict(
+            from_version=a, to_version=b, configs=len(t), identical=int((t["verdict"] == "identical").sum()),
+            equivalent=int((t["verdict"] == "equivalent").sum()),
+            beyond_noise=int(t["verdict"].isin(compare.BEYOND_NOISE).sum()),
+            not_judged=int((~t["verdict"].isin(compare.JUDGED)).sum()),
+            bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(compare.BEYOND_NOISE)]),
+        ))
+    return pd.DataFrame(out)
+
+
+def paths_of(rows: pd.DataFrame) -> str:
+    """The paths a set of configs shares, in words: "gpt, resnet: fp16; compile=inductor" style,
+    the values of each axis that occur (an axis at its default everywhere is left out)."""
+    if rows.empty:
+        return ""
+    parts = [",".join(sorted(rows["model"].astype(str).unique()))]
+    for axis in ("optimizer", "scheduler", "precision", "impl", "compile", "attention"):
+        values = sorted(rows[axis].astype(str).unique())
+        if values != [report.AXIS_DEFAULTS.get(axis)]:
+            parts.append(f"{axis}={','.join(values)}")
+    return " ".join(parts)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The changelog as Markdown: the transitions table, then each config beyond noise."""
+    c = counts(table)
+    lines = [f"## Convergence changelog: {len(c)} transitions, {table['run_id'].nunique()} configs", ""]
+    lines += summary.table(c.to_dict("records"), [
+        ("from", "from_version", ""), ("to", "to_version", ""), ("identical", "identical", ""),
+        ("bits within noise", "equivalent", ""), ("beyond noise", "beyond_noise", ""), ("not judged", "not_judged", ""),
+        ("bits changed in", "bits_changed_in", ""), ("beyond noise in", "beyond_noise_in", "")])
+    beyond = table[table["verdict"].isin(compare.BEYOND_NOISE)]
+    if len(beyond):
+        lines += ["", f"### Beyond noise ({len(beyond)})", ""]
+        lines += summary.table(beyond.to_dict("records"), [
+            ("from", "from_version", ""), ("to", "to_version", ""), ("config", "run_id", ""), ("verdict", "verdict", ""),
+            ("Δ final loss", "delta_final_loss", ".3g"), ("mde", "mde", ".1%"), ("detail", "detail", "")])
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pd.DataFrame, path: Path) -> Path:
+    """Configs (rows) x transitions (columns), each cell coloured by its verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    transitions = list(dict.fromkeys(f"{a}→{b}" for a, b in zip(table["from_version"], table["to_version"])))
+    configs = sorted(table["run_id"].unique())
+    verdicts = list(VERDICT_COLOUR)
+    grid = (table.assign(transition=[f"{a}→{b}" for a, b in zip(table["from_version"], table["to_version"])],
+                         code=table["verdict"].map(verdicts.index))
+            .pivot_table(index="run_id", columns="transition", values="code", aggfunc="max")
+            .reindex(index=configs, columns=transitions))
+    fig, ax = plt.subplots(figsize=(2 + 0.5 * len(transitions), 1 + 0.16 * len(configs)))
+    ax.imshow(grid.to_numpy(dtype=float), cmap=ListedColormap(list(VERDICT_COLOUR.values())), vmin=-0.5,
+              vmax=len(verdicts) - 0.5, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(transitions)), transitions, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(configs)), configs, fontsize=6)
+    seen = [v for v in verdicts if v in set(table["verdict"])]
+    ax.legend(handles=[Patch(facecolor=VERDICT_COLOUR[v], edgecolor="#999", label=v) for v in seen],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
+    ax.set_title("verdict of each config at each torch transition")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write(out: Path, table: pd.DataFrame) -> Path:
+    """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html``; returns the page."""
+    from . import page
+
+    out = Path(out)
+    md = markdown(table)
+    (out / MARKDOWN).write_text(md, encoding="utf-8")
+    figure(table, out / FIGURE)
+    c = counts(table)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
+    rows = "".join("<tr>" + "".join(page.cell(v) for v in r.values()) + "</tr>" for r in c.to_dict("records"))
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Convergence changelog</title>",
+             f"<style>{page.STYLE}</style></head><body>",
+             f"<h1>Convergence changelog of torch: {len(c)} transitions</h1>",
+             f'<p>Data: <a href="changelog.csv">changelog.csv</a> · <a href="{MARKDOWN}">{MARKDOWN}</a></p>',
+             f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
+             f'<p><img src="{FIGURE}" alt="verdicts"></p>',
+             f"<script>{page.SORT_JS}</script></body></html>"]
+    path = out / "index.html"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
