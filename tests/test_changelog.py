@@ -1,0 +1,117 @@
+"""Environments over many releases (the disk they take, the NumPy of their era) and the changelog
+of consecutive releases, with stand-in environments (this Python) as the release tests use."""
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from diagnostics import changelog, compare, release, report
+from tests.test_summary_and_release import StandInReleases
+
+
+def ready_env(root: Path, label: str, age: float) -> Path:
+    env = root / f"torch-{label}"
+    env.mkdir(parents=True)
+    (env / release.READY).write_text(label)
+    then = time.time() - age
+    os.utime(env / release.READY, (then, then))
+    return env
+
+
+def test_building_one_more_environment_removes_the_least_recently_used_not_in_use(tmp_path):
+    envs = release.Environments(tmp_path, keep=3)
+    old, older, oldest = (ready_env(tmp_path, v, age) for v, age in (("2.3.1", 10), ("2.2.2", 20), ("2.1.2", 30)))
+    envs.in_use = {"2.1.2", "2.4.1"}  # 2.1.2 trains now; 2.4.1 is the one being built
+    envs.make_room("2.4.1")
+    assert oldest.exists() and not older.exists() and old.exists()  # the oldest is in use: the next one goes
+    envs.keep = None
+    envs.make_room("2.4.1")  # no count limit: nothing more goes while the disk has room
+    assert old.exists()
+
+
+def test_too_little_disk_removes_unused_environments_then_refuses_in_one_line(tmp_path, monkeypatch):
+    envs = release.Environments(tmp_path)
+    unused = ready_env(tmp_path, "2.5.1", 5)
+    free = {"bytes": release.ENV_BYTES - 1}
+
+    def usage(path):
+        return type("Usage", (), dict(free=free["bytes"]))()
+
+    def rmtree(path, ignore_errors=False):
+        free["bytes"] += release.ENV_BYTES
+        os.remove(Path(path) / release.READY)
+        os.rmdir(path)
+
+    monkeypatch.setattr(release.shutil, "disk_usage", usage)
+    monkeypatch.setattr(release.shutil, "rmtree", rmtree)
+    envs.make_room("2.6.0")
+    assert not unused.exists()  # removed, and that made room
+    free["bytes"] = 1024**3
+    with pytest.raises(release.ReleaseError, match=r"torch 2.6.0: 1.0 GB free in .*needs ~7 GB"):
+        envs.make_room("2.6.0")
+
+
+def fake_python(tmp_path: Path) -> Path:
+    """A "python" whose NumPy check fails until the era's NumPy was installed (a marker file)."""
+    py = tmp_path / "python"
+    py.write_text(f"#!/bin/sh\ntest -e {tmp_path}/numpy1\n")
+    py.chmod(py.stat().st_mode | stat.S_IEXEC)
+    return py
+
+
+def test_an_old_torch_gets_the_numpy_of_its_era_and_a_new_one_does_not(tmp_path, monkeypatch):
+    calls = []
+
+    def pip_anywhere(python, args, log=None):
+        calls.append(args)
+        if release.ERA_NUMPY in args:
+            (tmp_path / "numpy1").write_text("")
+        return release.TORCHVISION not in args  # no torchvision installs beside this torch
+
+    monkeypatch.setattr(release, "pip_anywhere", pip_anywhere)
+    envs = release.Environments(tmp_path)
+    envs.install(release.Candidate("2.0.1"), fake_python(tmp_path))
+    assert calls[0][-1] == release.TORCHVISION and "torch==2.0.1" in calls[0]  # pip pairs the torchvision
+    assert release.TORCHVISION not in calls[1]  # none installs beside it: the environment goes without
+    assert calls[2][0] == release.ERA_NUMPY and "torch==2.0.1" in calls[2]
+    calls.clear()
+    envs.install(release.Candidate("2.15.0"), fake_python(tmp_path))  # the check passes now: no pin
+    assert not any(release.ERA_NUMPY in c for c in calls)
+
+
+@pytest.mark.slow
+def test_changelog_judges_each_transition_trains_each_release_once_and_resumes(tmp_path):
+    envs = StandInReleases(changed={"2.12"})
+    grid = ["--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--steps", "8", "--devices", "cpu",
+            "--data-dir", str(tmp_path / "data")]
+    sessions = release.Sessions(envs, grid, tmp_path, check_versions=False)
+    versions = [release.Candidate(v) for v in ("2.10", "2.11", "2.12", "2.13")]
+    seen = []
+    table = release.changelog(versions, sessions, on_transition=lambda t: seen.append(len(t)))
+    assert seen == [1, 2, 3] and list(table.columns) == release.CHANGELOG_COLUMNS
+    verdicts = dict(zip(table["to_version"], table["verdict"]))
+    # 2.12 adds an ulp to every gradient: bits change at 2.11 -> 2.12 and back at 2.12 -> 2.13
+    assert verdicts["2.11"] == "identical" and verdicts["2.12"] != "identical" and verdicts["2.13"] != "identical"
+    assert sorted(envs.built) == ["2.10", "2.11", "2.12", "2.13"]
+    counts = changelog.counts(table)
+    assert counts["identical"].tolist() == [1, 0, 0] and counts["bits_changed_in"].iloc[0] == ""
+    assert counts["bits_changed_in"].iloc[1] == "gpt optimizer=adamw scheduler=cosine precision=fp32"
+    # an interruption: 2.13's session left unfinished is trained again, the others are reused
+    (tmp_path / "torch-2.13" / release.COMPLETE).unlink()
+    envs.built.clear()
+    again = release.changelog(versions, release.Sessions(envs, grid, tmp_path, check_versions=False))
+    assert envs.built == ["2.13"] and again["verdict"].tolist() == table["verdict"].tolist()
+    page = changelog.write(tmp_path, table)
+    assert page.exists() and (tmp_path / changelog.FIGURE).stat().st_size > 0
+    md = (tmp_path / changelog.MARKDOWN).read_text()
+    assert "| 2.10 | 2.11 | 1 | 0 | 0 | 0 |" in md
+
+
+def test_a_changelog_row_names_the_transition_and_the_verdict_columns():
+    assert release.CHANGELOG_COLUMNS[:2] == ["from_version", "to_version"]
+    assert set(release.CHANGELOG_COLUMNS) - {"from_version", "to_version"} <= set(compare.COMPARE_COLUMNS)
+    assert set(compare.CONFIG) <= set(release.CHANGELOG_COLUMNS) and "mde" in release.CHANGELOG_COLUMNS
+    assert report.CONFIG == compare.CONFIG
