@@ -114,11 +114,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import baseline, calibrate, compare, perturb, report, repro
 
     validate_grid_options(args)
-    names = [n.strip() for n in args.perturbations.split(",") if n.strip()]
+    grid = grid_of(args)
+    names = (list(perturb.default_for(grid.devices)) if args.perturbations is None
+             else [n.strip() for n in args.perturbations.split(",") if n.strip()])
     bad = [n for n in names if n not in perturb.PERTURBATIONS]
     if bad or not names:
         raise UsageError(f"--perturbations {args.perturbations!r}: valid names are {', '.join(perturb.PERTURBATIONS)}")
-    grid = grid_of(args)
     work = Path(args.work_dir) / grid.name
     target = baseline.directory(grid.name, args.baseline)
 
@@ -456,6 +457,7 @@ def float_arg(text: str) -> float:
 
 def build_parser() -> Parser:
     from .perturb import DEFAULT as PERTURB_DEFAULT
+    from .perturb import REPEATS as PERTURB_REPEATS
 
     parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -475,8 +477,10 @@ def build_parser() -> Parser:
     cal = sub.add_parser("calibrate", help="measure per-config tolerances: the grid as the baseline, then reruns "
                                            "that change only the arithmetic; writes tolerances.csv beside it")
     add_grid_options(cal)
-    cal.add_argument("--perturbations", default=",".join(PERTURB_DEFAULT),
-                     help="comma list of arithmetic-only perturbations (default: %(default)s)")
+    cal.add_argument("--perturbations", default=None,
+                     help=f"comma list of arithmetic-only perturbations (default: {','.join(PERTURB_DEFAULT)}, and "
+                          f"{','.join(PERTURB_REPEATS)} on a device other than the CPU: reruns that measure "
+                          "nondeterministic kernels)")
     cal.add_argument("--perturb-seeds", type=int_at_least(1), default=2,
                      help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
                           "adds one noise sample per perturbation and config (default: %(default)s)")

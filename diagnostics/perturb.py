@@ -14,7 +14,12 @@ the kind of difference a new torch release, BLAS library or machine brings to th
 - ``fwdK``: every output of every Linear and Conv layer, on every forward pass, moved one ulp up
   or down: what a forward kernel that sums in another order does. Sign-based optimizers (Lion)
   barely feel gradient nudges but do feel this: held out, a split-K matmul moved gpt-Lion final
-  losses ~10x further than the other perturbations did.
+  losses ~10x further than the other perturbations did;
+- ``repeatK``: nothing changed, the same run again: where kernels are nondeterministic (CUDA
+  flash and memory-efficient attention backward, atomics in some CUDA backward passes), a
+  repeat differs from the reference by exactly their run-to-run noise. Calibration adds two on
+  a device other than the CPU (``default_for``); on the CPU every kernel is deterministic and a
+  repeat is the reference bit for bit (a sample of zero spread, which would understate the noise).
 
 Training amplifies these last-bit differences; how far each config's final and held-out losses
 move under them is its measured numerical noise (``calibrate.tolerances``).
@@ -89,12 +94,20 @@ PERTURBATIONS: dict[str, Perturbation] = {
         *(Perturbation(f"ulp{k}", ulp_seed=k) for k in range(1, 9)),
         *(Perturbation(f"grad{k}", grad_seed=k) for k in range(1, 9)),
         *(Perturbation(f"fwd{k}", forward_seed=k) for k in range(1, 9)),
+        *(Perturbation(f"repeat{k}") for k in range(1, 9)),
     )
 }
 # calibration's default set: a reduction-order change, a one-off nudge of the initial weights, two
 # independent per-step nudges of the gradients and one of the forward outputs (the others, and the
 # rounding-size changes of benchmarks/sensitivity.py, are held out)
 DEFAULT = ("threads2", "ulp1", "grad1", "grad2", "fwd1")
+REPEATS = ("repeat1", "repeat2")  # run-to-run noise of nondeterministic kernels (not on the CPU)
+
+
+def default_for(device_types) -> tuple[str, ...]:
+    """Calibration's perturbations for a grid on these device types: ``DEFAULT``, plus
+    ``REPEATS`` where a device other than the CPU may run nondeterministic kernels."""
+    return DEFAULT + (REPEATS if any(d != "cpu" for d in device_types) else ())
 
 
 def get(name: str | None) -> Perturbation | None:

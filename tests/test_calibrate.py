@@ -142,3 +142,10 @@ def test_committed_default_baseline_is_calibrated():
     assert (tol["n_perturbations"] == len(perturb.DEFAULT)).all() and (tol["final_loss_noise"] > 0).all()
     assert (tol["final_loss_df"] >= 2 * len(perturb.DEFAULT)).all() and tol["seeds_for_margin"].notna().any()
     assert (baseline.directory("default") / "seeds.csv").is_file()
+
+
+def test_repeats_measure_nondeterministic_kernels_off_the_cpu_only():
+    assert perturb.default_for(("cpu",)) == perturb.DEFAULT
+    assert perturb.default_for(("cpu", "cuda")) == perturb.DEFAULT + perturb.REPEATS
+    repeat = perturb.PERTURBATIONS["repeat1"]
+    assert (repeat.threads, repeat.ulp_seed, repeat.grad_seed, repeat.forward_seed) == (None,) * 4  # the run again
