@@ -74,9 +74,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = SUITES / SUITE_FILES[args.suite]
     if not suite.exists():
         raise UsageError(f"suite not found at {suite}; run from a checkout (pip install -e .)")
+    import datetime as dt
+    import os
+
     import pytest
 
-    return int(pytest.main(pytest_args(args, suite.name)))
+    from . import report
+
+    who = (f"`diagnostics run` (pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
+           f"{' '.join(sys.argv[1:])})")
+    try:
+        with report.owned(Path(args.report_dir or options.DEFAULT_REPORT_DIR), who):
+            return int(pytest.main(pytest_args(args, suite.name)))
+    except report.ReportError as e:
+        raise UsageError(str(e)) from None
 
 
 def xdist_workers(value: str) -> str:

@@ -5,7 +5,7 @@ the one-line reason a run that needs it is skipped with. No probe substitutes an
 - ``fp16`` autocast on a device: torch 2.0-2.2 accept ``torch.autocast("cpu", dtype=float16)``
   but disable it with a warning (the run would silently be fp32);
 - a loss scaler for a device: ``torch.amp.GradScaler`` (2.3+; before, CUDA only);
-- ``nn.Module.compile`` (2.2+) and TorchDynamo on this Python (2.0 has none on 3.11);
+- ``nn.Module.compile`` (2.1+) and TorchDynamo on this Python (2.0 has none on 3.11);
 - the attention kernels (``attention.py``);
 - ``nn.LayerNorm(bias=False)`` (2.1+) and ``nn.RMSNorm`` (2.4+), which do exist in another form.
 """
@@ -70,7 +70,7 @@ def grad_scaler(device_type: str):
 def compile_unsupported() -> str:
     """Why ``model.compile(backend=...)`` cannot run on this torch and Python ("" when it can)."""
     if not hasattr(nn.Module, "compile"):
-        return f"torch {TORCH} has no nn.Module.compile (torch 2.2+)"
+        return f"torch {TORCH} has no nn.Module.compile (torch 2.1+)"
     try:
         from torch._dynamo import is_dynamo_supported
 

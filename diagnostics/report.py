@@ -72,6 +72,34 @@ def locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+OWNER = ".owner"  # in a report directory while a session holds it: who (one line)
+
+
+@contextmanager
+def owned(report_dir: Path, who: str):
+    """Hold ``report_dir`` for one session (``diagnostics run``): a second session on the same
+    directory raises ReportError naming the first, before it writes or deletes anything. The
+    hold is an exclusive ``flock`` on ``.owner.lock`` for the session's lifetime: the kernel
+    drops it when the process ends, however it ends, so a crashed session never blocks the next."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(report_dir / (OWNER + ".lock"), "a")  # noqa: SIM115 (held open for the whole session)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        holder = (report_dir / OWNER).read_text().strip() if (report_dir / OWNER).exists() else "another session"
+        raise ReportError(f"{report_dir} is in use by {holder}: wait for it to finish or choose another "
+                          "--report-dir") from None
+    try:
+        (report_dir / OWNER).write_text(who + "\n")
+        yield
+    finally:
+        (report_dir / OWNER).unlink(missing_ok=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 # Signals of steps.csv whose non-finite values are measurements (a NaN loss is how a run diverges):
 # written as "nan", so that an empty cell keeps meaning "not measured" (logs.read tells them apart).
 MEASURED = ("lr", "loss", "grad_norm")

@@ -216,3 +216,27 @@ def test_collect_only_never_deletes_a_report(tmp_path):
                "-q", "--report-dir", str(d), "-p", "no:cacheprovider")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (d / "runs.csv").read_text() == "run_id\nkept\n"
+
+
+@pytest.mark.slow
+def test_a_report_directory_belongs_to_one_session_at_a_time(tmp_path):
+    """Two `diagnostics run` on one --report-dir: the second refuses in one line naming the
+    first, and the first's report is whole; once it ended, the directory is free again."""
+    import time
+
+    d = tmp_path / "r"
+    args = ["run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir", str(d), "--data-dir",
+            str(tmp_path / "data"), "--allow-no-baseline", "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "diagnostics", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (d / report.OWNER).exists() and time.time() < deadline:
+        time.sleep(0.1)
+    second = diagnostics(*args)
+    out, _ = first.communicate(timeout=600)
+    assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert "is in use by `diagnostics run` (pid" in second.stderr and f"pid {first.pid}," in second.stderr
+    assert first.returncode == 0, out[-2000:]
+    runs = report.read(d / report.RUNS)
+    assert len(runs) == 4 and runs["run_id"].is_unique and not (d / report.OWNER).exists()
+    assert diagnostics(*args, "--models", "gpt", "--optimizers", "adamw").returncode == 0  # free again
