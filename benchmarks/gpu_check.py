@@ -78,9 +78,8 @@ def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path,
     runs_path = report_dir / report.RUNS
     if runs_path.exists():
         runs = report.read(runs_path)
-        trained = runs[~runs["status_reason"].astype(str).str.startswith("skipped")]
-        row.update(runs=len(runs), statuses=summary.counts(runs.assign(o=[summary.run_outcome(r) for r in
-                                                                           runs.to_dict("records")])["o"]),
+        trained = runs[runs["status"] != "skipped"]
+        row.update(runs=len(runs), statuses=summary.counts(runs["status"]),
                    runs_per_min=round(len(trained) / wall * 60, 1),
                    mean_run_s=round(float(trained["runtime_s"].mean()), 2) if len(trained) else None,
                    mean_steps_per_s=round(float(trained["steps_per_s"].mean()), 1) if len(trained) else None,

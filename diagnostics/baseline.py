@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import calibrate, report
 from .compare import BASELINE_KEY, CONFIG, config_key, index_by_config, read_tolerances
-from .detect import SKIPPED
+from .detect import NO_RESULT
 from .repro import REPRO, REPRO_COLUMNS
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the checkout holding this package (editable install)
@@ -112,8 +112,8 @@ def merge_rows(old: pd.DataFrame | None, new: pd.DataFrame, key: list[str], sort
 
 
 def not_run(runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows of runs that errored or were skipped (a skip is an ``error`` row with a SKIPPED reason)."""
-    return runs[runs["status"].astype(str) == "error"]
+    """Rows of runs that errored or were skipped."""
+    return runs[runs["status"].astype(str).isin(NO_RESULT)]
 
 
 def update(path: Path, runs: pd.DataFrame, repro: pd.DataFrame | None = None, force: bool = False) -> str:
@@ -123,7 +123,7 @@ def update(path: Path, runs: pd.DataFrame, repro: pd.DataFrame | None = None, fo
     bad = not_run(runs) if len(runs) else runs
     if len(bad) and not force:
         first = bad.iloc[0]
-        kind = "skipped" if str(first["status_reason"]).startswith(SKIPPED) else "errored"
+        kind = "skipped" if first["status"] == "skipped" else "errored"
         raise BaselineRefused(f"baseline not updated: {len(bad)} run(s) errored or were skipped, e.g. "
                               f"{first['run_id']} {kind} ({first['status_reason']}); fix them or pass --force")
     path = Path(path)

@@ -55,7 +55,7 @@ import pandas as pd
 
 from . import report, stats
 from .calibrate import METRICS
-from .detect import SKIPPED, STATUS_RANK
+from .detect import NO_RESULT, STATUS_RANK
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
 BASELINE_KEY = ["run_id", "steps", "model_size"]
@@ -129,7 +129,7 @@ def worst(statuses) -> str:
 
 
 def is_skipped(row: dict) -> bool:
-    return str(row.get("status_reason") or "").startswith(SKIPPED)
+    return row.get("status") == "skipped"
 
 
 def is_diverged(status: str) -> bool:
@@ -366,7 +366,7 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
     pairing = pair(b, c)
     pairs = list(pairing.pairs.values())
     statuses = status_test(pairs, tol)
-    ended = lambda r: is_diverged(r["status"]) or r["status"] == "error"  # noqa: E731  (no final values to judge)
+    ended = lambda r: is_diverged(r["status"]) or r["status"] in NO_RESULT  # noqa: E731  (no final values to judge)
     diverged = [(rb, rc) for rb, rc in pairs if is_diverged(rb["status"]) and is_diverged(rc["status"])]
     ran = [(rb, rc) for rb, rc in pairs if not ended(rb) and not ended(rc)]
     task = metric_task(str(b["model"].iloc[0]), b)

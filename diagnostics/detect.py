@@ -56,6 +56,8 @@ STATUS_TABLE = (
     Status("stalled", "#6d4c41", False, "closed less than stall_min_progress of the gap to the floor"),
     Status("diverged_nonfinite", "#c62828", False, "the loss or the gradient norm became NaN/inf"),
     Status("diverged_exploded", "#ad1457", False, "the loss blew up, or climbed back and stayed up"),
+    Status("skipped", "#9e9e9e", False, "this stack cannot run the point: a release, device or package lacks what it "
+                                        "needs (set by the trainer, with the reason)"),
     Status("error", "#424242", False, "the run raised (set by the trainer, with the reason)"),
 )
 STATUS = {s.name: s for s in STATUS_TABLE}
@@ -63,9 +65,8 @@ STATUSES = tuple(STATUS)
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
 STATUS_COLOUR = {s.name: s.colour for s in STATUS_TABLE}
 CONVERGED = tuple(s.name for s in STATUS_TABLE if s.converged)
-# status_reason prefix of an ``error`` row for a run that could not start on this stack (e.g. a
-# model that needs torchvision where none loads): the suite reports it as a skip with the reason
-SKIPPED = "skipped: "
+# statuses of a run with no trained result to judge (its reason says why)
+NO_RESULT = ("skipped", "error")
 EVENT_KINDS = ("nonfinite", "scale_collapse", "loss_vanished", "explosion", "relapse", "loss_spike", "grad_spike",
                "loss_shift", "grad_shift", "catastrophic_spike", "recovery")
 

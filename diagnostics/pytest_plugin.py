@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from . import baseline, compare, data, determinism, devices, env, options, perturb, report, repro, stability, train
-from .detect import SKIPPED
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
 from .train import RunResult
 
@@ -158,9 +157,9 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     (``--perturb``) and baseline updates record without judging."""
     result = train.run(spec, session.data_dir, session.data_root, worker=session.worker, probes=session.probes,
                        perturbation=session.perturbation, init_dir=session.init_dir)
-    if str(result.row.get("status_reason", "")).startswith(SKIPPED):
+    if result.status == "skipped":
         session.record(result)  # the row says why; the test is a skip with that reason, never silent
-        pytest.skip(f"{spec.id}: {result.row['status_reason']}")
+        pytest.skip(f"{spec.id}: skipped: {result.row['status_reason']}")
     judged = session.judges
     if judged:
         base = session.baseline(spec.grid)

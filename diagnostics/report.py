@@ -174,6 +174,24 @@ def with_axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+# how reports written before ``skipped`` was a status said it: an ``error`` row whose reason
+# starts so (``read`` reads such a row as ``skipped``, the prefix dropped)
+OLD_SKIP_PREFIX = "skipped: "
+
+
+def with_skipped_status(df: pd.DataFrame) -> pd.DataFrame:
+    """A table of runs from before ``skipped`` was a status, its skips as ``skipped`` rows."""
+    if "status" not in df.columns or "status_reason" not in df.columns:
+        return df
+    old = (df["status"].astype(str) == "error") & df["status_reason"].astype(str).str.startswith(OLD_SKIP_PREFIX)
+    if not old.any():
+        return df
+    df = df.copy()
+    df.loc[old, "status"] = "skipped"
+    df.loc[old, "status_reason"] = df.loc[old, "status_reason"].astype(str).str.removeprefix(OLD_SKIP_PREFIX)
+    return df
+
+
 def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
     """Read a report CSV; raise ReportError (one line) when it is missing, empty, unparsable
     or lacks required columns."""
@@ -186,7 +204,7 @@ def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
         raise ReportError(f"{path}: empty file") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    df = with_axis_defaults(df)
+    df = with_skipped_status(with_axis_defaults(df))
     missing = [c for c in (required or READ_REQUIRED.get(path.name, [])) if c not in df.columns]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")

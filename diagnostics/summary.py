@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import report
 from .compare import JUDGED, MARGIN, Policy, blind_spots
-from .detect import SKIPPED, STATUS_RANK
+from .detect import STATUS_RANK
 
 NEEDS_A_LOOK = ("regressed", "status_changed", "changed", "improved", "missing", "new")  # worst first
 
@@ -40,11 +40,6 @@ def counts(series: pd.Series) -> str:
     return ", ".join(f"{n} {k}" for k, n in series.value_counts().sort_index().items())
 
 
-def run_outcome(r: dict) -> str:
-    """A run's status, with ``skipped`` for a run this stack could not do."""
-    return "skipped" if str(r.get("status_reason", "")).startswith(SKIPPED) else str(r["status"])
-
-
 def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: str = "",
              policy: Policy | None = None, margin: float = MARGIN) -> str:
     """The summary (module docs). ``runs``: runs.csv; ``compared``: compare.csv, or None (then
@@ -52,7 +47,7 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
     says what fails). With compare.csv, the judged configs whose stated ``mde`` is above
     ``margin`` are listed: a change of the margin's size could hide in their noise."""
     policy = policy or Policy()
-    runs = runs.assign(outcome=[run_outcome(r) for r in runs.to_dict("records")])
+    runs = runs.assign(outcome=runs["status"].astype(str))
     records = runs.to_dict("records")
     lines = [f"## {title or 'Convergence diagnostics'}", "", f"**{len(runs)} runs**: {counts(runs['outcome'])}"]
     if compared is not None:

@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from . import attention, checkpoint, compat, data, determinism, env, perturb, precision
-from .detect import SKIPPED, Monitor, Thresholds, Verdict
+from .detect import Monitor, Thresholds, Verdict
 from .faults import NO_FAULT, Fault
 from .models import MODELS, build_model, count_params
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
@@ -203,7 +203,7 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
 
 def skipped_row(spec: RunSpec, worker: str, reason: str) -> RunResult:
     """The row of a run this stack cannot do (the suite reports a skip with the reason)."""
-    row = dict(identity(spec), status="error", status_reason=f"{SKIPPED}{reason}")
+    row = dict(identity(spec), status="skipped", status_reason=reason)
     row.update(provenance(spec, worker))
     return RunResult(row)
 
@@ -222,7 +222,7 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
         probes: bool = False, stop_after: int | None = None, checkpoint_path: Path | None = None,
         resume_from: Path | None = None, perturbation: str | None = None, init_dir: Path | None = None) -> RunResult:
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why
-    (a point this stack cannot run, e.g. fused Lion or TF32 on CPU, says ``skipped: why``).
+    (a point this stack cannot run, e.g. fused Lion or TF32 on CPU, is ``skipped`` and says why).
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
     pass each). ``stop_after=k`` with ``checkpoint_path`` trains steps 1..k and saves a

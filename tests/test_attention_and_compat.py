@@ -46,14 +46,15 @@ def test_runs_record_the_kernel_and_a_kernel_torch_cannot_run_is_a_skip(tmp_path
     assert row["status"] != "error" and row["sdpa_backend"] == "math" and row["attention"] == "math"
     skipped = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=3, attention="efficient"),
                         data_dir=tmp_path).row
-    assert skipped["status_reason"].startswith("skipped: efficient attention is a CUDA kernel")
+    assert skipped["status"] == "skipped" and skipped["status_reason"].startswith("efficient attention is a CUDA kernel")
 
     def no_kernel(*args, **kwargs):
         raise RuntimeError("No available kernel. Aborting execution.")
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", no_kernel)
     row = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=3, attention="flash"), data_dir=tmp_path).row
-    assert row["status_reason"] == "skipped: flash attention: No available kernel. Aborting execution."
+    assert row["status"] == "skipped"
+    assert row["status_reason"] == "flash attention: No available kernel. Aborting execution."
 
 
 def test_a_resnet_run_records_no_kernel(tmp_path):

@@ -30,16 +30,30 @@ def test_default_axes_keep_the_ids_the_baselines_use():
 
 def test_release_preset_covers_every_axis_value():
     specs = cpu("release").specs()
-    assert len(specs) == 54
+    assert len(specs) == 54 + 8  # the product, then gpt's attention kernels x 2 precisions x 2 implementations
     assert {s.impl for s in specs} == {"forloop", "foreach", "fused"}
     assert {s.compile for s in specs} == {"none", "aot_eager", "inductor"}
     assert {s.precision for s in specs} == {"fp32", "bf16", "fp16"}
+    assert {s.attention for s in specs} == {"default", "math", "flash"}
+    assert {s.attention for s in specs if s.model == "resnet"} == {"default"}
+
+
+def test_changelog_preset_covers_every_recipe_family_and_axis_with_two_seeds():
+    specs = cpu("changelog").specs()
+    assert len(specs) == 92 and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
+    assert {(s.model, s.optimizer, s.scheduler) for s in specs} >= {
+        (m, o, sch) for m in ("gpt", "resnet") for o in ("adamw", "sgd", "lion")
+        for sch in ("constant", "cosine", "cosine_restarts", "onecycle", "step")}
+    for axis, values in (("impl", {"default", "forloop", "foreach", "fused"}), ("precision", {"fp32", "bf16", "fp16"}),
+                         ("compile", {"none", "aot_eager", "inductor"}), ("attention", {"default", "math", "flash"})):
+        assert {getattr(s, axis) for s in specs} == values, axis
 
 
 def test_nightly_is_the_recipe_grid_plus_the_axes_part_and_overrides_reach_both():
     g = resolve_grid(GridOptions(grid="nightly", devices=("cuda",)))
     specs = g.specs()
-    assert len(specs) == 90 + 48 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    assert len(specs) == 90 + 48 + 8 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    assert {s.attention for s in specs} == {"default", "math", "flash", "efficient", "cudnn"}
     assert {s.steps for s in specs} == {500, 200}
     one = resolve_grid(GridOptions(grid="nightly", devices=("cuda",), steps="20", precision="fp32"))
     assert {s.steps for s in one.specs()} == {20} and {s.precision for s in one.specs()} == {"fp32"}
@@ -73,7 +87,10 @@ def test_unsupported_points_are_stated_skips_not_errors(tmp_path):
     for s, why in ((RunSpec("gpt", "lion", "cosine", "linear", "cpu", steps=4, impl="foreach"), "no foreach"),
                    (RunSpec("gpt", "adamw", "cosine", "linear", "cpu", "tf32", steps=4), "CUDA precision")):
         row = train.run(s, tmp_path).row
-        assert row["status"] == "error" and row["status_reason"].startswith(detect.SKIPPED) and why in row["status_reason"]
+        assert row["status"] == "skipped" and why in row["status_reason"]
+    old = pd.DataFrame(dict(status=["error", "error", "converged"], status_reason=["skipped: no GPU", "OOM", "ok"]))
+    read = report.with_skipped_status(old)  # a report from before skipped was a status
+    assert read["status"].tolist() == ["skipped", "error", "converged"] and read.loc[0, "status_reason"] == "no GPU"
 
 
 def test_float32_matmul_settings_are_explicit_per_precision():

@@ -112,7 +112,7 @@ def base_runs(**changes):
 def test_update_refuses_errors_and_skips_unless_forced(tmp_path):
     ok = base_runs()
     err = base_runs(status="error", status_reason="RuntimeError: boom [step]")
-    skip = base_runs(status="error", status_reason="skipped: torchvision unavailable: x")
+    skip = base_runs(status="skipped", status_reason="torchvision unavailable: x")
     for bad, word in ((err, "errored"), (skip, "skipped")):
         with pytest.raises(baseline.BaselineRefused, match=f"1 run\\(s\\) errored or were skipped.*{word}.*--force"):
             baseline.update(tmp_path, pd.concat([ok, bad.assign(run_id="r9")]))

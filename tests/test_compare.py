@@ -141,10 +141,10 @@ def test_a_change_on_the_paired_seeds_is_reported_and_missing_seeds_still_fail()
 def test_a_skipped_seed_is_reported_and_the_rest_still_judged():
     b = runs(SEEDS5)
     c = runs(scaled(SEEDS5, 1.5))
-    c.loc[c.seed == 0, ["status", "status_reason"]] = ["error", "skipped: torchvision unavailable: x"]
+    c.loc[c.seed == 0, ["status", "status_reason"]] = ["skipped", "torchvision unavailable: x"]
     v = judge(b, c, noise(b))
     assert v["verdict"] == "regressed" and v["seeds_skipped"] == "0" and "seeds 0 skipped" in v["detail"]
-    all_skipped = c.assign(status="error", status_reason="skipped: no GPU")
+    all_skipped = c.assign(status="skipped", status_reason="no GPU")
     v = judge(b, all_skipped, noise(b))
     assert v["verdict"] == "skipped" and v["failure"] == ""
 

@@ -21,7 +21,7 @@ def runs(**statuses):
 
 def test_summary_lists_failures_first_then_every_run():
     md = summary.markdown(runs(a="converged", b="converged", c="error:RuntimeError: boom | x",
-                               d="error:skipped: torchvision unavailable"))
+                               d="skipped:torchvision unavailable"))
     assert md.index("### Failing (2)") < md.index("### Every run (4)")
     failing = md[md.index("### Failing"):md.index("### Every run")]
     assert "| b | regressed | regression |" in failing and "| c |" in failing and "| a |" not in failing
