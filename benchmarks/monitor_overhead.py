@@ -18,7 +18,7 @@ import time
 import torch
 
 from diagnostics import data, determinism, train
-from diagnostics.models import MODELS, build_model
+from diagnostics.models import MODELS, build_model, task_loss
 from diagnostics.recipes import build_optimizer, build_schedule
 from diagnostics.spec import RunSpec
 
@@ -35,7 +35,7 @@ def bare_loop(spec: RunSpec) -> float:
     t0 = time.perf_counter()
     for step in range(1, spec.steps + 1):
         batch = data.train_batch(ds, spec.seed, step, bs, torch.device("cpu"))
-        loss = model.loss(batch)
+        loss = task_loss(model, entry.task, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -55,7 +55,7 @@ def instrumentation_alone(spec: RunSpec, repeats: int = 2000) -> float:
     model = build_model(spec.model, spec.size, ds.info)
     opt, _ = build_optimizer(spec.optimizer, model)
     params = [p for g in opt.param_groups for p in g["params"]]
-    model.loss(data.train_batch(ds, 0, 1, entry.batch_size[spec.size], torch.device("cpu"))).backward()
+    task_loss(model, entry.task, data.train_batch(ds, 0, 1, entry.batch_size[spec.size], torch.device("cpu"))).backward()
     names, assign = train.layers_of(model, params)
     trace = train.Trace(spec.id, names, Monitor(loss_floor=ds.loss_floor))
     loss = torch.tensor(2.0)

@@ -588,11 +588,34 @@ def build_parser() -> Parser:
 
     env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
     env.set_defaults(func=cmd_env)
+    plugin_option = [o for o in options.GRID_OPTIONS if o.flag == "--plugins"]
+    for command in sub.choices.values():  # --plugins on every command (the grid's commands have it already)
+        if "--plugins" not in command._option_string_actions:
+            options.add(command, plugin_option)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_plugins(argv: list[str]) -> None:
+    """``--plugins`` is read before the parser is built, so that ``--help`` and the checks of
+    every option know what the plugins register (entry-point plugins load in any case)."""
+    from . import plugins
+
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--plugins" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--plugins="):
+            value = arg.split("=", 1)[1]
     try:
+        plugins.load(value)
+    except plugins.PluginError as e:
+        raise UsageError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        load_plugins(argv)
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as e:

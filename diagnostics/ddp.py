@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from . import data, determinism, train
-from .models import build_model
+from .models import build_model, task_loss
 from .recipes import after_optimizer_step
 from .spec import RunSpec
 
@@ -33,12 +33,12 @@ from .spec import RunSpec
 class LossModule(nn.Module):
     """Routes the model's loss through DDP's forward, so gradient hooks fire."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, task: str):
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
 
     def forward(self, x, y):
-        return self.model.loss((x, y))
+        return task_loss(self.model, self.task, (x, y))
 
 
 def free_port() -> int:
@@ -80,7 +80,7 @@ def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out:
         determinism.apply(spec.seed, device.type)
         s = train.setup(spec, device, Path(data_dir), None)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model) if device.type == "cuda" else s.model
-        ddp = nn.parallel.DistributedDataParallel(LossModule(model))  # SyncBatchNorm keeps the same Parameters
+        ddp = nn.parallel.DistributedDataParallel(LossModule(model, s.ds.task))  # SyncBatchNorm keeps the same Parameters
         trace = []
         for step in range(1, spec.steps + 1):
             x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, device)

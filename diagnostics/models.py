@@ -130,11 +130,6 @@ class GPT(nn.Module):
             x = block(x)
         return self.lm_head(self.ln_f(x))
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
-
     @torch.no_grad()
     def probes(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The two small-scale instability signals of Wortsman et al. 2023: the largest attention
@@ -155,7 +150,8 @@ class GPT(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Wraps an image network so it answers ``loss(batch)`` like the LM."""
+    """Wraps a built-in image network (the ``net.`` prefix of its state-dict keys is that of
+    every saved seed checkpoint and baseline)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -163,10 +159,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x).float(), y)
 
 
 class BasicBlock(nn.Module):
@@ -283,7 +275,7 @@ class ModelEntry:
 
     name: str
     task: str  # "lm" or "image": which data it trains on (data.load)
-    build: Callable[[str, DataInfo], nn.Module]  # (size preset, data facts) -> model with a .loss(batch)
+    build: Callable[[str, DataInfo], nn.Module]  # (size preset, data facts) -> logits model (task_loss)
     batch_size: dict  # size preset (each of SIZES) -> default batch size
     needs_torchvision: bool  # a stack without a working torchvision skips it, saying so
     context: dict = field(default_factory=dict)  # LM: size preset -> context length the data is cut into
@@ -302,6 +294,20 @@ MODELS: dict[str, ModelEntry] = {
     "resnet18": ModelEntry("resnet18", "image", _resnet18, {"tiny": 32, "small": 128}, True),
     "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True, has_attention=True),
 }
+
+
+TASKS = ("lm", "image")
+
+
+def task_loss(model: nn.Module, task: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """A batch's training loss, in float32: next-token cross entropy of an LM's logits (N, T, V)
+    against (N, T) targets, or class cross entropy of an image model's logits (N, classes). Every
+    model, built in or registered, trains on this: a module only maps inputs to logits."""
+    x, y = batch
+    logits = model(x).float()
+    if task == "lm":
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
+    return F.cross_entropy(logits, y)
 
 
 def build_model(name: str, size: str, info: DataInfo) -> nn.Module:

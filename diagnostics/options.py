@@ -31,13 +31,18 @@ from .train import DEFAULT_DATA_DIR
 @dataclass(frozen=True)
 class Option:
     flag: str  # "--allow-missing"
-    help: str
+    help_text: str | Callable[[], str]  # a callable: read when the help is built (registries grow with plugins)
     parse: Callable[[str], Any] | None = None  # None: an on/off switch
     default: Any = None
+    name: str | None = None  # the parsed value's name, where the flag's would clash (pytest's -p is "plugins")
+
+    @property
+    def help(self) -> str:
+        return self.help_text() if callable(self.help_text) else self.help_text
 
     @property
     def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+        return self.name or self.flag.lstrip("-").replace("-", "_")
 
 
 def margin(text: str) -> float:
@@ -70,9 +75,9 @@ def names(registry) -> str:
 
 GRID_OPTIONS = (
     Option("--grid", f"grid preset: {names(GRIDS)} (default: the suite's)", str),
-    Option("--models", f"comma list of: {names(MODELS)}", str),
-    Option("--optimizers", f"comma list of: {names(OPTIMIZERS)}", str),
-    Option("--schedulers", f"comma list of: {names(SCHEDULERS)}", str),
+    Option("--models", lambda: f"comma list of: {names(MODELS)}", str),
+    Option("--optimizers", lambda: f"comma list of: {names(OPTIMIZERS)}", str),
+    Option("--schedulers", lambda: f"comma list of: {names(SCHEDULERS)}", str),
     Option("--warmup", f"comma list of: {names(WARMUPS)}", str),
     Option("--devices", f"auto (default: every available device type) or a comma list of: {names(DEVICE_TYPES)}; "
                         "an absent device is an error", str, "auto"),
@@ -86,7 +91,11 @@ GRID_OPTIONS = (
     Option("--steps", "optimizer steps per run, at least 2 (default: the grid's)", str),
     Option("--size", f"model size preset: {names(SIZES)} (default: the grid's)", str),
     Option("--lr-scales", "comma list of LR multipliers (default: the grid's; 1)", str),
+    Option("--plugins", "your own recipes: comma list of modules or .py files that register optimizers, schedulers or "
+                        "models (diagnostics.register_*; entry points of the group diagnostics.plugins load by themselves)",
+           str, name="recipe_plugins"),
 )
+NOT_AXES = ("devices", "recipe_plugins")  # grid options that are not a spec.GridOptions field as given
 
 SESSION_OPTIONS = (
     Option("--shard", "i/N: run the i-th of N deterministic slices of the grid", str),
@@ -136,7 +145,7 @@ def grid_options(get: Callable[[str], Any]) -> GridOptions:
     from . import devices
 
     raw = {o.dest: get(o.dest) for o in GRID_OPTIONS}
-    return GridOptions(**{k: v for k, v in raw.items() if k != "devices"},
+    return GridOptions(**{k: v for k, v in raw.items() if k not in NOT_AXES},
                        devices=devices.resolve(raw["devices"] or "auto"))
 
 

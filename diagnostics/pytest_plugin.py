@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from . import baseline, compare, data, determinism, devices, env, options, perturb, report, repro, stability, train
+from . import baseline, compare, data, determinism, devices, env, options, perturb, plugins, report, repro, stability, train
 from .spec import Grid, GridOptions, RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
 from .train import RunResult
 
@@ -83,6 +83,10 @@ SESSION = pytest.StashKey[Session]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    try:
+        plugins.load_entry_points()  # before the help lists the registries
+    except plugins.PluginError as e:
+        raise pytest.UsageError(str(e)) from None
     g = parser.getgroup("diagnostics", "convergence diagnostics grid")
     options.add(g, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
     g.addoption("--perturb", default=None, help="calibration rerun: change only the arithmetic "
@@ -126,10 +130,11 @@ def check_data(session: Session) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "grid: a test parametrized over the diagnostic grid")
     try:
+        plugins.load(config.getoption("recipe_plugins"))  # every process, before the grid is validated
         session = build_session(config)
         if not is_worker(config):
             check_data(session)
-    except (SpecError, data.DataError, report.ReportError) as e:
+    except (SpecError, data.DataError, report.ReportError, plugins.PluginError) as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[SESSION] = session
     if not is_worker(config):

@@ -27,7 +27,7 @@ import torch
 from . import attention, checkpoint, compat, data, determinism, env, perturb, precision
 from .detect import Monitor, Thresholds, Verdict
 from .faults import NO_FAULT, Fault
-from .models import MODELS, build_model, count_params
+from .models import MODELS, build_model, count_params, task_loss
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
 
@@ -189,7 +189,7 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
     for x, y in data.val_batches(ds, device):
         with autocast:
             if ds.task == "lm":
-                loss = model.loss((x, y))
+                loss = task_loss(model, "lm", (x, y))
             else:
                 logits = model(x).float()
                 loss = torch.nn.functional.cross_entropy(logits, y)
@@ -398,7 +398,7 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
     lr_factor = fault.lr_factor(step)
     lr = s.opt.param_groups[0]["lr"] * lr_factor
     with s.autocast:
-        loss = s.model.loss((x, y))
+        loss = task_loss(s.model, s.ds.task, (x, y))
     loss = fault.loss(step, loss)
     s.opt.zero_grad(set_to_none=True)
     scale = None
