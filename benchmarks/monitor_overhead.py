@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
-    spec = RunSpec(args.model, "adamw", "cosine", "linear", "cpu", steps=args.steps)
+    spec = RunSpec(model=args.model, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=args.steps)
     bare, full = [], []
     train.run(spec)  # warm-up: data files, allocator, lazy imports
     for _ in range(args.rounds):

@@ -30,8 +30,10 @@ class SpecError(ValueError):
     """A user-facing configuration error; the message is one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
+    """One grid point, built by keyword (an axis added later cannot shift the others)."""
+
     model: str  # key of models.MODELS
     optimizer: str  # key of recipes.OPTIMIZERS
     scheduler: str  # key of recipes.SCHEDULERS

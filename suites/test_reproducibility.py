@@ -64,7 +64,8 @@ def pytest_generate_tests(metafunc):
         return
     grid = metafunc.config.stash[SESSION].grid(GRID)
     models = [m for m in DDP_MODELS if m in grid.models]
-    base = [RunSpec(m, "adamw", "cosine", "linear", "cpu", steps=grid.steps, size=grid.size, grid=grid.name)
+    base = [RunSpec(model=m, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=grid.steps,
+                    size=grid.size, grid=grid.name)
             for m in models]
     if "ddp_spec" in metafunc.fixturenames:
         specs = [replace(b, device=d) for d in grid.devices for b in base]

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the grid point most tests train: RunSpec(**GPT_ADAMW, steps=...)
+GPT_ADAMW = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu")
 
 
 def diagnostics(*args, timeout=600):

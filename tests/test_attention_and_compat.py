@@ -8,6 +8,7 @@ from torch import nn
 
 from diagnostics import attention, compat, precision, train
 from diagnostics.spec import GridOptions, RunSpec, resolve_grid
+from tests.conftest import GPT_ADAMW
 
 
 def test_cuda_kernels_are_skips_on_cpu_and_the_others_are_asked_for():
@@ -41,10 +42,10 @@ def test_a_grid_sets_the_axis_on_attention_models_only():
 
 @pytest.mark.slow
 def test_runs_record_the_kernel_and_a_kernel_torch_cannot_run_is_a_skip(tmp_path, monkeypatch):
-    spec = RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=3, attention="math")
+    spec = RunSpec(**GPT_ADAMW, steps=3, attention="math")
     row = train.run(spec, data_dir=tmp_path).row
     assert row["status"] != "error" and row["sdpa_backend"] == "math" and row["attention"] == "math"
-    skipped = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=3, attention="efficient"),
+    skipped = train.run(RunSpec(**GPT_ADAMW, steps=3, attention="efficient"),
                         data_dir=tmp_path).row
     assert skipped["status"] == "skipped" and skipped["status_reason"].startswith("efficient attention is a CUDA kernel")
 
@@ -52,13 +53,14 @@ def test_runs_record_the_kernel_and_a_kernel_torch_cannot_run_is_a_skip(tmp_path
         raise RuntimeError("No available kernel. Aborting execution.")
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", no_kernel)
-    row = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=3, attention="flash"), data_dir=tmp_path).row
+    row = train.run(RunSpec(**GPT_ADAMW, steps=3, attention="flash"), data_dir=tmp_path).row
     assert row["status"] == "skipped"
     assert row["status_reason"] == "flash attention: No available kernel. Aborting execution."
 
 
 def test_a_resnet_run_records_no_kernel(tmp_path):
-    row = train.run(RunSpec("resnet", "sgd", "constant", "none", "cpu", steps=2), data_dir=tmp_path).row
+    row = train.run(RunSpec(model="resnet", optimizer="sgd", scheduler="constant", warmup="none", device="cpu", steps=2),
+                            data_dir=tmp_path).row
     assert row["status"] != "error" and row["sdpa_backend"] == ""
 
 
@@ -92,9 +94,9 @@ def test_missing_scaler_and_compile_are_skips_with_reasons(monkeypatch):
     compat.compile_unsupported.cache_clear()
     try:
         assert "has no nn.Module.compile" in compat.compile_unsupported()
-        assert "nn.Module.compile" in train.unsupported(RunSpec("gpt", "adamw", "cosine", "linear", "cpu",
+        assert "nn.Module.compile" in train.unsupported(RunSpec(**GPT_ADAMW,
                                                                 compile="inductor"))
-        assert train.unsupported(RunSpec("gpt", "adamw", "cosine", "linear", "cpu")) == ""  # eager runs still run
+        assert train.unsupported(RunSpec(**GPT_ADAMW)) == ""  # eager runs still run
     finally:
         compat.compile_unsupported.cache_clear()
 

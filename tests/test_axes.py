@@ -19,7 +19,7 @@ def cpu(grid):
 
 
 def test_default_axes_keep_the_ids_the_baselines_use():
-    s = RunSpec("gpt", "adamw", "cosine", "linear", "cpu")
+    s = RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu")
     assert s.id == "gpt-adamw-cosine-linear-cpu-fp32-s0"
     assert replace(s, impl="fused", compile="inductor").id == "gpt-adamw-cosine-linear-cpu-fp32-fused-inductor-s0"
     assert replace(s, compile="aot_eager", lr_scale=3.0).id == "gpt-adamw-cosine-linear-cpu-fp32-aot_eager-s0-lrx3"
@@ -84,8 +84,10 @@ def test_impl_kwargs_reach_torch_and_what_runs_is_recorded():
 
 
 def test_unsupported_points_are_stated_skips_not_errors(tmp_path):
-    for s, why in ((RunSpec("gpt", "lion", "cosine", "linear", "cpu", steps=4, impl="foreach"), "no foreach"),
-                   (RunSpec("gpt", "adamw", "cosine", "linear", "cpu", "tf32", steps=4), "CUDA precision")):
+    for s, why in ((RunSpec(model="gpt", optimizer="lion", scheduler="cosine", warmup="linear", device="cpu", steps=4,
+                            impl="foreach"), "no foreach"),
+                   (RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu",
+                            precision="tf32", steps=4), "CUDA precision")):
         row = train.run(s, tmp_path).row
         assert row["status"] == "skipped" and why in row["status_reason"]
     old = pd.DataFrame(dict(status=["error", "error", "converged"], status_reason=["skipped: no GPU", "OOM", "ok"]))
@@ -104,11 +106,13 @@ def test_float32_matmul_settings_are_explicit_per_precision():
 
 @pytest.mark.slow
 def test_fp16_records_the_scale_and_skipped_steps(tmp_path):
-    r = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", "fp16", steps=12), tmp_path)
+    r = train.run(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu",
+                          precision="fp16", steps=12), tmp_path)
     assert r.status in detect.CONVERGED + ("stalled",), r.row["status_reason"]
     assert [s["grad_scale"] for s in r.steps][0] == 2.0 ** 16 and all(s["skipped"] in (0, 1) for s in r.steps)
     assert r.row["skipped_steps"] == sum(s["skipped"] for s in r.steps)
-    fp32 = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=12), tmp_path)
+    fp32 = train.run(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=12),
+                             tmp_path)
     assert "grad_scale" not in fp32.steps[0] and math.isnan(fp32.row["skipped_steps"])
 
 
@@ -129,7 +133,8 @@ def test_a_skipped_fp16_step_is_not_divergence_but_a_collapsed_scale_is():
 @pytest.mark.slow
 def test_compiled_and_fused_runs_train_and_say_what_ran(tmp_path):
     for kw in (dict(impl="fused"), dict(compile="aot_eager")):
-        r = train.run(RunSpec("gpt", "adamw", "cosine", "linear", "cpu", steps=6, **kw), tmp_path)
+        r = train.run(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=6,
+                              **kw), tmp_path)
         assert r.status != "error", r.row["status_reason"]
         assert r.row["impl"] == kw.get("impl", "default") and r.row["compile"] == kw.get("compile", "none")
         assert r.row["impl_resolved"] == kw.get("impl", "forloop")
@@ -137,7 +142,7 @@ def test_compiled_and_fused_runs_train_and_say_what_ran(tmp_path):
 
 @pytest.mark.slow
 def test_the_seed_checkpoint_is_saved_once_and_loaded_after(tmp_path):
-    s = RunSpec("resnet", "sgd", "cosine", "linear", "cpu", steps=4)
+    s = RunSpec(model="resnet", optimizer="sgd", scheduler="cosine", warmup="linear", device="cpu", steps=4)
     fresh = train.run(s, tmp_path / "data").row["init_sha256"]
     init = tmp_path / "init"
     model = MODELS["resnet"].build("tiny", train.data.load("image", 0, str(tmp_path / "data")).info)

@@ -18,7 +18,8 @@ def data_dir(tmp_path_factory):
 
 
 def run(data_dir, model="gpt", optimizer="adamw", scheduler="constant", fault=None, steps=200):
-    return train.run(RunSpec(model, optimizer, scheduler, "none", "cpu", steps=steps), data_dir, fault=fault)
+    return train.run(RunSpec(model=model, optimizer=optimizer, scheduler=scheduler, warmup="none", device="cpu",
+                             steps=steps), data_dir, fault=fault)
 
 
 def events(result, kind):

@@ -52,7 +52,8 @@ def test_each_ddp_rank_gets_its_own_gpu_or_a_stated_skip():
     assert ddp.missing_devices("cpu", 2) == ""
     if torch.cuda.device_count() < 2:
         assert "needs 2 GPUs" in ddp.missing_devices("cuda", 2)
-        r = ddp.ddp_check(RunSpec("gpt", "adamw", "cosine", "linear", "cuda", steps=4), "unused")
+        r = ddp.ddp_check(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cuda",
+                                  steps=4), "unused")
         assert r["result"] == "skipped" and "one per rank" in r["detail"]
 
 

@@ -41,14 +41,14 @@ def test_seed_table_mean_std_and_ci():
 @pytest.mark.parametrize("optimizer,scheduler,warmup", [("lion", "onecycle", "linear"),
                                                         ("sgd", "cosine_restarts", "none")])
 def test_resume_is_exact(optimizer, scheduler, warmup, tmp_path):
-    spec = RunSpec("gpt", optimizer, scheduler, warmup, "cpu", steps=30)
+    spec = RunSpec(model="gpt", optimizer=optimizer, scheduler=scheduler, warmup=warmup, device="cpu", steps=30)
     r = repro.resume(spec, data_dir=tmp_path)
     assert r["result"] == "identical", r["detail"]
 
 
 @pytest.mark.slow
 def test_twice_same_and_a_difference_is_located(tmp_path, monkeypatch):
-    spec = RunSpec("resnet", "adamw", "step", "linear", "cpu", steps=20)
+    spec = RunSpec(model="resnet", optimizer="adamw", scheduler="step", warmup="linear", device="cpu", steps=20)
     assert repro.twice_same(spec, data_dir=tmp_path)["result"] == "identical"
     real = train.run
     calls = []
@@ -90,7 +90,7 @@ def test_truncated_or_foreign_checkpoints_are_one_line_errors(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["gpt", "resnet"])
 def test_ddp_two_processes_agree_with_one(model, tmp_path):
-    r = ddp_check(RunSpec(model, "adamw", "cosine", "linear", "cpu", steps=30), tmp_path)
+    r = ddp_check(RunSpec(model=model, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=30), tmp_path)
     if model == "resnet":  # per-rank BatchNorm on CPU: another function, said so, never a hollow pass
         assert r["result"] == "skipped" and "per-rank BatchNorm" in r["detail"]
         return

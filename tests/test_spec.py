@@ -4,9 +4,10 @@ from diagnostics.spec import GRIDS, GridOptions, RunSpec, SpecError, resolve_gri
 
 
 def test_id_is_stable_and_readable():
-    s = RunSpec("gpt", "adamw", "onecycle", "linear", "cpu")
+    s = RunSpec(model="gpt", optimizer="adamw", scheduler="onecycle", warmup="linear", device="cpu")
     assert s.id == "gpt-adamw-onecycle-linear-cpu-fp32-s0"
-    assert RunSpec("gpt", "adamw", "onecycle", "linear", "cpu", lr_scale=3.0).id.endswith("-s0-lrx3")
+    assert RunSpec(model="gpt", optimizer="adamw", scheduler="onecycle", warmup="linear", device="cpu",
+                   lr_scale=3.0).id.endswith("-s0-lrx3")
 
 
 def test_default_grid_is_sixty_runs_per_device():

@@ -19,7 +19,7 @@ def data_dir(tmp_path_factory):
 
 
 def spec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", steps=30, **kw):
-    return RunSpec(model, optimizer, scheduler, warmup, "cpu", steps=steps, **kw)
+    return RunSpec(model=model, optimizer=optimizer, scheduler=scheduler, warmup=warmup, device="cpu", steps=steps, **kw)
 
 
 @pytest.mark.parametrize("model", ["gpt", "resnet"])
