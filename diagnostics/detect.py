@@ -93,7 +93,7 @@ class Thresholds:
     spike_window_fraction: float = 0.5  # ... and at most half the points seen (a sparse log's early descent drops out)
     spike_min_history: int = 3
     spike_full_history: int = 8  # below this many residuals the threshold is k x 8 / n (a scale from 3 is rough)
-    spike_sigmas: float = 9.0
+    spike_sigmas: float = 8.0
     spike_ema: float = 0.3
     spike_trend: float = 0.1  # Holt's trend weight (SpikeRule.follow); 0 would make the level a plain EMA
     # The robust scale is at least 0.1% of the level (losses logged with few decimals have a MAD
