@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import calibrate, report
+from . import calibrate, paths, report
 from .compare import BASELINE_KEY, CONFIG, config_key, index_by_config, read_tolerances
 from .detect import NO_RESULT
 from .repro import REPRO, REPRO_COLUMNS
 
-CHECKOUT = Path(__file__).resolve().parent.parent  # the checkout holding this package (editable install)
+CHECKOUT = paths.CHECKOUT
 
 
 class BaselineRefused(report.ReportError):
@@ -38,8 +38,8 @@ class BaselineRefused(report.ReportError):
 def root() -> Path:
     """``reports/baselines`` of the checkout this package comes from; of the working directory
     when the package is installed elsewhere (no checkout around it)."""
-    here = CHECKOUT / "reports" / "baselines"
-    return here if here.is_dir() else Path("reports/baselines").resolve()
+    here = CHECKOUT / paths.BASELINES
+    return here if here.is_dir() else paths.BASELINES.resolve()
 
 
 def directory(grid_name: str, option: str | Path | None = None) -> Path:

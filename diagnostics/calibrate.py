@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from . import report, stats
+from .paths import ENVELOPE as ENVELOPE  # re-exported: paths is their home
+from .paths import TOLERANCES as TOLERANCES
 from .report import with_axis_defaults
 
 # The smallest noise of a loss, relative to it: 4 float32 units in the last place. A config's
@@ -43,7 +45,6 @@ NOISE_COLUMNS = [f"{v}_{k}" for v in VALUES for k in ("reference", "noise", "df"
 TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "perturbed_seeds", "statuses_seen", "status_flips",
                       "status_runs"] + NOISE_COLUMNS)
 ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise", "loss_df"]
-TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"
 
 
 def noise_floor(value: str, reference: float, run: dict) -> float:

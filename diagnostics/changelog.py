@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import compare, report, summary
+from . import compare, paths, report, summary
 
-FIGURE = "changelog.png"
-MARKDOWN = "changelog.md"
+FIGURE, MARKDOWN = paths.CHANGELOG_FIGURE, paths.CHANGELOG_MD
 # verdict colours of the picture: bits kept, bits within noise, beyond noise, nothing judged
 VERDICT_COLOUR = {"identical": "#e0e0e0", "equivalent": "#90caf9", "changed": "#ffb74d", "improved": "#81c784",
                   "regressed": "#e53935", "status_changed": "#8e24aa", "skipped": "#ffffff", "missing": "#616161",
@@ -115,10 +114,10 @@ def write(out: Path, table: pd.DataFrame) -> Path:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Convergence changelog</title>",
              f"<style>{page.STYLE}</style></head><body>",
              f"<h1>Convergence changelog of torch: {len(c)} transitions</h1>",
-             f'<p>Data: <a href="changelog.csv">changelog.csv</a> · <a href="{MARKDOWN}">{MARKDOWN}</a></p>',
+             f'<p>Data: <a href="{paths.CHANGELOG}">{paths.CHANGELOG}</a> · <a href="{MARKDOWN}">{MARKDOWN}</a></p>',
              f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
              f'<p><img src="{FIGURE}" alt="verdicts"></p>',
              f"<script>{page.SORT_JS}</script></body></html>"]
-    path = out / "index.html"
+    path = out / paths.PAGE
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import options
+from . import options, paths
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
@@ -243,8 +243,8 @@ def int_at_least(minimum: int):
 
 def report_dir_arg(text: str) -> Path:
     path = Path(text)
-    if not (path / "runs.csv").is_file():
-        raise argparse.ArgumentTypeError(f"{text} is not a report directory (no runs.csv)")
+    if not (path / paths.RUNS).is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a report directory (no {paths.RUNS})")
     return path
 
 
@@ -318,7 +318,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except report.ReportError as e:
         raise UsageError(str(e)) from None
     out = Path(args.out) if args.out else cand_dir
-    report.write_atomic(out / "compare.csv", table)
+    report.write_atomic(out / paths.COMPARE, table)
     counts = table["verdict"].value_counts()
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):
@@ -334,7 +334,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failed = compare.failures(table)
     for line in failed:
         print(f"FAILED {line}")
-    print(f"wrote {out / 'compare.csv'}")
+    print(f"wrote {out / paths.COMPARE}")
     return 1 if failed or (args.fail_on_cost and len(cost) > 0) else 0
 
 
@@ -398,7 +398,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     from . import report
 
-    report.write_atomic(Path(args.out) / "bisect.csv", table)
+    report.write_atomic(Path(args.out) / paths.BISECT, table)
     moved = table[table["first_changed"] != ""]
     print(f"{len(table)} configs: {len(moved)} changed between {args.versions[0]} and {args.versions[-1]}")
     for r in moved.to_dict("records"):
@@ -406,7 +406,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     failed = release.failing(table, policy)
     for r in failed:
         print(f"FAILED {r['verdict'].upper()} {r['run_id']} at {args.versions[-1]}: {policy.failure(r)}")
-    print(f"wrote {Path(args.out) / 'bisect.csv'}")
+    print(f"wrote {Path(args.out) / paths.BISECT}")
     return 1 if failed else 0
 
 
@@ -428,7 +428,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
         _, margin = options.policy(lambda k: getattr(args, k, None))
 
         def write(table):
-            report.write_atomic(out / "changelog.csv", table)
+            report.write_atomic(out / paths.CHANGELOG, table)
 
         table = release.changelog(cands, sessions, tol, margin, on_transition=write)
     except (release.ReleaseError, ValueError) as e:
@@ -439,7 +439,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
               f"noise, {r['beyond_noise']} beyond noise, {r['not_judged']} not judged"
               + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else ""))
     page = changelog.write(out, table)
-    print(f"wrote {out / 'changelog.csv'}, {out / changelog.MARKDOWN} and {page}")
+    print(f"wrote {out / paths.CHANGELOG}, {out / paths.CHANGELOG_MD} and {page}")
     return 0
 
 
@@ -495,7 +495,8 @@ def build_parser() -> Parser:
     cal.add_argument("--perturb-seeds", type=int_at_least(1), default=2,
                      help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
                           "adds one noise sample per perturbation and config (default: %(default)s)")
-    cal.add_argument("--work-dir", default="reports/calibration", help="where the sessions' reports go (a folder per grid)")
+    cal.add_argument("--work-dir", default=str(paths.CALIBRATION_DIR),
+                     help="where the sessions' reports go (a folder per grid; default: %(default)s)")
     cal.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
                                                            "report is complete")
     cal.add_argument("-n", dest="workers", help="pytest-xdist workers: a number, auto (one per core) or gpus "
@@ -572,7 +573,8 @@ def build_parser() -> Parser:
                                 "on demand (default: %(default)s)")
         options.add(q, options.GRID_OPTIONS + options.VERDICT_OPTIONS)
         q.add_argument("--out", required=True, help="folder for both reports, compare.csv / bisect.csv, seed weights")
-        q.add_argument("--envs-dir", default=".release-envs", help="where the per-version environments are kept")
+        q.add_argument("--envs-dir", default=str(paths.RELEASE_ENVS_DIR),
+                       help="where the per-version environments are kept (default: %(default)s)")
         q.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
         q.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
         q.set_defaults(func=dict(release=cmd_release, bisect=cmd_bisect, changelog=cmd_changelog)[name], shard=None,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import paths
 from .attention import ATTENTIONS
 from .compare import MARGIN, Policy
 from .devices import DEVICE_TYPES
@@ -66,7 +67,7 @@ VERDICT_OPTIONS = (
 )
 
 
-DEFAULT_REPORT_DIR = "reports/latest"
+DEFAULT_REPORT_DIR = str(paths.REPORT_DIR)
 
 
 def names(registry) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import compare, plots, report, stability
+from . import compare, paths, plots, report, stability
 
 TABLE_COLUMNS = ["run_id", "status", "final_loss", "val_loss", "val_metric", "loss_floor", "divergence_step",
                  "n_loss_spikes", "n_grad_spikes", "runtime_s", "samples_per_s", "peak_rss_mb", "baseline_check",
@@ -101,8 +101,8 @@ def write(report_dir: Path) -> Path:
         "<p>Data: " + " · ".join(f'<a href="{html.escape(c)}">{html.escape(c)}</a>' for c in csvs) + "</p>",
         "<h2>Runs</h2><p>Click a column header to sort.</p>", runs_table(runs),
     ]
-    if (report_dir / "compare.csv").exists():
-        parts += verdicts_section(report.read(report_dir / "compare.csv", required=["run_id", "verdict"]))
+    if (report_dir / paths.COMPARE).exists():
+        parts += verdicts_section(report.read(report_dir / paths.COMPARE, required=["run_id", "verdict"]))
     stab_path = report_dir / stability.STABILITY
     if stab_path.exists():
         parts += ["<h2>Stability sweep</h2>", f"<pre>{html.escape(stability.summary(report.read_csv(stab_path)))}</pre>"]
@@ -111,6 +111,6 @@ def write(report_dir: Path) -> Path:
     if env_path.exists():
         parts += ["<h2>Environment</h2>", env_table(report.read(env_path))]
     parts += [f"<script>{SORT_JS}</script></body></html>"]
-    out = report_dir / "index.html"
+    out = report_dir / paths.PAGE
     out.write_text("\n".join(parts), encoding="utf-8")
     return out

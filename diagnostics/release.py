@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import compare, report
+from . import compare, paths, report
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ENVS_DIR = ROOT / ".release-envs"
+DEFAULT_ENVS_DIR = paths.RELEASE_ENVS_DIR
 READY = ".ready"  # written last: an environment without it is rebuilt; its mtime is the last use
 MADE_WITH = "made-with.txt"  # in a session's report folder: the grid options that trained it
 COMPLETE = "session-complete"  # in a session's report folder, written when its grid finished

@@ -15,6 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .paths import ENV as ENV  # re-exported: paths is their home
+from .paths import EVENTS as EVENTS
+from .paths import PAGE as PAGE
+from .paths import REPRO as REPRO
+from .paths import RUNS as RUNS
+from .paths import SEEDS as SEEDS
+from .paths import STABILITY as STABILITY
+from .paths import STEPS as STEPS
+
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", "impl", "compile", "attention", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params",
             "recipe"]
@@ -45,13 +54,12 @@ CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "i
           "model_size"]
 AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default"}
 
-RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
 # what a readable report must hold: runs.csv the contract's columns (the EXTRA ones grow with the
 # project: a report from before a column existed still reads), the other files their schemas
 READ_REQUIRED = {**SCHEMAS, RUNS: IDENTITY + OUTCOME + COST + PROVENANCE}
 SORT_KEYS = {RUNS: ["run_id"], STEPS: ["run_id", "step"], EVENTS: ["run_id", "step", "kind"],
-             "repro.csv": ["run_id", "check"]}
+             REPRO: ["run_id", "check"]}
 FLOAT_FORMAT = "%.17g"  # round-trips every float64 exactly: reports compare bit for bit
 # pandas >= 3 parses floats exactly by default (and deprecates the argument); 2.x needs asking
 ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
@@ -225,7 +233,7 @@ def reset(report_dir: Path) -> None:
     """Remove the files a session writes (start of a new session in the same directory)."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    for name in (RUNS, STEPS, EVENTS, ENV, "repro.csv", "seeds.csv", "stability.csv", "index.html"):
+    for name in (RUNS, STEPS, EVENTS, ENV, REPRO, SEEDS, STABILITY, PAGE):
         for p in (report_dir / name, report_dir / (name + ".lock")):
             p.unlink(missing_ok=True)
 
@@ -258,7 +266,7 @@ def merge(dirs: list[Path], out: Path) -> dict[str, int]:
     if (out / RUNS).exists():
         raise ReportError(f"{out} already holds a report (runs.csv); choose an empty --out")
     merged: dict[str, pd.DataFrame] = {}
-    for name in (RUNS, STEPS, EVENTS, "repro.csv"):
+    for name in (RUNS, STEPS, EVENTS, REPRO):
         frames = []
         for d in dirs:
             path = Path(d) / name

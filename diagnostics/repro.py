@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from . import compare, report, train
+from .paths import REPRO as REPRO  # re-exported: paths is their home
+from .paths import SEEDS as SEEDS
 from .spec import RunSpec
 
-REPRO, SEEDS = "repro.csv", "seeds.csv"
 REPRO_COLUMNS = ["run_id", "check", "result", "first_diff_step", "max_abs_diff", "detail"]
 SEEDS_COLUMNS = (compare.CONFIG + ["n_seeds", "seeds", "final_loss_mean", "final_loss_std", "final_loss_ci_low",
                                    "final_loss_ci_high", "val_loss_mean", "val_loss_std", "val_loss_ci_low",

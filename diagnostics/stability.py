@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from . import detect, report
+from .paths import STABILITY as STABILITY  # re-exported: paths is their home
 
-STABILITY = "stability.csv"
 # a config of the sweep: every config column but lr_scale (swept), per seed
 CONFIG = [c if c != "lr_scale" else "seed" for c in report.CONFIG]
 CONVERGED = detect.CONVERGED  # the statuses that count as converged (detect.STATUS_TABLE)

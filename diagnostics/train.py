@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import attention, checkpoint, compat, data, determinism, env, perturb, precision
+from . import attention, checkpoint, compat, data, determinism, env, paths, perturb, precision
 from .detect import Monitor, Thresholds, Verdict
 from .faults import NO_FAULT, Fault
 from .models import MODELS, build_model, count_params, task_loss
@@ -33,7 +33,7 @@ from .spec import RunSpec
 
 SYNC_EVERY = 10  # steps between host reads of loss / grad norm (and RSS samples)
 MB = 1024 * 1024
-DEFAULT_DATA_DIR = Path("reports/data")
+DEFAULT_DATA_DIR = paths.DATA_DIR
 VERDICT_FIELDS = [f.name for f in fields(Verdict) if f.name not in ("status", "status_reason")]  # runs.csv columns
 
 
