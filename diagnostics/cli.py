@@ -444,17 +444,13 @@ def cmd_changelog(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from . import report, repro, stability
+    from . import report, session
 
     try:
         counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
     except report.ReportError as e:
         raise UsageError(str(e)) from None
-    runs = report.read(Path(args.out) / report.RUNS)
-    for name, table in ((repro.SEEDS, repro.seed_table(runs)), (stability.STABILITY, stability.table(runs))):
-        if not table.empty:  # derived from all the runs together, not concatenated
-            report.write_atomic(Path(args.out) / name, table)
-            counts[name] = len(table)
+    counts |= session.write_derived(Path(args.out), report.read(Path(args.out) / report.RUNS))
     print(f"merged {len(args.dirs)} reports into {args.out}: " + ", ".join(f"{n} rows in {k}" for k, n in counts.items()))
     return 0
 

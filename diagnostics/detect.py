@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -190,6 +190,9 @@ class Event:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A run's verdict: these fields, in this order, are runs.csv's verdict columns
+    (``VERDICT_FIELDS``; ``report.OUTCOME`` starts with them)."""
+
     status: str
     status_reason: str
     divergence_step: float  # NaN when the run did not diverge
@@ -728,8 +731,8 @@ def logged(x) -> float | None:
     return float(x)
 
 
-VERDICT_COLUMNS = ["run_id", "status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes",
-                   "n_grad_spikes", "initial_loss", "final_loss", "min_loss"]
+VERDICT_FIELDS = [f.name for f in fields(Verdict)]  # the one declaration: the dataclass above
+VERDICT_COLUMNS = ["run_id", *VERDICT_FIELDS]  # diagnostics detect's runs.csv
 
 
 def classify_table(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")):
@@ -738,6 +741,6 @@ def classify_table(steps, thresholds: Thresholds | None = None, loss_floor: floa
     verdicts, events = [], []
     for run_id, trace in steps.sort_values(["run_id", "step"], kind="stable").groupby("run_id", sort=True):
         v, evs = classify(trace, thresholds, loss_floor)
-        verdicts.append(dict(run_id=run_id, **{k: getattr(v, k) for k in VERDICT_COLUMNS[1:]}))
+        verdicts.append(dict(run_id=run_id, **{k: getattr(v, k) for k in VERDICT_FIELDS}))
         events += [dict(run_id=run_id, **e.__dict__) for e in evs]
     return verdicts, events

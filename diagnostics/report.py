@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .detect import VERDICT_FIELDS
 from .paths import ENV as ENV  # re-exported: paths is their home
 from .paths import EVENTS as EVENTS
 from .paths import PAGE as PAGE
@@ -27,9 +28,7 @@ from .paths import STEPS as STEPS
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", "impl", "compile", "attention", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params",
             "recipe"]
-OUTCOME = ["status", "status_reason", "divergence_step", "first_event_step", "n_loss_spikes", "n_grad_spikes",
-           "initial_loss", "final_loss", "min_loss", "val_loss", "val_metric", "loss_floor", "max_grad_norm",
-           "weights_sha256"]
+OUTCOME = [*VERDICT_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
 COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device_mem_mb", "mem_total_mb",
         "mem_available_mb"]
 PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version", "lion_pytorch_version",

@@ -18,14 +18,14 @@ import math
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import torch
 
 from . import attention, checkpoint, compat, data, determinism, env, paths, perturb, precision
-from .detect import Monitor, Thresholds, Verdict
+from .detect import VERDICT_FIELDS, Monitor, Thresholds
 from .faults import NO_FAULT, Fault
 from .models import MODELS, build_model, count_params, task_loss
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
@@ -34,7 +34,6 @@ from .spec import RunSpec
 SYNC_EVERY = 10  # steps between host reads of loss / grad norm (and RSS samples)
 MB = 1024 * 1024
 DEFAULT_DATA_DIR = paths.DATA_DIR
-VERDICT_FIELDS = [f.name for f in fields(Verdict) if f.name not in ("status", "status_reason")]  # runs.csv columns
 
 
 @dataclass
@@ -434,7 +433,6 @@ def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thres
     row.update(
         warmup_steps=s.sched_kw["warmup_steps"], lr=s.opt_kw["lr"], batch_size=s.batch_size,
         model_params=count_params(s.model), recipe=json.dumps(recipe, sort_keys=True),
-        status=verdict.status, status_reason=verdict.status_reason,
         **{k: getattr(verdict, k) for k in VERDICT_FIELDS},
         loss_floor=s.ds.loss_floor, max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(s.model),
         data_path=str(s.ds.path.resolve()), data_sha256=s.ds.sha256, data_name=s.ds.name,
