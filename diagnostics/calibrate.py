@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -149,3 +150,67 @@ def from_sessions(reference_dir, perturbed_dirs: dict, config: list[str], margin
     steps = {n: report.read(d / report.STEPS) for n, d in perturbed_dirs.items()}
     tol = with_power(tolerances(ref_runs, runs, config), margin, alpha)
     return tol, envelope(report.read(reference_dir / report.STEPS), steps, ref_runs, config)
+
+
+class CalibrationFailed(Exception):
+    """A calibration session that failed; one line."""
+
+
+def run_sessions(grid, names: list[str], work: Path, perturb_seeds: int, resume: bool,
+                 session_command) -> tuple[Path, dict[str, Path]]:
+    """The calibration's sessions, in ``work``: the reference (the whole grid, written as the
+    baseline), then one per perturbation on the first ``perturb_seeds`` seeds. ``session_command
+    (name, changes, extra)`` is the pytest command line of one (the front end's options with
+    ``changes`` applied and ``extra`` appended). With ``resume``, a session folder holding all of
+    its runs is reused. Raises CalibrationFailed when a session fails."""
+    import subprocess
+
+    from . import perturb
+
+    def session(name: str, extra: list[str], n_seeds: int, **changes) -> Path:
+        folder = work / name
+        n_runs = len(grid.specs()) // len(grid.seeds) * n_seeds
+        if resume and (folder / report.RUNS).exists() and len(report.read_csv(folder / report.RUNS)) == n_runs:
+            print(f"calibrate: {name}: reusing the complete session in {folder} (--resume)")
+            return folder
+        cmd = session_command(name, dict(changes, report_dir=str(folder)), extra)
+        print(f"calibrate: {name}: {' '.join(cmd[3:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise CalibrationFailed(f"the {name} session failed (see above); nothing more was calibrated")
+        return folder
+
+    ref = session("reference", [], len(grid.seeds), update_baseline=True)
+    n = min(perturb_seeds, len(grid.seeds))
+    seeds = ",".join(str(x) for x in grid.seeds[:n])
+    return ref, {name: session(name, ["--perturb", name], n, seeds=seeds, update_baseline=False, force=False,
+                               threads=perturb.PERTURBATIONS[name].threads) for name in names}
+
+
+def write(target: Path, reference: Path, tol: pd.DataFrame, env: pd.DataFrame) -> None:
+    """tolerances.csv and envelope.csv into the baseline folder, with the reference's seeds.csv."""
+    import shutil
+
+    from . import repro
+
+    report.write_atomic(target / TOLERANCES, tol)
+    report.write_atomic(target / ENVELOPE, env)
+    if (reference / repro.SEEDS).exists():
+        shutil.copyfile(reference / repro.SEEDS, target / repro.SEEDS)
+
+
+def summary_lines(tol: pd.DataFrame, names: list[str], target: Path, margin: float) -> list[str]:
+    """What a calibration found, for the terminal: the noise, the configs on a status threshold,
+    the configs that need more than one seed to see the margin."""
+    rel = (tol["final_loss_noise"] / tol["final_loss_reference"].abs()).replace([float("inf")], float("nan"))
+    borderline = tol[tol["statuses_seen"].str.contains(",")]
+    blind = tol[~(tol["seeds_for_margin"] <= 1)]
+    return [
+        f"calibrate: {len(tol)} configs x {len(names)} perturbations ({', '.join(names)}) into {target / TOLERANCES}; "
+        f"final-loss noise relative to the loss: median {rel.median():.2g}, max {rel.max():.2g}",
+        f"calibrate: {len(borderline)} config(s) on a status threshold"
+        + (f": {', '.join(pd.unique(borderline['run_id']))}" if len(borderline) else ""),
+        f"calibrate: {len(blind)} config(s) need more than one seed to see a {margin:.0%} change"
+        + "".join(f"\n  {r['run_id']}: one seed sees {r['mde_1']:.1%}, the margin needs "
+                  + (f"{r['seeds_for_margin']:.0f} seeds" if r["seeds_for_margin"] > 0 else "more than 64 seeds")
+                  for r in blind.to_dict("records")),
+    ]

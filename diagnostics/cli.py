@@ -103,26 +103,21 @@ def xdist_workers(value: str) -> str:
         raise UsageError(str(e)) from None
 
 
-def workers_for(p, workers: str | None) -> str | None:
-    """xdist workers for a perturbation's session: one that runs each CPU run on T threads gets
-    cores // T workers, so the cores are not oversubscribed (that made it ~5x slower here)."""
+def workers_for(threads: int | None, workers: str | None) -> str | None:
+    """xdist workers for a session whose CPU runs use ``threads`` intra-op threads each: cores //
+    threads workers, so the cores are not oversubscribed (that made it ~5x slower here)."""
     import os
 
-    if p.threads is None or workers is None:
+    if threads is None or workers is None:
         return workers
     n = os.cpu_count() if not str(workers).isdigit() else int(workers)
-    return str(max(1, min(n, (os.cpu_count() or 1) // p.threads))) if n > 1 else workers
+    return str(max(1, min(n, (os.cpu_count() or 1) // threads))) if n > 1 else workers
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Reference run (written as the baseline), one rerun per perturbation, then tolerances.csv
     and envelope.csv beside the baseline (calibrate.py)."""
-    import shutil
-    import subprocess
-
-    import pandas as pd
-
-    from . import baseline, calibrate, compare, perturb, report, repro
+    from . import baseline, calibrate, compare, perturb, report
 
     validate_grid_options(args)
     grid = grid_of(args)
@@ -131,49 +126,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     bad = [n for n in names if n not in perturb.PERTURBATIONS]
     if bad or not names:
         raise UsageError(f"--perturbations {args.perturbations!r}: valid names are {', '.join(perturb.PERTURBATIONS)}")
-    work = Path(args.work_dir) / grid.name
     target = baseline.directory(grid.name, args.baseline)
 
-    def complete(folder: Path, n_runs: int) -> bool:
-        return args.resume and (folder / report.RUNS).exists() and len(report.read_csv(folder / report.RUNS)) == n_runs
+    def session_command(name: str, changes: dict, extra: list[str]) -> list[str]:
+        threads = changes.pop("threads", None)
+        sub = argparse.Namespace(**{**vars(args), **changes, "workers": workers_for(threads, args.workers)})
+        return [sys.executable, "-m", "pytest", *pytest_args(sub, SUITE_FILES["convergence"]), *extra]
 
-    def session(name: str, extra: list[str], **changes) -> Path:
-        n_runs = len(grid.specs()) // len(grid.seeds) * (len(grid.seeds) if name == "reference"
-                                                         else min(args.perturb_seeds, len(grid.seeds)))
-        if complete(work / name, n_runs):
-            print(f"calibrate: {name}: reusing the complete session in {work / name} (--resume)")
-            return work / name
-        sub = argparse.Namespace(**{**vars(args), "report_dir": str(work / name), **changes})
-        cmd = [sys.executable, "-m", "pytest", *pytest_args(sub, SUITE_FILES["convergence"]), *extra]
-        print(f"calibrate: {name}: {' '.join(cmd[3:])}", flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise UsageError(f"the {name} session failed (see above); nothing more was calibrated")
-        return work / name
-
-    ref = session("reference", [], update_baseline=True)
-    perturbed_seeds = ",".join(str(x) for x in grid.seeds[:args.perturb_seeds])
-    perturbed_dirs = {n: session(n, ["--perturb", n], seeds=perturbed_seeds, update_baseline=False, force=False,
-                                 workers=workers_for(perturb.PERTURBATIONS[n], args.workers)) for n in names}
     try:
-        tol, env = calibrate.from_sessions(ref, perturbed_dirs, compare.CONFIG, compare.MARGIN, compare.ALPHA)
-    except report.ReportError as e:
+        ref, perturbed = calibrate.run_sessions(grid, names, Path(args.work_dir) / grid.name, args.perturb_seeds,
+                                                args.resume, session_command)
+        tol, env = calibrate.from_sessions(ref, perturbed, compare.CONFIG, compare.MARGIN, compare.ALPHA)
+    except (calibrate.CalibrationFailed, report.ReportError) as e:
         raise UsageError(str(e)) from None
-    report.write_atomic(target / calibrate.TOLERANCES, tol)
-    report.write_atomic(target / calibrate.ENVELOPE, env)
-    if (ref / repro.SEEDS).exists():
-        shutil.copyfile(ref / repro.SEEDS, target / repro.SEEDS)
-    rel = (tol["final_loss_noise"] / tol["final_loss_reference"].abs()).replace([float("inf")], float("nan"))
-    borderline = tol[tol["statuses_seen"].str.contains(",")]
-    blind = tol[~(tol["seeds_for_margin"] <= 1)]
-    print(f"calibrate: {len(tol)} configs x {len(names)} perturbations ({', '.join(names)}) into "
-          f"{target / calibrate.TOLERANCES}; final-loss noise relative to the loss: median {rel.median():.2g}, "
-          f"max {rel.max():.2g}")
-    print(f"calibrate: {len(borderline)} config(s) on a status threshold"
-          + (f": {', '.join(pd.unique(borderline['run_id']))}" if len(borderline) else ""))
-    print(f"calibrate: {len(blind)} config(s) need more than one seed to see a {compare.MARGIN:.0%} change"
-          + "".join(f"\n  {r['run_id']}: one seed sees {r['mde_1']:.1%}, the margin needs "
-                    + (f"{r['seeds_for_margin']:.0f} seeds" if r["seeds_for_margin"] > 0 else "more than 64 seeds")
-                    for r in blind.to_dict("records")))
+    calibrate.write(target, ref, tol, env)
+    print("\n".join(calibrate.summary_lines(tol, names, target, compare.MARGIN)))
     return 0
 
 
