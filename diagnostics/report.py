@@ -25,9 +25,11 @@ from .paths import SEEDS as SEEDS
 from .paths import STABILITY as STABILITY
 from .paths import STEPS as STEPS
 
+# the axes a run is defined by beyond its recipe (spec.RunSpec's fields), with the value that
+# leaves a run id unchanged; a report written before one existed reads it as this (``read``)
+AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default"}
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
-            "precision", "impl", "compile", "attention", "seed", "lr", "lr_scale", "steps", "batch_size", "model_params",
-            "recipe"]
+            "precision", *AXIS_DEFAULTS, "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
 OUTCOME = [*VERDICT_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
 COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device_mem_mb", "mem_total_mb",
         "mem_available_mb"]
@@ -48,10 +50,8 @@ ENV_COLUMNS = ["key", "value"]
 # the columns that name a config (a grid point up to its seed): compare, calibrate and stability
 # key on them. A report written before the ``impl``/``compile``/``attention`` axes existed reads them as these
 # defaults (``read``), so older reports and baselines stay comparable.
-CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", "impl", "compile", "attention", "lr_scale",
-          "steps",
+CONFIG = ["model", "optimizer", "scheduler", "warmup", "device", "precision", *AXIS_DEFAULTS, "lr_scale", "steps",
           "model_size"]
-AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default"}
 
 SCHEMAS = {RUNS: RUNS_COLUMNS, STEPS: STEPS_COLUMNS, EVENTS: EVENTS_COLUMNS, ENV: ENV_COLUMNS}
 # what a readable report must hold: runs.csv the contract's columns (the EXTRA ones grow with the

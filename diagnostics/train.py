@@ -148,11 +148,10 @@ def utc_now() -> str:
 
 
 def identity(spec: RunSpec) -> dict:
-    return dict(run_id=spec.id, suite=spec.suite, model=spec.model, optimizer=spec.optimizer,
-                scheduler=spec.scheduler, warmup=spec.warmup, device=spec.device, precision=spec.precision,
-                impl=spec.impl, compile=spec.compile, attention=spec.attention, seed=spec.seed, lr_scale=spec.lr_scale,
-                steps=spec.steps,
-                model_size=spec.size, grid=spec.grid)
+    """A row's identity: the run id and every field of its RunSpec, by the field's name (``size``
+    is the report's ``model_size``), so an axis added to RunSpec reaches the row by itself."""
+    fields = spec.to_dict()
+    return dict(run_id=spec.id, model_size=fields.pop("size"), **fields)
 
 
 def provenance(spec: RunSpec, worker: str) -> dict:
