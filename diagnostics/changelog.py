@@ -21,10 +21,26 @@ VERDICT_COLOUR = {"identical": "#e0e0e0", "equivalent": "#90caf9", "changed": "#
                   "new": "#616161", "unjudged": "#212121"}
 
 
-def counts(table: pd.DataFrame) -> pd.DataFrame:
+def build_change(a: dict, b: dict) -> str:
+    """What changed in how torch was built between two sessions' env.csv (env.BUILD_LINES),
+    e.g. "onednn: Intel(R) MKL-DNN v3.7.1 ... -> ... v3.10.2 ..."; "" when nothing did or
+    either side did not record it."""
+    from .env import BUILD_LINES
+
+    changes = []
+    for key in BUILD_LINES:
+        x, y = str(a.get(key) or ""), str(b.get(key) or "")
+        if x and y and x != y:
+            changes.append(f"{key.removeprefix('torch_build_')}: {x.split(' (Git')[0]} -> {y.split(' (Git')[0]}")
+    return "; ".join(changes)
+
+
+def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> pd.DataFrame:
     """Per transition: how many configs kept every bit (identical), changed bits within noise
     (equivalent), moved beyond noise (changed, regressed, improved, status_changed) or could not
-    be judged (skipped on either side, missing, new, unjudged); and which axes changed bits."""
+    be judged (skipped on either side, missing, new, unjudged); which axes changed bits; and,
+    given each version's env.csv (``builds``: version -> key -> value), what changed in its build."""
+    builds = builds or {}
     out = []
     for (a, b), t in table.groupby(["from_version", "to_version"], sort=False):
         bits = t[t["verdict"] != "identical"]
@@ -35,6 +51,7 @@ def counts(table: pd.DataFrame) -> pd.DataFrame:
             beyond_noise=int(t["verdict"].isin(compare.BEYOND_NOISE).sum()),
             not_judged=int((~t["verdict"].isin(compare.JUDGED)).sum()),
             bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(compare.BEYOND_NOISE)]),
+            build_change=build_change(builds.get(str(a), {}), builds.get(str(b), {})),
         ))
     return pd.DataFrame(out)
 
@@ -52,14 +69,15 @@ def paths_of(rows: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def markdown(table: pd.DataFrame) -> str:
+def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> str:
     """The changelog as Markdown: the transitions table, then each config beyond noise."""
-    c = counts(table)
+    c = counts(table, builds)
     lines = [f"## Convergence changelog: {len(c)} transitions, {table['run_id'].nunique()} configs", ""]
     lines += summary.table(c.to_dict("records"), [
         ("from", "from_version", ""), ("to", "to_version", ""), ("identical", "identical", ""),
         ("bits within noise", "equivalent", ""), ("beyond noise", "beyond_noise", ""), ("not judged", "not_judged", ""),
-        ("bits changed in", "bits_changed_in", ""), ("beyond noise in", "beyond_noise_in", "")])
+        ("bits changed in", "bits_changed_in", ""), ("beyond noise in", "beyond_noise_in", ""),
+        ("build change", "build_change", "")])
     beyond = table[table["verdict"].isin(compare.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -100,15 +118,27 @@ def figure(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def builds_of(out: Path, versions) -> dict[str, dict]:
+    """Each version's env.csv (``out/torch-VERSION/env.csv``) as a dict; {} where absent."""
+    found = {}
+    for v in versions:
+        path = Path(out) / f"torch-{v}" / report.ENV
+        if path.exists():
+            env = report.read(path)
+            found[str(v)] = dict(zip(env["key"], env["value"].fillna("").astype(str)))
+    return found
+
+
 def write(out: Path, table: pd.DataFrame) -> Path:
     """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html``; returns the page."""
     from . import page
 
     out = Path(out)
-    md = markdown(table)
+    builds = builds_of(out, pd.unique(pd.concat([table["from_version"], table["to_version"]])))
+    md = markdown(table, builds)
     (out / MARKDOWN).write_text(md, encoding="utf-8")
     figure(table, out / FIGURE)
-    c = counts(table)
+    c = counts(table, builds)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
     rows = "".join("<tr>" + "".join(page.cell(v) for v in r.values()) + "</tr>" for r in c.to_dict("records"))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Convergence changelog</title>",

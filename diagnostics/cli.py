@@ -401,10 +401,11 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     except (release.ReleaseError, ValueError) as e:
         raise UsageError(str(e)) from None
     write(table)
-    for r in changelog.counts(table).to_dict("records"):
+    for r in changelog.counts(table, changelog.builds_of(out, args.versions)).to_dict("records"):
         print(f"{r['from_version']} -> {r['to_version']}: {r['identical']} identical, {r['equivalent']} bits within "
               f"noise, {r['beyond_noise']} beyond noise, {r['not_judged']} not judged"
-              + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else ""))
+              + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else "")
+              + (f"; build: {r['build_change']}" if r["build_change"] else ""))
     page = changelog.write(out, table)
     print(f"wrote {out / paths.CHANGELOG}, {out / paths.CHANGELOG_MD} and {page}")
     return 0

@@ -115,6 +115,24 @@ def memory() -> dict[str, float]:
     return {"mem_total_mb": vm.total / MB, "mem_available_mb": vm.available / MB}
 
 
+# torch.__config__.show()'s lines that name what builds the CPU kernels: when a release changes
+# the bits of every CPU run, these usually say why (README "Releases since 2.0")
+BUILD_LINES = {"torch_build_compiler": ("GCC ", "clang "), "torch_build_blas": ("Math Kernel Library", "OpenBLAS"),
+               "torch_build_onednn": ("MKL-DNN", "oneDNN")}
+
+
+@functools.lru_cache(maxsize=1)
+def torch_build() -> dict[str, str]:
+    """The compiler, BLAS and oneDNN the running torch was built with (from
+    ``torch.__config__.show()``; "" where it does not say)."""
+    try:
+        lines = [line.strip(" -") for line in torch.__config__.show().splitlines()]
+    except Exception:  # a build without the config text
+        lines = []
+    return {key: next((line for line in lines if any(m in line for m in marks)), "")[:120]
+            for key, marks in BUILD_LINES.items()}
+
+
 def capture(devices: tuple[str, ...] = ()) -> dict[str, str]:
     """Everything env.csv holds: versions, hardware, memory, threads, determinism profile."""
     from .devices import available_devices
@@ -129,6 +147,7 @@ def capture(devices: tuple[str, ...] = ()) -> dict[str, str]:
         "requested_devices": ",".join(devices),
         "torchvision_problem": torchvision_status()[1],
     })
+    env.update(torch_build())
     env.update({k: f"{v:.0f}" for k, v in memory().items()})
     for d in devices:
         if d != "cpu":

@@ -115,3 +115,10 @@ def test_a_changelog_row_names_the_transition_and_the_verdict_columns():
     assert set(release.CHANGELOG_COLUMNS) - {"from_version", "to_version"} <= set(compare.COMPARE_COLUMNS)
     assert set(compare.CONFIG) <= set(release.CHANGELOG_COLUMNS) and "mde" in release.CHANGELOG_COLUMNS
     assert report.CONFIG == compare.CONFIG
+
+
+def test_a_build_change_between_releases_is_named():
+    a = dict(torch_build_compiler="GCC 11.2", torch_build_onednn="Intel(R) MKL-DNN v3.7.1 (Git Hash 8d26)")
+    b = dict(torch_build_compiler="GCC 11.2", torch_build_onednn="Intel(R) MKL-DNN v3.10.2 (Git Hash f1d4)")
+    assert changelog.build_change(a, b) == "onednn: Intel(R) MKL-DNN v3.7.1 -> Intel(R) MKL-DNN v3.10.2"
+    assert changelog.build_change(a, a) == "" and changelog.build_change({}, b) == ""  # unrecorded: not a change
