@@ -292,7 +292,9 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
     """Per config of the grid: the first of ``versions`` (in the given order) whose verdict against
     ``versions[0]`` changed, by binary search between the first and the last (each version is
     trained at most once, for all configs together). A config whose last version is unchanged
-    says so. Assumes a change, once made, stays (a flip back between two probes is not seen)."""
+    says so; one skipped on a side at the last version (a release that lacks what it needs) is
+    reported as skipped, not searched. Assumes a change, once made, stays (a flip back between
+    two probes is not seen)."""
     first = sessions.run(versions[0])
     verdicts: dict[str, dict] = {}
 
@@ -306,6 +308,9 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
     rows = []
     for run_id, end in sorted(last.items()):
         row = {c: end.get(c) for c in compare.CONFIG} | dict(run_id=run_id)
+        if end["verdict"] == "skipped":  # a side cannot run it (e.g. the first release lacks the feature): no search
+            rows.append(row | dict(first_changed="", last_same="", verdict="skipped", detail=end["detail"]))
+            continue
         if not changed(end["verdict"], equivalent_is_same):
             rows.append(row | dict(first_changed="", last_same=versions[-1], verdict=end["verdict"], detail=""))
             continue
