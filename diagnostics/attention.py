@@ -15,7 +15,7 @@ row says the run was not deterministic, and calibration's ``repeat`` reruns meas
 
 The kernel that ran is recorded per run (``Recorder``): the model's attention calls ``sdpa``,
 which asks torch's own dispatcher (``torch._fused_sdp_choice``, the function SDPA itself
-consults) for each eager call's inputs.
+consults) for the inputs of the run's first eager call.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ def context(kernel: str):
 
 
 class Recorder:
-    """The kernels the eager attention calls of a run dispatched to (``sdpa`` adds to the active
-    one). A compiled run's calls are traced, not dispatched: ``kernels`` is then empty and
-    ``probe`` asks once, eagerly."""
+    """The kernel a run's eager attention dispatched to (``sdpa`` records the first call). A
+    compiled run's calls are traced, not dispatched: ``kernels`` stays empty, and
+    ``train.attention_kernel`` asks once, eagerly, after training."""
 
     active: Recorder | None = None
 
@@ -109,7 +109,9 @@ def recording():
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, is_causal: bool = False):
-    """``F.scaled_dot_product_attention``, the kernel it dispatches to recorded (eager calls)."""
-    if Recorder.active is not None and not compat.is_compiling():
-        Recorder.active.add(q, k, v, dropout_p, is_causal)
+    """``F.scaled_dot_product_attention``, the kernel the run's first eager call dispatches to
+    recorded (once per run: every later step has the same shapes, and nothing is added to them)."""
+    rec = Recorder.active
+    if rec is not None and not rec.kernels and not compat.is_compiling():
+        rec.add(q, k, v, dropout_p, is_causal)
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)

@@ -383,12 +383,15 @@ def cmd_changelog(args: argparse.Namespace) -> int:
 
     if len(args.versions) < 2:
         raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
-    sessions = release_sessions(args, args.versions)
-    cands = [release.candidate(v) for v in args.versions]
+    try:
+        cands = [release.candidate(v) for v in args.versions]
+    except release.ReleaseError as e:
+        raise UsageError(str(e)) from None
     twice = [c.label for i, c in enumerate(cands) if c.label in [d.label for d in cands[:i]]]
     if twice:
-        raise UsageError(f"changelog: {', '.join(twice)} given twice (a control is `release` of one version's report "
-                         "against a rerun; give each version once)")
+        raise UsageError(f"changelog: {', '.join(twice)} given twice (give each version once; a control is "
+                         "`diagnostics compare` of two sessions of one version)")
+    sessions = release_sessions(args, args.versions)
     out = Path(args.out)
     try:
         tol, _ = compare.read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
