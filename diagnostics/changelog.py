@@ -16,9 +16,7 @@ from . import compare, paths, report, summary
 
 FIGURE, MARKDOWN = paths.CHANGELOG_FIGURE, paths.CHANGELOG_MD
 # verdict colours of the picture: bits kept, bits within noise, beyond noise, nothing judged
-VERDICT_COLOUR = {"identical": "#e0e0e0", "equivalent": "#90caf9", "changed": "#ffb74d", "improved": "#81c784",
-                  "regressed": "#e53935", "status_changed": "#8e24aa", "skipped": "#ffffff", "missing": "#616161",
-                  "new": "#616161", "unjudged": "#212121"}
+VERDICT_COLOUR = compare.VERDICT_COLOUR
 
 
 def build_change(a: dict, b: dict) -> str:
@@ -43,11 +41,12 @@ def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> pd.Dat
     builds = builds or {}
     out = []
     for (a, b), t in table.groupby(["from_version", "to_version"], sort=False):
-        bits = t[t["verdict"] != "identical"]
+        bits = t[~t["verdict"].isin(compare.BITS_KEPT)]
         judged_bits = bits[bits["verdict"].isin(compare.JUDGED)]
+        within = t["verdict"].isin(compare.WITHIN_NOISE)
         out.append(dict(
-            from_version=a, to_version=b, configs=len(t), identical=int((t["verdict"] == "identical").sum()),
-            equivalent=int((t["verdict"] == "equivalent").sum()),
+            from_version=a, to_version=b, configs=len(t), identical=int(t["verdict"].isin(compare.BITS_KEPT).sum()),
+            equivalent=int((within & ~t["verdict"].isin(compare.BITS_KEPT)).sum()),
             beyond_noise=int(t["verdict"].isin(compare.BEYOND_NOISE).sum()),
             not_judged=int((~t["verdict"].isin(compare.JUDGED)).sum()),
             bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(compare.BEYOND_NOISE)]),

@@ -62,10 +62,41 @@ BASELINE_KEY = ["run_id", "steps", "model_size"]
 # A config is matched across reports on these columns (device type, not device name), never on
 # the run_id text; its seeds are paired on ``seed``.
 CONFIG = report.CONFIG  # the columns that name a config (report.py, the CSV contract)
-VERDICTS = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed", "missing", "new",
-            "skipped", "unjudged")
-JUDGED = ("identical", "equivalent", "changed", "regressed", "improved", "status_changed")  # something was checked
-BEYOND_NOISE = ("changed", "regressed", "improved", "status_changed")
+
+
+@dataclass(frozen=True)
+class VerdictKind:
+    """One verdict of compare.csv, declared once: what it says of a config, and how the readers
+    (summary, pictures, bisect) treat it."""
+
+    name: str
+    judged: bool  # something was checked (identical ... status_changed)
+    beyond_noise: bool  # the difference is beyond the measured noise
+    bits_kept: bool  # the same weights on every seed
+    colour: str  # pictures (changelog)
+    look_rank: int | None = None  # among what needs a reader, worst first (summary); None: nothing to read
+
+
+VERDICT_TABLE = (
+    VerdictKind("identical", True, False, True, "#e0e0e0"),
+    VerdictKind("equivalent", True, False, False, "#90caf9"),
+    VerdictKind("changed", True, True, False, "#ffb74d", look_rank=2),
+    VerdictKind("regressed", True, True, False, "#e53935", look_rank=0),
+    VerdictKind("improved", True, True, False, "#81c784", look_rank=3),
+    VerdictKind("status_changed", True, True, False, "#8e24aa", look_rank=1),
+    VerdictKind("missing", False, False, False, "#616161", look_rank=4),
+    VerdictKind("new", False, False, False, "#616161", look_rank=5),
+    VerdictKind("skipped", False, False, False, "#ffffff"),
+    VerdictKind("unjudged", False, False, False, "#212121"),
+)
+VERDICTS = tuple(v.name for v in VERDICT_TABLE)
+JUDGED = tuple(v.name for v in VERDICT_TABLE if v.judged)
+BEYOND_NOISE = tuple(v.name for v in VERDICT_TABLE if v.beyond_noise)
+BITS_KEPT = tuple(v.name for v in VERDICT_TABLE if v.bits_kept)
+WITHIN_NOISE = tuple(v.name for v in VERDICT_TABLE if v.judged and not v.beyond_noise)
+NEEDS_A_LOOK = tuple(v.name for v in sorted((v for v in VERDICT_TABLE if v.look_rank is not None),
+                                            key=lambda v: v.look_rank))
+VERDICT_COLOUR = {v.name: v.colour for v in VERDICT_TABLE}
 # Practical margin: a relative change of 5% in a final or held-out loss (or in the held-out
 # accuracy) is a difference a recipe owner acts on; for a diverged run, 5% of the run's steps
 # earlier or later. ``--margin`` changes it. Each config states the seeds it needs to see it

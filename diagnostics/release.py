@@ -280,11 +280,10 @@ def judged(base_dir: Path, cand_dir: Path, tolerances: pd.DataFrame | None, marg
                                    policy=policy)
 
 
-SAME = ("identical",)  # a config whose verdict against V1 is one of these has not changed
-
-
 def changed(verdict: str, equivalent_is_same: bool) -> bool:
-    return verdict not in SAME + (("equivalent",) if equivalent_is_same else ())
+    """Whether a config's verdict against the first version says it changed: any verdict but
+    the same bits, or, with ``equivalent_is_same``, any but within noise."""
+    return verdict not in (compare.WITHIN_NOISE if equivalent_is_same else compare.BITS_KEPT)
 
 
 def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,

@@ -15,10 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import report
-from .compare import JUDGED, MARGIN, Policy, blind_spots
+from .compare import JUDGED, MARGIN, NEEDS_A_LOOK, Policy, blind_spots
 from .detect import STATUS_RANK
-
-NEEDS_A_LOOK = ("regressed", "status_changed", "changed", "improved", "missing", "new")  # worst first
 
 
 def cell(value, fmt: str = "") -> str:
