@@ -433,58 +433,56 @@ def float_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def build_parser() -> Parser:
-    from .perturb import DEFAULT as PERTURB_DEFAULT
-    from .perturb import REPEATS as PERTURB_REPEATS
+# --------------------------------------------------------------------------------------------
+# the subcommands: each one's own arguments, then the table that declares them all
+# --------------------------------------------------------------------------------------------
 
-    parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+WORKERS_HELP = "pytest-xdist workers: a number, auto (one per core) or gpus (GPUs x DIAGNOSTICS_WORKERS_PER_GPU)"
 
-    run = sub.add_parser("run", help="run a suite's grid through pytest and write reports")
-    run.add_argument("--suite", choices=tuple(SUITE_FILES), default="convergence",
-                     help="convergence (grid: default), stability (LR sweep; grid: stability) or "
-                          "reproducibility (twice-same, resume, DDP, cross-device; grid: default)")
-    add_grid_options(run)
-    run.add_argument("-n", dest="workers", help="pytest-xdist workers: a number, auto (one per core) or gpus "
-                                                   "(GPUs x DIAGNOSTICS_WORKERS_PER_GPU)")
-    run.add_argument("-k", help="pytest -k expression to select runs by id")
-    run.add_argument("--quiet", action="store_true", help="no progress line per run")
-    run.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
-    run.set_defaults(func=cmd_run)
 
-    cal = sub.add_parser("calibrate", help="measure per-config tolerances: the grid as the baseline, then reruns "
-                                           "that change only the arithmetic; writes tolerances.csv beside it")
-    add_grid_options(cal)
-    cal.add_argument("--perturbations", default=None,
-                     help=f"comma list of arithmetic-only perturbations (default: {','.join(PERTURB_DEFAULT)}, and "
-                          f"{','.join(PERTURB_REPEATS)} on a device other than the CPU: reruns that measure "
-                          "nondeterministic kernels)")
-    cal.add_argument("--perturb-seeds", type=int_at_least(1), default=2,
-                     help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
-                          "adds one noise sample per perturbation and config (default: %(default)s)")
-    cal.add_argument("--work-dir", default=str(paths.CALIBRATION_DIR),
-                     help="where the sessions' reports go (a folder per grid; default: %(default)s)")
-    cal.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
-                                                           "report is complete")
-    cal.add_argument("-n", dest="workers", help="pytest-xdist workers: a number, auto (one per core) or gpus "
-                                                   "(GPUs x DIAGNOSTICS_WORKERS_PER_GPU)")
-    cal.set_defaults(func=cmd_calibrate, quiet=True, k=None, pytest_args=[], suite="convergence", probes=False)
+def run_arguments(p: Parser) -> None:
+    p.add_argument("--suite", choices=tuple(SUITE_FILES), default="convergence",
+                   help="convergence (grid: default), stability (LR sweep; grid: stability) or "
+                        "reproducibility (twice-same, resume, DDP, cross-device; grid: default)")
+    add_grid_options(p)
+    p.add_argument("-n", dest="workers", help=WORKERS_HELP)
+    p.add_argument("-k", help="pytest -k expression to select runs by id")
+    p.add_argument("--quiet", action="store_true", help="no progress line per run")
+    p.add_argument("pytest_args", nargs="*", help="further pytest arguments, after --")
 
-    det = sub.add_parser("detect", help="statuses and events for any training log: CSV/TSV, JSON lines, HF "
-                                        "trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard")
-    det.add_argument("logs", nargs="+", help="log files (or a TensorBoard run folder); step and loss are required, "
-                                             "grad_norm and lr used when logged")
-    det.add_argument("--out", help="output folder for runs.csv and events.csv (default: detect/ beside the first log)")
+
+def calibrate_arguments(p: Parser) -> None:
+    from .perturb import DEFAULT, REPEATS
+
+    add_grid_options(p)
+    p.add_argument("--perturbations", default=None,
+                   help=f"comma list of arithmetic-only perturbations (default: {','.join(DEFAULT)}, and "
+                        f"{','.join(REPEATS)} on a device other than the CPU: reruns that measure "
+                        "nondeterministic kernels)")
+    p.add_argument("--perturb-seeds", type=int_at_least(1), default=2,
+                   help="how many of the grid's seeds (the first ones) are rerun under each perturbation: each "
+                        "adds one noise sample per perturbation and config (default: %(default)s)")
+    p.add_argument("--work-dir", default=str(paths.CALIBRATION_DIR),
+                   help="where the sessions' reports go (a folder per grid; default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="reuse sessions of an interrupted calibration whose "
+                                                         "report is complete")
+    p.add_argument("-n", dest="workers", help=WORKERS_HELP)
+
+
+def detect_arguments(p: Parser) -> None:
+    p.add_argument("logs", nargs="+", help="log files (or a TensorBoard run folder); step and loss are required, "
+                                           "grad_norm and lr used when logged")
+    p.add_argument("--out", help="output folder for runs.csv and events.csv (default: detect/ beside the first log)")
     for what in ("step", "loss", "grad", "lr"):
-        det.add_argument(f"--{what}-col", help=f"the {what} column's name (default: found by name)")
-    det.add_argument("--loss-floor", type=float_arg, default=float("nan"),
-                     help="lowest reachable loss, if known (default: unknown, taken as 0)")
-    det.set_defaults(func=cmd_detect)
+        p.add_argument(f"--{what}-col", help=f"the {what} column's name (default: found by name)")
+    p.add_argument("--loss-floor", type=float_arg, default=float("nan"),
+                   help="lowest reachable loss, if known (default: unknown, taken as 0)")
 
+
+def plot_arguments(p: Parser) -> None:
     from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 
-    plot = sub.add_parser("plot", help="figures: lr (schedules), runs (loss curves), compare (two reports)")
-    what = plot.add_subparsers(dest="what", required=True, parser_class=Parser)
+    what = p.add_subparsers(dest="what", required=True, parser_class=Parser)
     lr = what.add_parser("lr", help="LR vs step of the grid's own schedules on one axes")
     lr.add_argument("--schedulers", type=names_arg(SCHEDULERS), default=["onecycle", "cosine"],
                     help="comma list (default: onecycle,cosine, the chapter's exercise)")
@@ -500,67 +498,100 @@ def build_parser() -> Parser:
     cmp_.add_argument("baseline_dir", type=report_dir_arg)
     cmp_.add_argument("candidate_dir", type=report_dir_arg)
     cmp_.add_argument("--out", required=True, help="folder for the PNG file")
-    plot.set_defaults(func=cmd_plot)
 
-    cmp_reports = sub.add_parser("compare", help="compare two report directories: exit 0 nothing regressed, "
-                                                 "1 something did, 2 bad input")
-    cmp_reports.add_argument("baseline_dir")
-    cmp_reports.add_argument("candidate_dir")
-    cmp_reports.add_argument("--out", help="folder for compare.csv (default: the candidate's)")
-    cmp_reports.add_argument("--fail-on-cost", action="store_true", help="also exit 1 on a slowdown or memory growth")
-    cmp_reports.add_argument("--tolerances", help="tolerances.csv (or its folder) measured by calibrate "
-                                                  "(default: the one beside BASELINE_DIR's runs.csv)")
-    options.add(cmp_reports)
-    cmp_reports.set_defaults(func=cmd_compare)
 
-    mrg = sub.add_parser("merge", help="merge report directories (e.g. shards) into one")
-    mrg.add_argument("dirs", nargs="+")
-    mrg.add_argument("--out", required=True)
-    mrg.set_defaults(func=cmd_merge)
+def compare_arguments(p: Parser) -> None:
+    p.add_argument("baseline_dir")
+    p.add_argument("candidate_dir")
+    p.add_argument("--out", help="folder for compare.csv (default: the candidate's)")
+    p.add_argument("--fail-on-cost", action="store_true", help="also exit 1 on a slowdown or memory growth")
+    p.add_argument("--tolerances", help="tolerances.csv (or its folder) measured by calibrate "
+                                        "(default: the one beside BASELINE_DIR's runs.csv)")
+    options.add(p)
 
-    rep = sub.add_parser("report", help="write REPORT_DIR/index.html (runs table, figures, environment)")
-    rep.add_argument("report_dir", type=report_dir_arg)
-    rep.set_defaults(func=cmd_report)
 
-    for name, helptext in (("release", "did torch CANDIDATE change convergence against BASE? Each trains the grid "
-                                       "(default: release) in its own cached environment, then compare"),
-                           ("bisect", "the first of the given torch releases at which each config's verdict "
-                                      "against the first changed (binary search)"),
-                           ("changelog", "every consecutive pair of the given torch releases judged: DIR/changelog.csv, "
-                                         "changelog.md and index.html (default grid: changelog)")):
-        q = sub.add_parser(name, help=helptext)
-        if name == "release":
-            q.add_argument("base", help="torch version (e.g. 2.14.1), a torch wheel file or a folder of wheels")
-            q.add_argument("candidate", help="torch version (e.g. 2.15.0), a torch wheel file or a folder of wheels")
-        else:
-            q.add_argument("versions", nargs="+", help="torch versions, wheel files or folders of wheels, oldest first")
-        if name == "changelog":
-            q.add_argument("--keep-envs", type=int_at_least(1), default=4,
-                           help="environments kept at once (4-7 GB each): the least recently used go first, rebuilt "
-                                "on demand (default: %(default)s)")
-        options.add(q, options.GRID_OPTIONS + options.VERDICT_OPTIONS)
-        q.add_argument("--out", required=True, help="folder for both reports, compare.csv / bisect.csv, seed weights")
-        q.add_argument("--envs-dir", default=str(paths.RELEASE_ENVS_DIR),
-                       help="where the per-version environments are kept (default: %(default)s)")
-        q.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
-        q.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
-        q.set_defaults(func=dict(release=cmd_release, bisect=cmd_bisect, changelog=cmd_changelog)[name], shard=None,
-                       data_root=None)
+def merge_arguments(p: Parser) -> None:
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--out", required=True)
 
-    summ = sub.add_parser("summary", help="Markdown for a CI job summary or a PR comment: counts, failing and "
-                                           "changed configs first, then every run")
-    summ.add_argument("report_dir", type=report_dir_arg)
-    summ.add_argument("--compare", help="compare.csv from `diagnostics compare` (default: each run's baseline_check)")
-    summ.add_argument("--title", default="", help="heading (default: Convergence diagnostics)")
-    options.add(summ, options.VERDICT_OPTIONS[1:])  # without --compare: which baseline checks count as failing
-    summ.set_defaults(func=cmd_summary)
 
-    env = sub.add_parser("env", help="print the environment as the reports record it (key,value)")
-    env.set_defaults(func=cmd_env)
+def report_arguments(p: Parser) -> None:
+    p.add_argument("report_dir", type=report_dir_arg)
+
+
+def release_arguments(p: Parser, versions: str) -> None:
+    """The arguments of release (``versions``: "pair"), bisect and changelog ("many")."""
+    if versions == "pair":
+        p.add_argument("base", help="torch version (e.g. 2.14.1), a torch wheel file or a folder of wheels")
+        p.add_argument("candidate", help="torch version (e.g. 2.15.0), a torch wheel file or a folder of wheels")
+    else:
+        p.add_argument("versions", nargs="+", help="torch versions, wheel files or folders of wheels, oldest first")
+    options.add(p, options.GRID_OPTIONS + options.VERDICT_OPTIONS)
+    p.add_argument("--out", required=True, help="folder for the reports, compare.csv / bisect.csv / changelog.csv, "
+                                                "seed weights")
+    p.add_argument("--envs-dir", default=str(paths.RELEASE_ENVS_DIR),
+                   help="where the per-version environments are kept (default: %(default)s)")
+    p.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
+    p.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
+
+
+def changelog_arguments(p: Parser) -> None:
+    release_arguments(p, "many")
+    p.add_argument("--keep-envs", type=int_at_least(1), default=4,
+                   help="environments kept at once (4-7 GB each): the least recently used go first, rebuilt on "
+                        "demand (default: %(default)s)")
+
+
+def summary_arguments(p: Parser) -> None:
+    p.add_argument("report_dir", type=report_dir_arg)
+    p.add_argument("--compare", help="compare.csv from `diagnostics compare` (default: each run's baseline_check)")
+    p.add_argument("--title", default="", help="heading (default: Convergence diagnostics)")
+    options.add(p, options.VERDICT_OPTIONS[1:])  # without --compare: which baseline checks count as failing
+
+
+def no_arguments(p: Parser) -> None:
+    pass
+
+
+RELEASE_DEFAULTS = dict(shard=None, data_root=None)
+# name, what it does (--help), its arguments, the function that does it, fixed values that function reads
+COMMANDS = (
+    ("run", "run a suite's grid through pytest and write reports", run_arguments, cmd_run, {}),
+    ("calibrate", "measure per-config tolerances: the grid as the baseline, then reruns that change only the "
+                  "arithmetic; writes tolerances.csv beside it", calibrate_arguments, cmd_calibrate,
+     dict(quiet=True, k=None, pytest_args=[], suite="convergence", probes=False)),
+    ("detect", "statuses and events for any training log: CSV/TSV, JSON lines, HF trainer_state.json, Lightning "
+               "metrics.csv, W&B export, TensorBoard", detect_arguments, cmd_detect, {}),
+    ("plot", "figures: lr (schedules), runs (loss curves), compare (two reports)", plot_arguments, cmd_plot, {}),
+    ("compare", "compare two report directories: exit 0 nothing regressed, 1 something did, 2 bad input",
+     compare_arguments, cmd_compare, {}),
+    ("merge", "merge report directories (e.g. shards) into one", merge_arguments, cmd_merge, {}),
+    ("report", "write REPORT_DIR/index.html (runs table, figures, environment)", report_arguments, cmd_report, {}),
+    ("release", "did torch CANDIDATE change convergence against BASE? Each trains the grid (default: release) in its "
+                "own cached environment, then compare", lambda p: release_arguments(p, "pair"), cmd_release,
+     RELEASE_DEFAULTS),
+    ("bisect", "the first of the given torch releases at which each config's verdict against the first changed "
+               "(binary search)", lambda p: release_arguments(p, "many"), cmd_bisect, RELEASE_DEFAULTS),
+    ("changelog", "every consecutive pair of the given torch releases judged: DIR/changelog.csv, changelog.md and "
+                  "index.html (default grid: changelog)", changelog_arguments, cmd_changelog, RELEASE_DEFAULTS),
+    ("summary", "Markdown for a CI job summary or a PR comment: counts, failing and changed configs first, then "
+                "every run", summary_arguments, cmd_summary, {}),
+    ("env", "print the environment as the reports record it (key,value)", no_arguments, cmd_env, {}),
+)
+
+
+def build_parser() -> Parser:
+    """Every subcommand of ``COMMANDS``, each with ``--plugins`` (the grid's commands have it
+    among their grid options)."""
+    parser = Parser(prog="diagnostics", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     plugin_option = [o for o in options.GRID_OPTIONS if o.flag == "--plugins"]
-    for command in sub.choices.values():  # --plugins on every command (the grid's commands have it already)
-        if "--plugins" not in command._option_string_actions:
-            options.add(command, plugin_option)
+    for name, helptext, arguments, func, defaults in COMMANDS:
+        p = sub.add_parser(name, help=helptext)
+        arguments(p)
+        if "--plugins" not in p._option_string_actions:
+            options.add(p, plugin_option)
+        p.set_defaults(func=func, **defaults)
     return parser
 
 
