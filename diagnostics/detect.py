@@ -6,21 +6,23 @@ step and a loss; the gradient norm and the LR are optional (None: not logged), a
 what is there. Every window and patience counts *logged points*, so a log written every N steps,
 or irregularly, is judged like a dense one.
 
-The rules run in the order of ``RULES``, each a small function with its thresholds documented in
-``Thresholds``; a rule that ends the run (divergence) stops the rest for that point:
+The rules run in the order of ``rule_chain``, each a small object that owns its state (a rule
+that reads another's, e.g. the relapse rule the LR window, gets it in its constructor), with its
+thresholds documented in ``Thresholds``; a rule that ends the run (divergence) stops the rest for
+that point:
 
-0. ``rule_scale``: with fp16 loss scaling (a logged ``grad_scale``), a non-finite gradient norm
+0. ``ScaleRule``: with fp16 loss scaling (a logged ``grad_scale``), a non-finite gradient norm
    is a step the scaler skipped, not a divergence; a scale below ``scale_collapse`` is a
    ``scale_collapse`` event and ``diverged_nonfinite`` (the gradients overflow at true size).
-1. ``rule_nonfinite``: a logged NaN/inf loss or gradient norm -> ``diverged_nonfinite`` there (and,
+1. ``NonfiniteRule``: a logged NaN/inf loss or gradient norm -> ``diverged_nonfinite`` there (and,
    offline, ``Monitor.vanish``: a loss blank to the end of a log that goes on, the same).
-2. ``rule_lr``: an LR rise of the schedule raises the spike thresholds for a while (an LR
+2. ``LrRule``: an LR rise of the schedule raises the spike thresholds for a while (an LR
    bomb, far above any LR the schedule has used, does not); a NaN LR is ignored.
-3. ``rule_catastrophic``: Megatron-LM's loss >= 10x the largest of the first 100 values (an event).
-4. ``rule_explosion``: the loss stays above 3x its initial level -> ``diverged_exploded``.
-5. ``rule_relapse``: the loss climbs back to a multiple of its best and stays -> ``diverged_exploded``.
-6. ``rule_spikes``: robust spike incidents on the loss and gradient-norm residuals.
-7. ``rule_recovery``: a loss spike followed by a return to the pre-spike level.
+3. ``CatastrophicRule``: Megatron-LM's loss >= 10x the largest of the first 100 values (an event).
+4. ``ExplosionRule``: the loss stays above 3x its initial level -> ``diverged_exploded``.
+5. ``RelapseRule``: the loss climbs back to a multiple of its best and stays -> ``diverged_exploded``.
+6. ``SpikesRule``: robust spike incidents on the loss and gradient-norm residuals.
+7. ``RecoveryRule``: a loss spike followed by a return to the pre-spike level.
 
 A divergence is located where it starts (``Monitor.onset``): the first point of the final climb
 above half way from the best level the run reached to the level that triggered the rule.
@@ -29,7 +31,8 @@ Statuses live in ``STATUS_TABLE`` (name, rank, colour, whether it counts as conv
 the stability table and the report page read them from there. ``verdict`` decides
 ``stalled`` (< 20% of the gap to the floor closed; where the floor is unknown, also a later half
 that did not improve beyond its own noise: ``Monitor.plateau``), ``unstable`` (converged, with spike incidents
-at more than 1 per 100 points and at least 3) and ``converged``; ``error`` is the trainer's.
+at more than 1 per 100 points and at least 3) and ``converged``; ``skipped`` and ``error`` are the
+trainer's.
 """
 
 from __future__ import annotations
@@ -391,21 +394,9 @@ class Monitor:
 
     def __post_init__(self):
         t = self.thresholds
-        self.rules = {"loss": SpikeRule(t), "grad_norm": SpikeRule(t)}
+        self.rules = {"loss": SpikeRule(t), "grad_norm": SpikeRule(t)}  # each signal's spike statistics
         self.steps: list[int] = []
-        self._lr: float | None = None
-        self._lr_max = 0.0
-        self._raised_until = -1  # the step up to which spike thresholds are raised
-        self._above = 0  # consecutive points above the explosion line
-        self._lost = 0  # consecutive points in relapse
-        self._lost_from: int | None = None
-        self._lost_peak = -math.inf  # highest median of the current relapse streak
-        self._medians: deque[float] = deque(maxlen=t.relapse_median_points)
-        self._best_median = math.inf
-        self._best_step = 0  # the step at which it was reached
-        self._open_spike: tuple[int, float, int] | None = None  # (step, pre-spike level, point index)
-        self._early_max = -math.inf
-        self._layer_history: dict[str, deque] = {}
+        self.chain = rule_chain(t)  # the rules, in order, each with its own state
 
     @property
     def diverged(self) -> bool:
@@ -437,7 +428,8 @@ class Monitor:
             if self.losses[j] > level:
                 i = j
         start = self.rules["loss"].last_start
-        return min(self.steps[i], start) if start is not None and start > self._best_step else self.steps[i]
+        best_step = self.chain.relapse.best_step
+        return min(self.steps[i], start) if start is not None and start > best_step else self.steps[i]
 
     def update(self, step: int, loss: float, grad_norm: float | None = None, lr: float | None = None,
                layer_norms: dict[str, float] | None = None, grad_scale: float | None = None) -> None:
@@ -446,7 +438,7 @@ class Monitor:
             return
         p = Point(int(step), float(loss), None if grad_norm is None else float(grad_norm),
                   None if lr is None else float(lr), layer_norms, None if grad_scale is None else float(grad_scale))
-        for rule in RULES:
+        for rule in self.chain:
             if rule(self, p):
                 return
 
@@ -517,182 +509,254 @@ class Monitor:
 
 
 # ---------------------------------------------------------------------------------------------
-# the rules, in order: rule(monitor, point) -> True when the run has diverged (stop here)
+# the rules, in order: rule(monitor, point) -> True when the run has diverged (stop here). Each
+# rule owns its state; a rule that reads another's says so in its constructor.
 # ---------------------------------------------------------------------------------------------
 
-def rule_scale(m: Monitor, p: Point) -> bool:
+class ScaleRule:
     """fp16 loss scaling: a skipped step (non-finite gradients, which the scaler discards) is
     not judged on its gradient norm; a collapsed scale ends the run."""
-    if p.grad_scale is None:
-        return False
-    if p.grad_norm is not None and not is_finite(p.grad_norm):
-        p.grad_norm = None  # the scaler skipped this step: its gradients never reached the weights
-    if p.grad_scale < m.thresholds.scale_collapse:
-        m.emit(p.step, "scale_collapse", "grad_scale", p.grad_scale, m.thresholds.scale_collapse)
-        m.diverge(p.step, f"fp16 grad scale collapsed to {p.grad_scale:.3g} at step {p.step} "
-                          f"(< {m.thresholds.scale_collapse:g}: gradients overflow float16 unscaled)")
-        return True
-    return False
 
-
-def rule_nonfinite(m: Monitor, p: Point) -> bool:
-    """A logged NaN/inf loss or gradient norm: diverged at this point."""
-    for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
-        if value is not None and not is_finite(value):
-            m.emit(p.step, "nonfinite", signal, value, math.nan)
-            m.diverge(p.step, f"non-finite {signal} ({value}) at step {p.step}")
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        if p.grad_scale is None:
+            return False
+        if p.grad_norm is not None and not is_finite(p.grad_norm):
+            p.grad_norm = None  # the scaler skipped this step: its gradients never reached the weights
+        if p.grad_scale < m.thresholds.scale_collapse:
+            m.emit(p.step, "scale_collapse", "grad_scale", p.grad_scale, m.thresholds.scale_collapse)
+            m.diverge(p.step, f"fp16 grad scale collapsed to {p.grad_scale:.3g} at step {p.step} "
+                              f"(< {m.thresholds.scale_collapse:g}: gradients overflow float16 unscaled)")
             return True
-    m.losses.append(p.loss)
-    m.steps.append(p.step)
-    return False
-
-
-def rule_lr(m: Monitor, p: Point) -> bool:
-    """A schedule's LR rise raises the spike thresholds for a while; an LR bomb does not; a
-    non-finite LR is ignored."""
-    t = m.thresholds
-    if p.lr is None or not is_finite(p.lr):
         return False
-    bomb = m._lr_max > 0 and p.lr > t.lr_rise_max * m._lr_max
-    if m._lr is not None and p.lr > m._lr * t.lr_rise and not bomb:
-        m._raised_until = p.step + t.lr_raise_steps
-    if not bomb:
-        m._lr_max = max(m._lr_max, p.lr)
-    m._lr = p.lr
-    return False
 
 
-def rule_catastrophic(m: Monitor, p: Point) -> bool:
+class NonfiniteRule:
+    """A logged NaN/inf loss or gradient norm: diverged at this point. A finite point joins the
+    monitor's loss history here (the rules after it read it)."""
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
+            if value is not None and not is_finite(value):
+                m.emit(p.step, "nonfinite", signal, value, math.nan)
+                m.diverge(p.step, f"non-finite {signal} ({value}) at step {p.step}")
+                return True
+        m.losses.append(p.loss)
+        m.steps.append(p.step)
+        return False
+
+
+class LrRule:
+    """A schedule's LR rise raises the spike thresholds for a while (``raised``); an LR bomb
+    does not; a non-finite LR is ignored."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.lr: float | None = None  # the last finite LR
+        self.lr_max = 0.0  # the largest the schedule has used (bombs excluded)
+        self.raised_until = -1  # the step up to which spike thresholds are raised
+
+    def raised(self, step: int) -> bool:
+        return step <= self.raised_until
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        if p.lr is None or not is_finite(p.lr):
+            return False
+        bomb = self.lr_max > 0 and p.lr > t.lr_rise_max * self.lr_max
+        if self.lr is not None and p.lr > self.lr * t.lr_rise and not bomb:
+            self.raised_until = p.step + t.lr_raise_steps
+        if not bomb:
+            self.lr_max = max(self.lr_max, p.lr)
+        self.lr = p.lr
+        return False
+
+
+class CatastrophicRule:
     """Megatron-LM's rule: a loss >= catastrophic_factor x the largest of the first values."""
-    t = m.thresholds
-    if m.n <= t.catastrophic_reference_steps:
-        m._early_max = max(m._early_max, p.loss)
-    elif p.loss >= t.catastrophic_factor * m._early_max:
-        m.emit(p.step, "catastrophic_spike", "loss", p.loss, t.catastrophic_factor * m._early_max,
-               f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
-    return False
 
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.early_max = -math.inf
 
-def rule_explosion(m: Monitor, p: Point) -> bool:
-    """The loss above explode_factor x its initial level for explode_patience points in a row."""
-    t = m.thresholds
-    line = t.explode_factor * m.initial_loss
-    m._above = m._above + 1 if m.n > 1 and p.loss > line else 0
-    if m._above < t.explode_patience:
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        if m.n <= t.catastrophic_reference_steps:
+            self.early_max = max(self.early_max, p.loss)
+        elif p.loss >= t.catastrophic_factor * self.early_max:
+            m.emit(p.step, "catastrophic_spike", "loss", p.loss, t.catastrophic_factor * self.early_max,
+                   f">= {t.catastrophic_factor:g}x the largest of the first {t.catastrophic_reference_steps} losses")
         return False
-    first = m.onset(relapse_level(m, m._best_median) if math.isfinite(m._best_median) else line)
-    how = f"above {line:.3g} ({t.explode_factor:g}x its initial level) for {t.explode_patience} points"
-    m.emit(first, "explosion", "loss", p.loss, line, how)
-    m.diverge(first, f"loss {how}, from step {first}")
-    return True
 
 
-def rule_relapse(m: Monitor, p: Point) -> bool:
+class RelapseRule:
     """The loss (median of the last few points) back up to a multiple of its best and staying
-    there, outside a raised LR stretch (see Thresholds)."""
-    t = m.thresholds
-    m._medians.append(p.loss)
-    if len(m._medians) < t.relapse_median_points:
+    there, outside a raised LR stretch (see Thresholds). Reads ``LrRule.raised``; its best level
+    (``best``, ``best_step``) is read by the explosion rule and ``Monitor.onset``."""
+
+    def __init__(self, t: Thresholds, lr: LrRule):
+        self.t, self.lr = t, lr
+        self.medians: deque[float] = deque(maxlen=t.relapse_median_points)
+        self.best = math.inf  # the lowest median so far
+        self.best_step = 0  # the step at which it was reached
+        self.lost = 0  # consecutive points in relapse
+        self.lost_peak = -math.inf  # highest median of the current relapse streak
+
+    def level(self, m: Monitor, best: float) -> float:
+        """The lowest loss that counts as lost ground: relapse_factor x the best above the floor,
+        relapse_min_gap of the initial gap above the best, and beyond the loss's own noise."""
+        t = self.t
+        noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)
+        return max(m.floor + t.relapse_factor * (best - m.floor), best + t.relapse_min_gap * (m.initial_loss - m.floor),
+                   best + (noise if math.isfinite(noise) else 0.0))
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        self.medians.append(p.loss)
+        if len(self.medians) < t.relapse_median_points:
+            return False
+        med = float(np.median(self.medians))
+        if med < self.best:
+            self.best, self.best_step = med, p.step
+        best = self.best
+        initial, floor = m.initial_loss, m.floor
+        gap = initial - floor
+        noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)  # the loss's own noise, absolute
+        # an LR schedule's rise excuses a bump, never a loss back above where training started
+        excused = self.lr.raised(p.step) and med <= initial
+        lost = gap > 0 and not excused and med - best > noise and (
+            (med - floor >= t.relapse_factor * (best - floor) and med - best >= t.relapse_min_gap * gap)
+            or (progress(initial, best, floor) >= t.relapse_min_progress and med > initial))
+        self.lost_peak = max(self.lost_peak, med) if lost else -math.inf
+        if not lost or med - best < t.relapse_stay * (self.lost_peak - best):  # gone, or coming back down
+            self.lost = 0
+            self.lost_peak = med if lost else -math.inf
+            return False
+        self.lost += 1
+        if self.lost < t.relapse_patience:
+            return False
+        start = m.onset(self.level(m, best))
+        how = (f"climbed back from its best {best:.3g} to {med:.3g} (median of {t.relapse_median_points} points) "
+               f"and stayed for {t.relapse_patience} points")
+        m.emit(start, "relapse", "loss", med, best, how)
+        m.diverge(start, f"loss {how}, from step {start}")
+        return True
+
+
+class ExplosionRule:
+    """The loss above explode_factor x its initial level for explode_patience points in a row.
+    Its onset is located from the relapse rule's best level (``RelapseRule.level``)."""
+
+    def __init__(self, t: Thresholds, relapse: RelapseRule):
+        self.t, self.relapse = t, relapse
+        self.above = 0  # consecutive points above the explosion line
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        line = t.explode_factor * m.initial_loss
+        self.above = self.above + 1 if m.n > 1 and p.loss > line else 0
+        if self.above < t.explode_patience:
+            return False
+        best = self.relapse.best
+        first = m.onset(self.relapse.level(m, best) if math.isfinite(best) else line)
+        how = f"above {line:.3g} ({t.explode_factor:g}x its initial level) for {t.explode_patience} points"
+        m.emit(first, "explosion", "loss", p.loss, line, how)
+        m.diverge(first, f"loss {how}, from step {first}")
+        return True
+
+
+class RecoveryRule:
+    """After a loss spike (``open``, called by the spike rule): back within recovery_band of the
+    pre-spike level within recovery_window points is a recovery event."""
+
+    def __init__(self, t: Thresholds):
+        self.t = t
+        self.spike: tuple[int, float, int] | None = None  # (step, pre-spike level, point index)
+
+    def open(self, step: int, pre: float, index: int) -> None:
+        if self.spike is None:
+            self.spike = (step, pre, index)
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        if self.spike is None:
+            return False
+        s0, pre, i0 = self.spike
+        if p.step > s0 and p.loss <= pre * (1 + t.recovery_band):
+            m.emit(p.step, "recovery", "loss", p.loss, pre * (1 + t.recovery_band),
+                   f"{p.step - s0} steps after the spike at {s0}")
+            self.spike = None
+        elif m.n - i0 >= t.recovery_window:
+            self.spike = None
         return False
-    med = float(np.median(m._medians))
-    if med < m._best_median:
-        m._best_median, m._best_step = med, p.step
-    best = m._best_median
-    initial, floor = m.initial_loss, m.floor
-    gap = initial - floor
-    noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)  # the loss's own noise, absolute
-    # an LR schedule's rise excuses a bump, never a loss back above where training started
-    excused = p.step <= m._raised_until and med <= initial
-    lost = gap > 0 and not excused and med - best > noise and (
-        (med - floor >= t.relapse_factor * (best - floor) and med - best >= t.relapse_min_gap * gap)
-        or (progress(initial, best, floor) >= t.relapse_min_progress and med > initial))
-    m._lost_peak = max(m._lost_peak, med) if lost else -math.inf
-    if not lost or med - best < t.relapse_stay * (m._lost_peak - best):  # gone, or coming back down
-        m._lost, m._lost_from = 0, None
-        m._lost_peak = med if lost else -math.inf
+
+
+class SpikesRule:
+    """Spike incidents on the loss and gradient norm (``Monitor.rules``' SpikeRule per signal,
+    thresholds raised while ``LrRule.raised``); a gradient spike names the layer whose gradient
+    norm rose most against its own history; a loss spike opens ``RecoveryRule``'s watch."""
+
+    def __init__(self, t: Thresholds, lr: LrRule, recovery: RecoveryRule):
+        self.t, self.lr, self.recovery = t, lr, recovery
+        self.layer_history: dict[str, deque] = {}
+
+    def spiking_layer(self, layer_norms: dict[str, float]) -> str:
+        """The layer whose gradient norm rose most, in standard deviations over its own history."""
+        def score(name):
+            h = self.layer_history.get(name)
+            if h is None or len(h) < 2:
+                return -math.inf
+            return (layer_norms[name] - float(np.mean(h))) / max(float(np.std(h, ddof=1)), 1e-12)
+        worst = max(layer_norms, key=score)
+        return f"largest rise in {worst} ({score(worst):.1f} std)"
+
+    def __call__(self, m: Monitor, p: Point) -> bool:
+        t = self.t
+        raise_factor = t.lr_raise_factor if self.lr.raised(p.step) else 1.0
+        for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
+            if value is None:
+                continue
+            rule = m.rules[signal]
+            pre = rule.level
+            what, info = rule.check(p.step, value, raise_factor)
+            prefix = "loss" if signal == "loss" else "grad"
+            if what == "new":
+                n = len(rule.recent() or [])
+                detail = f"> predicted level + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {n} residuals"
+                if n < t.spike_full_history:
+                    detail += f" (x{t.spike_full_history / n:.2g}: few residuals)"
+                if signal == "grad_norm" and p.layer_norms:
+                    detail += f"; {self.spiking_layer(p.layer_norms)}"
+                m.emit(p.step, f"{prefix}_spike", signal, value, info, detail)
+                if signal == "loss":
+                    self.recovery.open(p.step, pre, m.n)
+            elif what == "shift":
+                for i in range(len(m.events) - 1, -1, -1):  # the incident's spike event becomes a shift
+                    e = m.events[i]
+                    if e.kind == f"{prefix}_spike" and e.step == info:
+                        m.events[i] = Event(e.step, f"{prefix}_shift", e.signal, e.value, e.threshold,
+                                            e.detail + f"; not back within {t.shift_points} points: a level shift")
+                        break
+        if p.layer_norms:
+            for name, value in p.layer_norms.items():
+                self.layer_history.setdefault(name, deque(maxlen=t.spike_window)).append(value)
         return False
-    m._lost += 1
-    if m._lost < t.relapse_patience:
-        return False
-    m._lost_from = m.onset(relapse_level(m, best))
-    how = (f"climbed back from its best {best:.3g} to {med:.3g} (median of {t.relapse_median_points} points) "
-           f"and stayed for {t.relapse_patience} points")
-    m.emit(m._lost_from, "relapse", "loss", med, best, how)
-    m.diverge(m._lost_from, f"loss {how}, from step {m._lost_from}")
-    return True
 
 
-def relapse_level(m: Monitor, best: float) -> float:
-    """The lowest loss that counts as lost ground: relapse_factor x the best above the floor,
-    relapse_min_gap of the initial gap above the best, and beyond the loss's own noise."""
-    t = m.thresholds
-    noise = t.relapse_noise_sigmas * m.rules["loss"].sigma() * abs(best)
-    return max(m.floor + t.relapse_factor * (best - m.floor), best + t.relapse_min_gap * (m.initial_loss - m.floor),
-               best + (noise if math.isfinite(noise) else 0.0))
+class RuleChain(list):
+    """The rules of one monitor, in order; ``relapse`` is named for ``Monitor.onset``."""
+
+    relapse: RelapseRule
 
 
-def rule_spikes(m: Monitor, p: Point) -> bool:
-    """Spike incidents on the loss and gradient norm (SpikeRule); a gradient spike names the
-    layer whose gradient norm rose most against its own history."""
-    t = m.thresholds
-    raise_factor = t.lr_raise_factor if p.step <= m._raised_until else 1.0
-    for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
-        if value is None:
-            continue
-        rule = m.rules[signal]
-        pre = rule.level
-        what, info = rule.check(p.step, value, raise_factor)
-        prefix = "loss" if signal == "loss" else "grad"
-        if what == "new":
-            n = len(rule.recent() or [])
-            detail = f"> predicted level + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {n} residuals"
-            if n < t.spike_full_history:
-                detail += f" (x{t.spike_full_history / n:.2g}: few residuals)"
-            if signal == "grad_norm" and p.layer_norms:
-                detail += f"; {spiking_layer(m, p.layer_norms)}"
-            m.emit(p.step, f"{prefix}_spike", signal, value, info, detail)
-            if signal == "loss" and m._open_spike is None:
-                m._open_spike = (p.step, pre, m.n)
-        elif what == "shift":
-            for i in range(len(m.events) - 1, -1, -1):  # the incident's spike event becomes a shift
-                e = m.events[i]
-                if e.kind == f"{prefix}_spike" and e.step == info:
-                    m.events[i] = Event(e.step, f"{prefix}_shift", e.signal, e.value, e.threshold,
-                                        e.detail + f"; not back within {t.shift_points} points: a level shift")
-                    break
-    if p.layer_norms:
-        for name, value in p.layer_norms.items():
-            m._layer_history.setdefault(name, deque(maxlen=t.spike_window)).append(value)
-    return False
-
-
-def rule_recovery(m: Monitor, p: Point) -> bool:
-    """After a loss spike: back within recovery_band of the pre-spike level within
-    recovery_window points is a recovery event."""
-    t = m.thresholds
-    if m._open_spike is None:
-        return False
-    s0, pre, i0 = m._open_spike
-    if p.step > s0 and p.loss <= pre * (1 + t.recovery_band):
-        m.emit(p.step, "recovery", "loss", p.loss, pre * (1 + t.recovery_band), f"{p.step - s0} steps after the spike at {s0}")
-        m._open_spike = None
-    elif m.n - i0 >= t.recovery_window:
-        m._open_spike = None
-    return False
-
-
-RULES = (rule_scale, rule_nonfinite, rule_lr, rule_catastrophic, rule_explosion, rule_relapse, rule_spikes, rule_recovery)
-
-
-def spiking_layer(m: Monitor, layer_norms: dict[str, float]) -> str:
-    """The layer whose gradient norm rose most, in standard deviations over its own history."""
-    def score(name):
-        h = m._layer_history.get(name)
-        if h is None or len(h) < 2:
-            return -math.inf
-        return (layer_norms[name] - float(np.mean(h))) / max(float(np.std(h, ddof=1)), 1e-12)
-    worst = max(layer_norms, key=score)
-    return f"largest rise in {worst} ({score(worst):.1f} std)"
+def rule_chain(t: Thresholds) -> RuleChain:
+    """Fresh rules for one monitor, in order (module docs): fp16 scale, non-finite values, the LR
+    schedule, Megatron's catastrophic spike, explosion, relapse, spikes, recovery."""
+    lr, recovery = LrRule(t), RecoveryRule(t)
+    relapse = RelapseRule(t, lr)
+    chain = RuleChain([ScaleRule(), NonfiniteRule(), lr, CatastrophicRule(t), ExplosionRule(t, relapse), relapse,
+                       SpikesRule(t, lr, recovery), recovery])
+    chain.relapse = relapse
+    return chain
 
 
 def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")) -> tuple[Verdict, list[Event]]:

@@ -8,7 +8,7 @@ gradient scaling, set explicitly for every run and recorded in its row.
 - ``bf16``: bfloat16 autocast (float32 matmul settings as fp32).
 - ``fp16``: float16 autocast with a loss scaler (``torch.amp.GradScaler``): a step whose gradients overflow is
   skipped and the scale halves; the scale and the skip are recorded per step, and a collapsed scale ends the run
-  (``detect.rule_scale``).
+  (``detect.ScaleRule``).
 """
 
 from __future__ import annotations
