@@ -55,7 +55,7 @@ import pandas as pd
 
 from . import report, stats
 from .calibrate import METRICS
-from .detect import NO_RESULT, STATUS_RANK
+from .detect import BY_THRESHOLD, NO_RESULT, STATUS_RANK
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
 BASELINE_KEY = ["run_id", "steps", "model_size"]
@@ -298,7 +298,7 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
 # flipped a ResNet-SGD seed converged -> unstable that the other four never did), so flips among
 # them are always tested against the calibrated flip rate; a flip to or from a divergence or an
 # error is not, unless calibration saw both statuses.
-SOFT_STATUSES = frozenset({"converged", "unstable", "stalled"})
+SOFT_STATUSES = BY_THRESHOLD  # detect.STATUS_TABLE's statuses decided by a threshold
 
 
 def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:

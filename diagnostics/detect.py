@@ -50,13 +50,20 @@ class Status:
     colour: str  # plots and the report page
     converged: bool  # counts as converged (stability edge)
     meaning: str
+    # decided by a threshold on a run that trained to the end (the fraction of the gap closed, the
+    # spike rate): rounding alone can move a run across it (compare tests such flips against the
+    # calibrated flip rate)
+    by_threshold: bool = False
 
 
 # better first: a status later in the table is worse (compare's status_changed direction)
 STATUS_TABLE = (
-    Status("converged", "#2e7d32", True, "closed at least stall_min_progress of the gap to the floor, calmly"),
-    Status("unstable", "#f9a825", True, "converged, with loss spike incidents at a rate above unstable_spike_rate"),
-    Status("stalled", "#6d4c41", False, "closed less than stall_min_progress of the gap to the floor"),
+    Status("converged", "#2e7d32", True, "closed at least stall_min_progress of the gap to the floor, calmly",
+           by_threshold=True),
+    Status("unstable", "#f9a825", True, "converged, with loss spike incidents at a rate above unstable_spike_rate",
+           by_threshold=True),
+    Status("stalled", "#6d4c41", False, "closed less than stall_min_progress of the gap to the floor",
+           by_threshold=True),
     Status("diverged_nonfinite", "#c62828", False, "the loss or the gradient norm became NaN/inf"),
     Status("diverged_exploded", "#ad1457", False, "the loss blew up, or climbed back and stayed up"),
     Status("skipped", "#9e9e9e", False, "this stack cannot run the point: a release, device or package lacks what it "
@@ -68,6 +75,7 @@ STATUSES = tuple(STATUS)
 STATUS_RANK = {s: i for i, s in enumerate(STATUSES)}
 STATUS_COLOUR = {s.name: s.colour for s in STATUS_TABLE}
 CONVERGED = tuple(s.name for s in STATUS_TABLE if s.converged)
+BY_THRESHOLD = frozenset(s.name for s in STATUS_TABLE if s.by_threshold)
 # statuses of a run with no trained result to judge (its reason says why)
 NO_RESULT = ("skipped", "error")
 EVENT_KINDS = ("nonfinite", "scale_collapse", "loss_vanished", "explosion", "relapse", "loss_spike", "grad_spike",
