@@ -233,12 +233,6 @@ def progress(initial: float, final: float, floor: float) -> float:
     return (initial - final) / gap if gap > 0 else 0.0
 
 
-def stall_line(initial, floor, t: Thresholds):
-    """The final loss at which a run has closed exactly ``stall_min_progress`` of the gap from its
-    initial loss to the floor: a run that ends above it is ``stalled`` (works on arrays too)."""
-    return initial - t.stall_min_progress * (initial - floor)
-
-
 class SpikeRule:
     """Robust spike incidents on one signal. ``check(step, value, raise_factor)`` returns
     ("new", limit) when a new incident opens at this point, ("shift", start) when the open
