@@ -272,21 +272,154 @@ def daily(rng):
 
 def plateau(rng):
     """5000 steps logged every 10, floor unknown. Half reach a plateau within the first 4% of the
-    run having closed 15-25% of the distance to zero, and sit on it -> stalled; half improve all
-    the way (power law) -> not stalled."""
+    run having closed 15-25% of the distance to zero, and sit on it; half improve all the way
+    (power law). Both learned -> not stalled (until the stall rule judged the whole curve, the
+    first half was labelled stalled: "the later half did not improve")."""
     n = 500
     t = np.arange(1, n + 1) * 10
     start, noise = rng.uniform(2, 6), rng.uniform(0.005, 0.03)
     if rng.random() < 0.5:
         level = start * (1 - rng.uniform(0.15, 0.25))
         clean = level + (start - level) * np.exp(-t / rng.uniform(30, 60))
-        expect = "stalled"
     else:
         clean = start * (t / 10) ** -rng.uniform(0.1, 0.3)
-        expect = "not stalled"
+    expect = "not stalled"
     p = dict(t=t, loss=clean * np.exp(noise * rng.standard_normal(n)), grad=np.exp(0.05 * rng.standard_normal(n)),
              lr=np.full(n, 1e-3), floor=math.nan, noise=noise, clean=clean)
     return dict(p, expect=expect)
+
+
+# ---------------------------------------------------------------------------------------------
+# written with the whole-curve stall rule and the recent-range spike rule, never used to choose
+# a number (the range factor was read off the older families' healthy ratios: ``range_ratios``)
+# ---------------------------------------------------------------------------------------------
+
+def log_noise(rng, n, sigma):
+    """Multiplicative noise: exp(sigma x Student-t(3) / sqrt 3), heavy-tailed."""
+    return np.exp(sigma * rng.standard_t(3, n) / math.sqrt(3))
+
+
+def fast_floor(rng):
+    """Converges within the first 5-25% of the run (to 1% of its gap) and sits at its floor for
+    the rest: 1000-4000 steps logged every 1-10, noise 0.5-3%, floor unknown half the time ->
+    healthy (not stalled, not unstable), with a plateau located where the floor is reached."""
+    n, every = int(rng.integers(1000, 4001)), int(rng.integers(1, 11))
+    t = np.arange(every, n + 1, every)
+    start, floor = rng.uniform(2.5, 7.0), rng.uniform(0.5, 2.5)
+    tau = rng.uniform(0.05, 0.25) * n / math.log(100)
+    clean = floor + (start - floor) * np.exp(-t / tau)
+    noise = rng.uniform(0.005, 0.03)
+    loss = clean * np.exp(noise * rng.standard_normal(len(t)))
+    grad = rng.uniform(0.3, 3) * np.exp(0.1 * rng.standard_normal(len(t)))
+    known = rng.random() < 0.5
+    return dict(t=t, loss=loss, grad=grad, lr=np.full(len(t), 1e-3), floor=floor if known else math.nan, noise=noise,
+                clean=clean, expect="healthy")
+
+
+def slow_tail(rng):
+    """Long runs (10K-200K steps, 500-2000 points) whose later half improves by less than 5%: a
+    power law with a small exponent over a floor, noise 0.3-2% -> healthy."""
+    n_pts = int(rng.integers(500, 2001))
+    t = np.linspace(1, rng.uniform(1e4, 2e5), n_pts).round().astype(int)
+    t = np.unique(t)
+    start, floor = rng.uniform(6.0, 11.0), rng.uniform(1.5, 3.0)
+    alpha = rng.uniform(0.15, 0.5)
+    clean = floor + (start - floor) * (1 + t / rng.uniform(50, 500)) ** -alpha
+    noise = rng.uniform(0.003, 0.02)
+    loss = clean * np.exp(noise * rng.standard_normal(len(t)))
+    grad = rng.uniform(0.2, 2) * log_noise(rng, len(t), 0.1)
+    return dict(t=t, loss=loss, grad=grad, lr=None, floor=math.nan, noise=noise, clean=clean, expect="healthy")
+
+
+def never_learn(rng):
+    """Runs that truly never learn: flat from the start, a slow drift of at most 2% in all, a
+    quick drop of at most 3% in the first steps and nothing after, or only a warmup transient
+    (the LR warms up linearly over the first 10%, and the loss dips by 30-90% of the stall margin,
+    i.e. of 20% of its gap to a known floor or 5% of its level, and returns to where it started
+    by the end of it: it never learned even at its best); 200-3000 points, noise 0.5-3%, floor
+    known half the time (20-60% below the start) -> stalled."""
+    n = int(rng.integers(200, 3001))
+    t = np.arange(1, n + 1)
+    start, noise = rng.uniform(1.0, 7.0), rng.uniform(0.005, 0.03)
+    floor = start * (1 - rng.uniform(0.2, 0.6)) if rng.random() < 0.5 else math.nan
+    margin = 0.05 if math.isnan(floor) else 0.2 * (start - floor) / start  # relative to the start
+    warm = max(3, int(0.1 * n))
+    lr = np.full(n, 1e-3)
+    kind = rng.integers(4)
+    clean = np.full(n, start)
+    if kind == 1:
+        clean = start * (1 - rng.uniform(0, 0.02) * t / n)
+    elif kind == 2:
+        clean = start * (1 - rng.uniform(0, 0.03) * (1 - np.exp(-t / rng.uniform(2, 10))))
+    elif kind == 3:
+        lr = 1e-3 * np.minimum(t / warm, 1.0)
+        shape = np.sin(np.pi * np.clip(t / warm, 0, 1))  # 0 -> 1 -> 0 over the warmup
+        clean = start * (1 - rng.uniform(0.3, 0.9) * margin * shape)
+    loss = clean * np.exp(noise * rng.standard_normal(n))
+    grad = rng.uniform(0.2, 2) * np.exp(0.1 * rng.standard_normal(n))
+    return dict(t=t, loss=loss, grad=grad, lr=lr, floor=floor, noise=noise, clean=clean, expect="stalled")
+
+
+def heavy_spikes(rng):
+    """A healthy descent whose gradient norm wobbles by 10-50% (log scale, Student-t(3)) with 2-4x
+    blips at 2-8% of points, and one gradient spike of 8-100x the largest of the 20 values before
+    it, from the 40th point on -> located within 2 logged points, not diverged."""
+    p = base(rng)
+    n = len(p["t"])
+    sigma, blips = rng.uniform(0.1, 0.5), rng.uniform(0.02, 0.08)
+    grad = p["g_level"] * log_noise(rng, n, sigma) * np.where(rng.random(n) < blips, rng.uniform(2, 4, n), 1.0)
+    k = int(rng.integers(40, n - 5))
+    grad[k - 1] = grad[k - 21:k - 1].max() * rng.uniform(8, 100)
+    p["grad"] = grad
+    return dict(p, k=k, signal="grad_spike", expect="spike")
+
+
+def lr_schedules(rng):
+    """The loss follows its LR schedule (logged): a step decay (x0.1 at 60%: the loss drops to a
+    lower floor), warm restarts (each restart lifts the loss 10-40% of its gap, then it falls
+    again), or one cycle (warmup to the peak at 30%, then annealing: the loss falls faster as the
+    LR falls); 250-1000 steps -> healthy."""
+    n = int(rng.integers(250, 1001))
+    t = np.arange(1, n + 1)
+    start, floor, noise = rng.uniform(2, 5), rng.uniform(0.2, 1.5), rng.uniform(0.005, 0.03)
+    kind = rng.integers(3)
+    if kind == 0:
+        lr = np.where(t < 0.6 * n, 1e-3, 1e-4)
+        clean = floor + (start - floor) * np.exp(-t / (0.15 * n))
+        clean = np.where(t < 0.6 * n, clean + 0.3 * floor, clean + 0.3 * floor * np.exp(-(t - 0.6 * n) / (0.03 * n)))
+    elif kind == 1:
+        period = int(rng.integers(n // 6, n // 3))
+        lr = 1e-3 * (0.5 + 0.5 * np.cos(np.pi * (t % period) / period)) + 1e-6
+        clean = floor + (start - floor) * np.exp(-t / (0.1 * n))
+        for r in range(period, n, period):
+            clean[r:] += rng.uniform(0.1, 0.4) * (start - floor) * 0.3 * np.exp(-np.arange(n - r) / (0.05 * period))
+    else:
+        peak = int(0.3 * n)
+        lr = np.where(t < peak, 1e-3 * t / peak, 1e-3 * (0.5 + 0.5 * np.cos(np.pi * (t - peak) / (n - peak)))) + 1e-7
+        progress_ = np.cumsum(lr) / lr.sum()
+        clean = floor + (start - floor) * np.exp(-5 * progress_)
+    loss = clean * np.exp(noise * rng.standard_normal(n))
+    grad = rng.uniform(0.3, 3) * np.exp(0.1 * rng.standard_normal(n)) * np.sqrt(lr / lr.max() + 0.1)
+    return dict(t=t, loss=loss, grad=grad, lr=lr, floor=math.nan if rng.random() < 0.5 else floor, noise=noise,
+                clean=clean, expect="healthy")
+
+
+def range_ratios(families, n, rng) -> dict[str, float]:
+    """Largest ratio of a healthy trace's value to the largest of the 20 before it, per family and
+    signal (99th percentile over traces): where the recent-range factor has to sit above."""
+    out = {}
+    for name, make in families.items():
+        for sig in ("grad", "loss"):
+            worst = []
+            for _ in range(n):
+                p = make(rng)
+                if p["expect"] not in ("healthy", "not stalled") or p.get("lr") is not None and sig == "loss":
+                    continue  # a schedule's LR rise raises the factor (Thresholds.lr_raise_factor)
+                x = np.log(np.asarray(p[sig], float))
+                worst.append(max(x[i] - x[i - 20:i].max() for i in range(20, len(x))))
+            if worst:
+                out[f"{name} {sig}"] = float(np.exp(np.quantile(worst, 0.99)))
+    return out
 
 
 TUNED = {"healthy": healthy, "nonfinite": nonfinite, "explosion": explosion, "stall": stall, "spike": spike}
@@ -295,6 +428,8 @@ HELD_OUT = {"heavy_tailed": heavy_tailed, "restarts_no_lr": restarts_no_lr, "spa
 # written after the rules for noisy, sparse and pandas-written logs were, and never used to tune them
 NEW = {f.__name__: f for f in (multiplicative(0.1), multiplicative(0.2), multiplicative(0.3), pandas_written, daily,
                                plateau)}
+# written with the whole-curve stall rule and the range rule, never used to choose a number
+NEWER = {f.__name__: f for f in (fast_floor, slow_tail, never_learn, heavy_spikes, lr_schedules)}
 TMP = Path(tempfile.gettempdir())
 
 
@@ -307,10 +442,9 @@ def judge(p) -> dict[str, bool]:
         rows = list(zip(p["t"].tolist(), p["loss"].tolist(), p["grad"].tolist(), list(lr)))
         v, events = classify(rows, loss_floor=p["floor"])
     diverged = v.status.startswith("diverged")
-    if p["expect"] == "healthy":
-        return {"healthy called diverged": diverged, "healthy called unstable": v.status == "unstable"}
-    if p["expect"] == "not stalled":
-        return {"improving called stalled": v.status == "stalled", "healthy called diverged": diverged}
+    if p["expect"] in ("healthy", "not stalled"):
+        return {"healthy called diverged": diverged, "healthy called unstable": v.status == "unstable",
+                "healthy called stalled": v.status == "stalled"}
     if p["expect"] == "diverged":
         tol = 0 if p.get("exact") else p.get("tolerance", 20)
         located = diverged and abs(v.divergence_step - p["k"]) <= tol
@@ -365,23 +499,30 @@ def real_traces() -> dict[str, list[bool]]:
 
 
 MEASURES = ("divergence recall", "divergence located", "healthy called diverged", "healthy called unstable",
-            "stalls found", "spikes located", "spike called diverged", "improving called stalled")
+            "healthy called stalled", "stalls found", "spikes located", "spike called diverged")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="traces per family")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ratios", action="store_true", help="print the healthy range ratios (Thresholds.spike_range_factor)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
+    if args.ratios:
+        older = {"healthy": healthy, "heavy_tailed": heavy_tailed, "restarts_no_lr": restarts_no_lr, **NEW}
+        for key, ratio in range_ratios(older, args.n, rng).items():
+            print(f"{key}: 99th percentile of a healthy value / the largest of the 20 before it = {ratio:.2f}")
+        return
     tuned, held = run(TUNED, args.n, rng), run(HELD_OUT, args.n, rng)
     print(f"{args.n} traces per family, seed {args.seed}; tuned: {', '.join(TUNED)}; held out: {', '.join(HELD_OUT)}\n")
     print("| measure | tuned families | held-out families |\n|---|---|---|")
     cell = lambda t, key: f"{100 * sum(t[key]) / len(t[key]):.1f}% ({sum(t[key])}/{len(t[key])})" if key in t else "-"  # noqa: E731
-    for key in MEASURES[:7]:
+    for key in MEASURES:
         print(f"| {key} | {cell(tuned, key)} | {cell(held, key)} |")
-    per_family = {name: run({name: make}, args.n, rng) for name, make in NEW.items()}
-    print(f"\nnoisy, sparse and pandas-written logs (held out, {args.n} traces per family):\n")
+    per_family = {name: run({name: make}, args.n, rng) for name, make in {**NEW, **NEWER}.items()}
+    print(f"\nheld out, one family a row ({args.n} traces per family; the last five written with the whole-curve "
+          "stall rule and the range rule):\n")
     print("| family | " + " | ".join(MEASURES) + " |\n|---|" + "---|" * len(MEASURES))
     for name, t in per_family.items():
         print(f"| {name} | " + " | ".join(cell(t, key) for key in MEASURES) + " |")

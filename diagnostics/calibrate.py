@@ -50,11 +50,11 @@ ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise", "loss_df"]
 
 def noise_floor(value: str, reference: float, run: dict) -> float:
     """The finest step a value can be judged at: ULP_NOISE_FLOOR of a loss; one held-out example
-    of an accuracy (counted on ``val_samples`` examples it cannot move by less); one step of a
+    of an accuracy (counted on ``val_samples`` predictions, images or tokens, it cannot move by less); one step of a
     divergence step."""
     if value == "divergence_step":
         return 1.0
-    if value == "val_metric" and run.get("val_metric_name") == "val_accuracy" and run.get("val_samples", 0) > 0:
+    if value == "val_metric" and str(run.get("val_metric_name")).endswith("accuracy") and run.get("val_samples", 0) > 0:
         return 1.0 / float(run["val_samples"])
     return ULP_NOISE_FLOOR * abs(reference) if np.isfinite(reference) else 0.0
 

@@ -172,21 +172,31 @@ def is_diverged(status: str) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
-def metric_task(model: str, rows: pd.DataFrame | None = None) -> str:
-    """The model's task from its registry entry ("lm": the metric is the held-out loss, judged
-    once; "image": the metric is an accuracy, higher is better). A model the registry does not
-    know falls back on the rows' ``val_metric_name``."""
+LOSS_AS_METRIC = "val_loss"  # an LM's val_metric before it was the next-token accuracy: the loss again
+
+
+def metric_names(model: str, b: pd.DataFrame, c: pd.DataFrame) -> set:
+    """The held-out metrics a config's two sides measured (``val_metric_name``). A report written
+    before that column existed measured what its model's task did then: an image model's
+    accuracy, an LM's loss again (``LOSS_AS_METRIC``); a model the registry does not know, nothing
+    to judge."""
     from .models import MODELS
 
-    if model in MODELS:
-        return MODELS[model].task
-    names = set(rows["val_metric_name"].dropna()) if rows is not None and "val_metric_name" in rows else set()
-    return "image" if "val_accuracy" in names else "lm"
+    old = {"image": "val_accuracy", "lm": LOSS_AS_METRIC}.get(MODELS[model].task) if model in MODELS else None
+    names = set()
+    for side in (b, c):
+        named = set(side["val_metric_name"].dropna()) if "val_metric_name" in side else set()
+        names |= named or ({old} if old else {None})
+    return names
 
 
-def judged_values(task: str) -> list[tuple[str, int]]:
-    """(value, sign) pairs judged on runs that did not diverge; sign +1 where higher is worse."""
-    return [(m, -1 if m == "val_metric" else 1) for m in METRICS if not (m == "val_metric" and task == "lm")]
+def judged_values(metric_names: set) -> list[tuple[str, int]]:
+    """(value, sign) pairs judged on runs that did not diverge; sign +1 where higher is worse.
+    ``val_metric`` (an accuracy: higher is better) is judged where both sides measured the same
+    metric (``metric_names``: the config's ``val_metric_name`` values on both sides); a report
+    whose LM metric was the loss again (``LOSS_AS_METRIC``) has no second signal to judge."""
+    same = len(metric_names) == 1 and not metric_names & {LOSS_AS_METRIC, None}
+    return [(m, -1 if m == "val_metric" else 1) for m in METRICS if m != "val_metric" or same]
 
 
 def noise_of(tol: dict | None, value: str) -> tuple[float, int]:
@@ -400,9 +410,9 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
     ended = lambda r: is_diverged(r["status"]) or r["status"] in NO_RESULT  # noqa: E731  (no final values to judge)
     diverged = [(rb, rc) for rb, rc in pairs if is_diverged(rb["status"]) and is_diverged(rc["status"])]
     ran = [(rb, rc) for rb, rc in pairs if not ended(rb) and not ended(rc)]
-    task = metric_task(str(b["model"].iloc[0]), b)
+    names = metric_names(str(b["model"].iloc[0]), b, c)
     steps = float(b["steps"].iloc[0])
-    tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(task)]
+    tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(names)]
     tests.append(value_test("divergence_step", diverged, tol, -1, lambda x: steps, margin))
     tests = [t for t in tests if t is not None]
     curve = curve_test(ran, b_trace, c_trace, env, ref_traces)

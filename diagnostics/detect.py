@@ -21,7 +21,8 @@ that point:
 3. ``CatastrophicRule``: Megatron-LM's loss >= 10x the largest of the first 100 values (an event).
 4. ``ExplosionRule``: the loss stays above 3x its initial level -> ``diverged_exploded``.
 5. ``RelapseRule``: the loss climbs back to a multiple of its best and stays -> ``diverged_exploded``.
-6. ``SpikesRule``: robust spike incidents on the loss and gradient-norm residuals.
+6. ``SpikesRule``: spike incidents on the loss and gradient norm: beyond robust sigmas of the
+   residuals, or far above the recent range (``Thresholds.spike_range_factor``).
 7. ``RecoveryRule``: a loss spike followed by a return to the pre-spike level.
 
 A divergence is located where it starts (``Monitor.onset``): the first point of the final climb
@@ -29,8 +30,8 @@ above half way from the best level the run reached to the level that triggered t
 
 Statuses live in ``STATUS_TABLE`` (name, rank, colour, whether it counts as converged); plots,
 the stability table and the report page read them from there. ``verdict`` decides
-``stalled`` (< 20% of the gap to the floor closed; where the floor is unknown, also a later half
-that did not improve beyond its own noise: ``Monitor.plateau``), ``unstable`` (converged, with spike incidents
+``stalled`` (the run did not learn over its whole curve: ``Monitor.learned``; a plateau after
+learning is a ``plateau`` event, ``Monitor.plateau``), ``unstable`` (converged, with spike incidents
 at more than 1 per 100 points and at least 3) and ``converged``; ``skipped`` and ``error`` are the
 trainer's.
 """
@@ -58,11 +59,13 @@ class Status:
 
 # better first: a status later in the table is worse (compare's status_changed direction)
 STATUS_TABLE = (
-    Status("converged", "#2e7d32", True, "closed at least stall_min_progress of the gap to the floor, calmly",
+    Status("converged", "#2e7d32", True, "it learned (beyond its noise and the stall margin), calmly; a plateau "
+                                        "after learning is an event",
            by_threshold=True),
     Status("unstable", "#f9a825", True, "converged, with loss spike incidents at a rate above unstable_spike_rate",
            by_threshold=True),
-    Status("stalled", "#6d4c41", False, "closed less than stall_min_progress of the gap to the floor",
+    Status("stalled", "#6d4c41", False, "it did not learn: from its start to its end the loss fell by less than its "
+                                        "noise or the stall margin",
            by_threshold=True),
     Status("diverged_nonfinite", "#c62828", False, "the loss or the gradient norm became NaN/inf"),
     Status("diverged_exploded", "#ad1457", False, "the loss blew up, or climbed back and stayed up"),
@@ -79,7 +82,9 @@ BY_THRESHOLD = frozenset(s.name for s in STATUS_TABLE if s.by_threshold)
 # statuses of a run with no trained result to judge (its reason says why)
 NO_RESULT = ("skipped", "error")
 EVENT_KINDS = ("nonfinite", "scale_collapse", "loss_vanished", "explosion", "relapse", "loss_spike", "grad_spike",
-               "loss_shift", "grad_shift", "catastrophic_spike", "recovery")
+               "loss_shift", "grad_shift", "catastrophic_spike", "recovery", "plateau")
+# events that describe a healthy run's course, not a problem: not counted as its first event
+COURSE_EVENTS = ("recovery", "plateau")
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,24 @@ class Thresholds:
     # proportional to its level).
     spike_min_sigma: float = 1e-3
     spike_min_scale: float = 0.1
+    # The recent range: a positive signal above ``spike_range_factor`` x the largest of its last
+    # ``spike_range_window`` values is a spike whatever the robust scale says. In heavy-tailed
+    # noise (a small batch's gradient norm: tens of percent of wobble, 2-4x blips) the MAD of the
+    # log residuals grows and k robust sigmas can reach 10x the level, so a spike any reader sees
+    # at a glance (8-100x the recent maximum) went unreported. 4x is half the smallest such
+    # spike, and above what healthy noise does: the 99th percentile (over traces) of a healthy
+    # value's ratio to the largest of the 20 before it is 1.1 (normal noise), 2.3 (Student-t),
+    # 4.0 / 8.1 / 33 for the gradient norms of the multiplicative 10% / 20% / 30% families
+    # (heavier-tailed than any real log we have: there the rule adds gradient-spike events, which
+    # do not make a run unstable), and below 1 for a daily log's loss; a warm restart logged
+    # without its LR lifts a loss near a zero floor up to 8.8x, a bump that decays slowly and so
+    # is reported as a level shift, not a spike (``python benchmarks/detection.py --ratios --n
+    # 100``; read off those older families, never off the families written with this rule).
+    # While an LR rise raises the thresholds the factor is ``lr_raise_factor`` x higher as
+    # well. It judges from ``spike_range_min`` values on.
+    spike_range_factor: float = 4.0
+    spike_range_window: int = 20
+    spike_range_min: int = 10
     # One incident, one event: exceedances with fewer than ``incident_gap`` calm points between
     # them belong to the incident that opened first. A spike is short: ``shift_points`` points
     # after it opened, its excess over the level before it has fallen to ``shift_fraction`` of
@@ -160,17 +183,32 @@ class Thresholds:
     # The initial loss is that of the first point, before any update: the untrained model's.
     early_steps: int = 5  # the early level (smallest spike scale) is the mean of the first 5 values
     late_fraction: float = 0.1  # the final loss is the mean of the last 10% of points
-    stall_min_progress: float = 0.2  # stalled: less than 20% of the gap to the floor closed
-    # Where the floor is unknown, "20% of the way to zero" is arbitrary: a run is also stalled when
-    # the later half of its points did not improve beyond its own noise (``plateau``): the median
-    # of the last ``late_fraction`` of points is not below the median of as many points at the
-    # half-way mark by ``plateau_sigmas`` standard errors of that difference (the loss's robust
-    # noise per point, SpikeRule.sigma), nor by ``plateau_min_gain`` of its level (a noisy loss
-    # that still fell 12% is no plateau: ResNet-8 with AdamW over the smoke grid's 60 steps). From
-    # ``plateau_min_points`` on.
+    # stalled: the run did not learn, judged over its whole curve (``Monitor.learned``). It
+    # learned when its final level (the median of the last ``late_fraction`` of points) is below
+    # its starting level (the median of the first ``early_steps`` points: the untrained model) by
+    # more than ``stall_sigmas`` standard errors of that difference (the loss's own robust noise
+    # per point, SpikeRule.sigma), *and* by a practical margin: ``stall_min_progress`` (20%) of
+    # the gap to the floor where the floor is known (a classifier that closes a tenth of the way
+    # to its entropy learned nothing that matters), ``stall_min_gain`` (5%) of its starting level
+    # where it is not (no floor is assumed: a fine-tuning log starts near its floor). A run that
+    # fell and then sat still *learned*: its plateau is an event (below), not a failure.
+    stall_min_progress: float = 0.2
+    stall_min_gain: float = 0.05
+    stall_sigmas: float = 3.0
+    # A plateau after learning (a ``plateau`` event, at the step it began, with its level): the
+    # later half of the points did not improve beyond its own noise, i.e. the median of the last
+    # ``late_fraction`` of points is not below the median of as many points at the half-way mark
+    # by ``plateau_sigmas`` standard errors of that difference, nor by ``plateau_min_gain`` of
+    # its level (a noisy loss that still fell 12% is no plateau: ResNet-8 with AdamW over the
+    # smoke grid's 60 steps). It began at the first point from which the loss stays within that
+    # band above the final level, read on a centred median of ``plateau_locate_fraction`` (1%) of
+    # the points, at least ``relapse_median_points``: short enough to follow a fast descent,
+    # long enough that noise does not leave the band (a median of 20 points of a 3% noise moves
+    # 0.8%, the band is at least 5%). From ``plateau_min_points`` on.
     plateau_sigmas: float = 3.0
     plateau_min_gain: float = 0.05
     plateau_min_points: int = 20
+    plateau_locate_fraction: float = 0.01
     # unstable: >= 3 loss spike incidents, and more than 1 per 100 points. Gradient-norm spikes are
     # events, located and reported, but do not make a run unstable: a small batch's gradient norm
     # blips 2-4x with no mark on the loss (benchmarks/detection.py, multiplicative families), and
@@ -233,6 +271,13 @@ def progress(initial: float, final: float, floor: float) -> float:
     return (initial - final) / gap if gap > 0 else 0.0
 
 
+def centred_median(values, w: int) -> np.ndarray:
+    """The median of the ``w`` points centred on each point (fewer at the ends)."""
+    import pandas as pd  # a rolling median in O(n log w): a 200K-point log takes milliseconds
+
+    return pd.Series(np.asarray(values, float)).rolling(w, center=True, min_periods=1).median().to_numpy()
+
+
 class SpikeRule:
     """Robust spike incidents on one signal. ``check(step, value, raise_factor)`` returns
     ("new", limit) when a new incident opens at this point, ("shift", start) when the open
@@ -253,6 +298,8 @@ class SpikeRule:
         self.u = 0.0  # log(step + 1) of the last point
         self.log_space: bool | None = None
         self.early: list[float] = []
+        self.recent_values: deque[float] = deque(maxlen=t.spike_range_window)  # in the rule's space
+        self.by_range = False  # the last point exceeded the recent range
         self.seen = 0  # points seen
         self.incident: int | None = None  # step where the open incident started
         self.last_start: int | None = None  # step where the latest incident (open or not) started
@@ -330,8 +377,23 @@ class SpikeRule:
         rough = max(1.0, self.t.spike_full_history / len(h))  # a scale from few residuals is uncertain
         return robust_threshold(h, self.t.spike_sigmas * raise_factor * rough, self.t.spike_min_sigma)
 
+    def range_limit(self, raise_factor: float) -> float:
+        """The recent-range threshold, in the rule's (log) space: spike_range_factor (x the raise)
+        x the largest of the last spike_range_window values; inf in linear space or before
+        spike_range_min values."""
+        if not self.log_space or len(self.recent_values) < self.t.spike_range_min:
+            return math.inf
+        return max(self.recent_values) + math.log(self.t.spike_range_factor * raise_factor)
+
     def check(self, step: int, value: float, raise_factor: float = 1.0):
         t = self.t
+        if self.log_space is None:
+            self.log_space = value > 0  # the first value decides
+        x = self.space(value)
+        range_line = self.range_limit(raise_factor)
+        self.range_n = len(self.recent_values)  # values the range was taken over
+        if math.isfinite(x):
+            self.recent_values.append(x)
         self.seen += 1
         if len(self.early) < t.early_steps:
             self.early.append(value)
@@ -350,7 +412,8 @@ class SpikeRule:
         limit = self.limit(raise_factor)
         # a spike rises above where the signal was, not only above where its trend was heading (a
         # descent that stops is no spike)
-        exceeds = residual > limit and self.residual(value, self.u) > limit
+        by_range = self.by_range = x > range_line
+        exceeds = (residual > limit and self.residual(value, self.u) > limit) or by_range
         out = None, None
         if self.incident is not None:
             self.incident_points += 1
@@ -364,7 +427,8 @@ class SpikeRule:
         elif exceeds:
             self.incident, self.incident_points, self.calm, self.last_start = step, 0, 0, step
             self.before, self.peak = before, value - before
-            out = "new", self.value_at(limit, u)
+            sigma_line = self.value_at(limit, u)
+            out = "new", min(sigma_line, math.exp(range_line)) if by_range else sigma_line
         if math.isfinite(residual) and not exceeds and raise_factor == 1.0 and self.incident is None:
             self.history.append(residual)  # incidents and raised stretches stay out of the history
         self.follow(value, u)
@@ -457,7 +521,7 @@ class Monitor:
     def verdict(self) -> Verdict:
         t = self.thresholds
         n_loss, n_grad = self.count("loss_spike"), self.count("grad_spike")
-        first_event = min((e.step for e in self.events if e.kind != "recovery"), default=math.nan)
+        first_event = min((e.step for e in self.events if e.kind not in COURSE_EVENTS), default=math.nan)
         initial, final = self.initial_loss, self.final_loss
         stats = dict(divergence_step=self.divergence_step, first_event_step=first_event, n_loss_spikes=n_loss,
                      n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
@@ -467,32 +531,76 @@ class Monitor:
             kind = "diverged_nonfinite" if nonfinite else "diverged_exploded"
             return Verdict(kind, self.divergence_reason, **stats)
         closed = progress(initial, final, self.floor)
-        if not self.losses or closed < t.stall_min_progress:
-            return Verdict("stalled", f"closed {closed:.0%} of the gap from {initial:.3g} to the floor {self.floor:.3g} "
-                                      f"(< {t.stall_min_progress:.0%})", **stats)
-        flat = self.plateau() if math.isnan(self.loss_floor) else ""
-        if flat:
-            return Verdict("stalled", flat, **stats)
+        stuck = self.learned()
+        if stuck:
+            return Verdict("stalled", stuck, **stats)
+        self.plateau()
         spikes = n_loss  # gradient-norm spikes are events; the loss is what an unstable run shows
         if spikes >= t.unstable_min_spikes and spikes / self.n > t.unstable_spike_rate:
             return Verdict("unstable", f"{spikes} loss spike incidents in {self.n} points", **stats)
         return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {self.floor:.3g}", **stats)
 
-    def plateau(self) -> str:
-        """Why the run sits on a plateau over its later half (Thresholds.plateau_sigmas), or ""
-        when it improved there beyond its own noise (or is too short, or its noise unknown)."""
-        t, n = self.thresholds, len(self.losses)
+    def window(self) -> int:
+        """Points in the late window (``late_fraction`` of the run, at least 3)."""
+        return max(3, round(self.thresholds.late_fraction * len(self.losses)))
+
+    def median_gap_noise(self, level: float, w1: int, w2: int) -> float:
+        """Standard error of the difference of two window medians (``w1`` and ``w2`` points) of
+        the loss at ``level``: the loss's robust relative noise per point (SpikeRule.sigma) x the
+        level x 1.2533 (a median's standard error over a mean's); NaN while that noise is
+        unknown."""
         sigma = self.rules["loss"].sigma()
-        if n < t.plateau_min_points or not math.isfinite(sigma):
-            return ""
-        w = max(3, round(t.late_fraction * n))
-        mid, last = np.median(self.losses[n // 2 - w // 2: n // 2 - w // 2 + w]), np.median(self.losses[-w:])
-        noise = 1.2533 * sigma * abs(float(last)) * math.sqrt(2 / w)  # sd of a difference of two window medians
-        gained = float(mid - last)
-        if gained >= t.plateau_sigmas * noise or gained >= t.plateau_min_gain * abs(float(mid)):
-            return ""
-        return (f"plateau: the later half did not improve beyond its noise ({mid:.4g} -> {last:.4g}, {gained / noise:.1f} "
-                f"standard errors < {t.plateau_sigmas:g}); the floor is unknown, so the run is judged on its own curve")
+        if not math.isfinite(sigma):
+            return math.nan
+        return 1.2533 * sigma * abs(level) * math.sqrt(1 / w1 + 1 / w2)
+
+    def learned(self) -> str:
+        """Why the run did not learn over its whole curve (Thresholds.stall_*), or "" when it did.
+        A run with no loss did not learn; one whose noise is not yet known (a handful of points)
+        is judged on the practical margin alone."""
+        t = self.thresholds
+        if not self.losses:
+            return "no loss was logged"
+        w0, w = min(t.early_steps, len(self.losses)), self.window()
+        start, end = float(np.median(self.losses[:w0])), float(np.median(self.losses[-w:]))
+        gained = start - end
+        noise = self.median_gap_noise(end, w0, w)
+        if math.isnan(self.loss_floor):
+            margin, what = t.stall_min_gain * abs(start), f"{t.stall_min_gain:.0%} of its starting level (floor unknown)"
+        else:
+            margin = t.stall_min_progress * (start - self.loss_floor)
+            what = f"{t.stall_min_progress:.0%} of the gap to the floor {self.loss_floor:.3g}"
+        if gained < margin:
+            return f"did not learn: the loss went from {start:.4g} to {end:.4g}, less than {what}"
+        if math.isfinite(noise) and gained < t.stall_sigmas * noise:
+            return (f"did not learn: the loss went from {start:.4g} to {end:.4g}, within its own noise "
+                    f"({gained / noise:.1f} standard errors < {t.stall_sigmas:g})")
+        return ""
+
+    def plateau(self) -> Event | None:
+        """A plateau after learning (Thresholds.plateau_*): emits a ``plateau`` event at the step
+        it began, with its level, and returns it; None when the later half improved beyond its
+        own noise (or the run is too short, or its noise unknown)."""
+        t, n = self.thresholds, len(self.losses)
+        if n < t.plateau_min_points or any(e.kind == "plateau" for e in self.events):
+            return None
+        w = self.window()
+        mid = float(np.median(self.losses[n // 2 - w // 2: n // 2 - w // 2 + w]))
+        last = float(np.median(self.losses[-w:]))
+        noise = self.median_gap_noise(last, w, w)
+        if not math.isfinite(noise):
+            return None
+        band = max(t.plateau_sigmas * noise, t.plateau_min_gain * abs(mid))
+        if mid - last >= band:
+            return None
+        smooth = centred_median(self.losses, max(t.relapse_median_points, round(t.plateau_locate_fraction * n)))
+        above = np.nonzero(smooth > last + band)[0]
+        begin = int(above[-1]) + 1 if len(above) else 0
+        begin = min(begin, n - 1)
+        detail = (f"from step {self.steps[begin]} the loss stayed within {band:.3g} of {last:.4g} (the later half improved "
+                  f"{mid - last:.3g}, < {t.plateau_sigmas:g} standard errors and < {t.plateau_min_gain:.0%})")
+        self.emit(self.steps[begin], "plateau", "loss", last, last + band, detail)
+        return self.events[-1]
 
     @property
     def initial_loss(self) -> float:
@@ -724,7 +832,10 @@ class SpikesRule:
             if what == "new":
                 n = len(rule.recent() or [])
                 detail = f"> predicted level + {t.spike_sigmas * raise_factor:g} robust sigmas of the last {n} residuals"
-                if n < t.spike_full_history:
+                if rule.by_range:
+                    detail = (f"> {t.spike_range_factor * raise_factor:g}x the largest of the last "
+                              f"{rule.range_n} values")
+                elif n < t.spike_full_history:
                     detail += f" (x{t.spike_full_history / n:.2g}: few residuals)"
                 if signal == "grad_norm" and p.layer_norms:
                     detail += f"; {self.spiking_layer(p.layer_norms)}"

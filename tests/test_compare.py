@@ -313,3 +313,33 @@ def test_same_environment_is_a_control():
     b = runs({0: 2.0}).assign(torch_version="2.14.1", platform="x", cpu_model="y")
     assert compare.same_environment(b, b)
     assert not compare.same_environment(b, b.assign(torch_version="2.15.0"))
+
+
+def lm_runs(acc, name="val_token_accuracy"):
+    b = runs({0: 2.0}, acc={0: acc})
+    b["val_metric_name"] = name
+    return b
+
+
+def test_an_lm_is_judged_on_its_next_token_accuracy_where_both_sides_measured_it():
+    b = lm_runs(0.40)
+    tol = noise(b, final=1e-6, metric=0.005)
+    worse = lm_runs(0.30)
+    worse["weights_sha256"] = "other"
+    v = judge(b, worse, tol)
+    assert v["verdict"] == "regressed" and "val_metric" in v["detail"]
+    same = lm_runs(0.40)
+    same["weights_sha256"] = "other"
+    assert judge(b, same, tol)["verdict"] != "regressed"
+
+
+def test_an_lm_report_whose_metric_was_the_loss_again_is_not_judged_on_it():
+    """A baseline written when an LM's val_metric was its loss: nothing to compare an accuracy with."""
+    b = lm_runs(2.0, name=compare.LOSS_AS_METRIC)
+    c = lm_runs(0.30)
+    c["weights_sha256"] = "other"
+    tol = noise(b, final=1e-6, metric=0.005)
+    v = judge(b, c, tol)
+    assert "val_metric" not in v["detail"] and v["verdict"] in ("equivalent", "identical", "changed")
+    assert compare.judged_values({"val_token_accuracy", compare.LOSS_AS_METRIC}) == [("final_loss", 1), ("val_loss", 1)]
+    assert ("val_metric", -1) in compare.judged_values({"val_token_accuracy"})

@@ -44,7 +44,7 @@ def test_registered_recipes_train_like_built_in_ones(registries, tmp_path):
                                      steps="5", devices=("cpu",))).specs()
     assert [s.id for s in specs] == ["tinylm-radam-poly-linear-cpu-fp32-s0"]
     row = train.run(specs[0], data_dir=tmp_path).row
-    assert row["status"] in ("converged", "stalled") and row["val_metric_name"] == "val_loss"
+    assert row["status"] in ("converged", "stalled") and row["val_metric_name"] == "val_token_accuracy"
     assert '"class_name": "RAdam"' in row["recipe"] and '"scheduler": "PolynomialLR"' in row["recipe"]
     assert row["warmup_steps"] == 1 and row["sdpa_backend"] == ""
     assert recipes.OPTIMIZERS["radam"].impls == ("default", "forloop", "foreach", "fused")  # torch's: its own skips

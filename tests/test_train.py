@@ -124,3 +124,10 @@ def test_gpt_probes_match_an_explicit_computation():
     expected = max(att[b, hd, i, j].item() for b in range(2) for hd in range(4) for i in range(16) for j in range(i + 1))
     assert p["attn_logit_max"].item() == pytest.approx(expected, rel=1e-5)
     assert p["output_log_z"].item() == pytest.approx(torch.logsumexp(m(idx).float(), -1).mean().item(), rel=1e-5)
+
+
+def test_the_lm_held_out_metric_is_its_next_token_accuracy_not_its_loss(data_dir):
+    row = train.run(spec(steps=30), data_dir).row
+    assert row["val_metric_name"] == "val_token_accuracy"
+    assert 0.0 < row["val_metric"] < 1.0 and row["val_metric"] != row["val_loss"]
+    assert row["val_samples"] > 1000  # counted per held-out token, not per sequence
