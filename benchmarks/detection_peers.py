@@ -231,6 +231,24 @@ def run_family(make, n, rng) -> dict[str, dict[str, list]]:
     return tally
 
 
+HIGHER_IS_BETTER = {"divergence recall": True, "step error": False, "false diverged": False, "spikes located": True,
+                    "healthy flagged": False, "stalls found": True}
+
+
+def ahead_of_project(family: str, tally: dict[str, dict[str, list]]) -> list[str]:
+    """Lines naming each peer and measure where the peer beat this project on a family."""
+    ours, lines = tally[DETECTORS[0].name], []
+    for d in DETECTORS[1:]:
+        for m, better in HIGHER_IS_BETTER.items():
+            a, b = ours.get(m), tally[d.name].get(m)
+            if not a or not b or (m in ("divergence recall", "step error") and not d.diverges):
+                continue
+            x, y = (np.median(a), np.median(b)) if m == "step error" else (np.mean(a), np.mean(b))
+            if (y > x) if better else (y < x):
+                lines.append(f"- {family}, {m}: {d.name} {cell(b, m, True)} vs {cell(a, m, True)}")
+    return lines
+
+
 MEASURES = ("divergence recall", "step error", "false diverged", "spikes located", "healthy flagged", "stalls found")
 
 
@@ -292,8 +310,10 @@ def main() -> None:
     print(f"{args.n} traces per family, seed {args.seed}; step error: median |called - true| in steps\n")
     print("| family | detector | " + " | ".join(MEASURES) + " |\n|---|---|" + "---|" * len(MEASURES))
     pooled: dict[str, dict[str, list]] = {d.name: {} for d in DETECTORS}
+    behind = []
     for fam, make in families.items():
         tally = run_family(make, args.n, rng)
+        behind += ahead_of_project(fam, tally)
         for d in DETECTORS:
             t = tally[d.name]
             for k, v in t.items():
@@ -303,6 +323,8 @@ def main() -> None:
     print("| detector | " + " | ".join(MEASURES) + " |\n|---|" + "---|" * len(MEASURES))
     for d in DETECTORS:
         print(f"| {d.name} | " + " | ".join(cell(pooled[d.name].get(m), m, d.diverges) for m in MEASURES) + " |")
+    print("\nwhere a peer does better than this project:\n")
+    print("\n".join(behind) or "- nowhere")
     print("\nreal logs:\n")
     print("\n".join(real_logs()))
 

@@ -187,7 +187,9 @@ class Thresholds:
     # learned when its final level (the median of the last ``late_fraction`` of points) is below
     # its starting level (the median of the first ``early_steps`` points: the untrained model) by
     # more than ``stall_sigmas`` standard errors of that difference (the loss's own robust noise
-    # per point, SpikeRule.sigma), *and* by a practical margin: ``stall_min_progress`` (20%) of
+    # per point, SpikeRule.sigma; the first point alone where it is higher than that median: a log
+    # written every few hundred steps may reach its floor by its second point), *and* by a
+    # practical margin: ``stall_min_progress`` (20%) of
     # the gap to the floor where the floor is known (a classifier that closes a tenth of the way
     # to its entropy learned nothing that matters), ``stall_min_gain`` (5%) of its starting level
     # where it is not (no floor is assumed: a fine-tuning log starts near its floor). A run that
@@ -563,6 +565,8 @@ class Monitor:
             return "no loss was logged"
         w0, w = min(t.early_steps, len(self.losses)), self.window()
         start, end = float(np.median(self.losses[:w0])), float(np.median(self.losses[-w:]))
+        if self.losses[0] > start:  # a sparse log's second point may already sit at the floor
+            start, w0 = self.losses[0], 1
         gained = start - end
         noise = self.median_gap_noise(end, w0, w)
         if math.isnan(self.loss_floor):
