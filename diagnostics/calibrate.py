@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import report, stats
 from .paths import ENVELOPE as ENVELOPE  # re-exported: paths is their home
+from .paths import SEEDS
 from .paths import TOLERANCES as TOLERANCES
 from .report import with_axis_defaults
 
@@ -190,12 +191,10 @@ def write(target: Path, reference: Path, tol: pd.DataFrame, env: pd.DataFrame) -
     """tolerances.csv and envelope.csv into the baseline folder, with the reference's seeds.csv."""
     import shutil
 
-    from . import repro
-
     report.write_atomic(target / TOLERANCES, tol)
     report.write_atomic(target / ENVELOPE, env)
-    if (reference / repro.SEEDS).exists():
-        shutil.copyfile(reference / repro.SEEDS, target / repro.SEEDS)
+    if (reference / SEEDS).exists():
+        shutil.copyfile(reference / SEEDS, target / SEEDS)
 
 
 def summary_lines(tol: pd.DataFrame, names: list[str], target: Path, margin: float) -> list[str]:

@@ -61,6 +61,8 @@ OPTIMIZERS: dict[str, OptimizerRecipe] = {
                              dict(lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8)),
     "sgd": OptimizerRecipe("sgd", torch.optim.SGD,
                            dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=True)),
+    # lion-pytorch's Lion: one (for-loop) update; its Triton kernel is not a torch implementation
+    "lion": OptimizerRecipe("lion", _lion, dict(lr=1e-4, weight_decay=1e-2), ("default", "forloop")),
 }
 
 
@@ -223,9 +225,3 @@ def lr_trace(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_s
         after_optimizer_step(sched, k, total_steps)
     return lrs
 
-
-# lion-pytorch's Lion joins the grid as any plugin's optimizer does. It has one (for-loop)
-# update; its Triton kernel is not a torch implementation.
-from .plugins import register_optimizer  # noqa: E402  (plugins reads the registries above)
-
-register_optimizer("lion", _lion, impls=("default", "forloop"), lr=1e-4, weight_decay=1e-2)
