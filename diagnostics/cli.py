@@ -59,7 +59,8 @@ def validate_grid_options(args: argparse.Namespace) -> None:
 def pytest_args(args: argparse.Namespace, suite: str) -> list[str]:
     out = [str(SUITES / suite), "-p", "no:cacheprovider"]
     get = lambda k: getattr(args, k, None)  # noqa: E731
-    out += options.forward(get, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
+    out += options.forward(get, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS
+                           + options.RESUME_OPTIONS)
     out += ["--quiet-runs"] if args.quiet else []
     out += ["-q"] if not any(a.startswith("-v") for a in args.pytest_args) else []
     if args.workers is not None:
@@ -79,12 +80,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import pytest
 
-    from . import report
+    from . import report, session
 
     who = (f"`diagnostics run` (pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
            f"{' '.join(sys.argv[1:])})")
     try:
-        with report.owned(Path(args.report_dir or options.DEFAULT_REPORT_DIR), who):
+        report_dir = Path(args.report_dir or options.DEFAULT_REPORT_DIR)
+        with report.owned(report_dir, who):
+            if not args.resume:
+                session.refuse_unfinished(report_dir)  # before pytest starts: one line, nothing deleted
             return int(pytest.main(pytest_args(args, suite.name)))
     except report.ReportError as e:
         raise UsageError(str(e)) from None
@@ -445,6 +449,7 @@ def run_arguments(p: Parser) -> None:
                    help="convergence (grid: default), stability (LR sweep; grid: stability) or "
                         "reproducibility (twice-same, resume, DDP, cross-device; grid: default)")
     add_grid_options(p)
+    options.add(p, options.RESUME_OPTIONS)
     p.add_argument("-n", dest="workers", help=WORKERS_HELP)
     p.add_argument("-k", help="pytest -k expression to select runs by id")
     p.add_argument("--quiet", action="store_true", help="no progress line per run")

@@ -114,6 +114,12 @@ SESSION_OPTIONS = (
                        "(one extra forward pass each)"),
 )
 
+# ``diagnostics run`` and the suites (not calibrate, whose --resume reuses whole sessions)
+RESUME_OPTIONS = (
+    Option("--resume", "keep the finished runs of an interrupted session in --report-dir (same spec, code version "
+                       "and environment), drop half-written ones, and train only what is missing"),
+)
+
 
 def add(target, options=VERDICT_OPTIONS) -> None:
     """Add options to an argparse parser or a pytest option group (both take add_argument-style

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from . import data, determinism, devices, options, perturb, plugins, report, stability
-from .session import Session, claim, finish, started_here
+from .session import RESUMED, Session, claim, finish, started_here
 from .spec import RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
 
 # fixtures that hand a test a grid point: a test taking one is a ``grid`` test (writes reports)
@@ -27,7 +27,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     except plugins.PluginError as e:
         raise pytest.UsageError(str(e)) from None
     g = parser.getgroup("diagnostics", "convergence diagnostics grid")
-    options.add(g, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS)
+    options.add(g, options.GRID_OPTIONS + options.SESSION_OPTIONS + options.VERDICT_OPTIONS + options.RESUME_OPTIONS)
     g.addoption("--perturb", default=None, help="calibration rerun: change only the arithmetic "
                                                  f"({', '.join(perturb.PERTURBATIONS)}); no baseline judgement")
     g.addoption("--quiet-runs", action="store_true", help="no progress line per finished run")
@@ -53,7 +53,7 @@ def build_session(config: pytest.Config) -> Session:
                       data_root=v["data_root"], baseline_option=v["baseline"], update_baseline=v["update_baseline"],
                       quiet=opt("quiet_runs"), worker=worker, probes=v["probes"], shard=parse_shard(v["shard"]),
                       policy=policy, margin=margin, force=v["force"], perturbation=opt("perturb"),
-                      init_dir=parse_init_dir(v["init_dir"]))
+                      init_dir=parse_init_dir(v["init_dir"]), resume=opt("resume"))
     if session.judges:
         session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
     if is_worker(config):
@@ -137,7 +137,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or not any(i.get_closest_marker("grid") for i in session.items):
         return
-    claim(config.stash[SESSION])
+    params = [getattr(getattr(i, "callspec", None), "params", {}) for i in session.items]
+    specs = [p["run_spec"] for p in params if isinstance(p.get("run_spec"), RunSpec)]
+    try:
+        claim(config.stash[SESSION], specs)
+    except report.ReportError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -189,6 +194,8 @@ class Progress:
         runs = report.read(path)
         counts = runs["status"].value_counts().to_dict()
         terminalreporter.write_sep("-", "diagnostics")
+        if (session.report_dir / RESUMED).exists():
+            terminalreporter.write_line((session.report_dir / RESUMED).read_text().strip())
         terminalreporter.write_line(f"{len(runs)} runs: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
         terminalreporter.write_line(f"reports: {session.report_dir}/ ({', '.join(report.SCHEMAS)})")
         if (session.report_dir / stability.STABILITY).exists():
@@ -200,7 +207,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     s = config.stash.get(SESSION, None)
     if s is None or is_worker(config) or not started_here(s):
         return
-    lines, failed = finish(s)
+    lines, failed = finish(s, complete=exitstatus != pytest.ExitCode.INTERRUPTED)
     terminal = config.pluginmanager.get_plugin("terminalreporter")
     for line in lines:
         if terminal:

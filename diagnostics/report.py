@@ -103,6 +103,7 @@ def owned(report_dir: Path, who: str):
         yield
     finally:
         (report_dir / OWNER).unlink(missing_ok=True)
+        (report_dir / (OWNER + ".lock")).unlink(missing_ok=True)  # still held here: no other session has it
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
 
@@ -226,6 +227,14 @@ def finalize(report_dir: Path) -> None:
             with locked(path):
                 df = read_csv(path)
                 write_atomic(path, df.sort_values(keys, kind="stable"))
+
+
+def remove_locks(report_dir: Path) -> None:
+    """Remove the lock files of a finished session (``locked`` creates them; nothing holds them
+    once every process of the session is done)."""
+    for lock in Path(report_dir).glob("*.lock"):
+        if lock.name != OWNER + ".lock":  # ``owned`` removes its own when it lets go
+            lock.unlink(missing_ok=True)
 
 
 def reset(report_dir: Path) -> None:

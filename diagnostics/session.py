@@ -16,6 +16,11 @@ from .spec import Grid, GridOptions, RunSpec, resolve_grid
 from .train import RunResult
 
 SESSION_FILE = ".session"  # in the report directory: the token of the session that started it
+COMPLETE_FILE = ".complete"  # ... and the token of the session that finished it
+RESUMED = ".resumed"  # what a resumed session kept (one line, printed in its summary)
+# what a kept row must share with this process, besides its grid point: the code and the stack
+RESUME_MATCH = ("git_sha", "torch_version", "torchvision_version", "lion_pytorch_version", "python_version",
+                "cuda_version", "cudnn_version", "platform", "cpu_model")
 
 
 @dataclass(kw_only=True)
@@ -38,6 +43,7 @@ class Session:
     force: bool = False  # --update-baseline even with errored or skipped runs
     perturbation: str | None = None  # calibration reruns: no baseline judgement
     init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)
+    resume: bool = False  # keep an interrupted session's finished runs (claim, run_point)
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session (xdist: the controller's)
@@ -80,11 +86,14 @@ class Session:
         """Train one grid point, judge it against the baseline (``compare.check_run``) and record
         it; returns the result and the verdict. A point this stack cannot run is recorded with its
         reason, unjudged; calibration reruns (``--perturb``) and baseline updates record without
-        judging."""
-        result = train.run(spec, self.data_dir, self.data_root, worker=self.worker, probes=self.probes,
-                           perturbation=self.perturbation, init_dir=self.init_dir)
+        judging. Resuming, a point whose row the interrupted session finished (``claim`` kept
+        it) is not trained again: its row and trace are read back and judged as they were."""
+        kept = self.kept(spec) if self.resume else None
+        result = kept or train.run(spec, self.data_dir, self.data_root, worker=self.worker, probes=self.probes,
+                                   perturbation=self.perturbation, init_dir=self.init_dir)
         if result.status == "skipped":
-            self.record(result)
+            if not kept:
+                self.record(result)
             return result, dict(verdict="skipped", direction="", detail=result.row["status_reason"])
         if self.judges:
             base = self.baseline(spec.grid)
@@ -93,22 +102,131 @@ class Session:
         else:
             verdict = dict(verdict="not judged", direction="", detail="calibration rerun or baseline update")
         result.row["baseline_check"] = verdict["verdict"]
-        self.record(result)
+        if not kept:
+            self.record(result)
         return result, verdict
 
+    def kept(self, spec: RunSpec) -> RunResult | None:
+        """The finished run of ``spec`` that ``claim`` kept in the report directory, or None."""
+        runs_path = self.report_dir / report.RUNS
+        if not runs_path.exists():
+            return None
+        runs = report.read_csv(runs_path)
+        rows = runs[runs["run_id"] == spec.id]
+        if rows.empty:
+            return None
+        steps_path = self.report_dir / report.STEPS
+        steps = report.read_csv(steps_path) if steps_path.exists() else pd.DataFrame(columns=["run_id"])
+        trace = steps[steps["run_id"] == spec.id].to_dict("records")
+        return RunResult(rows.iloc[-1].to_dict(), trace)
 
-def claim(s: Session) -> None:
+
+def unfinished(report_dir: Path) -> int:
+    """How many finished runs an interrupted session left in ``report_dir`` (0: the directory is
+    empty, or its session finished: ``finish`` wrote its token to COMPLETE_FILE; a directory
+    written before that file existed counts as finished when it has the derived seeds.csv)."""
+    report_dir = Path(report_dir)
+    marker, done, runs = report_dir / SESSION_FILE, report_dir / COMPLETE_FILE, report_dir / report.RUNS
+    if not marker.exists() or not runs.exists():
+        return 0
+    if done.exists() and done.read_text() == marker.read_text():
+        return 0
+    if not done.exists() and (report_dir / repro.SEEDS).exists():
+        return 0
+    return len(report.read_csv(runs))
+
+
+def refuse_unfinished(report_dir: Path) -> None:
+    """An interrupted session's report directory is never silently overwritten: ReportError in
+    one line naming --resume."""
+    n = unfinished(report_dir)
+    if n:
+        raise report.ReportError(f"{report_dir} holds an interrupted session with {n} finished run(s): rerun with "
+                                 "--resume to keep them and train only the rest, or choose another --report-dir "
+                                 "(or delete it)")
+
+
+def same(a, b) -> bool:
+    """Two report cells equal (empty equals empty; numbers compared as numbers)."""
+    empty = lambda x: x is None or (isinstance(x, float) and x != x) or x == ""  # noqa: E731
+    if empty(a) or empty(b):
+        return empty(a) and empty(b)
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def resumable(runs: pd.DataFrame, specs: list[RunSpec], now: dict) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The rows of an interrupted session's runs.csv a resumed one keeps: a grid point of this
+    session with the same RunSpec fields (``train.identity``), the same code and stack
+    (RESUME_MATCH against ``now``, this process's ``env.versions()``), and a trained result (an
+    ``error`` row is tried again). Returns them and the count of each reason a row was dropped."""
+    by_id = {s.id: train.identity(s) for s in specs}
+    keep, dropped = [], {}
+    for row in runs.to_dict("records"):
+        ident = by_id.get(row["run_id"])
+        why = ("not in this grid" if ident is None
+               else "its grid point changed" if not all(same(row.get(k), v) for k, v in ident.items())
+               else "another code version or stack" if not all(same(row.get(k), now.get(k)) for k in RESUME_MATCH)
+               else "it errored" if row.get("status") == "error" else "")
+        if why:
+            dropped[why] = dropped.get(why, 0) + 1
+        else:
+            keep.append(row)
+    return pd.DataFrame(keep, columns=runs.columns), dropped
+
+
+def resume_directory(report_dir: Path, specs: list[RunSpec]) -> str:
+    """Prune an interrupted session's report directory for ``--resume``: keep the resumable runs
+    (``resumable``) with their traces and events, drop the rest and every half-written run (a
+    trace or events whose runs.csv row was never written: ``Session.record`` writes it last).
+    Returns the line that says what was kept."""
+    report_dir = Path(report_dir)
+    runs_path = report_dir / report.RUNS
+    runs = report.read_csv(runs_path) if runs_path.exists() else pd.DataFrame(columns=["run_id"])
+    kept, dropped = resumable(runs, specs, env.versions())
+    ids = set(kept["run_id"])
+    half = 0
+    for name in (report.STEPS, report.EVENTS):
+        path = report_dir / name
+        if path.exists():
+            table = report.read_csv(path)
+            half += len(set(table["run_id"]) - set(runs["run_id"])) if name == report.STEPS else 0
+            report.write_atomic(path, table[table["run_id"].isin(ids)])
+    if runs_path.exists():
+        report.write_atomic(runs_path, kept)
+    for name in (repro.REPRO, repro.SEEDS, stability.STABILITY, report.PAGE):
+        (report_dir / name).unlink(missing_ok=True)
+    reasons = "".join(f", {n} dropped: {why}" for why, n in sorted(dropped.items()))
+    return (f"resumed: kept {len(kept)} finished run(s) of the interrupted session, training the other "
+            f"{len(set(s.id for s in specs) - ids)}{reasons}" + (f", {half} half-written run(s) dropped" if half else ""))
+
+
+def claim(s: Session, specs: list[RunSpec] | None = None) -> None:
     """Start a fresh report directory once per session: the first of the session's processes to
     take the directory's lock writes the session's token (and the environment); a process that
     finds its token there leaves it alone (xdist workers all collect before any test runs, so
-    none writes into a directory that is then emptied)."""
+    none writes into a directory that is then emptied). A directory an interrupted session left
+    is refused (``refuse_unfinished``) unless the session resumes (``resume_directory``: what
+    it keeps of it goes to RESUMED)."""
     marker = s.report_dir / SESSION_FILE
     s.report_dir.mkdir(parents=True, exist_ok=True)
     with report.locked(marker):
-        if not marker.exists() or marker.read_text() != s.token:
+        if marker.exists() and marker.read_text() == s.token:
+            return
+        if s.resume and unfinished(s.report_dir):
+            line = resume_directory(s.report_dir, specs or [])
+        else:
+            if not s.update_baseline and not s.perturbation:
+                refuse_unfinished(s.report_dir)
             report.reset(s.report_dir)
-            report.write_env(s.report_dir, env.capture(s.options.devices))
-            marker.write_text(s.token)
+            line = ""
+        report.write_env(s.report_dir, env.capture(s.options.devices))
+        (s.report_dir / RESUMED).unlink(missing_ok=True)
+        if line:
+            (s.report_dir / RESUMED).write_text(line + "\n")
+        marker.write_text(s.token)
 
 
 def started_here(s: Session) -> bool:
@@ -133,10 +251,12 @@ def write_derived(report_dir: Path, runs: pd.DataFrame) -> dict[str, int]:
     return {name: len(t) for name, t in tables.items()}
 
 
-def finish(s: Session) -> tuple[list[str], bool]:
+def finish(s: Session, complete: bool = True) -> tuple[list[str], bool]:
     """Sort the session's files, write the derived tables and, with ``--update-baseline``, each
-    grid's rows into its baseline folder. Returns the lines to show and whether the session
-    must fail (a refused baseline update: errored or skipped runs without ``--force``)."""
+    grid's rows into its baseline folder; a ``complete`` session (not interrupted: Ctrl-C ends
+    one here too) marks the directory finished (COMPLETE_FILE) and removes its lock files.
+    Returns the lines to show and whether the session must fail (a refused baseline update:
+    errored or skipped runs without ``--force``)."""
     report.finalize(s.report_dir)
     runs_path, repro_path = s.report_dir / report.RUNS, s.report_dir / repro.REPRO
     runs = report.read(runs_path) if runs_path.exists() else None
@@ -153,4 +273,7 @@ def finish(s: Session) -> tuple[list[str], bool]:
                 failed = True
     if runs is not None:
         write_derived(s.report_dir, runs)
+    if complete:
+        (s.report_dir / COMPLETE_FILE).write_text(s.token)
+    report.remove_locks(s.report_dir)
     return lines, failed

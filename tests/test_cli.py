@@ -181,17 +181,19 @@ def test_detect_bad_tables_are_one_line(tmp_path, content, pattern):
 
 
 @pytest.mark.slow
-def test_a_killed_session_keeps_every_finished_run(tmp_path):
+def test_a_killed_session_keeps_every_finished_run_and_resumes(tmp_path):
     """Rows are appended (and fsynced) as each run finishes: SIGKILL after the first one loses
-    nothing that finished and leaves no partial line."""
+    nothing that finished and leaves no partial line. The same command again refuses in one line
+    naming --resume (nothing deleted); with --resume it keeps the finished runs, trains only the
+    rest, and leaves no lock file."""
     import signal
     import time
 
     d = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "diagnostics", "run", "--grid", "smoke", "--steps", "200",
-                             "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"),
-                             "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    args = ["run", "--grid", "smoke", "--steps", "200", "--devices", "cpu", "--report-dir", str(d), "--data-dir",
+            str(tmp_path / "data"), "--quiet", "--allow-no-baseline"]
+    proc = subprocess.Popen([sys.executable, "-m", "diagnostics", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -206,6 +208,20 @@ def test_a_killed_session_keeps_every_finished_run(tmp_path):
     assert 1 <= len(runs) < 4 and runs["status"].isin(detect.STATUSES).all()
     assert set(steps["run_id"]) >= set(runs["run_id"])  # each finished run's trace is there too
     assert (steps.groupby("run_id").size()[list(runs["run_id"])] == 200).all()
+
+    again = diagnostics(*args)
+    assert_one_line_error(again, 2, "holds an interrupted session with")
+    assert "--resume" in again.stderr and len(report.read(d / "runs.csv")) == len(runs)
+    resumed = diagnostics(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert f"resumed: kept {len(runs)} finished run(s) of the interrupted session, training the other " \
+           f"{4 - len(runs)}" in resumed.stdout
+    after = report.read(d / "runs.csv")
+    assert len(after) == 4 and after["run_id"].is_unique
+    kept = after.set_index("run_id").loc[list(runs["run_id"]), "started_at"]
+    assert (kept.values == runs.set_index("run_id")["started_at"].values).all()  # not trained again
+    assert (report.read(d / "steps.csv").groupby("run_id").size() == 200).all()
+    assert not list(d.glob("*.lock"))
 
 
 def test_collect_only_never_deletes_a_report(tmp_path):
