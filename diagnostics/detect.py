@@ -187,8 +187,9 @@ class Thresholds:
     # learned when its final level (the median of the last ``late_fraction`` of points) is below
     # its starting level (the median of the first ``early_steps`` points: the untrained model) by
     # more than ``stall_sigmas`` standard errors of that difference (the loss's own robust noise
-    # per point, SpikeRule.sigma; the first point alone where it is higher than that median: a log
-    # written every few hundred steps may reach its floor by its second point), *and* by a
+    # per point, SpikeRule.sigma; the first point alone where it is above that median by more than
+    # ``stall_sigmas`` of that noise: a log written every few hundred steps may reach its floor
+    # by its second point), *and* by a
     # practical margin: ``stall_min_progress`` (20%) of
     # the gap to the floor where the floor is known (a classifier that closes a tenth of the way
     # to its entropy learned nothing that matters), ``stall_min_gain`` (5%) of its starting level
@@ -417,6 +418,8 @@ class SpikeRule:
         by_range = self.by_range = x > range_line
         exceeds = (residual > limit and self.residual(value, self.u) > limit) or by_range
         out = None, None
+        if self.incident is not None and by_range:
+            self.incident = None  # far above the recent range, the open incident's peak included: a new one
         if self.incident is not None:
             self.incident_points += 1
             excess = value - self.before
@@ -431,8 +434,12 @@ class SpikeRule:
             self.before, self.peak = before, value - before
             sigma_line = self.value_at(limit, u)
             out = "new", min(sigma_line, math.exp(range_line)) if by_range else sigma_line
-        if math.isfinite(residual) and not exceeds and raise_factor == 1.0 and self.incident is None:
-            self.history.append(residual)  # incidents and raised stretches stay out of the history
+        lasting = self.incident is not None and self.incident_points >= t.shift_points + t.incident_gap
+        if math.isfinite(residual) and raise_factor == 1.0 and (lasting or (not exceeds and self.incident is None)):
+            # incidents and raised stretches stay out of the history, but an incident that lasts is
+            # the signal's new normal: were it kept out, a scale taken from the few residuals
+            # before it would flag every later point and the incident would never close
+            self.history.append(residual)
         self.follow(value, u)
         return out
 
@@ -565,10 +572,14 @@ class Monitor:
             return "no loss was logged"
         w0, w = min(t.early_steps, len(self.losses)), self.window()
         start, end = float(np.median(self.losses[:w0])), float(np.median(self.losses[-w:]))
-        if self.losses[0] > start:  # a sparse log's second point may already sit at the floor
-            start, w0 = self.losses[0], 1
-        gained = start - end
         noise = self.median_gap_noise(end, w0, w)
+        sigma = self.rules["loss"].sigma()
+        first = self.losses[0]
+        if start > 0 and first > start and math.isfinite(sigma) and math.log(first / start) > t.stall_sigmas * sigma:
+            # a sparse log's second point may already sit at the floor: its first point, beyond the
+            # noise above the early median, is the untrained model's level
+            start, noise = first, sigma * abs(end) * math.sqrt(1 + 1.5708 / w)
+        gained = start - end
         if math.isnan(self.loss_floor):
             margin, what = t.stall_min_gain * abs(start), f"{t.stall_min_gain:.0%} of its starting level (floor unknown)"
         else:
