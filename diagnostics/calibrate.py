@@ -49,6 +49,31 @@ TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "perturbed_s
 ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise", "loss_df"]
 
 
+# What one run-step costs in a calibration, by device type, to estimate its duration before it
+# starts (``estimate_minutes``): CPU, the default grid on 2 cores with 2 workers, 60 runs of 200
+# steps in 100 s (docs "Speed and cost"); CUDA, the nightly grid on one H100 with 4 workers per
+# GPU, 138 runs (about 380 steps on average) in about 14 min (docs "A GPU runner"). A rough
+# figure for another machine, said as such.
+SECONDS_PER_RUN_STEP = {"cpu": 100 / (60 * 200), "cuda": 14 * 60 / (138 * 380)}
+
+
+def estimate_minutes(specs, perturb_seeds: int = 2, gpus: int = 1) -> tuple[float, int]:
+    """(minutes, runs) of ``diagnostics calibrate`` on a grid: its runs once, then its first
+    ``perturb_seeds`` seeds once per perturbation (``perturb.default_for`` its devices), at
+    SECONDS_PER_RUN_STEP (CUDA's divided over ``gpus``)."""
+    from . import perturb
+
+    specs = list(specs)
+    if not specs:
+        return 0.0, 0
+    seeds = sorted({s.seed for s in specs})[:perturb_seeds]
+    reruns = len(perturb.default_for({s.device.split(":")[0] for s in specs}))
+    runs = [(s, 1 + (reruns if s.seed in seeds else 0)) for s in specs]
+    seconds = sum(n * s.steps * SECONDS_PER_RUN_STEP.get(s.device.split(":")[0], SECONDS_PER_RUN_STEP["cuda"])
+                  / (max(gpus, 1) if not s.device.startswith("cpu") else 1) for s, n in runs)
+    return seconds / 60, sum(n for _, n in runs)
+
+
 def noise_floor(value: str, reference: float, run: dict) -> float:
     """The finest step a value can be judged at: ULP_NOISE_FLOOR of a loss; one held-out example
     of an accuracy (counted on ``val_samples`` predictions, images or tokens, it cannot move by less); one step of a

@@ -56,6 +56,7 @@ def build_session(config: pytest.Config) -> Session:
                       init_dir=parse_init_dir(v["init_dir"]), resume=opt("resume"))
     if session.judges:
         session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
+        session.no_baseline = session.missing_baseline(grid_options.grid or "default")
     if is_worker(config):
         session.token = config.workerinput.get("diagnostics_token", session.token)
     return session
@@ -110,6 +111,8 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     missing = report.missing_fields(result.row)
     assert not missing, f"{spec.id}: incomplete record, empty {missing}"
     failure = session.policy.failure(verdict) if session.judges else None
+    if verdict["verdict"] == "new" and session.no_baseline:
+        failure = None  # the grid has no baseline at all: said once, before training, and failed once at the end
     assert failure is None, f"{spec.id}: {verdict['verdict']}: {failure}: {verdict['detail']}"
 
 
@@ -202,13 +205,28 @@ class Progress:
             terminalreporter.write_line(stability.summary(report.read_csv(session.report_dir / stability.STABILITY)))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any training: a grid with no baseline at all says so once (Session.missing_baseline)."""
+    s = session.config.stash.get(SESSION, None)
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if s is not None and s.no_baseline and not is_worker(session.config) and terminal:
+        terminal.write_line(s.no_baseline, yellow=True, bold=True)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     s = config.stash.get(SESSION, None)
-    if s is None or is_worker(config) or not started_here(s):
+    if s is None or is_worker(config):
+        return
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if s.no_baseline and exitstatus != pytest.ExitCode.INTERRUPTED:
+        if terminal:
+            terminal.ensure_newline()
+            terminal.write_line(f"FAILED: {s.no_baseline}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if not started_here(s):
         return
     lines, failed = finish(s, complete=exitstatus != pytest.ExitCode.INTERRUPTED)
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
     for line in lines:
         if terminal:
             terminal.write_line(line)

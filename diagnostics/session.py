@@ -44,6 +44,7 @@ class Session:
     perturbation: str | None = None  # calibration reruns: no baseline judgement
     init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)
     resume: bool = False  # keep an interrupted session's finished runs (claim, run_point)
+    no_baseline: str = ""  # the grid has no baseline at all on its devices: the one line that says so
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session (xdist: the controller's)
@@ -71,6 +72,30 @@ class Session:
         if grid_name not in self.baselines:
             self.baselines[grid_name] = baseline.Baseline.load(self.baseline_dir(grid_name))
         return self.baselines[grid_name]
+
+    def missing_baseline(self, grid_name: str) -> str:
+        """One line when no run of the grid has a baseline row (a first run on a new device
+        type): what is missing, the command that creates it and how long that takes; "" when
+        any run has one, or the session does not judge."""
+        specs = self.grid(grid_name).specs()
+        if not self.judges or not specs or self.policy.allow_no_baseline:
+            return ""
+        base = self.baseline(grid_name)
+        if any(base.row(train.identity(spec)) for spec in specs):
+            return ""
+        import torch
+
+        from . import calibrate
+
+        types = sorted({spec.device.split(":")[0] for spec in specs})
+        gpus = max(torch.cuda.device_count(), 1) if any(t != "cpu" for t in types) else 1
+        minutes, runs = calibrate.estimate_minutes(specs, gpus=gpus)
+        took = f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min" if minutes >= 1 else "under a minute"
+        return (f"no baseline for grid {grid_name} on {', '.join(types)}: none of its {len(specs)} runs is in "
+                f"{self.baseline_dir(grid_name)}. Create it with `python -m diagnostics calibrate --grid {grid_name} "
+                f"--devices {','.join(types)}` (about {took}: {runs} runs at this project's measured speed on "
+                f"{max(gpus, 1)} {'GPU' if types != ['cpu'] else 'CPU'}{'s' if gpus > 1 and types != ['cpu'] else ''}), "
+                "then commit that folder. This session trains the grid and fails once, at its end.")
 
     def record_repro(self, row: dict) -> None:
         report.append(self.report_dir / repro.REPRO, [row], repro.REPRO_COLUMNS)

@@ -256,3 +256,25 @@ def test_a_report_directory_belongs_to_one_session_at_a_time(tmp_path):
     runs = report.read(d / report.RUNS)
     assert len(runs) == 4 and runs["run_id"].is_unique and not (d / report.OWNER).exists()
     assert diagnostics(*args, "--models", "gpt", "--optimizers", "adamw").returncode == 0  # free again
+
+
+def test_a_grid_without_any_baseline_says_so_once_before_training_and_fails_once(tmp_path):
+    proc = diagnostics("run", "--grid", "smoke", "--steps", "6", "--devices", "cpu", "--report-dir", str(tmp_path / "r"),
+                       "--data-dir", str(tmp_path / "data"), "--baseline", str(tmp_path / "none"), "-n", "0")
+    out = proc.stdout
+    assert proc.returncode == 1, out[-2000:]
+    first = out.index("no baseline for grid smoke on cpu: none of its 4 runs is in")
+    assert first < out.index("gpt-adamw-cosine-linear-cpu-fp32-s0")  # before any run's line
+    assert "`python -m diagnostics calibrate --grid smoke --devices cpu`" in out and "24 runs" in out
+    assert out.count("FAILED: no baseline for grid smoke") == 1 and "FAILED gpt" not in out
+    assert len(report.read(tmp_path / "r" / "runs.csv")) == 4  # the grid was trained all the same
+
+
+def test_the_calibration_estimate_counts_the_reruns_of_the_perturbed_seeds():
+    from diagnostics import calibrate
+    from diagnostics.spec import GridOptions, resolve_grid
+
+    specs = resolve_grid(GridOptions(grid="smoke", seeds="0,1,2", devices=("cpu",))).specs()
+    minutes, runs = calibrate.estimate_minutes(specs, perturb_seeds=2)
+    assert runs == len(specs) + 5 * len(specs) * 2 // 3  # 5 perturbations of seeds 0 and 1
+    assert minutes == pytest.approx(runs * 60 * calibrate.SECONDS_PER_RUN_STEP["cpu"] / 60)
