@@ -1,7 +1,9 @@
-"""``REPORT_DIR/index.html``: a static page (opens without a server) with the environment, the
-runs table (status coloured, sortable by clicking a header), the figures and links to the CSVs;
-where the folder holds a ``compare.csv`` (``diagnostics compare`` writes it into the candidate's),
-the verdicts, with the configs that could not see the margin at the seeds run."""
+"""``REPORT_DIR/index.html``: a static page (opens without a server), in reading order: the
+verdict and status counts, then what needs attention (every run that failed, changed or did not
+converge, with its reason and the smallest change its config could have seen), then the runs
+table (compact, status coloured, sortable by clicking a header), the verdicts of a
+``compare.csv`` where the folder holds one (``diagnostics compare`` writes it into the
+candidate's), the figures, and the environment once, in its own section."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import pandas as pd
 
 from . import compare, paths, plots, report, stability
 
-TABLE_COLUMNS = ["run_id", "status", "final_loss", "val_loss", "val_metric", "loss_floor", "divergence_step",
-                 "n_loss_spikes", "n_grad_spikes", "runtime_s", "samples_per_s", "peak_rss_mb", "baseline_check",
-                 "status_reason"]
+TABLE_COLUMNS = ["run_id", "status", "baseline_check", "final_loss", "val_loss", "val_metric", "divergence_step",
+                 "n_loss_spikes", "n_grad_spikes", "runtime_s", "peak_rss_mb"]
+# a run's baseline check that needs no reader's attention
+QUIET_CHECKS = ("identical", "equivalent", "not judged", "skipped")
+ATTENTION_COLUMNS = ["run_id", "status", "verdict", "reason", "mde"]
 ENV_FIRST = ["torch_version", "torchvision_version", "lion_pytorch_version", "python_version", "cuda_version",
              "cudnn_version", "platform", "cpu_model", "available_devices", "git_sha"]
 
@@ -80,6 +84,65 @@ def verdicts_section(compared: pd.DataFrame) -> list[str]:
     return out
 
 
+def mde_by_run(report_dir: Path, runs: pd.DataFrame) -> dict[str, float]:
+    """The smallest relative change each run's config could have seen: compare.csv's ``mde``
+    where the folder has one, else the baseline's calibrated ``mde_1`` (one seed) of its grid."""
+    if (report_dir / paths.COMPARE).exists():
+        compared = report.read(report_dir / paths.COMPARE, required=["run_id", "verdict"])
+        if "mde" in compared:
+            return dict(zip(compared["run_id"], compared["mde"]))
+    from . import baseline
+
+    out = {}
+    for grid, rows in runs.groupby("grid") if "grid" in runs else []:
+        tol_path = baseline.directory(str(grid)) / paths.TOLERANCES
+        if not tol_path.exists():
+            continue
+        tol = baseline.Baseline.load(tol_path.parent)
+        for r in rows.to_dict("records"):
+            t = tol.tolerance(r)
+            if t is not None and "mde_1" in t:
+                out[r["run_id"]] = t["mde_1"]
+    return out
+
+
+def attention(runs: pd.DataFrame, mde: dict[str, float]) -> pd.DataFrame:
+    """The runs a reader must look at, worst first: a baseline check that is not a clean pass
+    (QUIET_CHECKS), or a status other than converged; each with its reason."""
+    from .detect import STATUS_RANK
+
+    rows = []
+    for r in runs.to_dict("records"):
+        check = str(r.get("baseline_check", "") if pd.notna(r.get("baseline_check")) else "")
+        if r["status"] == "converged" and (not check or check in QUIET_CHECKS):
+            continue
+        rows.append(dict(run_id=r["run_id"], status=r["status"], verdict=check, reason=r.get("status_reason", ""),
+                         mde=mde.get(r["run_id"], math.nan), rank=STATUS_RANK.get(r["status"], 0)))
+    out = pd.DataFrame(rows, columns=ATTENTION_COLUMNS + ["rank"])
+    return out.sort_values(["rank", "run_id"], ascending=[False, True], kind="stable")[ATTENTION_COLUMNS]
+
+
+def summary_section(runs: pd.DataFrame, mde: dict[str, float]) -> list[str]:
+    """The top of the page: the counts, then what needs attention (or that nothing does)."""
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(runs["status"].value_counts().items()))
+    checks = runs["baseline_check"].dropna() if "baseline_check" in runs else pd.Series(dtype=str)
+    verdicts = ", ".join(f"{n} {v}" for v, n in sorted(checks.value_counts().items()))
+    out = [f"<p><b>Statuses:</b> {html.escape(statuses)}"
+           + (f" &nbsp; <b>Baseline checks:</b> {html.escape(verdicts)}" if verdicts else "") + "</p>"]
+    need = attention(runs, mde)
+    if need.empty:
+        return out + ["<p id='attention'>Nothing needs attention: every run converged and every baseline check "
+                      "passed.</p>"]
+    head = "".join(f"<th>{c}</th>" for c in ATTENTION_COLUMNS)
+    body = "".join("<tr>" + "".join(f'<td class="status-{html.escape(str(r[c]))}">{html.escape(str(r[c]))}</td>'
+                                    if c == "status" else cell(r[c]) for c in ATTENTION_COLUMNS) + "</tr>"
+                   for r in need.to_dict("records"))
+    return out + [f"<h2>Needs attention ({len(need)})</h2>",
+                  "<p>Runs that failed, changed or did not converge, worst first; mde: the smallest relative change "
+                  "the config could have seen.</p>",
+                  f'<table id="attention"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>']
+
+
 def env_table(env: pd.DataFrame) -> str:
     kv = dict(zip(env["key"], env["value"].fillna("")))
     keys = [k for k in ENV_FIRST if k in kv] + sorted(k for k in kv if k not in ENV_FIRST)
@@ -92,14 +155,15 @@ def write(report_dir: Path) -> Path:
     runs = report.read(report_dir / report.RUNS)
     env_path = report_dir / report.ENV
     figures = plots.plot_runs(report_dir, report_dir / "plots")
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(runs["status"].value_counts().items()))
     csvs = [p.name for p in sorted(report_dir.glob("*.csv"))]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Convergence diagnostics</title>",
         f"<style>{STYLE}</style></head><body>",
-        f"<h1>Convergence diagnostics: {len(runs)} runs</h1><p>{html.escape(counts)}</p>",
-        "<p>Data: " + " · ".join(f'<a href="{html.escape(c)}">{html.escape(c)}</a>' for c in csvs) + "</p>",
-        "<h2>Runs</h2><p>Click a column header to sort.</p>", runs_table(runs),
+        f"<h1>Convergence diagnostics: {len(runs)} runs</h1>",
+        *summary_section(runs, mde_by_run(report_dir, runs)),
+        "<h2>Runs</h2><p>Click a column header to sort; each run's reason is in runs.csv "
+        "(<code>status_reason</code>). Data: "
+        + " · ".join(f'<a href="{html.escape(c)}">{html.escape(c)}</a>' for c in csvs) + "</p>", runs_table(runs),
     ]
     if (report_dir / paths.COMPARE).exists():
         parts += verdicts_section(report.read(report_dir / paths.COMPARE, required=["run_id", "verdict"]))

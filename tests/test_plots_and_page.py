@@ -114,3 +114,27 @@ def test_report_page_renders_in_headless_chromium(smoke_reports, tmp_path):
     assert pixels.std() > 0.02  # not a blank page
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert dom.count('<tr class="run">') == len(pd.read_csv(d / "runs.csv")) == 4
+
+
+def test_the_page_summary_names_each_failing_config_with_its_reason_first(tmp_path):
+    """Built from rows alone (no training): a regressed run and a diverged one lead the page,
+    worst first, each with its reason and the mde of its config; a clean run is not listed."""
+    from diagnostics import page
+
+    runs = pd.DataFrame([
+        dict(run_id="gpt-adamw-cosine-linear-cpu-fp32-s0", status="converged", baseline_check="identical",
+             status_reason="closed 70% of the gap"),
+        dict(run_id="gpt-sgd-cosine-linear-cpu-fp32-s0", status="converged", baseline_check="regressed",
+             status_reason="closed 40% of the gap"),
+        dict(run_id="resnet-lion-step-none-cpu-fp32-s0", status="diverged_exploded", baseline_check="status_changed",
+             status_reason="loss above 6.9 (3x its initial level) for 10 points, from step 41"),
+    ])
+    mde = {"gpt-sgd-cosine-linear-cpu-fp32-s0": 0.012}
+    need = page.attention(runs, mde)
+    assert list(need["run_id"]) == ["resnet-lion-step-none-cpu-fp32-s0", "gpt-sgd-cosine-linear-cpu-fp32-s0"]
+    html_text = "\n".join(page.summary_section(runs, mde))
+    assert "Needs attention (2)" in html_text and "from step 41" in html_text and "0.012" in html_text
+    assert "gpt-adamw-cosine-linear-cpu-fp32-s0" not in html_text
+    assert "1 identical, 1 regressed, 1 status_changed" in html_text
+    calm = runs.iloc[:1]
+    assert "Nothing needs attention" in "\n".join(page.summary_section(calm, {}))
