@@ -1,7 +1,7 @@
 """Detector quality on generated traces with known faults (``detect.classify``: the rules the
 training loop uses), on the families the thresholds were tuned on and on held-out ones.
 
-    python benchmarks/detection.py [--n 200] [--seed 0]      # the README table (one invocation)
+    python benchmarks/detection.py [--n 200] [--seed 0]      # the docs table (one invocation)
 
 A trace is a loss decaying exponentially from 2-4 towards a floor (0-1.8) with noise, a gradient
 norm noisy around a level, and an LR. Families (label: what a right verdict is):

@@ -7,7 +7,7 @@ Each change names the configs it touches. A systematic change should be reported
 detectable effect (compare.csv ``mde``) is below the change's effect there, and on no config it
 does not touch; a rounding-size change should flag nothing.
 
-    python benchmarks/sensitivity.py [--changes a,b] [--seeds 0,1,2,3,4] [-n 2]   # the README table
+    python benchmarks/sensitivity.py [--changes a,b] [--seeds 0,1,2,3,4] [-n 2]   # the docs table
 
 Runs are the default grid on CPU with the baseline's seeds (5, paired), where the baseline was
 calibrated (same machine and torch: an untouched config trains bitwise identically). A change's

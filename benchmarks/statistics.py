@@ -9,7 +9,7 @@ only rounding); in the power runs one config's final loss is also shifted by the
 detectable effect its own comparison states for it (``mde``, or twice that; its held-out loss is
 not shifted: the stated mde is the final loss's), so "found" should be at least 80%.
 
-    python benchmarks/statistics.py            # the README tables (one invocation)
+    python benchmarks/statistics.py            # the docs tables (one invocation)
 """
 
 from __future__ import annotations

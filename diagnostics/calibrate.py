@@ -39,7 +39,7 @@ from .report import with_axis_defaults
 # perturbations can agree by chance (on gpt-lion-step-linear all five moved the final loss by
 # under one ulp), and a float32 loss cannot be judged finer than its last bits; the number is
 # checked against rounding changes never used for calibration (benchmarks/sensitivity.py, the
-# split-K matmul and the float64 loss: README "Verdicts").
+# split-K matmul and the float64 loss: docs/concepts/verdicts.md).
 ULP_NOISE_FLOOR = 4 * 2.0**-23
 METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare on runs that did not diverge
 VALUES = METRICS + ("divergence_step",)  # divergence_step: judged where both sides diverged

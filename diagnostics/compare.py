@@ -106,7 +106,7 @@ MARGIN = 0.05
 # in a hundred comparisons of runs that differ only in rounding (benchmarks/statistics.py).
 ALPHA = 0.01
 # Cost thresholds: a 2x slowdown (steps/s) or 1.5x more peak memory is news even when the loss
-# is fine. Within one machine, run-to-run noise of steps/s here was under 10% (README).
+# is fine. Within one machine, run-to-run noise of steps/s here was under 10% (docs/measured/index.md).
 SLOWDOWN = 2.0
 MEMORY_GROWTH = 1.5
 # Curves, descriptively: two traces "separate" where their 10-step rolling means differ by more

@@ -91,7 +91,7 @@ COURSE_EVENTS = ("recovery", "plateau")
 class Thresholds:
     """Every number a verdict depends on, with where it comes from. "Points" are logged points.
     Numbers marked *tuned* were chosen on the tuning families of benchmarks/detection.py and are
-    reported on its held-out families too (README "Detection")."""
+    reported on its held-out families too (docs/measured/detection.md)."""
 
     # Spikes: OLMo-core's stability monitor flags a value above mean + 6 std of the last 128. Here
     # a positive signal's residual is taken in log space (its noise is multiplicative) from the

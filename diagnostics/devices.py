@@ -53,7 +53,7 @@ def worker_device_index(worker_number: int, n_visible: int) -> int:
 
 
 # xdist workers per visible GPU for ``-n gpus`` (tox -e gpu): small models leave a GPU mostly
-# idle, so several processes share one, pinned round-robin (worker_device_index). README "GPU"
+# idle, so several processes share one, pinned round-robin (worker_device_index). docs/howto/gpu.md
 # has the runs per minute measured with 1, 2 and 4 (benchmarks/gpu_check.py).
 WORKERS_PER_GPU_ENV = "DIAGNOSTICS_WORKERS_PER_GPU"
 DEFAULT_WORKERS_PER_GPU = 4

@@ -16,11 +16,21 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
     return {}
 
 
-def command_options() -> dict[str, set[str]]:
-    """Every subcommand of ``diagnostics`` and the option strings it accepts."""
+def commands() -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand of ``diagnostics`` by name, a nested one as "plot lr"."""
     from .cli import build_parser
 
-    return {name: set(p._option_string_actions) for name, p in subparsers(build_parser()).items()}
+    out = {}
+    for name, p in subparsers(build_parser()).items():
+        out[name] = p
+        out.update({f"{name} {sub}": q for sub, q in subparsers(p).items()})
+    return out
+
+
+def command_options() -> dict[str, set[str]]:
+    """Every subcommand of ``diagnostics`` (nested ones as "plot lr") and the option strings it
+    accepts."""
+    return {name: set(p._option_string_actions) for name, p in commands().items()}
 
 
 def _cell(text: str) -> str:
@@ -47,19 +57,22 @@ def _option_row(action: argparse.Action) -> str:
 def reference_markdown() -> str:
     """The whole command reference: each subcommand's purpose, usage, positional arguments and
     options (with their help, which names each registry's entries), then the registries."""
-    from .cli import COMMANDS, build_parser
+    from .cli import COMMANDS
     from .models import MODELS
     from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
     from .spec import GRIDS
 
-    parsers = subparsers(build_parser())
+    parsers = commands()
     lines = ["# Command reference", "",
              "Generated from the command-line parser and the registries at each documentation build "
              "(`diagnostics/docs.py`); `diagnostics COMMAND --help` prints the same.", ""]
-    for name, helptext, *_ in COMMANDS:
+    names = [(n, h) for n, h, *_ in COMMANDS]
+    names = [(full, h if full == n else parsers[full].description or "") for n, h in names
+             for full in [n] + [k for k in parsers if k.startswith(n + " ")]]
+    for name, helptext in names:
         p = parsers[name]
         lines += [f"## `diagnostics {name}`", "", _cell(helptext) + ".", "", "```", _usage(name, p), "```", ""]
-        positional = [a for a in p._actions if not a.option_strings]
+        positional = [a for a in p._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
         if positional:
             lines += ["| argument | |", "|---|---|"]
             lines += [f"| `{a.metavar or a.dest}` | {_cell(a.help or '')} |" for a in positional]

@@ -116,7 +116,7 @@ def memory() -> dict[str, float]:
 
 
 # torch.__config__.show()'s lines that name what builds the CPU kernels: when a release changes
-# the bits of every CPU run, these usually say why (README "Releases since 2.0")
+# the bits of every CPU run, these usually say why (docs/concepts/releases.md)
 BUILD_LINES = {"torch_build_compiler": ("GCC ", "clang "), "torch_build_blas": ("Math Kernel Library", "OpenBLAS"),
                "torch_build_onednn": ("MKL-DNN", "oneDNN")}
 

@@ -25,7 +25,7 @@ from torch.optim import lr_scheduler as sched
 
 from . import compat
 
-WARMUP_FRACTION = 0.1  # the chapter's rule (README "Grids"): W = 10% of the run
+WARMUP_FRACTION = 0.1  # the chapter's rule (docs/concepts/grids.md): W = 10% of the run
 NO_DECAY_MODULES = compat.NORM_MODULES
 
 

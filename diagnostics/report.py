@@ -1,4 +1,4 @@
-"""CSV schema, writers and readers: the public output (the CSV contract: README "Reading the output").
+"""CSV schema, writers and readers: the public output (the CSV contract: docs/concepts/output.md).
 
 Writers append whole runs under an exclusive file lock, so pytest-xdist workers can share one
 report directory and a crash keeps every run that finished. ``finalize`` sorts the files once the

@@ -111,7 +111,7 @@ GRIDS: dict[str, Grid] = {
                   schedulers=("cosine",), warmups=("linear",), steps=60),
     # the chapter's full recipe grid on the CPU-sized models: 2 x 3 x 5 x 2 = 60 runs
     "default": Grid("default", "convergence", models=("gpt", "resnet"), steps=200),
-    # GPU nightly, sized to 15 minutes on one H100 with 4 workers (README "GPU"): the chapter's
+    # GPU nightly, sized to 15 minutes on one H100 with 4 workers (docs/howto/gpu.md): the chapter's
     # recipe grid on the larger presets and torchvision's resnet18 (3 x 3 x 5 x 2 = 90 runs of
     # 500 steps), and the release axes on gpt-small and ResNet-20 with AdamW: for-loop / foreach /
     # fused x eager / inductor x fp32 / tf32 / bf16 / fp16 (2 x 3 x 2 x 4 = 48 runs of 200 steps)
@@ -124,7 +124,7 @@ GRIDS: dict[str, Grid] = {
                            Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
                                 warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
                                 attentions=("math", "flash", "efficient", "cudnn")),)),
-    # release: the paths torch releases change (README "Releases"), ~7 min on 2 CPU cores. gpt and
+    # release: the paths torch releases change (docs/concepts/releases.md), ~7 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
     # 2 x 3 x 3 x 3 = 54 runs of 60 steps. AdamW: the optimizer of the reports (fused AdamW with
@@ -135,7 +135,7 @@ GRIDS: dict[str, Grid] = {
                     parts=(Grid("release", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
                                 warmups=("linear",), precisions=("fp32", "bf16"), impls=("forloop", "fused"),
                                 attentions=("math", "flash"), steps=60),)),
-    # changelog: every torch release's convergence on CPU in a few minutes each (README "Releases
+    # changelog: every torch release's convergence on CPU in a few minutes each (docs/concepts/releases.md
     # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
     # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
     # bf16 / fp16, aot_eager / inductor, math / flash attention (gpt); 2 seeds, 60 steps: 92 runs

@@ -1,6 +1,6 @@
 """The CUDA branches that can be checked without a GPU: worker placement, the determinism warning
 capture, the attention backend, DDP's device per rank, the environment's fields. (What ran on a
-GPU: README "GPU", benchmarks/gpu_check.py.)"""
+GPU: docs/howto/gpu.md, benchmarks/gpu_check.py.)"""
 
 import warnings
 
