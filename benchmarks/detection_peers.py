@@ -209,8 +209,8 @@ def score(p, calls: Calls, project_verdict=None, project_events=None) -> dict[st
         near = set(steps[max(0, i - w): i + w + 1])
         hits = list(calls.spikes) + ([calls.diverged_at] if p["signal"] == "loss" and diverged else [])
         out["spikes located"] = any(s in near for s in hits)
-    elif expect == "stalled" and project_verdict is not None:
-        out["stalls found"] = project_verdict.status == "stalled"
+    elif expect == "stalled":  # no peer judges whether a run learned: NaN, "no verdict"
+        out["stalls found"] = math.nan if project_verdict is None else project_verdict.status == "stalled"
     return out
 
 
@@ -255,6 +255,8 @@ MEASURES = ("divergence recall", "step error", "false diverged", "spikes located
 def cell(values: list | None, measure: str, diverges: bool) -> str:
     if not values:
         return "-"
+    if all(v != v for v in values):
+        return "no verdict"
     if measure in ("divergence recall", "step error") and not diverges:
         return "no verdict"
     if measure == "step error":

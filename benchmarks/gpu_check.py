@@ -12,9 +12,16 @@ pytest's JUnit XML):
    aot_eager / inductor x fp32 / bf16 (8 runs).
 3. ``repro``: the reproducibility suite on the smoke grid: twice-same, resume, DDP (a stated skip
    with fewer than 2 GPUs), CPU vs CUDA.
-4. ``nightly-wN``: a slice of the nightly grid (gpt-small, ResNet-20, resnet18 x AdamW and SGD x
-   fp32 / bf16, 100 steps: 12 runs) with N = 1, 2, 4 xdist workers per GPU: runs per minute.
-5. ``nightly-shard``: shard 1/4 of the nightly grid itself with 4 workers per GPU: its wall time
+4. ``attention``: gpt x AdamW x each attention kernel (math, flash, memory-efficient, cuDNN) x
+   fp32 / bf16 (8 runs; a kernel the GPU or release lacks is a stated skip): the row's
+   ``sdpa_backend`` says which kernel ran, ``deterministic`` whether it was.
+   ``repeat-noise``: ``diagnostics calibrate`` of gpt x AdamW x the memory-efficient kernel x bf16
+   with the ``repeat1,repeat2`` perturbations only (the same run again): the run-to-run noise of
+   a nondeterministic kernel, into a scratch baseline folder (the committed ones are not touched).
+5. ``nightly-w4``: a slice of the nightly grid (gpt-small, ResNet-20, resnet18 x AdamW and SGD x
+   fp32 / bf16, 100 steps: 12 runs) with 4 xdist workers per GPU (1, 2 and 4 were measured
+   before: 4 is the default): runs per minute.
+6. ``nightly-shard``: shard 1/4 of the nightly grid itself with 4 workers per GPU: its wall time
    x 4 is the nightly grid's time on one GPU.
 
 Results: ``DIR/results.csv`` (a row per step: rc, wall time, runs, statuses, runs per minute),
@@ -46,14 +53,18 @@ CUDA = ["--devices", "cuda", "--allow-no-baseline", "--quiet"]  # no CUDA baseli
 NIGHTLY_SLICE = ["--grid", "nightly", "--optimizers", "adamw,sgd", "--schedulers", "cosine", "--warmup", "linear",
                  "--impls", "default", "--compile", "none", "--precision", "fp32,bf16", "--steps", "100"]
 NIGHTLY_SHARDS = 4  # the nightly grid's time: one shard of this many, measured, times this many
-STEPS = [  # (name, diagnostics run arguments, workers per GPU, timeout in seconds)
+ATTENTION = ["--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--attention", "math,flash,efficient,cudnn",
+             "--precision", "fp32,bf16"]
+REPEAT = ["calibrate", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--attention", "efficient",
+          "--precision", "bf16", "--devices", "cuda", "--perturbations", "repeat1,repeat2", "--perturb-seeds", "1"]
+STEPS = [  # (name, diagnostics arguments (a run unless they start with another verb), workers per GPU, timeout s)
     ("smoke", ["--grid", "smoke", *CUDA], 2, 150),
     ("release-eager", ["--grid", "release", "--compile", "none", "--precision", "fp32,tf32,bf16,fp16", *CUDA], 4, 200),
     ("release-compile", ["--grid", "release", "--impls", "fused", "--compile", "aot_eager,inductor",
                          "--precision", "fp32,bf16", *CUDA], 4, 240),
     ("repro", ["--suite", "reproducibility", "--grid", "smoke", "--devices", "cpu,cuda", "--quiet"], 2, 200),
-    ("nightly-w1", [*NIGHTLY_SLICE, *CUDA], 1, 200),
-    ("nightly-w2", [*NIGHTLY_SLICE, *CUDA], 2, 150),
+    ("attention", [*ATTENTION, *CUDA], 4, 120),
+    ("repeat-noise", REPEAT, 2, 150),
     ("nightly-w4", [*NIGHTLY_SLICE, *CUDA], 4, 150),
     ("nightly-shard", ["--grid", "nightly", "--shard", f"1/{NIGHTLY_SHARDS}", *CUDA], 4, 330),
 ]
@@ -62,8 +73,13 @@ STEPS = [  # (name, diagnostics run arguments, workers per GPU, timeout in secon
 def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path, log) -> dict:
     """One diagnostics session; its row of results.csv."""
     report_dir = work / name
-    cmd = [sys.executable, "-m", "diagnostics", "run", *args, "-n", "gpus", "--report-dir", str(report_dir),
-           "--", f"--junitxml={report_dir}/junit.xml", "-p", "no:cacheprovider"]
+    if args[0] == "calibrate":  # its sessions go under the step's folder, its noise into a scratch baseline
+        cmd = [sys.executable, "-m", "diagnostics", *args, "-n", "gpus", "--work-dir", str(report_dir),
+               "--baseline", str(report_dir / "baseline")]
+        report_dir = report_dir / "baseline"
+    else:
+        cmd = [sys.executable, "-m", "diagnostics", "run", *args, "-n", "gpus", "--report-dir", str(report_dir),
+               "--", f"--junitxml={report_dir}/junit.xml", "-p", "no:cacheprovider"]
     env = dict(os.environ, DIAGNOSTICS_WORKERS_PER_GPU=str(per_gpu), PYTHONUNBUFFERED="1")
     log.write(f"\n=== {name}: {' '.join(cmd[1:])}\n")
     log.flush()
@@ -84,6 +100,10 @@ def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path,
                    mean_run_s=round(float(trained["runtime_s"].mean()), 2) if len(trained) else None,
                    mean_steps_per_s=round(float(trained["steps_per_s"].mean()), 1) if len(trained) else None,
                    nondeterministic=int((trained["deterministic"].astype(str) == "False").sum()))
+    if (report_dir / "tolerances.csv").exists():  # the repeat noise: final-loss noise relative to the loss
+        tol = report.read_csv(report_dir / "tolerances.csv")
+        rel = (tol["final_loss_noise"] / tol["final_loss_reference"].abs()).round(8).tolist()
+        row["statuses"] += f" | repeat noise (final loss, relative): {rel}"
     if (report_dir / "repro.csv").exists():
         repro = report.read_csv(report_dir / "repro.csv")
         row["statuses"] += " | repro: " + summary.counts(repro["check"] + ":" + repro["result"])
@@ -125,7 +145,8 @@ def main(argv=None) -> int:
 
     steps = STEPS
     if a.rehearse:
-        cpu = {"cuda": "cpu", "cpu,cuda": "cpu"}
+        # on CPU: no repeat noise (a rerun is bitwise the same) and no memory-efficient kernel
+        cpu = {"cuda": "cpu", "cpu,cuda": "cpu", "repeat1,repeat2": "threads2", "efficient": "math"}
         steps = [(n, [cpu.get(x, x) for x in args] + ["--models", "gpt", "--steps", "4", "--size", "tiny"], k, t)
                  for n, args, k, t in STEPS]
     elif not torch.cuda.is_available():
