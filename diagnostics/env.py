@@ -133,6 +133,40 @@ def torch_build() -> dict[str, str]:
             for key, marks in BUILD_LINES.items()}
 
 
+def cpu_capability() -> str:
+    """The vectorised CPU kernels torch dispatches to on this machine (DEFAULT, AVX2, AVX512,
+    ...): ``torch.backends.cpu.get_cpu_capability()`` where it exists (2.1+), else the "CPU
+    capability usage" line of ``torch.__config__.show()``; "" where neither says. Two releases on
+    one machine can select different ones, and so compute different bits with the same kernels'
+    source (``ATEN_CPU_CAPABILITY`` pins it)."""
+    backend = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    if backend is not None:
+        try:
+            return str(backend())
+        except Exception:  # a build that cannot say
+            pass
+    try:
+        text = torch.__config__.show()
+    except Exception:
+        return ""
+    line = next((ln for ln in text.splitlines() if "CPU capability usage" in ln), "")
+    return line.split(":", 1)[1].strip() if ":" in line else ""
+
+
+def cpu_flags() -> str:
+    """The CPU's vector instruction flags that torch's dispatch chooses between (from
+    /proc/cpuinfo; "" where it is not readable)."""
+    wanted = ("avx", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16", "fma",
+              "sve", "neon", "asimd")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.startswith(("flags", "Features"))), [])
+    return ",".join(f for f in wanted if f in flags)
+
+
 def capture(devices: tuple[str, ...] = ()) -> dict[str, str]:
     """Everything env.csv holds: versions, hardware, memory, threads, determinism profile."""
     from .devices import available_devices
@@ -146,6 +180,8 @@ def capture(devices: tuple[str, ...] = ()) -> dict[str, str]:
         "available_devices": ",".join(available_devices()),
         "requested_devices": ",".join(devices),
         "torchvision_problem": torchvision_status()[1],
+        "cpu_capability": cpu_capability(),
+        "cpu_flags": cpu_flags(),
     })
     env.update(torch_build())
     env.update({k: f"{v:.0f}" for k, v in memory().items()})

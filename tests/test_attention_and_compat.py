@@ -115,3 +115,17 @@ def test_a_layernorm_without_bias_is_the_same_module_on_a_release_without_the_ar
     x = torch.randn(3, 8)
     assert torch.equal(old(x), modern(x))
     assert compat.layer_norm(8, bias=True).bias is not None
+
+
+def test_env_records_the_cpu_capability_torch_dispatches_to(monkeypatch):
+    import torch
+
+    from diagnostics import env
+
+    assert env.capture()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # an older release without the function: the "CPU capability usage" line of the build config
+    monkeypatch.delattr(torch.backends.cpu, "get_cpu_capability")
+    monkeypatch.setattr(torch.__config__, "show", lambda: "PyTorch built with:\n  - CPU capability usage: AVX2\n")
+    assert env.cpu_capability() == "AVX2"
+    monkeypatch.setattr(torch.__config__, "show", lambda: "PyTorch built with:\n")
+    assert env.cpu_capability() == ""
