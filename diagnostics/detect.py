@@ -547,7 +547,9 @@ class Monitor:
         spikes = n_loss  # gradient-norm spikes are events; the loss is what an unstable run shows
         if spikes >= t.unstable_min_spikes and spikes / self.n > t.unstable_spike_rate:
             return Verdict("unstable", f"{spikes} loss spike incidents in {self.n} points", **stats)
-        return Verdict("converged", f"closed {closed:.0%} of the gap to the floor {self.floor:.3g}", **stats)
+        how = (f"the loss fell {closed:.0%} from {initial:.4g} to {final:.4g} (floor unknown)" if math.isnan(self.loss_floor)
+               else f"closed {closed:.0%} of the gap to the floor {self.floor:.3g}")
+        return Verdict("converged", f"learned: {how}", **stats)
 
     def window(self) -> int:
         """Points in the late window (``late_fraction`` of the run, at least 3)."""

@@ -95,7 +95,8 @@ class Session:
                 f"{self.baseline_dir(grid_name)}. Create it with `python -m diagnostics calibrate --grid {grid_name} "
                 f"--devices {','.join(types)}` (about {took}: {runs} runs at this project's measured speed on "
                 f"{max(gpus, 1)} {'GPU' if types != ['cpu'] else 'CPU'}{'s' if gpus > 1 and types != ['cpu'] else ''}), "
-                "then commit that folder. This session trains the grid and fails once, at its end.")
+                "then commit that folder. This session trains the grid and fails once, at its end "
+                "(--allow-no-baseline: it passes unjudged).")
 
     def record_repro(self, row: dict) -> None:
         report.append(self.report_dir / repro.REPRO, [row], repro.REPRO_COLUMNS)

@@ -119,7 +119,7 @@ def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
     common = ["run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--data-dir", str(d0 / "data"),
               "--models", "gpt", "--baseline", str(base)]
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r0"))  # nothing to judge against: fails
-    assert proc.returncode == 1 and "no baseline to judge it against (--allow-no-baseline" in proc.stdout
+    assert proc.returncode == 1 and "no baseline for grid smoke on cpu" in proc.stdout and "--allow-no-baseline" in proc.stdout
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r1"), "--update-baseline")
     assert proc.returncode == 0 and base.exists() and "baseline updated" in proc.stdout, proc.stdout[-2000:]
     proc = diagnostics(*common, "--report-dir", str(tmp_path / "r2"))
