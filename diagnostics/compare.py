@@ -214,10 +214,8 @@ def noise_band(tol: dict | None, value: str = "final_loss") -> float | None:
     """The largest difference one seed can show and stay within noise in a single test at ALPHA
     (the critical t times the value's noise); None where no noise was measured. For checks of one
     pair outside a comparison (repro.py: DDP, cross-device)."""
-    from scipy import stats as sps
-
     sigma, df = noise_of(tol, value)
-    return None if not np.isfinite(sigma) else float(sps.t.isf(ALPHA / 2, df) * sigma)
+    return None if not np.isfinite(sigma) else float(stats.t_isf(ALPHA / 2, df) * sigma)
 
 
 # ------------------------------------------------------------------------------------------

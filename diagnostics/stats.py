@@ -57,6 +57,56 @@ def pooled_noise(groups) -> tuple[float, int]:
     return (math.sqrt(2.0 * ss / df), df) if df else (math.nan, 0)
 
 
+# The distributions the tests need, as the special functions scipy.stats itself evaluates them
+# with (scipy.stats' ``t._sf``, ``t._isf``, ``norm._sf``/``_cdf``, ``chi2._pdf``/``_ppf``/``_isf``):
+# the same numbers, bit for bit (tests/test_stats.py), without importing scipy.stats (about a
+# second per process) or its per-call argument handling (about 100 us per scalar call, which the
+# MDE's integral makes thousands of).
+
+
+def t_sf(x, dof):
+    from scipy import special
+
+    return special.stdtr(dof, -np.asarray(x, dtype=float))
+
+
+def t_isf(q: float, dof) -> float:
+    from scipy import special
+
+    return -special.stdtrit(dof, q)
+
+
+def norm_sf(x):
+    from scipy import special
+
+    return special.ndtr(-np.asarray(x, dtype=float))
+
+
+def norm_cdf(x):
+    from scipy import special
+
+    return special.ndtr(np.asarray(x, dtype=float))
+
+
+def chi2_pdf(v, dof):
+    from scipy import special
+
+    v = np.asarray(v, dtype=float)
+    return np.exp(special.xlogy(dof / 2.0 - 1, v) - v / 2.0 - special.gammaln(dof / 2.0) - (np.log(2) * dof) / 2.0)
+
+
+def chi2_ppf(q: float, dof) -> float:
+    from scipy import special
+
+    return 2 * special.gammaincinv(dof / 2, q)
+
+
+def chi2_isf(q: float, dof) -> float:
+    from scipy import special
+
+    return special.chdtri(dof, q)
+
+
 def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(t, two-sided p, degrees of freedom) that paired differences have mean zero, against a
     calibrated noise ``sigma`` (sd of one difference, with ``df`` degrees of freedom) pooled with
@@ -65,8 +115,6 @@ def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     spread; with neither (one difference and no noise, or no spread at all), zero differences
     give p 1 and any other p 0. No difference at all gives NaN. One difference is judged with at
     most SINGLE_TAIL_DF degrees of freedom (heavy tails); the returned dof is the one used."""
-    from scipy import stats
-
     d = np.asarray(diffs, dtype=float)
     present = np.isfinite(d)
     n = present.sum(axis=-1)
@@ -80,7 +128,7 @@ def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         var = (df_noise * np.where(known, sigma, 0.0) ** 2 + spread) / dof
         t = mean * np.sqrt(n) / np.sqrt(var)
         dof = np.where(n == 1, np.minimum(dof, SINGLE_TAIL_DF), dof)
-        p = 2 * stats.t.sf(np.abs(t), np.maximum(dof, 1))
+        p = 2 * t_sf(np.abs(t), np.maximum(dof, 1))
     degenerate = (dof < 1) | ~(var > 0)
     p = np.where(degenerate, np.where(mean == 0, 1.0, 0.0), p)
     t = np.where(degenerate, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)), t)
@@ -120,13 +168,13 @@ def t_power(ncp: float, dof: int, crit: float) -> float:
     """P(|T| > crit) for T noncentral t with ``dof`` degrees of freedom and noncentrality
     ``ncp``: T = (Z + ncp) / sqrt(V / dof), V chi-square, integrated over V (scipy's ``nct``
     loses its accuracy, and its monotonicity, far in the tail this is used in)."""
-    from scipy import integrate, stats
+    from scipy import integrate
 
     def given(v):
         s = crit * math.sqrt(v / dof)
-        return (stats.norm.sf(s - ncp) + stats.norm.cdf(-s - ncp)) * stats.chi2.pdf(v, dof)
+        return (norm_sf(s - ncp) + norm_cdf(-s - ncp)) * chi2_pdf(v, dof)
 
-    lo, hi = stats.chi2.ppf(1e-12, dof), stats.chi2.isf(1e-12, dof)
+    lo, hi = chi2_ppf(1e-12, dof), chi2_isf(1e-12, dof)
     return float(integrate.quad(given, lo, hi, limit=200)[0])
 
 
@@ -135,9 +183,9 @@ def noncentrality(dof: int, alpha: float, power: float, judged_with: int | None 
     """The noncentrality at which a two-sided t statistic with ``dof`` degrees of freedom,
     compared with the critical value at level ``alpha`` of a t with ``judged_with`` (default:
     ``dof``), rejects with probability ``power`` (cached: a comparison asks for few distinct ones)."""
-    from scipy import optimize, stats
+    from scipy import optimize
 
-    crit = float(stats.t.isf(alpha / 2, judged_with or dof))
+    crit = float(t_isf(alpha / 2, judged_with or dof))
     hi = 2 * crit + 10
     while t_power(hi, dof, crit) < power:
         hi *= 2
