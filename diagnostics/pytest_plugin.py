@@ -205,6 +205,16 @@ class Progress:
             terminalreporter.write_line(stability.summary(report.read_csv(session.report_dir / stability.STABILITY)))
 
 
+def judged_new(s: Session) -> bool:
+    """Whether any run of the session was judged and found no baseline (a suite that judges no
+    run against the baseline, the reproducibility checks, never fails for its absence)."""
+    path = s.report_dir / report.RUNS
+    if not path.exists():
+        return False
+    runs = report.read_csv(path)
+    return "baseline_check" in runs and bool((runs["baseline_check"] == "new").any())
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Before any training: a grid with no baseline at all says so once (Session.missing_baseline)."""
     s = session.config.stash.get(SESSION, None)
@@ -219,7 +229,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if s is None or is_worker(config):
         return
     terminal = config.pluginmanager.get_plugin("terminalreporter")
-    if s.no_baseline and exitstatus != pytest.ExitCode.INTERRUPTED:
+    if s.no_baseline and exitstatus != pytest.ExitCode.INTERRUPTED and judged_new(s):
         if terminal:
             terminal.ensure_newline()
             terminal.write_line(f"FAILED: {s.no_baseline}", red=True, bold=True)

@@ -90,10 +90,11 @@ class Session:
         types = sorted({spec.device.split(":")[0] for spec in specs})
         gpus = max(torch.cuda.device_count(), 1) if any(t != "cpu" for t in types) else 1
         minutes, runs = calibrate.estimate_minutes(specs, gpus=gpus)
-        took = f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min" if minutes >= 1 else "under a minute"
+        took = (f"about {minutes / 60:.1f} h" if minutes >= 90 else f"about {minutes:.0f} min" if minutes >= 1
+                else "under a minute")
         return (f"no baseline for grid {grid_name} on {', '.join(types)}: none of its {len(specs)} runs is in "
                 f"{self.baseline_dir(grid_name)}. Create it with `python -m diagnostics calibrate --grid {grid_name} "
-                f"--devices {','.join(types)}` (about {took}: {runs} runs at this project's measured speed on "
+                f"--devices {','.join(types)}` ({took}: {runs} runs at this project's measured speed on "
                 f"{max(gpus, 1)} {'GPU' if types != ['cpu'] else 'CPU'}{'s' if gpus > 1 and types != ['cpu'] else ''}), "
                 "then commit that folder. This session trains the grid and fails once, at its end "
                 "(--allow-no-baseline: it passes unjudged).")
