@@ -185,16 +185,18 @@ class Thresholds:
     late_fraction: float = 0.1  # the final loss is the mean of the last 10% of points
     # stalled: the run did not learn, judged over its whole curve (``Monitor.learned``). It
     # learned when its final level (the median of the last ``late_fraction`` of points) is below
-    # its starting level (the median of the first ``early_steps`` points: the untrained model) by
-    # more than ``stall_sigmas`` standard errors of that difference (the loss's own robust noise
-    # per point, SpikeRule.sigma; the first point alone where it is above that median by more than
-    # ``stall_sigmas`` of that noise: a log written every few hundred steps may reach its floor
-    # by its second point), *and* by a
-    # practical margin: ``stall_min_progress`` (20%) of
-    # the gap to the floor where the floor is known (a classifier that closes a tenth of the way
+    # its starting level (the median of the first ``early_steps`` points, the untrained model; the
+    # first point alone where it is above that median by more than ``stall_sigmas`` of the noise:
+    # a log written every few hundred steps may reach its floor by its second point) by more than
+    # ``stall_sigmas`` standard errors of that difference (the loss's own robust noise per point,
+    # SpikeRule.sigma), *and* by a practical margin: ``stall_min_progress`` (20%) of the gap to
+    # the floor where the floor is known (as before: a classifier that closes a tenth of the way
     # to its entropy learned nothing that matters), ``stall_min_gain`` (5%) of its starting level
-    # where it is not (no floor is assumed: a fine-tuning log starts near its floor). A run that
-    # fell and then sat still *learned*: its plateau is an event (below), not a failure.
+    # where it is not (no floor is assumed: a fine-tuning log starts near its floor). 3 standard
+    # errors and 5% are the plateau rule's own significance and practical gain (below), set
+    # before the held-out families were written and not tuned on them (docs/measured/detection.md:
+    # no healthy family above 0.5% stalled, every never-learning one found). A run that fell and
+    # then sat still *learned*: its plateau is an event (below), not a failure.
     stall_min_progress: float = 0.2
     stall_min_gain: float = 0.05
     stall_sigmas: float = 3.0
