@@ -16,7 +16,7 @@ from .spec import Grid, GridOptions, RunSpec, resolve_grid
 from .train import RunResult
 
 SESSION_FILE = ".session"  # in the report directory: the token of the session that started it
-COMPLETE_FILE = ".complete"  # ... and the token of the session that finished it
+RUNNING_FILE = ".running"  # ... while that session has not finished (``finish`` removes it)
 RESUMED = ".resumed"  # what a resumed session kept (one line, printed in its summary)
 # what a kept row must share with this process, besides its grid point: the code and the stack
 RESUME_MATCH = ("git_sha", "torch_version", "torchvision_version", "lion_pytorch_version", "python_version",
@@ -149,16 +149,13 @@ class Session:
 
 
 def unfinished(report_dir: Path) -> int:
-    """How many finished runs an interrupted session left in ``report_dir`` (0: the directory is
-    empty, or its session finished: ``finish`` wrote its token to COMPLETE_FILE; a directory
-    written before that file existed counts as finished when it has the derived seeds.csv)."""
+    """How many finished runs an interrupted session left in ``report_dir``: 0 when the directory
+    is empty or its session finished. A session marks the directory RUNNING_FILE when it starts
+    and ``finish`` removes the mark, so a killed session's directory keeps it; one written before
+    the mark existed has none and counts as finished."""
     report_dir = Path(report_dir)
-    marker, done, runs = report_dir / SESSION_FILE, report_dir / COMPLETE_FILE, report_dir / report.RUNS
-    if not marker.exists() or not runs.exists():
-        return 0
-    if done.exists() and done.read_text() == marker.read_text():
-        return 0
-    if not done.exists() and (report_dir / repro.SEEDS).exists():
+    running, runs = report_dir / RUNNING_FILE, report_dir / report.RUNS
+    if not running.exists() or not runs.exists():
         return 0
     return len(report.read_csv(runs))
 
@@ -254,6 +251,7 @@ def claim(s: Session, specs: list[RunSpec] | None = None) -> None:
         if line:
             (s.report_dir / RESUMED).write_text(line + "\n")
         marker.write_text(s.token)
+        (s.report_dir / RUNNING_FILE).write_text(s.token)
 
 
 def started_here(s: Session) -> bool:
@@ -281,7 +279,7 @@ def write_derived(report_dir: Path, runs: pd.DataFrame) -> dict[str, int]:
 def finish(s: Session, complete: bool = True) -> tuple[list[str], bool]:
     """Sort the session's files, write the derived tables and, with ``--update-baseline``, each
     grid's rows into its baseline folder; a ``complete`` session (not interrupted: Ctrl-C ends
-    one here too) marks the directory finished (COMPLETE_FILE) and removes its lock files.
+    one here too) marks the directory finished (removes RUNNING_FILE) and removes its lock files.
     Returns the lines to show and whether the session must fail (a refused baseline update:
     errored or skipped runs without ``--force``)."""
     report.finalize(s.report_dir)
@@ -301,6 +299,6 @@ def finish(s: Session, complete: bool = True) -> tuple[list[str], bool]:
     if runs is not None:
         write_derived(s.report_dir, runs)
     if complete:
-        (s.report_dir / COMPLETE_FILE).write_text(s.token)
+        (s.report_dir / RUNNING_FILE).unlink(missing_ok=True)
     report.remove_locks(s.report_dir)
     return lines, failed

@@ -39,3 +39,20 @@ def test_empty_cells_match_empty_cells_only():
     assert session.same(float("nan"), "") and session.same(None, float("nan"))
     assert session.same(1, 1.0) and session.same("2.14.1", "2.14.1")
     assert not session.same("", "x") and not session.same(1, 2)
+
+
+def test_only_a_session_that_did_not_finish_leaves_its_directory_unfinished(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "runs.csv").write_text("run_id,status\na,converged\nb,converged\n")
+    (d / session.SESSION_FILE).write_text("old-token")
+    assert session.unfinished(d) == 0  # finished, or written before sessions marked themselves running
+    session.refuse_unfinished(d)
+    (d / session.RUNNING_FILE).write_text("old-token")  # a session that was killed: the mark stays
+    assert session.unfinished(d) == 2
+    import pytest
+
+    from diagnostics import report
+
+    with pytest.raises(report.ReportError, match="holds an interrupted session with 2 finished run"):
+        session.refuse_unfinished(d)
