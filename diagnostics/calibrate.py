@@ -67,11 +67,12 @@ def estimate_minutes(specs, perturb_seeds: int = 2, gpus: int = 1) -> tuple[floa
     if not specs:
         return 0.0, 0
     seeds = sorted({s.seed for s in specs})[:perturb_seeds]
-    reruns = len(perturb.default_for({s.device.split(":")[0] for s in specs}))
+    kind = lambda s: s.device.split(":")[0]  # noqa: E731
+    reruns = len(perturb.default_for({kind(s) for s in specs}))
     runs = [(s, 1 + (reruns if s.seed in seeds else 0)) for s in specs]
-    seconds = sum(n * s.steps * SECONDS_PER_RUN_STEP.get(s.device.split(":")[0], SECONDS_PER_RUN_STEP["cuda"])
-                  / (max(gpus, 1) if not s.device.startswith("cpu") else 1) for s, n in runs)
-    return seconds / 60, sum(n for _, n in runs)
+    per_step = lambda s: SECONDS_PER_RUN_STEP.get(kind(s), SECONDS_PER_RUN_STEP["cuda"]) / (  # noqa: E731
+        1 if kind(s) == "cpu" else max(gpus, 1))
+    return sum(n * s.steps * per_step(s) for s, n in runs) / 60, sum(n for _, n in runs)
 
 
 def noise_floor(value: str, reference: float, run: dict) -> float:

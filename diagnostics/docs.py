@@ -66,10 +66,11 @@ def reference_markdown() -> str:
     lines = ["# Command reference", "",
              "Generated from the command-line parser and the registries at each documentation build "
              "(`diagnostics/docs.py`); `diagnostics COMMAND --help` prints the same.", ""]
-    names = [(n, h) for n, h, *_ in COMMANDS]
-    names = [(full, h if full == n else parsers[full].description or "") for n, h in names
-             for full in [n] + [k for k in parsers if k.startswith(n + " ")]]
-    for name, helptext in names:
+    sections = []  # each command, then its own subcommands ("plot lr") with their descriptions
+    for name, helptext, *_ in COMMANDS:
+        sections.append((name, helptext))
+        sections += [(k, parsers[k].description or "") for k in parsers if k.startswith(name + " ")]
+    for name, helptext in sections:
         p = parsers[name]
         lines += [f"## `diagnostics {name}`", "", _cell(helptext) + ".", "", "```", _usage(name, p), "```", ""]
         positional = [a for a in p._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]

@@ -304,7 +304,11 @@ def task_loss(model: nn.Module, task: str, batch: tuple[torch.Tensor, torch.Tens
     against (N, T) targets, or class cross entropy of an image model's logits (N, classes). Every
     model, built in or registered, trains on this: a module only maps inputs to logits."""
     x, y = batch
-    logits = model(x).float()
+    return logits_loss(model(x).float(), task, y)
+
+
+def logits_loss(logits: torch.Tensor, task: str, y: torch.Tensor) -> torch.Tensor:
+    """``task_loss`` from logits already computed (evaluation scores the same logits too)."""
     if task == "lm":
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
     return F.cross_entropy(logits, y)

@@ -45,6 +45,7 @@ class Session:
     init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)
     resume: bool = False  # keep an interrupted session's finished runs (claim, run_point)
     no_baseline: str = ""  # the grid has no baseline at all on its devices: the one line that says so
+    kept_runs: dict | None = None  # resuming: run_id -> the kept RunResult (Session.kept, read once)
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session (xdist: the controller's)
@@ -88,14 +89,15 @@ class Session:
         from . import calibrate
 
         types = sorted({spec.device.split(":")[0] for spec in specs})
-        gpus = max(torch.cuda.device_count(), 1) if any(t != "cpu" for t in types) else 1
+        on_gpu = types != ["cpu"]
+        gpus = max(torch.cuda.device_count(), 1) if on_gpu else 1
         minutes, runs = calibrate.estimate_minutes(specs, gpus=gpus)
         took = (f"about {minutes / 60:.1f} h" if minutes >= 90 else f"about {minutes:.0f} min" if minutes >= 1
                 else "under a minute")
+        where = f"{gpus} GPU{'s' if gpus > 1 else ''}" if on_gpu else "1 CPU"
         return (f"no baseline for grid {grid_name} on {', '.join(types)}: none of its {len(specs)} runs is in "
                 f"{self.baseline_dir(grid_name)}. Create it with `python -m diagnostics calibrate --grid {grid_name} "
-                f"--devices {','.join(types)}` ({took}: {runs} runs at this project's measured speed on "
-                f"{max(gpus, 1)} {'GPU' if types != ['cpu'] else 'CPU'}{'s' if gpus > 1 and types != ['cpu'] else ''}), "
+                f"--devices {','.join(types)}` ({took}: {runs} runs at this project's measured speed on {where}), "
                 "then commit that folder. This session trains the grid and fails once, at its end "
                 "(--allow-no-baseline: it passes unjudged).")
 
@@ -134,18 +136,17 @@ class Session:
         return result, verdict
 
     def kept(self, spec: RunSpec) -> RunResult | None:
-        """The finished run of ``spec`` that ``claim`` kept in the report directory, or None."""
-        runs_path = self.report_dir / report.RUNS
-        if not runs_path.exists():
-            return None
-        runs = report.read_csv(runs_path)
-        rows = runs[runs["run_id"] == spec.id]
-        if rows.empty:
-            return None
-        steps_path = self.report_dir / report.STEPS
-        steps = report.read_csv(steps_path) if steps_path.exists() else pd.DataFrame(columns=["run_id"])
-        trace = steps[steps["run_id"] == spec.id].to_dict("records")
-        return RunResult(rows.iloc[-1].to_dict(), trace)
+        """The finished run of ``spec`` that ``claim`` kept in the report directory, or None. The
+        kept rows and traces are read once per process, at its first point: ``claim`` ran before
+        any, and this session's own rows (other points) are never looked up."""
+        if self.kept_runs is None:
+            runs_path, steps_path = self.report_dir / report.RUNS, self.report_dir / report.STEPS
+            runs = report.read_csv(runs_path) if runs_path.exists() else pd.DataFrame(columns=["run_id"])
+            steps = report.read_csv(steps_path) if steps_path.exists() else pd.DataFrame(columns=["run_id"])
+            traces = {run_id: t.to_dict("records") for run_id, t in steps.groupby("run_id")}
+            self.kept_runs = {row["run_id"]: RunResult(row, traces.get(row["run_id"], []))
+                              for row in runs.to_dict("records")}
+        return self.kept_runs.get(spec.id)
 
 
 def unfinished(report_dir: Path) -> int:
@@ -211,12 +212,11 @@ def resume_directory(report_dir: Path, specs: list[RunSpec]) -> str:
     runs = report.read_csv(runs_path) if runs_path.exists() else pd.DataFrame(columns=["run_id"])
     kept, dropped = resumable(runs, specs, env.versions())
     ids = set(kept["run_id"])
-    half = 0
-    for name in (report.STEPS, report.EVENTS):
-        path = report_dir / name
+    steps_path = report_dir / report.STEPS
+    half = len(set(report.read_csv(steps_path)["run_id"]) - set(runs["run_id"])) if steps_path.exists() else 0
+    for path in (steps_path, report_dir / report.EVENTS):
         if path.exists():
             table = report.read_csv(path)
-            half += len(set(table["run_id"]) - set(runs["run_id"])) if name == report.STEPS else 0
             report.write_atomic(path, table[table["run_id"].isin(ids)])
     if runs_path.exists():
         report.write_atomic(runs_path, kept)

@@ -27,7 +27,7 @@ import torch
 from . import attention, checkpoint, compat, data, determinism, env, paths, perturb, precision
 from .detect import VERDICT_FIELDS, Monitor, Thresholds
 from .faults import NO_FAULT, Fault
-from .models import MODELS, build_model, count_params, task_loss
+from .models import MODELS, build_model, count_params, logits_loss, task_loss
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
 
@@ -184,17 +184,13 @@ def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, s
     held-out split. The metric is an accuracy for both tasks, a second signal beside the loss:
     the class accuracy of an image model (counted per image), the next-token accuracy of an LM
     (the argmax of each position's logits against its target, counted per token). The loss is
-    computed exactly as ``task_loss`` computes it (same ops), so its bits do not depend on the
-    metric."""
+    ``task_loss``'s own (``models.logits_loss``), so its bits do not depend on the metric."""
     model.eval()
     total_loss, total_correct, n, n_scored = 0.0, 0, 0, 0
     for x, y in data.val_batches(ds, device):
         with autocast:
             logits = model(x).float()
-            if ds.task == "lm":
-                loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.reshape(-1))
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, y)
+            loss = logits_loss(logits, ds.task, y)
             total_correct += int((logits.argmax(-1) == y).sum())
         total_loss += float(loss) * len(x)
         n += len(x)
