@@ -33,11 +33,16 @@ def build_change(a: dict, b: dict) -> str:
     return "; ".join(changes)
 
 
-def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> pd.DataFrame:
+def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None,
+           explained: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per transition: how many configs kept every bit (identical), changed bits within noise
     (equivalent), moved beyond noise (changed, regressed, improved, status_changed) or could not
-    be judged (skipped on either side, missing, new, unjudged); which axes changed bits; and,
-    given each version's env.csv (``builds``: version -> key -> value), what changed in its build."""
+    be judged (skipped on either side, missing, new, unjudged); which axes changed bits; given
+    each version's env.csv (``builds``: version -> key -> value), what changed in its build and
+    its CPU capability; and, given explain.csv's rows (``explained``), why: the ops the traces
+    name (``explain.summary``)."""
+    from . import explain
+
     builds = builds or {}
     out = []
     for (a, b), t in table.groupby(["from_version", "to_version"], sort=False):
@@ -51,8 +56,31 @@ def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> pd.Dat
             not_judged=int((~t["verdict"].isin(compare.JUDGED)).sum()),
             bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(compare.BEYOND_NOISE)]),
             build_change=build_change(builds.get(str(a), {}), builds.get(str(b), {})),
+            cpu_capability=capability_change(builds.get(str(a), {}), builds.get(str(b), {})),
+            why="" if explained is None else explain.summary(
+                explained[explained["transition"] == f"{a} -> {b}"], bits_changed=not judged_bits.empty),
         ))
     return pd.DataFrame(out)
+
+
+def capability_change(a: dict, b: dict) -> str:
+    """The CPU capabilities two sessions dispatched to: "AVX2", or "AVX2 -> AVX512" where they
+    differ ("" where either did not record it)."""
+    x, y = str(a.get("cpu_capability") or ""), str(b.get("cpu_capability") or "")
+    if not (x and y):
+        return ""
+    return x if x == y else f"{x} -> {y}"
+
+
+def machine(builds: dict[str, dict]) -> str:
+    """The machine a changelog was made on, from its sessions' env.csv: CPU model, flags, and
+    the capability each release dispatched to."""
+    if not builds:
+        return ""
+    first = next(iter(builds.values()))
+    caps = ", ".join(f"{v} {b.get('cpu_capability') or '?'}" for v, b in builds.items())
+    return (f"Made on {first.get('cpu_model') or 'an unrecorded CPU'} ({first.get('cpu_count_logical', '?')} logical "
+            f"cores; CPU flags: {first.get('cpu_flags') or 'not recorded'}); CPU capability per release: {caps}.")
 
 
 def paths_of(rows: pd.DataFrame) -> str:
@@ -68,15 +96,19 @@ def paths_of(rows: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
-def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None) -> str:
-    """The changelog as Markdown: the transitions table, then each config beyond noise."""
-    c = counts(table, builds)
+def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
+             explained: pd.DataFrame | None = None) -> str:
+    """The changelog as Markdown: the machine, the transitions table (with why, where traced),
+    then each config beyond noise."""
+    c = counts(table, builds, explained)
     lines = [f"## Convergence changelog: {len(c)} transitions, {table['run_id'].nunique()} configs", ""]
+    if machine(builds or {}):
+        lines += [machine(builds or {}), ""]
     lines += summary.table(c.to_dict("records"), [
         ("from", "from_version", ""), ("to", "to_version", ""), ("identical", "identical", ""),
         ("bits within noise", "equivalent", ""), ("beyond noise", "beyond_noise", ""), ("not judged", "not_judged", ""),
         ("bits changed in", "bits_changed_in", ""), ("beyond noise in", "beyond_noise_in", ""),
-        ("build change", "build_change", "")])
+        ("build change", "build_change", ""), ("CPU capability", "cpu_capability", ""), ("why (changed ops)", "why", "")])
     beyond = table[table["verdict"].isin(compare.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -128,16 +160,19 @@ def builds_of(out: Path, versions) -> dict[str, dict]:
     return found
 
 
-def write(out: Path, table: pd.DataFrame) -> Path:
-    """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html``; returns the page."""
+def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None) -> Path:
+    """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html`` (with ``explained``,
+    or else ``out/explain.csv`` where it exists, the why of each transition); returns the page."""
     from . import page
 
     out = Path(out)
+    if explained is None and (out / paths.EXPLAIN).exists():
+        explained = pd.read_csv(out / paths.EXPLAIN, dtype=str, keep_default_na=False)
     builds = builds_of(out, pd.unique(pd.concat([table["from_version"], table["to_version"]])))
-    md = markdown(table, builds)
+    md = markdown(table, builds, explained)
     (out / MARKDOWN).write_text(md, encoding="utf-8")
     figure(table, out / FIGURE)
-    c = counts(table, builds)
+    c = counts(table, builds, explained)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
     rows = "".join("<tr>" + "".join(page.cell(v) for v in r.values()) + "</tr>" for r in c.to_dict("records"))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Convergence changelog</title>",

@@ -329,8 +329,9 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare)."""
-    from . import page, release
+    """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare),
+    and their traces explained (OUT/explain.csv)."""
+    from . import explain, page, release, report
 
     if str(Path(args.base).resolve()) == str(Path(args.candidate).resolve()):
         raise UsageError(f"release {args.base} {args.candidate}: one version twice compares a report with itself; "
@@ -343,6 +344,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     compare_args = argparse.Namespace(**{**vars(args), "baseline_dir": str(base), "candidate_dir": str(cand),
                                          "fail_on_cost": False})
     code = cmd_compare(compare_args)
+    why = release.explained(base, cand, f"{args.base} -> {args.candidate}")
+    report.write_atomic(Path(args.out) / paths.EXPLAIN, why)
+    print(f"why: {explain.summary(why)} ({Path(args.out) / paths.EXPLAIN})")
     for d in (base, cand):
         try:
             page.write(d)
@@ -373,7 +377,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     moved = table[table["first_changed"] != ""]
     print(f"{len(table)} configs: {len(moved)} changed between {args.versions[0]} and {args.versions[-1]}")
     for r in moved.to_dict("records"):
-        print(f"{r['run_id']}: first {r['verdict']} at {r['first_changed']} (same at {r['last_same']})")
+        print(f"{r['run_id']}: first {r['verdict']} at {r['first_changed']} (same at {r['last_same']})"
+              + (f"; why: {r['why']}" if r.get("why") else ""))
     failed = release.failing(table, policy)
     for r in failed:
         print(f"FAILED {r['verdict'].upper()} {r['run_id']} at {args.versions[-1]}: {policy.failure(r)}")
@@ -383,6 +388,8 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
 def cmd_changelog(args: argparse.Namespace) -> int:
     """Every consecutive pair of the given releases judged: DIR/changelog.csv, .md and its page."""
+    import pandas as pd
+
     from . import changelog, compare, release, report
 
     if len(args.versions) < 2:
@@ -401,20 +408,100 @@ def cmd_changelog(args: argparse.Namespace) -> int:
         tol, _ = compare.read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
         _, margin = options.policy(lambda k: getattr(args, k, None))
 
+        explanations: list = []
+
         def write(table):
             report.write_atomic(out / paths.CHANGELOG, table)
+            if explanations:
+                report.write_atomic(out / paths.EXPLAIN, pd.concat(explanations, ignore_index=True))
 
-        table = release.changelog(cands, sessions, tol, margin, on_transition=write)
+        table = release.changelog(cands, sessions, tol, margin, on_transition=write, explanations=explanations)
     except (release.ReleaseError, ValueError) as e:
         raise UsageError(str(e)) from None
     write(table)
-    for r in changelog.counts(table, changelog.builds_of(out, args.versions)).to_dict("records"):
+    explained = pd.concat(explanations, ignore_index=True) if explanations else None
+    for r in changelog.counts(table, changelog.builds_of(out, args.versions), explained).to_dict("records"):
         print(f"{r['from_version']} -> {r['to_version']}: {r['identical']} identical, {r['equivalent']} bits within "
               f"noise, {r['beyond_noise']} beyond noise, {r['not_judged']} not judged"
               + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else "")
-              + (f"; build: {r['build_change']}" if r["build_change"] else ""))
-    page = changelog.write(out, table)
-    print(f"wrote {out / paths.CHANGELOG}, {out / paths.CHANGELOG_MD} and {page}")
+              + (f"; build: {r['build_change']}" if r["build_change"] else "")
+              + (f"; why: {r['why']}" if r["why"] else ""))
+    page = changelog.write(out, table, explained)
+    print(f"wrote {out / paths.CHANGELOG}, {out / paths.EXPLAIN}, {out / paths.CHANGELOG_MD} and {page}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """The numerics trace of the grid's families in this environment: OUT/trace.csv, and where
+    this machine's CPU capability is above the pinned one (``explain.PINNED``), OUT/trace-avx2.csv
+    under it (eager families only: inductor chooses the vector ISA of its generated code by
+    itself, and its compile is most of a trace's time)."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    from . import env, explain, numerics, spec, train
+
+    validate_grid_options(args)
+    try:
+        specs = grid_of(args).specs()
+        init_dir = spec.parse_init_dir(args.init_dir)
+    except (spec.SpecError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pinned = os.environ.get(explain.PINNED_TRACE_ENV) == "1"
+    name = explain.pinned_name(explain.PINNED) if pinned else numerics.TRACE
+
+    def skip(s):
+        return train.unsupported(s) or ("compiled: traced at the native capability only" if pinned and
+                                        s.compile != "none" else "")
+
+    t0 = time.perf_counter()
+    try:
+        table, cost = numerics.trace(specs, Path(args.data_dir), init_dir, args.trace_steps, skip=skip)
+    except numerics.TraceError as e:
+        raise UsageError(str(e)) from None
+    numerics.write(table, out / name)
+    seconds = time.perf_counter() - t0
+    capability = env.cpu_capability()
+    print(f"trace: {len(cost)} families, {len(table)} ops in {seconds:.1f} s (CPU capability {capability or 'unknown'})"
+          f" -> {out / name}")
+    meta = dict(families=len(cost), ops=len(table), seconds=round(seconds, 2), capability=capability,
+                family_seconds={k: round(v, 2) for k, v in cost.items()})
+    (out / (name.removesuffix(".csv") + ".json")).write_text(json.dumps(meta, indent=1) + "\n")
+    above = capability.lower() not in ("", "default", explain.PINNED)
+    if not pinned and above and any(s.device == "cpu" for s in specs):
+        print(f"trace: again under ATEN_CPU_CAPABILITY={explain.PINNED} (one capability for every release)")
+        done = subprocess.run([sys.executable, "-m", "diagnostics", *args.argv],
+                              env=dict(os.environ, ATEN_CPU_CAPABILITY=explain.PINNED, **{explain.PINNED_TRACE_ENV: "1"}))
+        if done.returncode != 0:
+            print(f"trace: the trace under {explain.PINNED} failed (exit {done.returncode})")
+            return done.returncode
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Where two traces part, op by op: OUT/explain.csv and a line per verdict."""
+    from . import explain
+
+    try:
+        table = explain.explain(Path(args.a), Path(args.b), transition=f"{args.a} -> {args.b}")
+    except explain.ExplainError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    explain.write(table, out / paths.EXPLAIN)
+    roots = table[table["verdict"].isin(explain.ROOTS)]
+    print(f"{table['family'].nunique()} families differ; {len(roots)} root findings")
+    for r in roots.head(args.limit).to_dict("records"):
+        print(f"{r['verdict']}: {r['op']} ({r['family']}, {r['phase']}, step {r['first_step']})"
+              + (f": {r['detail']}" if r["detail"] else ""))
+    if len(roots) > args.limit:
+        print(f"... and {len(roots) - args.limit} more in {out / paths.EXPLAIN}")
+    print(f"why: {explain.summary(table)}")
+    print(f"wrote {out / paths.EXPLAIN}")
     return 0
 
 
@@ -547,6 +634,25 @@ def changelog_arguments(p: Parser) -> None:
                         "demand (default: %(default)s)")
 
 
+def trace_arguments(p: Parser) -> None:
+    from .numerics import TRACE_STEPS
+
+    options.add(p, options.GRID_OPTIONS)
+    p.add_argument("--out", required=True, help="folder for trace.csv (a session's report folder)")
+    p.add_argument("--init-dir", help="seed checkpoint folder the families start from (as the session's runs)")
+    p.add_argument("--data-dir", default=str(paths.DATA_DIR), help="embedded data folder (default: %(default)s)")
+    p.add_argument("--trace-steps", type=int_at_least(1), default=TRACE_STEPS,
+                   help="training steps traced per family (default: %(default)s: the first creates the optimizer's "
+                        "state, the later ones update it)")
+
+
+def explain_arguments(p: Parser) -> None:
+    p.add_argument("a", help="the first session's folder (trace.csv, env.csv) or a trace.csv")
+    p.add_argument("b", help="the second session's folder or trace.csv")
+    p.add_argument("--out", default=".", help="folder for explain.csv (default: the current one)")
+    p.add_argument("--limit", type=int_at_least(1), default=20, help="findings printed (default: %(default)s)")
+
+
 def summary_arguments(p: Parser) -> None:
     p.add_argument("report_dir", type=report_dir_arg)
     p.add_argument("--compare", help="compare.csv from `diagnostics compare` (default: each run's baseline_check)")
@@ -579,6 +685,10 @@ COMMANDS = (
                "(binary search)", lambda p: release_arguments(p, "many"), cmd_bisect, RELEASE_DEFAULTS),
     ("changelog", "every consecutive pair of the given torch releases judged: DIR/changelog.csv, changelog.md and "
                   "index.html (default grid: changelog)", changelog_arguments, cmd_changelog, RELEASE_DEFAULTS),
+    ("trace", "the numerics trace of the grid's config families: every aten op of their first steps, hashed "
+              "(OUT/trace.csv)", trace_arguments, cmd_trace, RELEASE_DEFAULTS),
+    ("explain", "where two traces (two releases' sessions) part, op by op: changed kernels, decompositions, "
+                "arguments, schedules (OUT/explain.csv)", explain_arguments, cmd_explain, {}),
     ("summary", "Markdown for a CI job summary or a PR comment: counts, failing and changed configs first, then "
                 "every run", summary_arguments, cmd_summary, {}),
     ("env", "print the environment as the reports record it (key,value)", no_arguments, cmd_env, {}),
@@ -622,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_plugins(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except UsageError as e:
         print(f"diagnostics: error: {e}", file=sys.stderr)

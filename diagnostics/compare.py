@@ -573,9 +573,18 @@ COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detai
 
 
 def config_key(values) -> tuple:
-    """A config key with numbers normalised (so 1 and 1.0, "200" and 200 match)."""
-    return tuple(float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v)
-                 for v in values)
+    """A config key with numbers normalised (so 1 and 1.0, "200" and 200 match: a column of
+    numbers and names, such as ``clip``'s "none" and "1", reads as text where it mixes them)."""
+    return tuple(key_value(v) for v in values)
+
+
+def key_value(v):
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        return float(v)
+    try:
+        return float(str(v))
+    except ValueError:
+        return str(v)
 
 
 def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:

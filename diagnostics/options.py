@@ -88,6 +88,10 @@ GRID_OPTIONS = (
     Option("--compile", f"torch.compile backends, comma list of: {names(COMPILE_BACKENDS)}", str),
     Option("--attention", f"attention kernels, comma list of: {names(ATTENTIONS)} (default: the grid's; default = "
                           "torch's choice)", str),
+    Option("--clip", "gradient clipping, comma list of: none or a max norm (clip_grad_norm_ before each optimizer "
+                     "step; under fp16 after the scaler's unscale_) (default: the grid's; none)", str),
+    Option("--accumulation", "micro-batches per optimizer step, comma list (the batch split in as many parts, the "
+                             "effective batch kept) (default: the grid's; 1)", str),
     Option("--seeds", "comma list of integer seeds (default: the grid's; 0)", str),
     Option("--steps", "optimizer steps per run, at least 2 (default: the grid's)", str),
     Option("--size", f"model size preset: {names(SIZES)} (default: the grid's)", str),

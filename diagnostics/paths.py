@@ -22,6 +22,8 @@ RELEASE_ENVS_DIR = CHECKOUT / ".release-envs"  # release / bisect / changelog: o
 RUNS, STEPS, EVENTS, ENV = "runs.csv", "steps.csv", "events.csv", "env.csv"
 REPRO, SEEDS = "repro.csv", "seeds.csv"  # reproducibility suite; per-seed spread of a config
 STABILITY = "stability.csv"  # stability sweep
+TRACE = "trace.csv"  # diagnostics trace: the ops of each config family's first steps
+EXPLAIN = "explain.csv"  # diagnostics explain: where two traces part, op by op
 PAGE = "index.html"  # diagnostics report
 # a baseline folder, beside its runs.csv
 TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import compare, paths, report
+from . import compare, explain, numerics, paths, report
+from .paths import TRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENVS_DIR = paths.RELEASE_ENVS_DIR
@@ -222,6 +223,7 @@ class Sessions:
     out: Path
     workers: str | None = None
     check_versions: bool = True  # every run of torch-V must have run on torch V (stand-ins in tests: off)
+    traces: bool = True  # trace each session's families (numerics.py) for explain
     done: dict = field(default_factory=dict)
 
     def report_dir(self, version: Candidate | str) -> Path:
@@ -237,6 +239,7 @@ class Sessions:
         d = self.report_dir(cand)
         if self.finished(cand):
             self.done[str(cand)] = self.checked(cand, d)
+            self.trace(cand, d)
             return d
         if d.exists():  # an interrupted session: its rows are incomplete
             print(f"release: {d} was not finished (interrupted?): training it again", flush=True)
@@ -252,7 +255,20 @@ class Sessions:
             raise ReleaseError(f"the torch {cand} session wrote no runs.csv (see its output above)")
         (d / COMPLETE).write_text(f"{cand}\n")
         self.done[str(cand)] = self.checked(cand, d)
+        self.trace(cand, d)
         return d
+
+    def trace(self, cand: Candidate | str, d: Path) -> None:
+        """The session's numerics trace (``diagnostics trace`` in the candidate's environment,
+        from the same seed checkpoint), once: ``explain`` reads it. A trace that fails is said
+        and left out (the verdicts do not need it; the explanation then says there is none)."""
+        if not self.traces or (d / TRACE).exists():
+            return
+        cmd = [*self.envs.command(cand), "trace", *self.grid_args, "--out", str(d),
+               "--init-dir", str(Path(self.out) / "init")]
+        print(f"release: torch {cand}: tracing the grid's families into {d / TRACE}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0 or not (d / TRACE).exists():
+            print(f"release: torch {cand}: no trace (see above); its transitions are not explained", flush=True)
 
     def made_with(self) -> str:
         """What makes a cached session reusable: the grid options it was trained with."""
@@ -304,14 +320,29 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
         return verdicts[versions[i]]
 
     last = verdict_at(len(versions) - 1)
+    why_cache: dict = {}
+
+    def why(same: str, first: str, row: dict) -> str:
+        """What the traces of the last same and the first changed release name for this
+        config's family (``explain.summary``)."""
+        if (same, first) not in why_cache:
+            why_cache[same, first] = explained(sessions.run(same), sessions.run(first), f"{same} -> {first}")
+        table = why_cache[same, first]
+        family = numerics.family_of_row(row)
+        schedule = numerics.schedule_name(row["optimizer"], row["scheduler"], row["warmup"], row["steps"],
+                                          row["lr_scale"])
+        own = table[table["family"].isin([family, schedule, ""])]
+        return explain.summary(own, bits_changed=row["verdict"] not in compare.BITS_KEPT)
+
     rows = []
     for run_id, end in sorted(last.items()):
         row = {c: end.get(c) for c in compare.CONFIG} | dict(run_id=run_id)
         if end["verdict"] == "skipped":  # a side cannot run it (e.g. the first release lacks the feature): no search
-            rows.append(row | dict(first_changed="", last_same="", verdict="skipped", detail=end["detail"]))
+            rows.append(row | dict(first_changed="", last_same="", verdict="skipped", detail=end["detail"], why=""))
             continue
         if not changed(end["verdict"], equivalent_is_same):
-            rows.append(row | dict(first_changed="", last_same=versions[-1], verdict=end["verdict"], detail=""))
+            rows.append(row | dict(first_changed="", last_same=versions[-1], verdict=end["verdict"], detail="",
+                                   why=""))
             continue
         lo, hi = 0, len(versions) - 1  # unchanged at lo, changed at hi
         while hi - lo > 1:
@@ -322,7 +353,7 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
                 lo = mid
         at = verdict_at(hi)[run_id]
         rows.append(row | dict(first_changed=versions[hi], last_same=versions[lo], verdict=at["verdict"],
-                               detail=at["detail"]))
+                               detail=at["detail"], why=why(versions[lo], versions[hi], at)))
     return pd.DataFrame(rows)
 
 
@@ -337,14 +368,26 @@ CHANGELOG_COLUMNS = ["from_version", "to_version", *compare.CONFIG, "run_id", "v
                      "delta_final_loss", "noise_final_loss", "mde", "p_holm", "first_diff_step"]
 
 
+def explained(a: Path, b: Path, transition: str) -> pd.DataFrame:
+    """explain.csv's rows of two sessions (``explain.explain``); sessions without traces give one
+    ``not traced`` row that says why."""
+    try:
+        return explain.explain(a, b, transition)
+    except explain.ExplainError as e:
+        return pd.DataFrame([dict(transition=transition, family="", phase="", op="", verdict=explain.NOT_TRACED,
+                                  first_step=0, count=0, capability="", detail=str(e))],
+                            columns=explain.EXPLAIN_COLUMNS)
+
+
 def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,
-              on_transition=None) -> pd.DataFrame:
+              on_transition=None, explanations: list | None = None) -> pd.DataFrame:
     """Every consecutive pair of ``versions`` judged (one row per transition and config, as
     ``CHANGELOG_COLUMNS``). Each candidate is trained once (a finished session is reused, so an
     interrupted changelog resumes where it stopped); the next candidate's environment is built
     while the current one trains, and each is released for removal once trained
     (``Environments.keep`` then bounds the disk). ``on_transition(table)`` sees the table so far
-    after each pair (the command writes it as it goes)."""
+    after each pair (the command writes it as it goes); ``explanations``, a list, gets each
+    transition's explain.csv rows (``explained``) appended before it is called."""
     rows = []
     for i, (a, b) in enumerate(zip(versions, versions[1:])):
         if i == 0:
@@ -356,6 +399,8 @@ def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, ma
             sessions.envs.prepare(versions[i + 2])
         table = judged(sessions.run(a), sessions.run(b), tolerances, margin, compare.Policy())
         sessions.envs.release(b)
+        if explanations is not None:
+            explanations.append(explained(sessions.run(a), sessions.run(b), f"{a} -> {b}"))
         rows.append(table.assign(from_version=str(a), to_version=str(b))[CHANGELOG_COLUMNS])
         if on_transition is not None:
             on_transition(pd.concat(rows, ignore_index=True))

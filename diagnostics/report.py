@@ -27,7 +27,7 @@ from .paths import STEPS as STEPS
 
 # the axes a run is defined by beyond its recipe (spec.RunSpec's fields), with the value that
 # leaves a run id unchanged; a report written before one existed reads it as this (``read``)
-AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default"}
+AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default", "clip": "none", "accumulation": 1}
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", *AXIS_DEFAULTS, "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
 OUTCOME = [*VERDICT_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
@@ -39,7 +39,7 @@ PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version"
 # beyond the contract, appended last
 EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid", "perturbation",
          "val_samples", "impl_resolved", "init_sha256", "skipped_steps", "tf32", "matmul_precision", "sdpa_backend",
-         "driver_version", "nccl_version"]
+         "driver_version", "nccl_version", "seeded_init_sha256"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 # the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",

@@ -49,15 +49,18 @@ class RunSpec:
     impl: str = "default"  # one of IMPLS: the optimizer implementation
     compile: str = "none"  # one of COMPILE_BACKENDS: torch.compile backend of the model
     attention: str = "default"  # one of attention.ATTENTIONS: the SDPA kernel asked for
+    clip: str = "none"  # "none", or the max norm of clip_grad_norm_ before each optimizer step ("1")
+    accumulation: int = 1  # micro-batches per optimizer step (the batch split: the effective batch is kept)
 
     @property
     def id(self) -> str:
         """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0``; a non-default
-        implementation, compile backend or attention kernel follows the precision
-        (``-fp32-fused-inductor-math-s0``),
+        implementation, compile backend, attention kernel, clipping norm or accumulation follows
+        the precision (``-fp32-fused-inductor-math-clip1-acc4-s0``),
         ``-lrx3`` ends it when the LR is scaled. Ids of default-axis runs never change."""
-        axes = "".join(f"-{v}" for k, v in (("impl", self.impl), ("compile", self.compile),
-                                                   ("attention", self.attention)) if v != AXIS_DEFAULTS[k])
+        named = (("impl", self.impl, ""), ("compile", self.compile, ""), ("attention", self.attention, ""),
+                 ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"))
+        axes = "".join(f"-{prefix}{v}" for k, v, prefix in named if v != AXIS_DEFAULTS[k])
         base = (f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}{axes}"
                 f"-s{self.seed}")
         return base if self.lr_scale == 1.0 else f"{base}-lrx{self.lr_scale:g}"
@@ -80,6 +83,8 @@ class Grid:
     impls: tuple[str, ...] = ("default",)
     compiles: tuple[str, ...] = ("none",)
     attentions: tuple[str, ...] = ("default",)  # SDPA kernels (models without attention ignore the axis)
+    clips: tuple[str, ...] = ("none",)  # gradient clipping: "none" or a max norm
+    accumulations: tuple[int, ...] = (1,)  # micro-batches per optimizer step
     seeds: tuple[int, ...] = (0,)
     lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
@@ -96,10 +101,10 @@ class Grid:
         specs = [
             RunSpec(model=m, optimizer=o, scheduler=s, warmup=w, device=d, precision=p, seed=seed, steps=self.steps,
                     lr_scale=lr, size=self.size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
-                    attention=att if MODELS[m].has_attention else "default")
-            for d, m, o, s, w, p, impl, comp, att, seed, lr in itertools.product(
+                    attention=att if MODELS[m].has_attention else "default", clip=clip, accumulation=acc)
+            for d, m, o, s, w, p, impl, comp, att, clip, acc, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
-                self.compiles, self.attentions, self.seeds, self.lr_scales)
+                self.compiles, self.attentions, self.clips, self.accumulations, self.seeds, self.lr_scales)
         ]
         specs += [s for part in self.parts for s in part.specs()]
         return list({(s.id, s.steps, s.size): s for s in specs}.values())
@@ -123,8 +128,13 @@ GRIDS: dict[str, Grid] = {
                            # the attention kernels users train with (default: torch's choice) and each alone
                            Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
                                 warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
-                                attentions=("math", "flash", "efficient", "cudnn")),)),
-    # release: the paths torch releases change (docs/concepts/releases.md), ~7 min on 2 CPU cores. gpt and
+                                attentions=("math", "flash", "efficient", "cudnn")),
+                           # the paths people train with: clipping at norm 1 (with fp16: after unscale_) and
+                           # 4 micro-batches per step
+                           Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
+                                schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
+                                clips=("1",), accumulations=(1, 4), steps=200, size="small"),)),
+    # release: the paths torch releases change (docs/concepts/releases.md), ~8 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
     # 2 x 3 x 3 x 3 = 54 runs of 60 steps. AdamW: the optimizer of the reports (fused AdamW with
@@ -134,18 +144,25 @@ GRIDS: dict[str, Grid] = {
                     impls=("forloop", "foreach", "fused"), compiles=("none", "aot_eager", "inductor"), steps=60,
                     parts=(Grid("release", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
                                 warmups=("linear",), precisions=("fp32", "bf16"), impls=("forloop", "fused"),
-                                attentions=("math", "flash"), steps=60),)),
+                                attentions=("math", "flash"), steps=60),
+                           # clipping (norm 1; fp16: after unscale_) and 4 micro-batches per step, each alone
+                           # and together: 2 x 2 x 3 = 12 runs
+                           Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
+                                schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
+                                clips=("none", "1"), accumulations=(1, 4), steps=60),)),
     # changelog: every torch release's convergence on CPU in a few minutes each (docs/concepts/releases.md
     # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
     # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
-    # bf16 / fp16, aot_eager / inductor, math / flash attention (gpt); 2 seeds, 60 steps: 92 runs
+    # bf16 / fp16, aot_eager / inductor, math / flash attention (gpt), clipping at norm 1, 4
+    # micro-batches per step; 2 seeds, 60 steps: 100 runs
     "changelog": Grid("changelog", "convergence", models=("gpt", "resnet"), warmups=("linear",), seeds=(0, 1), steps=60,
                       parts=tuple(Grid("changelog", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                        schedulers=("cosine",), warmups=("linear",), seeds=(0, 1), steps=60, **axis)
                                   for axis in (dict(impls=("forloop", "foreach", "fused")),
                                                dict(precisions=("bf16", "fp16")),
                                                dict(compiles=("aot_eager", "inductor")),
-                                               dict(attentions=("math", "flash"))))),
+                                               dict(attentions=("math", "flash")),
+                                               dict(clips=("1",)), dict(accumulations=(4,))))),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
@@ -188,6 +205,32 @@ def parse_lr_scales(value: str | None) -> tuple[float, ...] | None:
     scales = parse_number_list(value, "lr-scales", "numbers", float, lambda x: 0 < x < float("inf"),
                                "multipliers must be positive and finite", "0.3,1,3")
     return None if scales is None else tuple(sorted(scales))
+
+
+def parse_clips(value: str | None) -> tuple[str, ...] | None:
+    """Comma list of ``none`` and positive finite max norms, e.g. ``none,1`` (each number as
+    ``%g``: ``1.0`` is ``1``, one config)."""
+    if value is None:
+        return None
+    out = []
+    for v in (x.strip() for x in value.split(",")):
+        if v == "none":
+            out.append(v)
+            continue
+        try:
+            norm = float(v)
+        except ValueError:
+            raise SpecError(f"--clip {value!r}: each value is none or a max gradient norm (e.g. none,1)") from None
+        if not 0 < norm < float("inf"):
+            raise SpecError(f"--clip {value!r}: a max norm must be positive and finite")
+        out.append(f"{norm:g}")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_accumulations(value: str | None) -> tuple[int, ...] | None:
+    """Comma list of micro-batch counts per optimizer step, each at least 1, e.g. ``1,4``."""
+    return parse_number_list(value, "accumulation", "integers", int, lambda n: n >= 1,
+                             "micro-batches per step must be at least 1", "1,4")
 
 
 def parse_positive_int(value, what: str, minimum: int = 1) -> int | None:
@@ -264,6 +307,8 @@ class GridOptions:
     impls: str | None = None
     compile: str | None = None
     attention: str | None = None
+    clip: str | None = None
+    accumulation: str | None = None
     seeds: str | None = None
     steps: str | int | None = None
     size: str | None = None
@@ -284,6 +329,8 @@ def resolve_grid(opts: GridOptions) -> Grid:
         impls=parse_names(opts.impls, IMPLS, "impls"),
         compiles=parse_names(opts.compile, COMPILE_BACKENDS, "compile"),
         attentions=parse_names(opts.attention, ATTENTIONS, "attention"),
+        clips=parse_clips(opts.clip),
+        accumulations=parse_accumulations(opts.accumulation),
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,

@@ -1,7 +1,7 @@
 """``run(spec) -> RunResult``: build data, model and recipe, train, judge, measure.
 
 Per step the loop records the LR the optimizer step used, the loss, the global gradient norm
-(before any clipping; there is none), per-layer gradient norms (for the Monitor) and the host
+(before clipping, where the run clips), per-layer gradient norms (for the Monitor) and the host
 time since the loop began; on every read step also the update-to-weight ratio and, when asked,
 the gpt's instability probes. Values stay on the
 device and are read in batches of ``SYNC_EVERY`` steps (one host synchronisation per batch), then
@@ -27,7 +27,7 @@ import torch
 from . import attention, checkpoint, compat, data, determinism, env, paths, perturb, precision
 from .detect import VERDICT_FIELDS, Monitor, Thresholds
 from .faults import NO_FAULT, Fault
-from .models import MODELS, build_model, count_params, logits_loss, task_loss
+from .models import MODELS, build_model, count_params, logits_loss
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
 
@@ -296,16 +296,20 @@ class Setup:
     scaler: torch.amp.GradScaler | None  # fp16 only
     numerics: dict  # float32 matmul settings (tf32, matmul_precision)
     init_sha256: str  # of the weights before the first step
+    seeded_init_sha256: str  # of the weights torch's seeded init gave, before any seed checkpoint was loaded
 
 
 def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | None,
-          perturbation: perturb.Perturbation | None = None, init_dir: Path | None = None) -> Setup:
+          perturbation: perturb.Perturbation | None = None, init_dir: Path | None = None, phase=None) -> Setup:
     """Data, model (initial weights, compile), optimizer, schedule and precision of a run.
-    Shared with ``ddp`` (which wraps the model afterwards)."""
+    Shared with ``ddp`` (which wraps the model afterwards) and ``numerics`` (whose ``phase``
+    records the seeded initialisation as the ``init`` phase)."""
     entry = MODELS[spec.model]
     numerics = precision.set_float32_matmul(spec.precision)
     ds = data.for_model(spec.model, spec.size, data_dir, data_root)
-    model = build_model(spec.model, spec.size, ds.info)
+    with (phase or no_phase)("init"):
+        model = build_model(spec.model, spec.size, ds.info)
+    seeded_sha = weights_sha256(model)  # torch's own seeded init, before a seed checkpoint replaces it
     initial_weights(model, init_dir, spec)
     model = model.to(device)
     if perturbation is not None:
@@ -319,7 +323,7 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
     return Setup(model, opt, sched, opt_kw, sched_kw, data.on_device(ds, device),
                  [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.size],
                  precision.autocast(spec.precision, device.type), precision.grad_scaler(spec.precision, device.type),
-                 numerics, init_sha)
+                 numerics, init_sha, seeded_sha)
 
 
 def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
@@ -383,46 +387,93 @@ class StepOutput:
     x: torch.Tensor  # the batch's inputs (for the probes)
     lr: float  # the LR this optimizer step used
     loss: torch.Tensor
-    grad_norm: torch.Tensor  # global, before clipping (there is none), of the true (unscaled) gradients
+    grad_norm: torch.Tensor  # global, before clipping, of the true (unscaled) gradients
     param_norms: torch.Tensor  # per parameter tensor
     before: list[torch.Tensor] | None  # weights before the step (read steps: the update ratio)
     grad_scale: torch.Tensor | None  # fp16: the loss scale this step used
 
 
+def no_phase(name: str):
+    """``train_step``'s default phase marker: nothing is recorded (``numerics`` records ops).
+    It yields the phase's ``boundary(inputs, outputs)``: a compiled model's forward and backward
+    are recorded by the tensors crossing them (here: nothing)."""
+    return nullcontext(ignore_boundary)
+
+
+def ignore_boundary(inputs, outputs) -> None:
+    return None
+
+
+def micro_batches(x: torch.Tensor, y: torch.Tensor, parts: int):
+    """The batch in ``parts`` micro-batches (``torch.tensor_split``: sizes differ by at most one),
+    each with the weight that makes the sum of their mean losses the whole batch's mean loss
+    (its share of the batch; ``None`` for the whole batch: no multiplication, bits unchanged)."""
+    if parts == 1:
+        return [(x, y, None)]
+    if parts > len(x):
+        raise UnsupportedImpl(f"accumulation {parts}: more micro-batches than the batch's {len(x)} samples")
+    return [(xs, ys, len(xs) / len(x)) for xs, ys in zip(torch.tensor_split(x, parts), torch.tensor_split(y, parts))]
+
+
+def clip_norm(clip: str) -> float | None:
+    """The max norm of a RunSpec's ``clip`` ("none": no clipping)."""
+    return None if clip == "none" else float(clip)
+
+
 def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: perturb.Perturbation | None,
-               keep_weights: bool) -> StepOutput:
-    """Forward, backward, optimizer step and schedule step of 1-based ``step``, without a host
-    synchronisation (fp16's GradScaler reads one flag per step: torch's, not ours)."""
-    x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device)
+               keep_weights: bool, phase=no_phase) -> StepOutput:
+    """Data, forward and loss, backward (per micro-batch with ``spec.accumulation``), clipping
+    (``clip_grad_norm_``, after fp16's ``unscale_``), optimizer step and schedule step of
+    1-based ``step``, without a host synchronisation (fp16's GradScaler and clipping read
+    nothing; the scaler's inf check is torch's, not ours). ``phase(name)`` wraps each phase (a
+    context manager: ``numerics.trace`` records the ops of each)."""
+    with phase("data"):
+        x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device)
     lr_factor = fault.lr_factor(step)
     lr = s.opt.param_groups[0]["lr"] * lr_factor
-    with s.autocast:
-        loss = task_loss(s.model, s.ds.task, (x, y))
-    loss = fault.loss(step, loss)
     s.opt.zero_grad(set_to_none=True)
-    scale = None
+    scale, total = None, None
+    for xs, ys, weight in micro_batches(x, y, spec.accumulation):
+        with phase("forward") as boundary, s.autocast:
+            logits = s.model(xs)
+            boundary([xs, *s.params], [logits])
+        with phase("loss"), s.autocast:
+            loss = fault.loss(step, logits_loss(logits.float(), s.ds.task, ys))
+            if weight is not None:
+                loss = loss * weight
+        with phase("backward") as boundary:
+            if s.scaler is not None:
+                scaled = s.scaler.scale(loss)
+                if scale is None:
+                    scale = s.scaler._scale.detach().clone()  # the scale this step uses (kept on the device)
+                scaled.backward()
+            else:
+                loss.backward()
+            boundary([loss], [p.grad for p in s.params if p.grad is not None])
+        total = loss.detach() if total is None else total + loss.detach()
     if s.scaler is not None:
-        scaled = s.scaler.scale(loss)
-        scale = s.scaler._scale.detach().clone()  # the scale this step uses (GradScaler keeps it on the device)
-        scaled.backward()
-        s.scaler.unscale_(s.opt)  # the norms below are of the true gradients
-    else:
-        loss.backward()
+        with phase("backward"):
+            s.scaler.unscale_(s.opt)  # the norms below (and clipping) see the true gradients
     fault.grads(step, s.params)
     if perturbation is not None:
         perturbation.after_backward(s.params, spec.seed, step)
     grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in s.params]
     param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
-    grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, as clip_grad_norm_ computes it
+    grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, before clipping
+    max_norm = clip_norm(spec.clip)
+    if max_norm is not None:
+        with phase("clip"):
+            torch.nn.utils.clip_grad_norm_(s.params, max_norm)
     before = [p.detach().clone() for p in s.params] if keep_weights else None
-    with scaled_lr(s.opt, lr_factor) if lr_factor != 1.0 else nullcontext():
+    with scaled_lr(s.opt, lr_factor) if lr_factor != 1.0 else nullcontext(), phase("optimizer"):
         if s.scaler is not None:
             s.scaler.step(s.opt)  # skipped when the gradients overflowed
             s.scaler.update()
         else:
             s.opt.step()
-    after_optimizer_step(s.sched, step, spec.steps)
-    return StepOutput(x, lr, loss, grad_norm, param_norms, before, scale)
+    with phase("schedule"):
+        after_optimizer_step(s.sched, step, spec.steps)
+    return StepOutput(x, lr, total, grad_norm, param_norms, before, scale)
 
 
 def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thresholds) -> dict:
@@ -437,6 +488,7 @@ def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thres
         loss_floor=s.ds.loss_floor, max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(s.model),
         data_path=str(s.ds.path.resolve()), data_sha256=s.ds.sha256, data_name=s.ds.name,
         steps_run=len(trace.rows), impl_resolved=s.opt_kw["impl"], init_sha256=s.init_sha256,
+        seeded_init_sha256=s.seeded_init_sha256,
         skipped_steps=trace.skipped_steps if s.scaler is not None else math.nan, **s.numerics,
     )
     return row

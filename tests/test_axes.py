@@ -30,8 +30,11 @@ def test_default_axes_keep_the_ids_the_baselines_use():
 
 def test_release_preset_covers_every_axis_value():
     specs = cpu("release").specs()
-    assert len(specs) == 54 + 8  # the product, then gpt's attention kernels x 2 precisions x 2 implementations
-    assert {s.impl for s in specs} == {"forloop", "foreach", "fused"}
+    # the product, then gpt's attention kernels x 2 precisions x 2 implementations, then clipping x
+    # accumulation (none/1 x 1/4) x fp32/fp16 x both models with torch's default implementation
+    assert len(specs) == 54 + 8 + 4 * 2 * 2
+    assert {s.clip for s in specs} == {"none", "1"} and {s.accumulation for s in specs} == {1, 4}
+    assert {s.impl for s in specs} == {"default", "forloop", "foreach", "fused"}  # default: the clipping part's
     assert {s.compile for s in specs} == {"none", "aot_eager", "inductor"}
     assert {s.precision for s in specs} == {"fp32", "bf16", "fp16"}
     assert {s.attention for s in specs} == {"default", "math", "flash"}
@@ -40,19 +43,22 @@ def test_release_preset_covers_every_axis_value():
 
 def test_changelog_preset_covers_every_recipe_family_and_axis_with_two_seeds():
     specs = cpu("changelog").specs()
-    assert len(specs) == 92 and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
+    assert len(specs) == 100 and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
     assert {(s.model, s.optimizer, s.scheduler) for s in specs} >= {
         (m, o, sch) for m in ("gpt", "resnet") for o in ("adamw", "sgd", "lion")
         for sch in ("constant", "cosine", "cosine_restarts", "onecycle", "step")}
     for axis, values in (("impl", {"default", "forloop", "foreach", "fused"}), ("precision", {"fp32", "bf16", "fp16"}),
-                         ("compile", {"none", "aot_eager", "inductor"}), ("attention", {"default", "math", "flash"})):
+                         ("compile", {"none", "aot_eager", "inductor"}), ("attention", {"default", "math", "flash"}),
+                         ("clip", {"none", "1"}), ("accumulation", {1, 4})):
         assert {getattr(s, axis) for s in specs} == values, axis
 
 
 def test_nightly_is_the_recipe_grid_plus_the_axes_part_and_overrides_reach_both():
     g = resolve_grid(GridOptions(grid="nightly", devices=("cuda",)))
     specs = g.specs()
-    assert len(specs) == 90 + 48 + 8 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    # recipes, release axes, attention kernels, then clipping at 1 x accumulation 1/4 x fp32/fp16 x both models
+    assert len(specs) == 90 + 48 + 8 + 8 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    assert {(s.clip, s.accumulation) for s in specs} == {("none", 1), ("1", 1), ("1", 4)}
     assert {s.attention for s in specs} == {"default", "math", "flash", "efficient", "cudnn"}
     assert {s.steps for s in specs} == {500, 200}
     one = resolve_grid(GridOptions(grid="nightly", devices=("cuda",), steps="20", precision="fp32"))
@@ -183,7 +189,8 @@ def test_the_cifar_resnet_needs_no_torchvision_and_matches_its_block():
 def test_reports_without_the_axes_read_as_their_defaults():
     old = pd.DataFrame(dict(run_id=["a"], model=["gpt"], precision=["fp32"], seed=[0]))
     filled = report.with_axis_defaults(old)
-    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "seed"]
+    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "clip",
+                                    "accumulation", "seed"]
     assert filled.loc[0, "impl"] == "default" and filled.loc[0, "compile"] == "none"
     assert filled.loc[0, "attention"] == "default"
     # a report from before the attention axis only: it goes after the axes the report has
