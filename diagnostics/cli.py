@@ -279,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"FAILED: {'; '.join(empty)}: nothing was judged")
         return 1
     measured = (f"measured, {len(tol)} configs" if tol is not None
-                else "none measured (values are judged on their own spread: one seed with any difference is beyond noise)")
+                else "none measured (a config whose bits changed is unjudged: nothing to judge it against)")
     print(f"noise: {measured}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
     if compare.same_environment(base, cand):
         print("control: both sides ran in the same environment (software and devices): differences are run to run, "
@@ -328,6 +328,20 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
     return release.Sessions(envs, grid_args, Path(args.out), args.workers)
 
 
+def release_noise(args: argparse.Namespace, sessions, base: str):
+    """What the release commands judge with (``release.noise_for``), said in one line."""
+    from . import release
+
+    grid = grid_of(argparse.Namespace(**{**vars(args), "grid": args.grid or sessions.grid_args[1]}))
+    try:
+        noise = release.noise_for(sessions, base, grid.name, grid.specs(), args.tolerances,
+                                  measure=not args.no_measure_noise)
+    except release.ReleaseError as e:
+        raise UsageError(str(e)) from None
+    print(f"noise: {noise.source}", flush=True)
+    return noise
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare),
     and their traces explained (OUT/explain.csv)."""
@@ -341,8 +355,10 @@ def cmd_release(args: argparse.Namespace) -> int:
         base, cand = sessions.run(args.base), sessions.run(args.candidate)
     except release.ReleaseError as e:
         raise UsageError(str(e)) from None
+    noise = release_noise(args, sessions, args.base)
     compare_args = argparse.Namespace(**{**vars(args), "baseline_dir": str(base), "candidate_dir": str(cand),
-                                         "fail_on_cost": False})
+                                         "fail_on_cost": False,
+                                         "tolerances": str(noise.path) if noise.path else None})
     code = cmd_compare(compare_args)
     why = release.explained(base, cand, f"{args.base} -> {args.candidate}")
     report.write_atomic(Path(args.out) / paths.EXPLAIN, why)
@@ -363,12 +379,10 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     if len(args.versions) < 2:
         raise UsageError("bisect needs at least two torch versions, oldest first")
     sessions = release_sessions(args, args.versions)
+    noise = release_noise(args, sessions, args.versions[0])
     try:
-        from .compare import read_tolerances
-
-        tol, _ = read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
         policy, margin = options.policy(lambda k: getattr(args, k, None))
-        table = release.bisect(args.versions, sessions, tol, margin, not args.fail_on_change)
+        table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change)
     except (release.ReleaseError, ValueError) as e:
         raise UsageError(str(e)) from None
     from . import report
@@ -404,8 +418,8 @@ def cmd_changelog(args: argparse.Namespace) -> int:
                          "`diagnostics compare` of two sessions of one version)")
     sessions = release_sessions(args, args.versions)
     out = Path(args.out)
+    tol = release_noise(args, sessions, args.versions[0])
     try:
-        tol, _ = compare.read_tolerances(Path(args.tolerances), args.tolerances) if args.tolerances else (None, None)
         _, margin = options.policy(lambda k: getattr(args, k, None))
 
         explanations: list = []
@@ -623,7 +637,12 @@ def release_arguments(p: Parser, versions: str) -> None:
                                                 "seed weights")
     p.add_argument("--envs-dir", default=str(paths.RELEASE_ENVS_DIR),
                    help="where the per-version environments are kept (default: %(default)s)")
-    p.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: none measured)")
+    p.add_argument("--tolerances", help="tolerances.csv (or its folder) to judge with (default: the grid's committed "
+                                        "noise, reports/baselines/GRID/tolerances.csv, else measured in the first "
+                                        "version's environment by calibrate into OUT/noise)")
+    p.add_argument("--no-measure-noise", action="store_true",
+                   help="where no noise is committed or given, judge without it (a config whose bits changed is "
+                        "then unjudged, never beyond noise) instead of measuring it")
     p.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
 
 

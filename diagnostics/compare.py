@@ -18,7 +18,8 @@ what numerical noise explains, and beyond a practical margin?
   weights).
 - ``skipped``: every seed was skipped on a side (the rows say why); a config with some seeds
   skipped is judged on the others.
-- ``unjudged``: seeds were paired but nothing could be judged (errors on both sides, no values).
+- ``unjudged``: seeds were paired but nothing could be judged (errors on both sides, no values,
+  or bits that changed where no noise was measured to judge them against).
 
 **Pairs are checked, not assumed.** Seeds pair by ``seed`` within a config, and only when both
 sides trained on the same data (``data_sha256``) from the same initial weights (``init_sha256``,
@@ -31,8 +32,9 @@ One seed and several go through the same test, and its power grows with seeds. A
 comparison form one family: Holm's step-down holds its family-wise error at ALPHA. A value beyond
 noise is then ``regressed``/``improved`` if its mean relative change is beyond the margin in that
 direction, else ``changed``. The curve is tested step by step against the per-step noise
-(Bonferroni over steps); a value or curve with no calibrated noise is judged on its differences'
-own spread alone, so one seed with any difference is beyond noise.
+(Bonferroni over steps). A value or curve with no calibrated noise is not tested: a difference
+judged without any noise is never called beyond noise, and a config whose bits changed with no
+noise measured for any of its values is ``unjudged`` (a check that checked nothing fails).
 
 **Statuses** are compared seed by seed. A flip among the threshold statuses (converged, unstable,
 stalled: SOFT_STATUSES) or between two statuses the config took under calibration's perturbations
@@ -273,7 +275,10 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     differences (stats.noise_test), and the largest single seed among those beyond the margin
     against the calibrated noise alone (Sidak over the seeds), so one seed far outside the noise is
     not averaged away by four equal ones. ``scale_of(baseline values)`` is what relative changes
-    are relative to. Candidate values that are empty where the baseline's is not are ``empty``."""
+    are relative to. Candidate values that are empty where the baseline's is not are ``empty``.
+    Without a calibrated noise for the value nothing is tested (``p`` NaN): a difference is then
+    ``unmeasured``, never beyond noise (its own spread over a few seeds of one systematic change
+    is no noise)."""
     have = [(b, c) for b, c in pairs if pd.notna(b.get(name))]
     if not have:
         return None
@@ -287,6 +292,8 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     d = np.array([y - x for x, y, _ in both])
     scale = max(abs(scale_of(base)), 1e-12)
     out.update(scale=scale, delta=float(d.mean()), rel=float(sign * d.mean() / scale))
+    if not np.isfinite(sigma):  # no calibrated noise: the differences' own spread is not noise
+        return dict(out, p=math.nan, unmeasured=bool(np.any(d != 0)))
     _, p_mean, _ = stats.noise_test(d, sigma, df)
     if len(d) == 1:
         return dict(out, p=float(p_mean))
@@ -317,7 +324,7 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
     values are judged as well."""
     seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
     flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
-    real, noisy, notes = [], [], []
+    real, noisy, unmeasured, notes = [], [], [], []
     for b, c in pairs:
         bs, cs = str(b["status"]), str(c["status"])
         if bs == cs:
@@ -325,10 +332,12 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
         flip = (int(c["seed"]), bs, cs)
         if runs and ({bs, cs} <= seen or {bs, cs} <= SOFT_STATUSES):
             noisy.append(flip)
-        else:  # no calibration: no flip rate, so any flip is a change (as any difference of a value is)
+        elif not runs and {bs, cs} <= SOFT_STATUSES:  # a threshold crossed, and no flip rate to judge it by
+            unmeasured.append(flip)
+        else:  # to or from a divergence or an error that calibration never saw (or with no calibration)
             real.append(flip)
     p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
-    return dict(name="status", real=real, noisy=noisy, p=p, notes=notes)
+    return dict(name="status", real=real, noisy=noisy, unmeasured=unmeasured, p=p, notes=notes)
 
 
 # Rounding noise grows from an ulp at its own pace, and a rounding change that is not a random
@@ -496,6 +505,13 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
         return done("new", detail="the paired seeds are within noise")
     if j["identical"]:
         return done("identical", detail="same weights (sha256) and status for every seed")
+    measured = [t for t in value_tests if np.isfinite(t.get("sigma", math.nan))] + [t for t in tests if t["name"] == "curve"]
+    if not measured and (any(t.get("unmeasured") for t in value_tests) or st.get("unmeasured")):
+        moved = [f"{t['name']} {t['rel']:+.2%}" for t in value_tests if t.get("unmeasured")]
+        moved += [f"seed {s} {x} -> {y}" for s, x, y in st.get("unmeasured", [])]
+        return done("unjudged", detail="bits changed, but no noise was measured for this config (calibrate it, or "
+                                       "give --tolerances): nothing to judge the difference against ("
+                                       + ", ".join(moved) + ")")
     if not tests and not st["noisy"]:
         why = "errors on both sides" if j["errors_both"] else "no value to judge"
         return done("unjudged", detail=why)

@@ -288,10 +288,102 @@ class Sessions:
         return d
 
 
-def judged(base_dir: Path, cand_dir: Path, tolerances: pd.DataFrame | None, margin: float,
-           policy: compare.Policy) -> pd.DataFrame:
-    """compare.csv of two report directories (the verdicts of ``diagnostics compare``)."""
+NOISE_DIR = "noise"  # in --out: the noise measured in the base environment where none is committed
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What a cross-release verdict is judged against, and where it came from (said with it)."""
+
+    path: Path | None  # a tolerances.csv (envelope.csv beside it), or None: no noise at all
+    source: str  # "committed for the smoke grid (...)", "measured in torch 2.0.1 (...)", "given", "none"
+
+
+def grid_configs(specs) -> set[tuple]:
+    """The config keys (compare.CONFIG) of a grid's specs."""
+    out = set()
+    for s in specs:
+        row = s.to_dict()
+        row["model_size"] = row.pop("size")
+        out.add(compare.config_key(row[c] for c in compare.CONFIG))
+    return out
+
+
+def covered(path: Path, configs: set[tuple]) -> int:
+    """How many of ``configs`` a tolerances.csv holds a row for (0 when unreadable)."""
+    try:
+        tol, _ = compare.read_tolerances(path, str(path))
+    except (report.ReportError, ValueError):
+        return 0
+    return len(set(compare.index_by_config(tol)) & configs)
+
+
+def committed_noise(grid_name: str, specs) -> Noise | None:
+    """The noise committed for this grid (``reports/baselines/GRID/tolerances.csv``), where it
+    covers any of the grid's configs on their device types (its rows name the device type and
+    every axis: a config it lacks is judged without noise)."""
+    from . import baseline, calibrate
+
+    path = baseline.directory(grid_name) / calibrate.TOLERANCES
+    if not path.is_file():
+        return None
+    configs = grid_configs(specs)
+    n = covered(path, configs)
+    if not n:
+        return None
+    return Noise(path, f"committed for the {grid_name} grid ({path}: {n} of its {len(configs)} configs)")
+
+
+def measure_noise(sessions: Sessions, base: Candidate | str, grid_name: str, specs) -> Noise:
+    """The grid's noise measured in the base environment: ``diagnostics calibrate`` there (its
+    perturbations: rounding-only reruns, and repeats off the CPU), from the sessions' seed
+    checkpoint, into ``out/noise`` (reused once written); raises ReleaseError when it fails."""
+    from . import calibrate
+
+    target = Path(sessions.out) / NOISE_DIR
+    path = target / calibrate.TOLERANCES
+    if not path.is_file():
+        sessions.run(base)  # the seed checkpoint exists before calibration trains from it
+        cmd = [*sessions.envs.command(base), "calibrate", *sessions.grid_args, "--baseline", str(target),
+               "--work-dir", str(Path(sessions.out) / "noise-sessions"), "--init-dir", str(Path(sessions.out) / "init"),
+               "--resume", *(["-n", sessions.workers] if sessions.workers else [])]
+        print(f"release: no noise committed for the {grid_name} grid: measuring it in torch {base} ({' '.join(cmd[3:])})",
+              flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0 or not path.is_file():
+            raise ReleaseError(f"measuring the noise in torch {base} failed (see above); give --tolerances, or "
+                               "--no-measure-noise to judge without noise")
+    n = covered(path, grid_configs(specs))
+    return Noise(path, f"measured in torch {base} ({path}: {n} configs)")
+
+
+def noise_for(sessions: Sessions, base: Candidate | str, grid_name: str, specs, given: str | None,
+              measure: bool = True) -> Noise:
+    """What ``release``, ``bisect`` and ``changelog`` judge with: ``--tolerances`` where given,
+    else the grid's committed noise, else the noise measured in the base environment (or, with
+    ``measure`` off, none: then a config whose bits changed is ``unjudged``, never beyond noise)."""
+    if given:
+        return Noise(Path(given), f"given ({given})")
+    found = committed_noise(grid_name, specs)
+    if found is not None:
+        return found
+    if not measure:
+        return Noise(None, "none (a config whose bits changed is unjudged)")
+    return measure_noise(sessions, base, grid_name, specs)
+
+
+def read_noise(noise: Noise | None):
+    """(tolerances, envelope) of a Noise (None, None without one)."""
+    if noise is None or noise.path is None:
+        return None, None
+    return compare.read_tolerances(noise.path, str(noise.path))
+
+
+def judged(base_dir: Path, cand_dir: Path, tolerances, margin: float, policy: compare.Policy) -> pd.DataFrame:
+    """compare.csv of two report directories (the verdicts of ``diagnostics compare``), judged
+    with ``tolerances``: a Noise (its tolerances and envelope), a tolerances table, or None."""
     base, cand, steps, _, envelope = compare.load_pair(base_dir, cand_dir)
+    if isinstance(tolerances, Noise):
+        tolerances, envelope = read_noise(tolerances)
     return compare.compare_reports(base, cand, *steps, tolerances=tolerances, envelope=envelope, margin=margin,
                                    policy=policy)
 

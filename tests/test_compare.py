@@ -227,10 +227,15 @@ def test_a_report_holding_a_run_twice_is_bad_input():
         compare.compare_reports(b, pd.concat([b, b.iloc[:1]]))
 
 
-def test_without_calibrated_noise_one_seed_with_any_difference_is_beyond_noise():
+def test_without_calibrated_noise_a_difference_is_unjudged_never_beyond_noise():
     b = runs({0: 2.0})
     v = judge(b, runs({0: 2.0 + 1e-6}))
-    assert v["verdict"] == "changed" and math.isnan(v["mde"])
+    assert v["verdict"] == "unjudged" and math.isnan(v["mde"]) and "no noise was measured" in v["detail"]
+    assert compare.Policy().failure(v)  # a check that checked nothing fails
+    five = runs({s: 2.0 + 0.1 * s for s in range(5)})  # several seeds of one systematic shift: still no noise
+    v = judge(five, runs({s: 2.2 + 0.1 * s for s in range(5)}))
+    assert v["verdict"] == "unjudged" and "final_loss +" in v["detail"]
+    assert judge(b, runs({0: 2.0}))["verdict"] in ("identical", "equivalent")  # no difference: nothing unjudged
 
 
 def test_family_wise_error_over_many_configs():

@@ -41,9 +41,9 @@ def test_tolerances_are_matched_by_config():
     tol = report.with_axis_defaults(b)[compare.CONFIG].assign(
         run_id="adamw-s0", statuses_seen="converged", status_flips=0, status_runs=10, final_loss_noise=1e-3,
         final_loss_df=10, val_loss_noise=1e-3, val_loss_df=10, val_metric_noise=1e-3, val_metric_df=10)
-    assert verdict(b, c)["verdict"] == "changed"  # no noise measured: any difference
+    assert verdict(b, c)["verdict"] == "unjudged"  # no noise measured: never beyond noise, and it fails
     assert verdict(b, c, tolerances=tol)["verdict"] == "equivalent"
-    assert verdict(b, c, tolerances=tol.assign(steps=100))["verdict"] == "changed"  # another config's
+    assert verdict(b, c, tolerances=tol.assign(steps=100))["verdict"] == "unjudged"  # another config's noise
 
 
 def test_cost_flags_a_2x_slowdown():
@@ -65,6 +65,19 @@ def test_compare_a_report_with_itself_and_with_a_rerun(smoke_reports, tmp_path):
     assert proc.returncode == 0 and "FAILED" not in proc.stdout
 
 
+def calibrated_copy(src, dst, rel_noise=1e-4):
+    """A copy of a report with a tolerances.csv beside it: every config's values given a rounding-
+    sized noise (``rel_noise`` of the value), as calibration would measure, so edits are judged."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
+    runs = report.with_axis_defaults(report.read(dst / "runs.csv"))
+    tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen=runs["status"], status_flips=0,
+                                      status_runs=10)
+    for value in ("final_loss", "val_loss", "val_metric"):
+        tol[f"{value}_noise"], tol[f"{value}_df"] = rel_noise * runs[value].abs(), 10
+    tol.to_csv(dst / "tolerances.csv", index=False)
+    return dst
+
+
 def edited_copy(src, dst, edit):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
     runs = report.read(dst / "runs.csv")
@@ -74,7 +87,7 @@ def edited_copy(src, dst, edit):
 
 @pytest.mark.slow
 def test_injected_regressions_are_flagged_exactly(smoke_reports, tmp_path):
-    d0, _ = smoke_reports["0"]
+    d0 = calibrated_copy(smoke_reports["0"][0], tmp_path / "base")
     worse, flipped = "gpt-sgd-cosine-linear-cpu-fp32-s0", "resnet-adamw-cosine-linear-cpu-fp32-s0"
 
     def edit(runs):
@@ -93,7 +106,7 @@ def test_injected_regressions_are_flagged_exactly(smoke_reports, tmp_path):
 
 @pytest.mark.slow
 def test_no_hollow_passes(smoke_reports, tmp_path):
-    d0, _ = smoke_reports["0"]
+    d0 = calibrated_copy(smoke_reports["0"][0], tmp_path / "base")
     truncated = edited_copy(d0, tmp_path / "truncated", lambda runs: runs.iloc[:2])  # 2 of 4 rows
     proc = diagnostics("compare", str(d0), str(truncated))
     assert proc.returncode == 1 and proc.stdout.count("FAILED MISSING") == 2
