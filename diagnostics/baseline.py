@@ -6,8 +6,11 @@ the package's location, so every command finds it whatever directory it runs fro
 - ``runs.csv``: the reference runs (the same schema as a report's), matched on
   ``compare.BASELINE_KEY``;
 - ``tolerances.csv`` and ``envelope.csv``: the per-config tolerances ``diagnostics calibrate``
-  measured (see calibrate.py); without them a value is judged on its differences alone
-  (one seed: any difference is beyond noise);
+  measured (see calibrate.py); without them a config whose bits changed is ``unjudged``;
+- ``init/``: the seed checkpoints the reference runs started from (``{model}-{size}-s{seed}.pt``,
+  written by calibrate): every session of the grid trains from them, so a torch whose seeded
+  initialisation differs is still paired with the baseline, and the change of its init is
+  reported on its own (``compare``'s ``init_verdict``);
 - ``repro.csv``: what the reproducibility checks found (a CUDA twice-same recorded identical is
   required to stay so);
 - ``seeds.csv``: the seed study, where the calibration had several seeds.
@@ -29,6 +32,7 @@ from .detect import NO_RESULT
 from .repro import REPRO, REPRO_COLUMNS
 
 CHECKOUT = paths.CHECKOUT
+INIT = "init"  # the baseline's seed checkpoints (train.initial_weights)
 
 
 class BaselineRefused(report.ReportError):

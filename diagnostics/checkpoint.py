@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,6 +52,26 @@ def save(path: Path, run_id: str, step: int, model, optimizer, scheduler, scaler
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     })
+
+
+@dataclass(frozen=True)
+class SeedCheckpoints:
+    """A folder of seed checkpoints (``{model}-{size}-s{seed}.pt``): each run of a (model, size,
+    seed) loads its initial weights from there; with ``write``, the first run of one the folder
+    lacks saves its own (a committed baseline's folder is read, not written, by a normal session)."""
+
+    folder: Path
+    write: bool = True
+
+    def path(self, model: str, size: str, seed: int) -> Path:
+        return Path(self.folder) / f"{model}-{size}-s{seed}.pt"
+
+
+def seed_checkpoints(value) -> SeedCheckpoints | None:
+    """A folder (writable) or SeedCheckpoints as given; None stays None."""
+    if value is None or isinstance(value, SeedCheckpoints):
+        return value
+    return SeedCheckpoints(Path(value))
 
 
 def save_weights(path: Path, model) -> None:

@@ -131,6 +131,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if bad or not names:
         raise UsageError(f"--perturbations {args.perturbations!r}: valid names are {', '.join(perturb.PERTURBATIONS)}")
     target = baseline.directory(grid.name, args.baseline)
+    if not args.init_dir:  # the reference runs' initial weights become the baseline's seed checkpoints
+        args.init_dir = str(target / baseline.INIT)
 
     def session_command(name: str, changes: dict, extra: list[str]) -> list[str]:
         threads = changes.pop("threads", None)
@@ -294,6 +296,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):
         print(f"changed {r['run_id']}: {r['detail']}")
+    init = table[table["init_verdict"] == compare.INIT_CHANGED]
+    if len(init):
+        print(f"INIT_CHANGED: torch's seeded initialisation gives other weights for {len(init)} configs "
+              f"({', '.join(sorted(set(init['model'].astype(str) + '-' + init['model_size'].astype(str))))}); "
+              "their runs are judged from the baseline's seed checkpoints where it has them")
     blind = compare.blind_spots(table, margin)
     if len(blind):
         print(f"{len(blind)} judged configs cannot see a {margin:.0%} change at the seeds run (mde above the margin): "

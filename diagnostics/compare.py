@@ -139,6 +139,8 @@ class Policy:
         seeds while others are missing (or new) fails for those too, whatever its verdict."""
         v, better = row["verdict"], row.get("direction") == "better"
         listed = lambda key: row.get(key) if isinstance(row.get(key), str) and row.get(key) else ""  # noqa: E731
+        if row.get("init_verdict") == INIT_CHANGED:
+            return "torch's seeded initialisation changed (init_changed): the same seeds give other initial weights"
         if v == "regressed" or (v == "status_changed" and not better):
             return "regression"
         if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
@@ -221,8 +223,41 @@ def noise_band(tol: dict | None, value: str = "final_loss") -> float | None:
 
 
 # ------------------------------------------------------------------------------------------
-# pairing
+# pairing, and torch's seeded initialisation
 # ------------------------------------------------------------------------------------------
+
+# A config's init, judged apart from its training: did torch's seeded initialisation give the
+# same weights on both sides (the runs themselves train from the baseline's seed checkpoints
+# where it has them, so a changed init does not unpair them)? ``init_changed`` fails a check.
+INIT_SAME, INIT_CHANGED = "init_same", "init_changed"
+
+
+def seeded_init(row: dict) -> str:
+    """The hash of the weights torch's seeded init gave a run: ``seeded_init_sha256``, else (a row
+    from before that column, which trained from torch's own init) its ``init_sha256``; "" where
+    neither was recorded (a skipped run)."""
+    for col in ("seeded_init_sha256", "init_sha256"):
+        v = row.get(col)
+        if isinstance(v, str) and v:
+            return v
+    return ""
+
+
+def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
+    """(``init_same`` / ``init_changed`` / "" where no seed on both sides recorded one, what
+    changed) over the seeds present on both sides."""
+    bs = {int(r["seed"]): seeded_init(r) for r in b.to_dict("records")}
+    cs = {int(r["seed"]): seeded_init(r) for r in c.to_dict("records")}
+    seeds = sorted(s for s in set(bs) & set(cs) if bs[s] and cs[s])
+    if not seeds:
+        return "", ""
+    changed = [s for s in seeds if bs[s] != cs[s]]
+    if not changed:
+        return INIT_SAME, ""
+    s0 = changed[0]
+    return INIT_CHANGED, (f"torch's seeded initialisation changed (seeds {','.join(map(str, changed))}: weights "
+                          f"{cs[s0][:12]} where the baseline's torch gave {bs[s0][:12]})")
+
 
 
 def unpaired_reason(b: dict, c: dict) -> str:
@@ -543,7 +578,16 @@ def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: flo
     n = max(len(tests), 1) * max(family_size, 1)
     for t in tests:
         t["p_adj"] = min(1.0, t["p"] * n)
-    return verdict_of(j, margin, ALPHA, n)
+    return with_init(verdict_of(j, margin, ALPHA, n), b, c)
+
+
+def with_init(row: dict, b: pd.DataFrame, c: pd.DataFrame) -> dict:
+    """A verdict row with its ``init_verdict`` (and, where the init changed, that said first in
+    its detail)."""
+    row["init_verdict"], why = init_verdict(b, c)
+    if why:
+        row["detail"] = "; ".join(x for x in (why, row.get("detail", "")) if x)
+    return row
 
 
 def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
@@ -585,7 +629,8 @@ COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detai
                              "candidate_status", "n_seeds_base", "n_seeds_candidate", "n_seeds_judged", "seeds_missing",
                              "seeds_new", "seeds_skipped", "base_final_loss", "candidate_final_loss", "delta_final_loss",
                              "noise_final_loss", "mde", "p_value", "p_holm", "first_diff_step", "curve_exit_step",
-                             "max_curve_distance", "separation_step", "slowdown", "rss_ratio", "device_mem_ratio", "cost"])
+                             "max_curve_distance", "separation_step", "slowdown", "rss_ratio", "device_mem_ratio", "cost",
+                             "init_verdict"])
 
 
 def config_key(values) -> tuple:
@@ -631,7 +676,7 @@ def traces(steps: pd.DataFrame | None) -> dict:
 VERDICT_COLUMNS = list(dict.fromkeys(CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
                                                "loss_floor", "val_loss", "val_metric", "val_metric_name",
                                                "divergence_step", "weights_sha256", "steps_per_s", "peak_rss_mb",
-                                               "peak_device_mem_mb", *PAIRING, *ENVIRONMENT]))
+                                               "peak_device_mem_mb", "seeded_init_sha256", *PAIRING, *ENVIRONMENT]))
 
 
 def slim(runs: pd.DataFrame) -> pd.DataFrame:
@@ -668,6 +713,7 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
         tol = tols.get(key)
         env = next((env_by_run[r] for r in b["run_id"] if r in env_by_run), None)
         j = config_tests(b, c, tol, b_trace, c_trace, env, ref_traces, margin)
+        j["sides"] = (b, c)
         judgements.append(j)
         rows.append(dict(head, base_status=worst(b["status"]), candidate_status=worst(c["status"]),
                          n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=b["final_loss"].mean(),
@@ -680,6 +726,7 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
     for row, j in zip(rows, judgements):
         if j is not None:
             row.update(verdict_of(j, margin, alpha, len(tests)))
+            with_init(row, *j["sides"])
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
     df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
@@ -757,8 +804,8 @@ def load_pair(base_dir: Path, cand_dir: Path, tolerances: str | None = None):
 def failures(table: pd.DataFrame) -> list[str]:
     """One line per failing config, and one for a comparison that judged nothing (no config
     judged on any paired seed)."""
-    lines = [f"{r['verdict'].upper()} {r['run_id']}: {r['failure']}: {r['detail']}"
-             for r in table.to_dict("records") if r["failure"]]
+    lines = [f"{'INIT_CHANGED' if r.get('init_verdict') == INIT_CHANGED else r['verdict'].upper()} {r['run_id']}: "
+             f"{r['failure']}: {r['detail']}" for r in table.to_dict("records") if r["failure"]]
     judged = table["verdict"].isin(JUDGED) | (pd.to_numeric(table.get("n_seeds_judged"), errors="coerce").fillna(0) > 0)
     if not judged.any():
         lines.append(f"nothing was judged: {len(table)} configs, none compared against a baseline")

@@ -50,6 +50,7 @@ VERDICTS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SC
 ROOTS = tuple(v for v in VERDICTS if v not in (DOWNSTREAM, NOT_TRACED))
 EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail"]
 PINNED = "avx2"  # the capability every release since 2.0 has kernels for on x86-64 (ATEN_CPU_CAPABILITY)
+UNPINNED = "no trace under one capability"  # said where capabilities differ and no pinned pair exists
 PINNED_TRACE_ENV = "DIAGNOSTICS_PINNED_TRACE"  # set for the trace that ``diagnostics trace`` takes under PINNED
 PHASE_ORDER = {p: i for i, p in enumerate(("init", "compile", *numerics.PHASES))}
 PHASE_WORDS = {"optimizer": "optimizer step"}
@@ -197,7 +198,7 @@ def explain(a: Path, b: Path, transition: str = "") -> pd.DataFrame:
                 pinned = explain_traces(pa, pb, capability=f"{common[0].upper()} (both)")
                 table = with_dispatch(table, pinned, detail, traced_families(pa) & traced_families(pb))
             else:
-                table["detail"] = table["detail"].where(table["detail"] != "", detail + "; no trace under one capability")
+                table["capability"] = f"{caps[0].upper()} vs {caps[1].upper()} ({UNPINNED})"
     except numerics.TraceError as e:
         raise ExplainError(str(e)) from None
     table["transition"] = transition
@@ -226,26 +227,28 @@ def with_dispatch(native: pd.DataFrame, pinned: pd.DataFrame, detail: str, trace
 
 def summary(table: pd.DataFrame, bits_changed: bool | None = None) -> str:
     """A transition's line: "changed kernels: aten::addmm (forward), aten::_foreach_lerp_
-    (optimizer step); ..." over its families (the pinned pair where there is one). A transition
-    whose bits changed (``bits_changed``) and whose traces name no root says so."""
-    pinned = table[table["capability"].str.endswith("(both)")]
-    view = pinned if not pinned.empty else table
+    (optimizer step); ..." over its families (an op found at the native capabilities and under
+    the pinned one is one op). A transition whose bits changed (``bits_changed``) and whose
+    traces name no root says so."""
     parts = []
-    if not pinned.empty:
-        parts.append(f"CPU capability differs ({table['capability'].iloc[0]}): explained under "
-                     f"{pinned['capability'].iloc[0].removesuffix(' (both)')}")
-        dispatch = table[table["verdict"] == CHANGED_DISPATCH]
-        if not dispatch.empty:
-            parts.append(f"changed dispatch: {ops_in(dispatch)}")
-    for verdict, words in ((CHANGED_KERNEL, "changed kernels"), (CHANGED_DECOMPOSITION, "changed decompositions"),
-                           (CHANGED_ARGUMENTS, "changed arguments"), (CHANGED_SCHEDULE, "changed schedules"),
-                           (CHANGED_CODE, "changed generated code")):
-        rows = view[view["verdict"] == verdict]
+    caps = table["capability"].astype(str)
+    differ = caps[caps.str.contains(" vs ")]
+    if len(differ):
+        cap = differ.iloc[0]
+        parts.append(f"CPU capability differs ({cap})" if UNPINNED in cap else
+                     f"CPU capability differs ({cap}): explained under {PINNED.upper()} too")
+    for verdict, words in ((CHANGED_DISPATCH, "changed dispatch"), (CHANGED_KERNEL, "changed kernels"),
+                           (CHANGED_DECOMPOSITION, "changed decompositions"), (CHANGED_ARGUMENTS, "changed arguments"),
+                           (CHANGED_SCHEDULE, "changed schedules"), (CHANGED_CODE, "changed generated code")):
+        rows = table[table["verdict"] == verdict]
         if not rows.empty:
             parts.append(f"{words}: {ops_in(rows) if verdict != CHANGED_SCHEDULE else schedules_in(rows)}")
-    if not any(view["verdict"].isin(ROOTS)):
+    if not table["verdict"].isin(ROOTS).any():
         parts.append("bits changed but the traces part nowhere (the change is outside the traced steps)"
                      if bits_changed else "no op changed")
+    untraced = table[table["verdict"] == NOT_TRACED]
+    if len(untraced):
+        parts.append(f"not traced: {untraced['family'].replace('', 'every family').nunique()} families")
     return "; ".join(parts)
 
 

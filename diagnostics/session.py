@@ -101,6 +101,20 @@ class Session:
                 "then commit that folder. This session trains the grid and fails once, at its end "
                 "(--allow-no-baseline: it passes unjudged).")
 
+    def seed_checkpoints(self, grid_name: str):
+        """Where a run's initial weights come from: ``--init-dir`` where given; else the
+        baseline's committed seed checkpoints (``BASELINE/init``: read-only, written only by
+        ``--update-baseline`` for a seed it lacks), so the suite trains and pairs from the
+        baseline's weights whatever torch's seeded init does; else torch's seeded init."""
+        from .checkpoint import SeedCheckpoints
+
+        if self.init_dir is not None:
+            return self.init_dir
+        folder = self.baseline_dir(grid_name) / baseline.INIT
+        if folder.is_dir() or self.update_baseline:
+            return SeedCheckpoints(folder, write=self.update_baseline)
+        return None
+
     def record_repro(self, row: dict) -> None:
         report.append(self.report_dir / repro.REPRO, [row], repro.REPRO_COLUMNS)
 
@@ -119,7 +133,7 @@ class Session:
         it) is not trained again: its row and trace are read back and judged as they were."""
         kept = self.kept(spec) if self.resume else None
         result = kept or train.run(spec, self.data_dir, self.data_root, worker=self.worker, probes=self.probes,
-                                   perturbation=self.perturbation, init_dir=self.init_dir)
+                                   perturbation=self.perturbation, init_dir=self.seed_checkpoints(spec.grid))
         if result.status == "skipped":
             if not kept:
                 self.record(result)

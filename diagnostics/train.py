@@ -266,17 +266,20 @@ def error_row(spec: RunSpec, worker: str, e: Exception) -> RunResult:
     return RunResult(row)
 
 
-def initial_weights(model: torch.nn.Module, init_dir: Path | None, spec: RunSpec) -> None:
-    """A seed checkpoint (as torchtitan's loss_compare): with ``init_dir``, the first run of a
-    (model, size, seed) saves its freshly initialised weights there and every later run, on any
-    release or device, loads them (``weights_only=True``), so a change of the init RNG between
-    releases does not hide the training numerics behind other starting weights."""
-    if init_dir is None:
+def initial_weights(model: torch.nn.Module, init_dir, spec: RunSpec) -> None:
+    """A seed checkpoint (as torchtitan's loss_compare): with ``init_dir`` (a folder, or a
+    ``checkpoint.SeedCheckpoints``), every run of a (model, size, seed), on any release or
+    device, loads its initial weights from there (``weights_only=True``), so a change of the
+    init RNG between releases does not hide the training numerics behind other starting weights;
+    the first run of one the folder lacks saves its freshly initialised weights there (unless the
+    folder is read-only: a committed baseline's, outside ``--update-baseline``)."""
+    seeds = checkpoint.seed_checkpoints(init_dir)
+    if seeds is None:
         return
-    path = Path(init_dir) / f"{spec.model}-{spec.size}-s{spec.seed}.pt"
+    path = seeds.path(spec.model, spec.size, spec.seed)
     if path.exists():
         checkpoint.load_weights(path, model)
-    else:
+    elif seeds.write:
         checkpoint.save_weights(path, model)
 
 

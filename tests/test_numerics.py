@@ -1,0 +1,148 @@
+"""The numerics trace and ``explain``: a control finds nothing, an op changed under a stand-in
+environment is named alone, and the alignment's verdicts on hand-made traces."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from diagnostics import explain, numerics
+from diagnostics.spec import RunSpec
+
+GRID = ["--grid", "smoke", "--steps", "6", "--devices", "cpu"]
+
+# stand-in environments: this Python with one aten kernel replaced (torch.library) before the
+# command runs; each computes its op another way and moves the result by an ulp
+PATCHES = {
+    "addmm": """
+import torch
+lib = torch.library.Library("aten", "IMPL")
+def addmm(bias, a, b, *, beta=1, alpha=1):
+    out = torch.mm(a, b) * alpha + bias * beta
+    return torch.nextafter(out, torch.full_like(out, float("inf")))
+lib.impl("addmm", addmm, "CPU")
+""",
+    "lerp_": """
+import torch
+lib = torch.library.Library("aten", "IMPL")
+def lerp_(self, end, weight):
+    moved = self + (end - self) * weight
+    return self.copy_(torch.nextafter(moved, torch.full_like(moved, float("inf"))))
+lib.impl("lerp_.Scalar", lerp_, "CPU")
+""",
+}
+
+
+def trace_in(out, *grid, patch=""):
+    code = f"{PATCHES.get(patch, '')}\nimport sys\nfrom diagnostics.cli import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "trace", *GRID, *grid, "--out", str(out),
+                           "--data-dir", str(out.parent / "data")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return trace_in(tmp_path_factory.mktemp("ref") / "s", "--models", "resnet", "--optimizers", "adamw")
+
+
+@pytest.mark.slow
+def test_a_control_finds_no_op_changed(reference, tmp_path):
+    again = trace_in(tmp_path / "again", "--models", "resnet", "--optimizers", "adamw")
+    table = explain.explain(reference, again)
+    assert table.empty and explain.summary(table) == "no op changed"
+    phases = set(numerics.read(reference / numerics.TRACE)["phase"])
+    assert phases >= {"init", "data", "forward", "loss", "backward", "optimizer", "schedule"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch, op, phase", [("addmm", "aten::addmm", "forward"),
+                                              ("lerp_", "aten::lerp_.Scalar", "optimizer")])
+def test_an_op_changed_in_a_stand_in_environment_is_named_alone(reference, tmp_path, patch, op, phase):
+    changed = trace_in(tmp_path / patch, "--models", "resnet", "--optimizers", "adamw", patch=patch)
+    table = explain.explain(reference, changed)
+    roots = table[table["verdict"].isin(explain.ROOTS)]
+    assert list(zip(roots["op"], roots["verdict"], roots["phase"])) == [(op, explain.CHANGED_KERNEL, phase)]
+    assert roots["first_step"].tolist() == [1]
+    assert set(table.loc[~table["verdict"].isin(explain.ROOTS), "verdict"]) <= {explain.DOWNSTREAM}
+    step_name = explain.PHASE_WORDS.get(phase, phase)
+    assert explain.summary(table).startswith(f"changed kernels: {op} ({step_name})")
+
+
+def row(op, inputs="i", args="a", output="o", phase="forward", step=1, family="f", signature="s"):
+    return dict(family=family, step=step, phase=phase, seq=0, op=op, signature=signature, input_hash=inputs,
+                args_hash=args, output_hash=output, detail="")
+
+
+def trace(*rows):
+    df = pd.DataFrame(rows, columns=numerics.TRACE_COLUMNS)
+    df["seq"] = range(len(df))
+    return df
+
+
+def test_a_fused_kernel_for_a_decomposition_is_a_changed_decomposition_and_what_follows_is_downstream():
+    a = trace(row("aten::mm", output="x"), row("aten::mul_.Tensor", inputs="x", output="y"),
+              row("aten::add_.Tensor", inputs="y", output="z"), row("aten::relu", inputs="z", output="r"))
+    b = trace(row("aten::mm", output="x"), row("aten::lerp_.Scalar", inputs="x", output="y2"),
+              row("aten::relu", inputs="y2", output="r2"))
+    t = explain.explain_traces(a, b)
+    assert t["verdict"].tolist() == [explain.CHANGED_DECOMPOSITION, explain.DOWNSTREAM]
+    assert t.loc[0, "op"] == "aten::lerp_.Scalar" and t.loc[0, "detail"] == \
+        "-aten::mul_.Tensor, aten::add_.Tensor; +aten::lerp_.Scalar"
+
+
+def test_equal_inputs_with_other_arguments_are_changed_arguments_and_an_equal_output_is_no_finding():
+    a = trace(row("aten::add_.Tensor", args="lr1", output="w1"), row("aten::ones_like", args="x", output="1"))
+    b = trace(row("aten::add_.Tensor", args="lr2", output="w2"), row("aten::ones_like", args="y", output="1"))
+    t = explain.explain_traces(a, b)
+    assert t[["op", "verdict"]].values.tolist() == [["aten::add_.Tensor", explain.CHANGED_ARGUMENTS]]
+
+
+def test_schedules_generated_code_and_untraced_families():
+    sched = dict(row("lr_schedule", phase="schedule", step=0, family="schedule:x"), detail="[0.1, 0.2, 0.3]")
+    a = trace(sched, row("compiled.code", phase="compile", step=0, output="c1"), row("aten::mm", family="g"))
+    b = trace(dict(sched, output_hash="o2", detail="[0.1, 0.2, 0.31]"),
+              row("compiled.code", phase="compile", step=0, output="c2"),
+              row("RuntimeError", phase="error", step=0, family="g"))
+    t = explain.explain_traces(a, b).set_index("family")
+    assert t.loc["schedule:x", "verdict"] == explain.CHANGED_SCHEDULE and t.loc["schedule:x", "first_step"] == 3
+    assert t.loc["f", "verdict"] == explain.CHANGED_CODE
+    assert t.loc["g", "verdict"] == explain.NOT_TRACED and "second side" in t.loc["g", "detail"]
+
+
+def test_a_change_gone_under_one_capability_is_the_dispatch(tmp_path):
+    # a ran natively under AVX2 (its trace is the pinned capability's), b under AVX512
+    for side, native, pinned in (("a", "p", "p"), ("b", "o2", "p")):
+        d = tmp_path / side
+        d.mkdir()
+        trace(row("aten::_log_softmax", output=native)).to_csv(d / numerics.TRACE, index=False)
+        trace(row("aten::_log_softmax", output=pinned)).to_csv(d / explain.pinned_name(explain.PINNED), index=False)
+        pd.DataFrame(dict(key=["cpu_capability"], value=["AVX2" if side == "a" else "AVX512"])).to_csv(
+            d / "env.csv", index=False)
+    t = explain.explain(tmp_path / "a", tmp_path / "b")
+    assert t["verdict"].tolist() == [explain.CHANGED_DISPATCH]
+    assert explain.summary(t).startswith("CPU capability differs (AVX2 vs AVX512): explained under AVX2 too; "
+                                         "changed dispatch: aten::_log_softmax")
+    (tmp_path / "b" / explain.pinned_name(explain.PINNED)).unlink()  # no common capability: said so
+    (tmp_path / "b" / numerics.TRACE).rename(tmp_path / "b" / "x.csv")
+    with pytest.raises(explain.ExplainError, match="holds no trace.csv"):
+        explain.explain(tmp_path / "a", tmp_path / "b")
+
+
+def test_a_family_is_its_grid_point_without_schedule_and_seed():
+    s = RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", seed=1,
+                impl="fused", clip="1", accumulation=4)
+    assert numerics.family_of(s) == "gpt-adamw-cpu-fp32-fused-clip1-acc4"
+    assert numerics.family_of_row(dict(model="gpt", optimizer="adamw", scheduler="step", warmup="none",
+                                       device="cpu", precision="fp32", impl="fused", model_size="tiny",
+                                       clip="1.0", accumulation=4.0)) == numerics.family_of(s)
+
+
+def test_a_trace_that_is_not_one_is_refused_in_one_line(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(numerics.TraceError, match="not a trace"):
+        numerics.read(tmp_path / "t.csv")
+    proc = subprocess.run([sys.executable, "-m", "diagnostics", "explain", str(tmp_path / "t.csv"),
+                           str(tmp_path / "t.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a trace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
