@@ -140,7 +140,7 @@ class Policy:
         v, better = row["verdict"], row.get("direction") == "better"
         listed = lambda key: row.get(key) if isinstance(row.get(key), str) and row.get(key) else ""  # noqa: E731
         if row.get("init_verdict") == INIT_CHANGED:
-            return "torch's seeded initialisation changed (init_changed): the same seeds give other initial weights"
+            return "init_changed: this torch's seeded initialisation gives the same seeds other initial weights"
         if v == "regressed" or (v == "status_changed" and not better):
             return "regression"
         if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
@@ -255,8 +255,8 @@ def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
     if not changed:
         return INIT_SAME, ""
     s0 = changed[0]
-    return INIT_CHANGED, (f"torch's seeded initialisation changed (seeds {','.join(map(str, changed))}: weights "
-                          f"{cs[s0][:12]} where the baseline's torch gave {bs[s0][:12]})")
+    return INIT_CHANGED, (f"seeded init of seeds {','.join(map(str, changed))}: {cs[s0][:12]}, the baseline's "
+                          f"{bs[s0][:12]}")
 
 
 

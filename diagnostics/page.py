@@ -108,13 +108,16 @@ def mde_by_run(report_dir: Path, runs: pd.DataFrame) -> dict[str, float]:
 
 def attention(runs: pd.DataFrame, mde: dict[str, float]) -> pd.DataFrame:
     """The runs a reader must look at, worst first: a baseline check that is not a clean pass
-    (QUIET_CHECKS), or a status other than converged; each with its reason."""
+    (QUIET_CHECKS) or whose seeded init changed, or a status other than converged; each with its
+    reason."""
     from .detect import STATUS_RANK
 
     rows = []
     for r in runs.to_dict("records"):
         check = str(r.get("baseline_check", "") if pd.notna(r.get("baseline_check")) else "")
-        if r["status"] == "converged" and (not check or check in QUIET_CHECKS):
+        if r.get("init_check") == compare.INIT_CHANGED:
+            check = f"{check}, {compare.INIT_CHANGED}" if check else compare.INIT_CHANGED
+        elif r["status"] == "converged" and (not check or check in QUIET_CHECKS):
             continue
         rows.append(dict(run_id=r["run_id"], status=r["status"], verdict=check, reason=r.get("status_reason", ""),
                          mde=mde.get(r["run_id"], math.nan), rank=STATUS_RANK.get(r["status"], 0)))

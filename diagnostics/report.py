@@ -39,7 +39,7 @@ PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version"
 # beyond the contract, appended last
 EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid", "perturbation",
          "val_samples", "impl_resolved", "init_sha256", "skipped_steps", "tf32", "matmul_precision", "sdpa_backend",
-         "driver_version", "nccl_version", "seeded_init_sha256"]
+         "driver_version", "nccl_version", "seeded_init_sha256", "init_check"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 # the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",

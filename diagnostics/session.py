@@ -145,6 +145,7 @@ class Session:
         else:
             verdict = dict(verdict="not judged", direction="", detail="calibration rerun or baseline update")
         result.row["baseline_check"] = verdict["verdict"]
+        result.row["init_check"] = verdict.get("init_verdict", "")
         if not kept:
             self.record(result)
         return result, verdict

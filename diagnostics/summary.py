@@ -54,7 +54,8 @@ def markdown(runs: pd.DataFrame, compared: pd.DataFrame | None = None, title: st
         if not compared["verdict"].isin(JUDGED).any():
             lines.append("**Nothing was judged**: no config was compared against a baseline.")
     else:
-        verdicts = [dict(r, verdict=str(r.get("baseline_check") or ""), detail="") for r in records]
+        verdicts = [dict(r, verdict=str(r.get("baseline_check") or ""), init_verdict=r.get("init_check"), detail="")
+                    for r in records]
         for r in verdicts:
             r["failure"] = policy.failure(r) or ""
         checked = [r["verdict"] for r in verdicts if r["verdict"]]

@@ -42,7 +42,7 @@ def test_a_changed_seeded_init_trains_from_the_baselines_weights_and_fails_on_it
     table = compare.compare_reports(frame(base), frame(cand))
     r = table.iloc[0].to_dict()
     assert r["verdict"] == "identical" and r["init_verdict"] == compare.INIT_CHANGED  # the training kept its bits
-    assert "seeded initialisation changed" in r["failure"] and "seeded initialisation changed" in r["detail"]
+    assert r["failure"].startswith("init_changed") and r["detail"].startswith("seeded init of seeds 0")
     elsewhere = train.run(spec(), data_dir)  # no seed checkpoint: torch's own (changed) init
     r = compare.compare_reports(frame(base), frame(elsewhere)).iloc[0].to_dict()
     assert r["init_verdict"] == compare.INIT_CHANGED and r["verdict"] in ("new", "missing") and r["failure"]
@@ -118,3 +118,14 @@ def test_the_committed_noise_of_a_grid_is_found_for_its_configs_only():
     assert release.committed_noise("smoke", [spec(steps=13)]) is None  # another run length: not this noise
     changelog = resolve_grid(GridOptions(grid="changelog", devices=("cpu",))).specs()
     assert "of its 50 configs" in release.committed_noise("changelog", changelog).source
+
+
+def test_a_run_whose_seeded_init_changed_needs_attention_on_the_page():
+    from diagnostics import page
+
+    runs = pd.DataFrame([dict(run_id="a", status="converged", baseline_check="identical", init_check="init_changed",
+                              status_reason=""),
+                         dict(run_id="b", status="converged", baseline_check="identical", init_check="init_same",
+                              status_reason="")])
+    need = page.attention(runs, {})
+    assert need["run_id"].tolist() == ["a"] and need["verdict"].tolist() == ["identical, init_changed"]
