@@ -17,6 +17,22 @@ def diagnostics(*args, timeout=600):
                           timeout=timeout, env=env)
 
 
+def write_rounding_noise(runs_csv: Path, rel_noise: float = 1e-4) -> Path:
+    """A tolerances.csv beside ``runs_csv``: every config's values given a rounding-sized noise
+    (``rel_noise`` of the value) and its own status seen ten times without a flip, as calibration
+    would measure, so edits of the report are judged rather than ``unjudged``."""
+    from diagnostics import compare, report
+
+    runs = report.with_axis_defaults(report.read(runs_csv))
+    tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen=runs["status"], status_flips=0,
+                                      status_runs=10)
+    for value in ("final_loss", "val_loss", "val_metric"):
+        tol[f"{value}_noise"], tol[f"{value}_df"] = rel_noise * runs[value].abs(), 10
+    out = runs_csv.parent / "tolerances.csv"
+    tol.to_csv(out, index=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def smoke_reports(tmp_path_factory):
     """The smoke grid (20 steps) without and with xdist: {workers: (report dir, process)}."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from diagnostics import data, detect, devices, report
-from tests.conftest import diagnostics
+from tests.conftest import diagnostics, write_rounding_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,17 +127,25 @@ def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
     assert set(report.read(tmp_path / "r2" / "runs.csv")["baseline_check"]) == {"identical"}
 
     df = report.read(base)
-    df.loc[0, ["status", "weights_sha256"]] = ["stalled", "x"]  # the candidate's "converged" is an improvement
+    noise = write_rounding_noise(base)  # as calibration measures it, from the unedited baseline
+    noise = noise.rename(noise.with_suffix(".measured"))
+    df.loc[0, ["status", "weights_sha256"]] = ["diverged_nonfinite", "x"]  # the candidate's "converged" is better
     df.loc[1, "final_loss"] = df.loc[1, "final_loss"] * 0.8  # the candidate is 25% worse
     df.loc[1, "weights_sha256"] = "y"
     report.write_atomic(base, df)
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r3"))
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r3"))  # no noise measured: nothing to judge by
+    assert proc.returncode == 1 and "no noise was measured" in proc.stdout and "final_loss +25.00%" in proc.stdout
+    checks = report.read(tmp_path / "r3" / "runs.csv").set_index("run_id")["baseline_check"]
+    assert checks[df.loc[1, "run_id"]] == "unjudged", checks  # a flip out of a divergence needs no noise
+    assert checks[df.loc[0, "run_id"]] == "status_changed", checks
+    noise.rename(base.parent / "tolerances.csv")
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r4"))
     assert proc.returncode == 1
     assert "status_changed: improvement beyond the margin" in proc.stdout and "--allow-improved" in proc.stdout
     assert "regressed: regression: final_loss" in proc.stdout
-    checks = report.read(tmp_path / "r3" / "runs.csv").set_index("run_id")["baseline_check"]
+    checks = report.read(tmp_path / "r4" / "runs.csv").set_index("run_id")["baseline_check"]
     assert sorted(checks) == ["regressed", "status_changed"]
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r4"), "--allow-improved", "--margin", "0.5")
+    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r5"), "--allow-improved", "--margin", "0.5")
     assert proc.returncode == 0, proc.stdout[-2000:]  # 25% is within a 50% margin: changed, which passes
 
 

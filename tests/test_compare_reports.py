@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from diagnostics import compare, report
-from tests.conftest import diagnostics
+from tests.conftest import diagnostics, write_rounding_noise
 
 
 def test_curve_distance_first_difference_and_separation():
@@ -66,15 +66,9 @@ def test_compare_a_report_with_itself_and_with_a_rerun(smoke_reports, tmp_path):
 
 
 def calibrated_copy(src, dst, rel_noise=1e-4):
-    """A copy of a report with a tolerances.csv beside it: every config's values given a rounding-
-    sized noise (``rel_noise`` of the value), as calibration would measure, so edits are judged."""
+    """A copy of a report with a rounding-sized tolerances.csv beside it (conftest.write_rounding_noise)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("data"))
-    runs = report.with_axis_defaults(report.read(dst / "runs.csv"))
-    tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen=runs["status"], status_flips=0,
-                                      status_runs=10)
-    for value in ("final_loss", "val_loss", "val_metric"):
-        tol[f"{value}_noise"], tol[f"{value}_df"] = rel_noise * runs[value].abs(), 10
-    tol.to_csv(dst / "tolerances.csv", index=False)
+    write_rounding_noise(dst / "runs.csv", rel_noise)
     return dst
 
 
