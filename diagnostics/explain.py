@@ -16,7 +16,8 @@ matched). Each matched op gets one verdict (``VERDICTS``):
 (an op whose output kept its bits is no finding);
 
 and each unmatched region is a ``changed decomposition``: ops one side runs and the other does
-not (or with other input shapes), named with what replaced what. A schedule whose LRs differ is
+not (or with other input shapes), named with what replaced what; a region that is the same ops
+renamed, with the same input signatures, is judged op by op as matched ops are (``renamed``). A schedule whose LRs differ is
 ``changed schedule`` (first step: the first LR that differs), generated code that differs is
 ``changed generated code``, a family only one side traced is ``not traced``. The *root* verdicts
 (every one but ``downstream``) are what a transition's line names; ops whose bits agree are not
@@ -83,6 +84,15 @@ def counted(names: list[str]) -> str:
     return ", ".join(f"{n} x{c}" if c > 1 else n for n, c in Counter(names).items())
 
 
+def renamed(gone: list[dict], added: list[dict]) -> bool:
+    """An unmatched region that is the same ops under other names: as many ops on each side, each
+    called with the same input signature as its counterpart (2.3 renamed the CPU flash-attention
+    kernel ``_scaled_dot_product_flash_attention_for_cpu``). Its ops are judged as matched ones
+    (``matched_verdict``): a renamed op fed the same bits that gives other bits is a ``changed
+    kernel``, one that kept its bits no finding."""
+    return bool(gone) and len(gone) == len(added) and all(x["signature"] == y["signature"] for x, y in zip(gone, added))
+
+
 def align(a: list[dict], b: list[dict]) -> list[dict]:
     """The findings of one phase of one step: a list of (op, verdict, detail) dicts."""
     out = []
@@ -93,6 +103,13 @@ def align(a: list[dict], b: list[dict]) -> list[dict]:
                 verdict = matched_verdict(x, y)
                 if verdict is not None:
                     out.append(dict(op=x["op"], verdict=verdict, detail=""))
+            continue
+        if renamed(a[i1:i2], b[j1:j2]):
+            for x, y in zip(a[i1:i2], b[j1:j2]):
+                verdict = matched_verdict(x, y)
+                if verdict is not None:
+                    out.append(dict(op=y["op"], verdict=verdict,
+                                    detail="" if verdict == DOWNSTREAM else f"renamed from {x['op']}"))
             continue
         gone, added = [r["op"] for r in a[i1:i2]], [r["op"] for r in b[j1:j2]]
         op = (added or gone)[0] if len(set(added or gone)) == 1 else ", ".join(dict.fromkeys(added or gone))

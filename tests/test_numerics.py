@@ -92,6 +92,21 @@ def test_a_fused_kernel_for_a_decomposition_is_a_changed_decomposition_and_what_
         "-aten::mul_.Tensor, aten::add_.Tensor; +aten::lerp_.Scalar"
 
 
+def test_a_renamed_op_is_judged_by_its_output():
+    a = trace(row("aten::_flash", output="x"), row("aten::relu", inputs="x", output="r"))
+    changed = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", output="x2"),
+                                              row("aten::relu", inputs="x2", output="r2")))
+    assert changed[["op", "verdict", "detail"]].values.tolist() == [
+        ["aten::_flash_for_cpu", explain.CHANGED_KERNEL, "renamed from aten::_flash"], ["", explain.DOWNSTREAM, ""]]
+    kept = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", output="x"), row("aten::relu", inputs="x", output="r")))
+    assert kept.empty  # a rename that kept the bits explains nothing
+    fed_other_bits = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", inputs="j", output="x2"),
+                                                     row("aten::relu", inputs="x2", output="r2")))
+    assert fed_other_bits["verdict"].tolist() == [explain.DOWNSTREAM]
+    other_shapes = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", signature="t", output="x")))
+    assert other_shapes["verdict"].tolist() == [explain.CHANGED_DECOMPOSITION]
+
+
 def test_equal_inputs_with_other_arguments_are_changed_arguments_and_an_equal_output_is_no_finding():
     a = trace(row("aten::add_.Tensor", args="lr1", output="w1"), row("aten::ones_like", args="x", output="1"))
     b = trace(row("aten::add_.Tensor", args="lr2", output="w2"), row("aten::ones_like", args="y", output="1"))
