@@ -411,7 +411,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     """Every consecutive pair of the given releases judged: DIR/changelog.csv, .md and its page."""
     import pandas as pd
 
-    from . import changelog, compare, release, report
+    from . import changelog, release, report
 
     if len(args.versions) < 2:
         raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
