@@ -33,10 +33,17 @@ def probe(cin: int, cout: int, kernel: int, stride: int, batch: int, size: int, 
     return {"output": digest(y), "weight grad": digest(conv.weight.grad), "input grad": digest(x.grad)}
 
 
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, default in (("cin", 32), ("cout", 64), ("kernel", 3), ("stride", 2), ("batch", 32), ("size", 8)):
-        p.add_argument(f"--{name}", type=int, default=default)
+        p.add_argument(f"--{name}", type=positive, default=default)
     a = p.parse_args()
     torch.set_num_threads(1)  # as the grid's runs: one thread each
     shape = (a.cin, a.cout, a.kernel, a.stride, a.batch, a.size)

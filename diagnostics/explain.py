@@ -17,8 +17,8 @@ matched). Each matched op gets one verdict (``VERDICTS``):
 
 and each unmatched region is a ``changed decomposition``: ops one side runs and the other does
 not (or with other input shapes), named with what replaced what; a region that is the same ops
-renamed, with the same input signatures, is judged op by op as matched ops are (``renamed``). A schedule whose LRs differ is
-``changed schedule`` (first step: the first LR that differs), generated code that differs is
+renamed, with the same input signatures, is judged op by op as matched ops are (``renamed``). A
+schedule whose LRs differ is ``changed schedule`` (first step: the first LR that differs), generated code that differs is
 ``changed generated code``, a family only one side traced is ``not traced``. The *root* verdicts
 (every one but ``downstream``) are what a transition's line names; ops whose bits agree are not
 written.
@@ -98,18 +98,12 @@ def align(a: list[dict], b: list[dict]) -> list[dict]:
     out = []
     matcher = difflib.SequenceMatcher(None, [key(r) for r in a], [key(r) for r in b], autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
+        if tag == "equal" or renamed(a[i1:i2], b[j1:j2]):
             for x, y in zip(a[i1:i2], b[j1:j2]):
                 verdict = matched_verdict(x, y)
                 if verdict is not None:
-                    out.append(dict(op=x["op"], verdict=verdict, detail=""))
-            continue
-        if renamed(a[i1:i2], b[j1:j2]):
-            for x, y in zip(a[i1:i2], b[j1:j2]):
-                verdict = matched_verdict(x, y)
-                if verdict is not None:
-                    out.append(dict(op=y["op"], verdict=verdict,
-                                    detail="" if verdict == DOWNSTREAM else f"renamed from {x['op']}"))
+                    same_name = verdict == DOWNSTREAM or x["op"] == y["op"]
+                    out.append(dict(op=y["op"], verdict=verdict, detail="" if same_name else f"renamed from {x['op']}"))
             continue
         gone, added = [r["op"] for r in a[i1:i2]], [r["op"] for r in b[j1:j2]]
         op = (added or gone)[0] if len(set(added or gone)) == 1 else ", ".join(dict.fromkeys(added or gone))
