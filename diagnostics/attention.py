@@ -86,9 +86,9 @@ class Recorder:
     def __init__(self):
         self.kernels: set[str] = set()
 
-    def add(self, q, k, v, dropout_p: float, is_causal: bool) -> None:
+    def add(self, q, k, v, attn_mask, dropout_p: float, is_causal: bool) -> None:
         try:
-            choice = torch._fused_sdp_choice(q, k, v, None, dropout_p, is_causal)
+            choice = torch._fused_sdp_choice(q, k, v, attn_mask, dropout_p, is_causal)
         except (AttributeError, RuntimeError, TypeError):
             choice = None
         self.kernels.add(KERNEL_NAMES.get(choice, f"unknown ({choice})"))
@@ -108,10 +108,14 @@ def recording():
         Recorder.active = None
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, is_causal: bool = False):
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+         dropout_p: float = 0.0, is_causal: bool = False):
     """``F.scaled_dot_product_attention``, the kernel the run's first eager call dispatches to
-    recorded (once per run: every later step has the same shapes, and nothing is added to them)."""
+    recorded (once per run: every later step has the same shapes and the same kind of mask).
+    Without a mask the call is exactly ``is_causal``'s (no ``attn_mask`` argument passed)."""
     rec = Recorder.active
     if rec is not None and not rec.kernels and not compat.is_compiling():
-        rec.add(q, k, v, dropout_p, is_causal)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+        rec.add(q, k, v, attn_mask, dropout_p, is_causal)
+    if attn_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)

@@ -63,8 +63,10 @@ class SeedCheckpoints:
     folder: Path
     write: bool = True
 
-    def path(self, model: str, size: str, seed: int) -> Path:
-        return Path(self.folder) / f"{model}-{size}-s{seed}.pt"
+    def path(self, model: str, size: str, seed: int, context: int = 0) -> Path:
+        """The file of a (model, size, seed), and its context length where not the preset's (a
+        gpt of another context has another position table: other weights)."""
+        return Path(self.folder) / f"{model}-{size}{f'-ctx{context}' if context else ''}-s{seed}.pt"
 
 
 def seed_checkpoints(value) -> SeedCheckpoints | None:

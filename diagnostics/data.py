@@ -15,7 +15,11 @@ disk (``download=False``), an ``ImageFolder`` tree, or a UTF-8 text file for the
 character level. Problems raise ``DataError`` with a one-line message.
 
 Batches are stateless functions of ``(seed, step)``: the data order of step k does not depend
-on what ran before, so resuming at step k needs only k.
+on what ran before, so resuming at step k needs only k. An LM batch is laid out as its run's
+``layout`` says (``layout.py``: full windows, right- or left-padded sequences, packed
+documents); the lengths of a padded or packed batch are drawn from a generator of
+``(seed, step)`` too. A batch is ``(inputs, targets)``: ``inputs`` the tuple of the model's
+positional arguments (the tokens, then the layout's segments where it has some; the images).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import layout as layouts
 from .models import MODELS, DataInfo
 
 DATA_SEED = 1234  # fixed: the embedded data is the same for every run and machine
@@ -334,10 +339,11 @@ def check_root(root: Path) -> None:
         raise DataError(f"--data-root {root} is not readable")
 
 
-def for_model(model: str, size: str, data_dir, data_root: str | None = None) -> Dataset:
-    """The dataset a model preset trains on: its task's data, cut to its context length."""
+def for_model(model: str, size: str, data_dir, data_root: str | None = None, context: int = 0) -> Dataset:
+    """The dataset a model preset trains on: its task's data, cut to its context length (the
+    preset's, or ``context`` tokens where given)."""
     entry = MODELS[model]
-    return load(entry.task, entry.block_size(size), str(data_dir), data_root)
+    return load(entry.task, entry.block_size(size, context), str(data_dir), data_root)
 
 
 @functools.lru_cache(maxsize=8)
@@ -390,10 +396,40 @@ def batch_indices(ds: Dataset, seed: int, step: int, batch_size: int) -> torch.T
     return torch.cat([head, _epoch_perm(n, seed, epoch1)[: batch_size - len(head)]])
 
 
+def windows(tokens: torch.Tensor, starts: torch.Tensor, block: int) -> torch.Tensor:
+    """Rows of ``block + 1`` consecutive tokens from each start (inputs and their next tokens)."""
+    return tokens[starts[:, None] + torch.arange(block + 1, device=starts.device)]
+
+
 def lm_windows(tokens: torch.Tensor, starts: torch.Tensor, block: int):
-    idx = starts[:, None] + torch.arange(block + 1, device=starts.device)
-    w = tokens[idx]
+    w = windows(tokens, starts, block)
     return w[:, :-1], w[:, 1:]
+
+
+def layout_generator(seed: int, step: int | str) -> torch.Generator:
+    """The RNG of a padded or packed batch's lengths (and a packed batch's document starts): a
+    function of (seed, step) alone, apart from the windows' own (``step_generator``), so a
+    layout changes no window a ``full`` batch of the same step draws."""
+    key = hashlib.sha256(f"layout|{seed}|{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:7], "little"))
+
+
+def lm_batch(tokens: torch.Tensor, starts: torch.Tensor, block: int, layout: str, gen: torch.Generator | None):
+    """An LM batch ``((inputs, segments), targets)`` in ``layout`` from window ``starts`` (full,
+    right, left: one window each; packed: the number of rows), lengths drawn from ``gen``;
+    ``full`` gives ``((inputs,), targets)`` and draws nothing."""
+    if layout == layouts.FULL:
+        x, y = lm_windows(tokens, starts, block)
+        return (x,), y
+    if layout == "packed":
+        lengths = [layouts.pack_lengths(block, gen) for _ in range(len(starts))]
+        hi = len(tokens) - block - 1
+        doc_starts = [torch.randint(0, hi, (len(row),), generator=gen).tolist() for row in lengths]
+        src, seg = (to_device(t, tokens.device) for t in layouts.packed(doc_starts, lengths, block))
+        x, y = tokens[src], tokens[src + 1]
+    else:
+        x, y, seg = layouts.padded(windows(tokens, starts, block), layouts.draw_lengths(len(starts), block, gen), layout)
+    return (x, seg), y
 
 
 def on_device(ds: Dataset, device: torch.device) -> Dataset:
@@ -419,25 +455,30 @@ def normalize(ds: Dataset, x_u8: torch.Tensor) -> torch.Tensor:
     return (x_u8.float() / 255 - mean[:, None, None]) / std[:, None, None]
 
 
-def train_batch(ds: Dataset, seed: int, step: int, batch_size: int, device: torch.device):
-    """Step ``step``'s batch on ``device``: indices drawn on the host (the same on every device),
-    data gathered wherever ``ds`` lives (``on_device``: the device, with no blocking copy)."""
+def train_batch(ds: Dataset, seed: int, step: int, batch_size: int, device: torch.device, layout: str = "full"):
+    """Step ``step``'s batch ``(inputs, targets)`` on ``device``: indices drawn on the host (the
+    same on every device), data gathered wherever ``ds`` lives (``on_device``: the device, with
+    no blocking copy); an LM batch laid out as ``layout``."""
     idx = to_device(batch_indices(ds, seed, step, batch_size), ds.train_x.device)
     if ds.task == "lm":
-        x, y = lm_windows(ds.train_x, idx, ds.info.block_size)
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    return normalize(ds, ds.train_x[idx].to(device)), ds.train_y[idx].to(device)
+        gen = None if layout == layouts.FULL else layout_generator(seed, step)
+        inputs, y = lm_batch(ds.train_x, idx, ds.info.block_size, layout, gen)
+        return tuple(t.to(device, non_blocking=True) for t in inputs), y.to(device, non_blocking=True)
+    return (normalize(ds, ds.train_x[idx].to(device)),), ds.train_y[idx].to(device)
 
 
-def val_batches(ds: Dataset, device: torch.device, batch_size: int = 256):
-    """The held-out split in fixed order: LM in up to LM_EVAL_WINDOWS non-overlapping windows."""
+def val_batches(ds: Dataset, device: torch.device, batch_size: int = 256, layout: str = "full"):
+    """The held-out split in fixed order, as ``(inputs, targets)``: LM in up to LM_EVAL_WINDOWS
+    non-overlapping windows, laid out as ``layout`` with lengths of a fixed generator (every run
+    and release scores the same tokens)."""
     if ds.task == "lm":
         T = ds.info.block_size
         n = min(LM_EVAL_WINDOWS, (len(ds.val_x) - 1) // T)
         starts = torch.arange(n, device=ds.val_x.device) * T
+        gen = None if layout == layouts.FULL else layout_generator(0, "held-out")
         for i in range(0, n, batch_size):
-            x, y = lm_windows(ds.val_x, starts[i : i + batch_size], T)
-            yield x.to(device), y.to(device)
+            inputs, y = lm_batch(ds.val_x, starts[i : i + batch_size], T, layout, gen)
+            yield tuple(t.to(device) for t in inputs), y.to(device)
         return
     for i in range(0, len(ds.val_x), batch_size):
-        yield normalize(ds, ds.val_x[i : i + batch_size].to(device)), ds.val_y[i : i + batch_size].to(device)
+        yield (normalize(ds, ds.val_x[i : i + batch_size].to(device)),), ds.val_y[i : i + batch_size].to(device)

@@ -81,8 +81,10 @@ CONVERGED = tuple(s.name for s in STATUS_TABLE if s.converged)
 BY_THRESHOLD = frozenset(s.name for s in STATUS_TABLE if s.by_threshold)
 # statuses of a run with no trained result to judge (its reason says why)
 NO_RESULT = ("skipped", "error")
+# ``nonfinite_origin``: where a trained run's first NaN/inf came from (``origin.py``: the run's
+# step replayed, never a log's); written beside the ``nonfinite`` event of the same step
 EVENT_KINDS = ("nonfinite", "scale_collapse", "loss_vanished", "explosion", "relapse", "loss_spike", "grad_spike",
-               "loss_shift", "grad_shift", "catastrophic_spike", "recovery", "plateau")
+               "loss_shift", "grad_shift", "catastrophic_spike", "recovery", "plateau", "nonfinite_origin")
 # events that describe a healthy run's course, not a problem: not counted as its first event
 COURSE_EVENTS = ("recovery", "plateau")
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attention, compat
+from . import layout as layouts
 
 # --------------------------------------------------------------------------------------------
 # gpt: a decoder-only transformer LM in the shape of nanoGPT's model.py
@@ -57,18 +58,23 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         return (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
 
-    def max_logit(self, x: torch.Tensor) -> torch.Tensor:
-        """Largest causal attention logit q.k/sqrt(d) (a probe; SDPA never forms them)."""
+    def max_logit(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Largest attention logit q.k/sqrt(d) the mask allows (causal without one; a probe:
+        SDPA never forms them)."""
         q, k, _ = self.heads(x)
         logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
         T = x.shape[1]
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return logits.masked_fill(~mask, float("-inf")).amax()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal self-attention (``is_causal``), or under ``mask`` (B, 1, T, T) where the batch's
+        layout has one (``layout.attention_mask``)."""
         B, T, C = x.shape
         q, k, v = self.heads(x)
-        y = attention.sdpa(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = attention.sdpa(q, k, v, attn_mask=mask, is_causal=mask is None,
+                           dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -92,8 +98,8 @@ class Block(nn.Module):
         self.ln_2 = compat.layer_norm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -122,25 +128,32 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)
+    def embed(self, idx: torch.Tensor, segments: torch.Tensor | None):
+        """Token + position embeddings and the attention mask: positions 0..T-1 and no mask (causal)
+        for a full batch; positions within each document and the layout's mask with ``segments``."""
+        if segments is None:
+            return self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)), None
+        return self.wte(idx) + self.wpe(layouts.positions(segments)), layouts.attention_mask(segments)
+
+    def forward(self, idx: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        x, mask = self.embed(idx, segments)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.lm_head(self.ln_f(x))
 
     @torch.no_grad()
-    def probes(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def probes(self, idx: torch.Tensor, segments: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The two small-scale instability signals of Wortsman et al. 2023: the largest attention
         logit over all blocks (attention-logit growth) and the mean log-partition log Z of the
         output logits (output-logit divergence). Device tensors; one extra forward pass."""
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        x, mask = self.embed(idx, segments)
         attn_max = []
         for block in self.blocks:
-            attn_max.append(block.attn.max_logit(block.ln_1(x)))
-            x = block(x)
+            attn_max.append(block.attn.max_logit(block.ln_1(x), mask))
+            x = block(x, mask)
         logits = self.lm_head(self.ln_f(x)).float()
+        if segments is not None:
+            logits = logits[segments > 0]
         return {"attn_logit_max": torch.stack(attn_max).amax(), "output_log_z": torch.logsumexp(logits, -1).mean()}
 
 
@@ -249,7 +262,8 @@ def _vit(size: str, info: DataInfo) -> nn.Module:
 
 
 def _gpt(size: str, info: DataInfo) -> nn.Module:
-    return GPT(replace(GPT_PRESETS[size], vocab_size=info.vocab_size))
+    return GPT(replace(GPT_PRESETS[size], vocab_size=info.vocab_size, block_size=info.block_size or
+                       GPT_PRESETS[size].block_size))
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,16 +294,20 @@ class ModelEntry:
     needs_torchvision: bool  # a stack without a working torchvision skips it, saying so
     context: dict = field(default_factory=dict)  # LM: size preset -> context length the data is cut into
     has_attention: bool = False  # scaled-dot-product attention: the --attention axis applies
+    # batch layouts it takes (layout.LAYOUTS): beyond "full", its forward takes the batch's
+    # segments as a second argument (``GPT.forward``)
+    layouts: tuple[str, ...] = (layouts.FULL,)
 
-    def block_size(self, size: str) -> int:
-        """Context length of an LM preset (0 for image models)."""
-        return self.context.get(size, 0)
+    def block_size(self, size: str, context: int = 0) -> int:
+        """Context length of an LM preset, or ``context`` where given (0 for image models)."""
+        return (context or self.context.get(size, 0)) if self.task == "lm" else 0
 
 
 SIZES = ("tiny", "small")  # the presets every model has: CPU grids, nightly/GPU
 MODELS: dict[str, ModelEntry] = {
     "gpt": ModelEntry("gpt", "lm", _gpt, {"tiny": 16, "small": 32}, False,
-                      context={size: preset.block_size for size, preset in GPT_PRESETS.items()}, has_attention=True),
+                      context={size: preset.block_size for size, preset in GPT_PRESETS.items()}, has_attention=True,
+                      layouts=layouts.LAYOUTS),
     "resnet": ModelEntry("resnet", "image", _resnet, {"tiny": 32, "small": 128}, False),
     "resnet18": ModelEntry("resnet18", "image", _resnet18, {"tiny": 32, "small": 128}, True),
     "vit": ModelEntry("vit", "image", _vit, {"tiny": 32, "small": 128}, True, has_attention=True),
@@ -299,12 +317,13 @@ MODELS: dict[str, ModelEntry] = {
 TASKS = ("lm", "image")
 
 
-def task_loss(model: nn.Module, task: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def task_loss(model: nn.Module, task: str, batch: tuple[tuple, torch.Tensor]) -> torch.Tensor:
     """A batch's training loss, in float32: next-token cross entropy of an LM's logits (N, T, V)
-    against (N, T) targets, or class cross entropy of an image model's logits (N, classes). Every
+    against (N, T) targets (padding targets ignored: ``layout.IGNORE``), or class cross entropy
+    of an image model's logits (N, classes). Every
     model, built in or registered, trains on this: a module only maps inputs to logits."""
-    x, y = batch
-    return logits_loss(model(x).float(), task, y)
+    inputs, y = batch
+    return logits_loss(model(*inputs).float(), task, y)
 
 
 def logits_loss(logits: torch.Tensor, task: str, y: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ of what went in and what came out, in the environment of one torch release
 session's runs). ``explain`` aligns two of them op by op.
 
 A *family* is a grid point up to its schedule and seed: model, size, optimizer, implementation,
-precision, attention kernel, compile backend, clipping and accumulation (``family_of``). Each
+precision, attention kernel, batch layout, context length, compile backend, clipping and accumulation (``family_of``). Each
 family trains ``TRACE_STEPS`` steps from the session's seed checkpoint (``--init-dir``) on the
 grid's batches of seed 0, under a ``TorchDispatchMode`` (torch 2.0 and later) that records, per
 aten op: the phase it ran in (``PHASES``), its name, a signature of its tensor inputs (dtypes and
@@ -42,6 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import paths, report
+from .dispatch import flat_values, op_name, written_arguments
 from .spec import RunSpec
 
 TRACE = paths.TRACE  # beside a session's runs.csv
@@ -51,8 +52,8 @@ PHASES = ("init", "data", "forward", "loss", "backward", "clip", "optimizer", "s
 TRACE_COLUMNS = ["family", "step", "phase", "seq", "op", "signature", "input_hash", "args_hash", "output_hash",
                  "detail"]
 # the fields of a RunSpec that make a family: every axis that changes the ops of a step
-FAMILY_FIELDS = ("model", "size", "optimizer", "impl", "precision", "attention", "compile", "clip", "accumulation",
-                 "device")
+FAMILY_FIELDS = ("model", "size", "optimizer", "impl", "precision", "attention", "layout", "context", "compile", "clip",
+                 "accumulation", "device")
 # ops that move no value: leaving them out keeps two releases' traces aligned where one reorders
 # views or adds a copy (a copy between dtypes converts, and is kept: see ``moves_no_value``)
 VALUE_PRESERVING = {"aten::clone", "aten::contiguous", "aten::alias", "aten::lift_fresh", "aten::lift_fresh_copy",
@@ -91,18 +92,6 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return head + flat.cpu().view(torch.uint8).numpy().tobytes()
 
 
-def flat_values(obj):
-    """Every leaf of nested lists, tuples and dicts (an op's args and returns)."""
-    if isinstance(obj, (list, tuple)):
-        for x in obj:
-            yield from flat_values(x)
-    elif isinstance(obj, dict):
-        for k in sorted(obj):
-            yield from flat_values(obj[k])
-    else:
-        yield obj
-
-
 def hash_tensors(values) -> str:
     tensors = [v for v in flat_values(values) if isinstance(v, torch.Tensor)]
     return digest(*(tensor_bytes(t) for t in tensors)) if tensors else ""
@@ -130,26 +119,6 @@ def scalar_repr(v) -> str:
         return str(v)
     text = repr(v)
     return type(v).__name__ if " at 0x" in text or isinstance(v, torch.Generator) else text  # no addresses
-
-
-def op_name(func) -> str:
-    """``aten::addmm``; with its overload where not the default (``aten::add.Scalar``)."""
-    schema = func._schema
-    overload = getattr(func, "_overloadname", "default")
-    return schema.name if overload in ("default", "") else f"{schema.name}.{overload}"
-
-
-def written_arguments(func, args, kwargs) -> list:
-    """The arguments an op writes in place (``Tensor(a!)`` in its schema: ``add_``'s self, the
-    lists of a ``_foreach_*_``, an ``out=``)."""
-    out = []
-    for i, arg in enumerate(func._schema.arguments):
-        info = arg.alias_info
-        if info is not None and info.is_write:
-            value = args[i] if i < len(args) else kwargs.get(arg.name)
-            if value is not None:
-                out.append(value)
-    return out
 
 
 def moves_no_value(func, name: str, args) -> bool:
@@ -234,11 +203,12 @@ def family_of_row(row: dict) -> str:
     """The family of a runs.csv or compare.csv row (an axis it lacks at its default)."""
     axes = {k: row.get(k, report.AXIS_DEFAULTS.get(k)) for k in report.AXIS_DEFAULTS}
     accumulation = int(float(axes.pop("accumulation")))
+    context = int(float(axes.pop("context")))
     clip = str(axes.pop("clip"))
     clip = clip if clip == "none" else f"{float(clip):g}"
     return family_of(RunSpec(model=row["model"], optimizer=row["optimizer"], scheduler=row["scheduler"],
                              warmup=row["warmup"], device=row["device"], precision=row["precision"],
-                             size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation,
+                             size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
                              **{k: str(v) for k, v in axes.items()}))
 
 

@@ -23,6 +23,7 @@ from . import paths
 from .attention import ATTENTIONS
 from .compare import MARGIN, Policy
 from .devices import DEVICE_TYPES
+from .layout import LAYOUTS
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from .spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
@@ -88,6 +89,11 @@ GRID_OPTIONS = (
     Option("--compile", f"torch.compile backends, comma list of: {names(COMPILE_BACKENDS)}", str),
     Option("--attention", f"attention kernels, comma list of: {names(ATTENTIONS)} (default: the grid's; default = "
                           "torch's choice)", str),
+    Option("--layout", f"LM batch layouts, comma list of: {names(LAYOUTS)} (default: the grid's; full = unpadded "
+                       "causal windows; right / left = padded sequences with a key-padding mask; packed = documents "
+                       "with a block-diagonal causal mask; models without attention train full only)", str),
+    Option("--context", "LM context lengths in tokens, comma list (e.g. 64,100,192) (default: the grid's; the "
+                        "model preset's own)", str),
     Option("--clip", "gradient clipping, comma list of: none or a max norm (clip_grad_norm_ before each optimizer "
                      "step; under fp16 after the scaler's unscale_) (default: the grid's; none)", str),
     Option("--accumulation", "micro-batches per optimizer step, comma list (the batch split in as many parts, the "

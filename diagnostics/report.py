@@ -27,7 +27,8 @@ from .paths import STEPS as STEPS
 
 # the axes a run is defined by beyond its recipe (spec.RunSpec's fields), with the value that
 # leaves a run id unchanged; a report written before one existed reads it as this (``read``)
-AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default", "clip": "none", "accumulation": 1}
+AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default", "layout": "full", "context": 0,
+                 "clip": "none", "accumulation": 1}
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", *AXIS_DEFAULTS, "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
 OUTCOME = [*VERDICT_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]

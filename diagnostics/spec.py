@@ -11,6 +11,7 @@ import itertools
 from dataclasses import asdict, dataclass, field, replace
 
 from .attention import ATTENTIONS
+from .layout import LAYOUTS
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from .report import AXIS_DEFAULTS
@@ -49,16 +50,20 @@ class RunSpec:
     impl: str = "default"  # one of IMPLS: the optimizer implementation
     compile: str = "none"  # one of COMPILE_BACKENDS: torch.compile backend of the model
     attention: str = "default"  # one of attention.ATTENTIONS: the SDPA kernel asked for
+    layout: str = "full"  # one of layout.LAYOUTS: how an LM batch's rows are laid out (full: a model without attention)
+    context: int = 0  # LM context length in tokens (0: the model preset's; image models: always 0)
     clip: str = "none"  # "none", or the max norm of clip_grad_norm_ before each optimizer step ("1")
     accumulation: int = 1  # micro-batches per optimizer step (the batch split: the effective batch is kept)
 
     @property
     def id(self) -> str:
         """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0``; a non-default
-        implementation, compile backend, attention kernel, clipping norm or accumulation follows
-        the precision (``-fp32-fused-inductor-math-clip1-acc4-s0``),
+        implementation, compile backend, attention kernel, batch layout, context length, clipping
+        norm or accumulation follows the precision
+        (``-fp32-fused-inductor-math-left-ctx100-clip1-acc4-s0``),
         ``-lrx3`` ends it when the LR is scaled. Ids of default-axis runs never change."""
         named = (("impl", self.impl, ""), ("compile", self.compile, ""), ("attention", self.attention, ""),
+                 ("layout", self.layout, ""), ("context", self.context, "ctx"),
                  ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"))
         axes = "".join(f"-{prefix}{v}" for k, v, prefix in named if v != AXIS_DEFAULTS[k])
         base = (f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}{axes}"
@@ -83,6 +88,8 @@ class Grid:
     impls: tuple[str, ...] = ("default",)
     compiles: tuple[str, ...] = ("none",)
     attentions: tuple[str, ...] = ("default",)  # SDPA kernels (models without attention ignore the axis)
+    layouts: tuple[str, ...] = ("full",)  # LM batch layouts (a model that takes only full batches ignores the axis)
+    contexts: tuple[int, ...] = (0,)  # LM context lengths (0 or the preset's own: the preset's; image models ignore it)
     clips: tuple[str, ...] = ("none",)  # gradient clipping: "none" or a max norm
     accumulations: tuple[int, ...] = (1,)  # micro-batches per optimizer step
     seeds: tuple[int, ...] = (0,)
@@ -101,13 +108,28 @@ class Grid:
         specs = [
             RunSpec(model=m, optimizer=o, scheduler=s, warmup=w, device=d, precision=p, seed=seed, steps=self.steps,
                     lr_scale=lr, size=self.size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
-                    attention=att if MODELS[m].has_attention else "default", clip=clip, accumulation=acc)
-            for d, m, o, s, w, p, impl, comp, att, clip, acc, seed, lr in itertools.product(
+                    attention=att if MODELS[m].has_attention else "default",
+                    layout=lay if lay in MODELS[m].layouts else "full", context=own_context(m, self.size, ctx),
+                    clip=clip, accumulation=acc)
+            for d, m, o, s, w, p, impl, comp, att, lay, ctx, clip, acc, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
-                self.compiles, self.attentions, self.clips, self.accumulations, self.seeds, self.lr_scales)
+                self.compiles, self.attentions, self.layouts, self.contexts, self.clips, self.accumulations,
+                self.seeds, self.lr_scales)
         ]
         specs += [s for part in self.parts for s in part.specs()]
         return list({(s.id, s.steps, s.size): s for s in specs}.values())
+
+
+def LAYOUT_PARTS(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
+    """The batch-layout parts of the CPU release presets (``release``, ``changelog``): gpt with
+    AdamW + warmup + cosine, every layout at the tiny preset's 64 tokens and at the odd lengths
+    100 and 192 (not multiples of 64 or 128) in fp32 and bf16 (4 x 3 x 2 = 24 configs, the full-64
+    ones already in the preset), and every layout under each CPU kernel alone (math, flash) at
+    100 tokens (8 configs): where releases changed masked attention (docs/concepts/layouts.md)."""
+    common = dict(models=("gpt",), optimizers=("adamw",), schedulers=("cosine",), warmups=("linear",), seeds=seeds,
+                  steps=60, layouts=LAYOUTS)
+    return (Grid(name, "convergence", precisions=("fp32", "bf16"), contexts=(64, 100, 192), **common),
+            Grid(name, "convergence", attentions=("math", "flash"), contexts=(100,), **common))
 
 
 GRIDS: dict[str, Grid] = {
@@ -133,7 +155,14 @@ GRIDS: dict[str, Grid] = {
                            # 4 micro-batches per step
                            Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
-                                clips=("1",), accumulations=(1, 4), steps=200, size="small"),)),
+                                clips=("1",), accumulations=(1, 4), steps=200, size="small"),
+                           # padded and packed batches x odd lengths (192: 128 + 64, the tile case of
+                           # pytorch#196678) x every CUDA kernel that takes a mask (flash takes none: its
+                           # rows say so) x fp32 / bf16: 4 x 3 x 4 x 2 = 96 runs
+                           Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
+                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
+                                attentions=("default", "math", "efficient", "cudnn"), layouts=LAYOUTS,
+                                contexts=(100, 192, 256)),)),
     # release: the paths torch releases change (docs/concepts/releases.md), ~8 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
@@ -149,7 +178,8 @@ GRIDS: dict[str, Grid] = {
                            # and together: 2 x 2 x 3 = 12 runs
                            Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
-                                clips=("none", "1"), accumulations=(1, 4), steps=60),)),
+                                clips=("none", "1"), accumulations=(1, 4), steps=60),
+                           *LAYOUT_PARTS("release", seeds=(0,)),)),
     # changelog: every torch release's convergence on CPU in a few minutes each (docs/concepts/releases.md
     # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
     # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
@@ -162,11 +192,20 @@ GRIDS: dict[str, Grid] = {
                                                dict(precisions=("bf16", "fp16")),
                                                dict(compiles=("aot_eager", "inductor")),
                                                dict(attentions=("math", "flash")),
-                                               dict(clips=("1",)), dict(accumulations=(4,))))),
+                                               dict(clips=("1",)), dict(accumulations=(4,))))
+                      + LAYOUT_PARTS("changelog", seeds=(0, 1))),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
 }
+
+
+def own_context(model: str, size: str, context: int) -> int:
+    """A grid point's ``context``: 0 for the preset's own length (given as 0 or as that number,
+    so ``--context 64,100`` on the tiny gpt is the default run and one other) and for a model
+    without a context (an image model)."""
+    entry = MODELS[model]
+    return 0 if entry.task != "lm" or context == entry.block_size(size) else context
 
 
 def parse_names(value: str | None, valid, what: str) -> tuple[str, ...] | None:
@@ -225,6 +264,15 @@ def parse_clips(value: str | None) -> tuple[str, ...] | None:
             raise SpecError(f"--clip {value!r}: a max norm must be positive and finite")
         out.append(f"{norm:g}")
     return tuple(dict.fromkeys(out))
+
+
+MAX_CONTEXT = 4096  # tokens: beyond it the held-out split (20,000 tokens) has too few windows to score
+
+
+def parse_contexts(value: str | None) -> tuple[int, ...] | None:
+    """Comma list of LM context lengths in tokens, each 8 to MAX_CONTEXT, e.g. ``64,100,192``."""
+    return parse_number_list(value, "context", "integers", int, lambda n: 8 <= n <= MAX_CONTEXT,
+                             f"a context length is 8 to {MAX_CONTEXT} tokens", "64,100,192")
 
 
 def parse_accumulations(value: str | None) -> tuple[int, ...] | None:
@@ -307,6 +355,8 @@ class GridOptions:
     impls: str | None = None
     compile: str | None = None
     attention: str | None = None
+    layout: str | None = None
+    context: str | None = None
     clip: str | None = None
     accumulation: str | None = None
     seeds: str | None = None
@@ -329,6 +379,8 @@ def resolve_grid(opts: GridOptions) -> Grid:
         impls=parse_names(opts.impls, IMPLS, "impls"),
         compiles=parse_names(opts.compile, COMPILE_BACKENDS, "compile"),
         attentions=parse_names(opts.attention, ATTENTIONS, "attention"),
+        layouts=parse_names(opts.layout, LAYOUTS, "layout"),
+        contexts=parse_contexts(opts.context),
         clips=parse_clips(opts.clip),
         accumulations=parse_accumulations(opts.accumulation),
         seeds=parse_seeds(opts.seeds),

@@ -18,15 +18,16 @@ import math
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
 import torch
 
-from . import attention, checkpoint, compat, data, determinism, env, paths, perturb, precision
+from . import attention, checkpoint, compat, data, determinism, env, origin, paths, perturb, precision
 from .detect import VERDICT_FIELDS, Monitor, Thresholds
 from .faults import NO_FAULT, Fault
+from .layout import FULL, IGNORE
 from .models import MODELS, build_model, count_params, logits_loss
 from .recipes import UnsupportedImpl, after_optimizer_step, build_optimizer, build_schedule
 from .spec import RunSpec
@@ -170,34 +171,36 @@ def attention_kernel(s: Setup, spec: RunSpec, device) -> str:
     if rec is None or not MODELS[spec.model].has_attention:
         return ""
     if not rec.kernels:
-        x, _ = next(iter(data.val_batches(s.ds, device)))
+        inputs, _ = next(iter(data.val_batches(s.ds, device, layout=spec.layout)))
         s.model.eval()
         with s.autocast:
-            s.model.forward(x)  # forward, not __call__: the eager module, not its compiled call
+            s.model.forward(*inputs)  # forward, not __call__: the eager module, not its compiled call
         s.model.train()
     return rec.name() or "not observed"
 
 
 @torch.no_grad()
-def evaluate(model, ds: data.Dataset, device, autocast) -> tuple[float, float, str, int]:
+def evaluate(model, ds: data.Dataset, device, autocast, layout: str = "full") -> tuple[float, float, str, int]:
     """(val_loss, val_metric, metric name, number of predictions the metric counts) on the
-    held-out split. The metric is an accuracy for both tasks, a second signal beside the loss:
-    the class accuracy of an image model (counted per image), the next-token accuracy of an LM
-    (the argmax of each position's logits against its target, counted per token). The loss is
-    ``task_loss``'s own (``models.logits_loss``), so its bits do not depend on the metric."""
+    held-out split, laid out as the run's batches (``layout``). The metric is an accuracy for
+    both tasks, a second signal beside the loss: the class accuracy of an image model (counted
+    per image), the next-token accuracy of an LM (the argmax of each real position's logits
+    against its target, counted per real token: padding targets count in neither). The loss is
+    ``task_loss``'s own (``models.logits_loss``: the mean over real tokens), each batch weighted
+    by what it scored, so its bits do not depend on the metric."""
     model.eval()
-    total_loss, total_correct, n, n_scored = 0.0, 0, 0, 0
-    for x, y in data.val_batches(ds, device):
+    total_loss, total_correct, n_scored = 0.0, 0, 0
+    for inputs, y in data.val_batches(ds, device, layout=layout):
         with autocast:
-            logits = model(x).float()
+            logits = model(*inputs).float()
             loss = logits_loss(logits, ds.task, y)
-            total_correct += int((logits.argmax(-1) == y).sum())
-        total_loss += float(loss) * len(x)
-        n += len(x)
-        n_scored += y.numel()
+            total_correct += int((logits.argmax(-1) == y).sum())  # a padding target (IGNORE) is never an argmax
+        scored = int((y != IGNORE).sum())
+        total_loss += float(loss) * scored
+        n_scored += scored
     model.train()
     name = "val_token_accuracy" if ds.task == "lm" else "val_accuracy"
-    return total_loss / n, total_correct / n_scored, name, n_scored
+    return total_loss / n_scored, total_correct / n_scored, name, n_scored
 
 
 def skipped_row(spec: RunSpec, worker: str, reason: str) -> RunResult:
@@ -211,6 +214,8 @@ def unsupported(spec: RunSpec) -> str:
     """Why this grid point cannot run on this stack, before anything is built ("" if it can)."""
     if MODELS[spec.model].needs_torchvision and env.torchvision_status()[1]:
         return env.torchvision_status()[1]  # e.g. torch 2.13.0's CPU wheel: no torchvision loads beside it
+    if spec.layout not in MODELS[spec.model].layouts:
+        return f"{spec.model} takes {', '.join(MODELS[spec.model].layouts)} batches only, not {spec.layout}"
     device_type = torch.device(spec.device).type
     return (precision.unsupported(spec.precision, device_type) or attention.unsupported(spec.attention, device_type)
             or (compat.compile_unsupported() if spec.compile != "none" else ""))
@@ -276,7 +281,7 @@ def initial_weights(model: torch.nn.Module, init_dir, spec: RunSpec) -> None:
     seeds = checkpoint.seed_checkpoints(init_dir)
     if seeds is None:
         return
-    path = seeds.path(spec.model, spec.size, spec.seed)
+    path = seeds.path(spec.model, spec.size, spec.seed, spec.context)
     if path.exists():
         checkpoint.load_weights(path, model)
     elif seeds.write:
@@ -309,7 +314,7 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
     records the seeded initialisation as the ``init`` phase)."""
     entry = MODELS[spec.model]
     numerics = precision.set_float32_matmul(spec.precision)
-    ds = data.for_model(spec.model, spec.size, data_dir, data_root)
+    ds = data.for_model(spec.model, spec.size, data_dir, data_root, spec.context)
     with (phase or no_phase)("init"):
         model = build_model(spec.model, spec.size, ds.info)
     seeded_sha = weights_sha256(model)  # torch's own seeded init, before a seed checkpoint replaces it
@@ -358,7 +363,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
             sampled = dict(update_ratio=update_ratio(s.params, out.before))
             if probes and hasattr(s.model, "probes"):
                 with s.autocast:
-                    sampled.update(s.model.probes(out.x))
+                    sampled.update(s.model.probes(*out.x))
             trace.read(sampled)
             peak_rss = max(peak_rss, proc.memory_info().rss)
             if monitor.diverged:
@@ -369,8 +374,13 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     if stop_after is not None and checkpoint_path is not None and not monitor.diverged:
         checkpoint.save(checkpoint_path, spec.id, last_step, s.model, s.opt, s.sched, s.scaler)
 
-    val_loss, val_metric, metric_name, val_samples = evaluate(s.model, s.ds, device, s.autocast)
-    row = result_row(spec, s, monitor.verdict(), trace, thresholds)
+    val_loss, val_metric, metric_name, val_samples = evaluate(s.model, s.ds, device, s.autocast, spec.layout)
+    verdict = monitor.verdict()
+    events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
+    if verdict.status == "diverged_nonfinite":
+        verdict, events = with_origin(spec, verdict, events, trace, data_dir, data_root, init_dir, perturbation,
+                                      fault, resume_from)
+    row = result_row(spec, s, verdict, trace, thresholds)
     row["sdpa_backend"] = attention_kernel(s, spec, device)
     row.update(
         val_loss=val_loss, val_metric=val_metric, val_metric_name=metric_name, val_samples=val_samples,
@@ -379,15 +389,68 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         deterministic=deterministic, perturbation=perturbation.name if perturbation is not None else "none",
     )
     row.update(provenance(spec, worker))
-    events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
     return RunResult(row, trace.rows, events)
+
+
+def first_nonfinite_step(rows: list[dict], scaled: bool) -> int | None:
+    """The first step whose loss, or gradient norm, is NaN or inf (under fp16 loss scaling an
+    overflowing gradient is a step the scaler skips, not a divergence: the loss alone counts)."""
+    for r in rows:
+        if not math.isfinite(r["loss"]) or (not scaled and not math.isfinite(r["grad_norm"])):
+            return int(r["step"])
+    return None
+
+
+def restored(spec: RunSpec, upto: int, data_dir, data_root, init_dir, perturbation, fault, resume_from):
+    """A run's Setup after steps 1..``upto`` trained again from its start (its checkpoint's step
+    where it resumed), and the first step it trained."""
+    determinism.apply(spec.seed, spec.device)
+    s = setup(spec, torch.device(spec.device), data_dir, data_root, perturbation, init_dir)
+    first = 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
+    for k in range(first, upto + 1):
+        train_step(s, spec, k, fault, perturbation, keep_weights=False)
+    return s, first
+
+
+def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, perturbation=None, fault=None,
+           resume_from=None) -> origin.Origin:
+    """Where the first non-finite value of a run whose loss or gradient norm was first NaN/inf at
+    ``step`` came from (``origin``): the state before that step restored by training again, eagerly
+    (a compiled run's ops replayed as aten ops), then the step replayed under ``origin.Finder``.
+    Where that state already holds a NaN/inf (the previous update made it from finite gradients),
+    the previous step is the one replayed. Call it within the run's attention context."""
+    fault = fault or NO_FAULT
+    eager = replace(spec, compile="none")
+    rest = (data_dir, data_root, init_dir, perturbation, fault, resume_from)
+    s, first = restored(eager, step - 1, *rest)
+    if step > first and origin.state_nonfinite(s):
+        step -= 1
+        s, first = restored(eager, step - 1, *rest)
+    return origin.replay(s.model, step, lambda phase: train_step(s, eager, step, fault, perturbation,
+                                                                 keep_weights=False, phase=phase))
+
+
+def with_origin(spec: RunSpec, verdict, events: list[dict], trace: Trace, data_dir, data_root, init_dir,
+                perturbation, fault, resume_from):
+    """A non-finite run's verdict and events with where its first non-finite value came from
+    (``locate``: one step replayed under a dispatch mode) in its reason and an event."""
+    step = first_nonfinite_step(trace.rows, trace.scaled)
+    if step is None:
+        return verdict, events
+    try:
+        found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from)
+    except Exception as e:  # the run's row stands whatever the replay meets
+        note = f"origin not located ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        return replace(verdict, status_reason=f"{verdict.status_reason}; {note}"), events
+    return (replace(verdict, status_reason=f"{verdict.status_reason}; {found.line()}"),
+            events + [found.event(spec.id)])
 
 
 @dataclass
 class StepOutput:
     """One optimizer step's values, still on the device."""
 
-    x: torch.Tensor  # the batch's inputs (for the probes)
+    x: tuple[torch.Tensor, ...]  # the batch's inputs, the model's positional arguments (for the probes)
     lr: float  # the LR this optimizer step used
     loss: torch.Tensor
     grad_norm: torch.Tensor  # global, before clipping, of the true (unscaled) gradients
@@ -407,15 +470,20 @@ def ignore_boundary(inputs, outputs) -> None:
     return None
 
 
-def micro_batches(x: torch.Tensor, y: torch.Tensor, parts: int):
-    """The batch in ``parts`` micro-batches (``torch.tensor_split``: sizes differ by at most one),
-    each with the weight that makes the sum of their mean losses the whole batch's mean loss
-    (its share of the batch; ``None`` for the whole batch: no multiplication, bits unchanged)."""
+def micro_batches(inputs: tuple[torch.Tensor, ...], y: torch.Tensor, parts: int, padded: bool = False):
+    """The batch in ``parts`` micro-batches (``torch.tensor_split`` of every input and the
+    targets: sizes differ by at most one), each with the weight that makes the sum of their mean
+    losses the whole batch's mean loss: its share of the batch's targets, a number; with
+    ``padded`` targets its share of the real ones, a device tensor (counting them on the host
+    would synchronise). ``None`` for the whole batch: no multiplication, bits unchanged."""
     if parts == 1:
-        return [(x, y, None)]
-    if parts > len(x):
-        raise UnsupportedImpl(f"accumulation {parts}: more micro-batches than the batch's {len(x)} samples")
-    return [(xs, ys, len(xs) / len(x)) for xs, ys in zip(torch.tensor_split(x, parts), torch.tensor_split(y, parts))]
+        return [(inputs, y, None)]
+    if parts > len(y):
+        raise UnsupportedImpl(f"accumulation {parts}: more micro-batches than the batch's {len(y)} samples")
+    split = list(zip(*(torch.tensor_split(t, parts) for t in inputs)))
+    real = (y != IGNORE).sum() if padded else None
+    return [(xs, ys, (ys != IGNORE).sum() / real if padded else ys.numel() / y.numel())
+            for xs, ys in zip(split, torch.tensor_split(y, parts))]
 
 
 def clip_norm(clip: str) -> float | None:
@@ -431,15 +499,15 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
     nothing; the scaler's inf check is torch's, not ours). ``phase(name)`` wraps each phase (a
     context manager: ``numerics.trace`` records the ops of each)."""
     with phase("data"):
-        x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device)
+        x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device, spec.layout)
     lr_factor = fault.lr_factor(step)
     lr = s.opt.param_groups[0]["lr"] * lr_factor
     s.opt.zero_grad(set_to_none=True)
     scale, total = None, None
-    for xs, ys, weight in micro_batches(x, y, spec.accumulation):
+    for xs, ys, weight in micro_batches(x, y, spec.accumulation, padded=spec.layout != FULL):
         with phase("forward") as boundary, s.autocast:
-            logits = s.model(xs)
-            boundary([xs, *s.params], [logits])
+            logits = s.model(*xs)
+            boundary([*xs, *s.params], [logits])
         with phase("loss"), s.autocast:
             loss = fault.loss(step, logits_loss(logits.float(), s.ds.task, ys))
             if weight is not None:
@@ -481,7 +549,8 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
 
 def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thresholds) -> dict:
     """The runs.csv row: identity, recipe, the verdict's fields, the weights."""
-    recipe = dict(optimizer=s.opt_kw, schedule=s.sched_kw, batch_size=s.batch_size, model_size=spec.size,
+    context = dict(context=s.ds.info.block_size) if s.ds.task == "lm" else {}  # the resolved context length
+    recipe = dict(optimizer=s.opt_kw, schedule=s.sched_kw, batch_size=s.batch_size, model_size=spec.size, **context,
                   sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
     row = identity(spec)
     row.update(

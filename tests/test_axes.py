@@ -32,7 +32,7 @@ def test_release_preset_covers_every_axis_value():
     specs = cpu("release").specs()
     # the product, then gpt's attention kernels x 2 precisions x 2 implementations, then clipping x
     # accumulation (none/1 x 1/4) x fp32/fp16 x both models with torch's default implementation
-    assert len(specs) == 54 + 8 + 4 * 2 * 2
+    assert len(specs) == 54 + 8 + 4 * 2 * 2 + 23 + 8  # ... + the layout parts (full-64 fp32 was there)
     assert {s.clip for s in specs} == {"none", "1"} and {s.accumulation for s in specs} == {1, 4}
     assert {s.impl for s in specs} == {"default", "forloop", "foreach", "fused"}  # default: the clipping part's
     assert {s.compile for s in specs} == {"none", "aot_eager", "inductor"}
@@ -43,7 +43,7 @@ def test_release_preset_covers_every_axis_value():
 
 def test_changelog_preset_covers_every_recipe_family_and_axis_with_two_seeds():
     specs = cpu("changelog").specs()
-    assert len(specs) == 100 and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
+    assert len(specs) == 100 + 2 * (22 + 8) and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
     assert {(s.model, s.optimizer, s.scheduler) for s in specs} >= {
         (m, o, sch) for m in ("gpt", "resnet") for o in ("adamw", "sgd", "lion")
         for sch in ("constant", "cosine", "cosine_restarts", "onecycle", "step")}
@@ -57,7 +57,7 @@ def test_nightly_is_the_recipe_grid_plus_the_axes_part_and_overrides_reach_both(
     g = resolve_grid(GridOptions(grid="nightly", devices=("cuda",)))
     specs = g.specs()
     # recipes, release axes, attention kernels, then clipping at 1 x accumulation 1/4 x fp32/fp16 x both models
-    assert len(specs) == 90 + 48 + 8 + 8 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    assert len(specs) == 90 + 48 + 8 + 8 + 90 and len({(s.id, s.steps) for s in specs}) == len(specs)
     assert {(s.clip, s.accumulation) for s in specs} == {("none", 1), ("1", 1), ("1", 4)}
     assert {s.attention for s in specs} == {"default", "math", "flash", "efficient", "cudnn"}
     assert {s.steps for s in specs} == {500, 200}
@@ -189,10 +189,10 @@ def test_the_cifar_resnet_needs_no_torchvision_and_matches_its_block():
 def test_reports_without_the_axes_read_as_their_defaults():
     old = pd.DataFrame(dict(run_id=["a"], model=["gpt"], precision=["fp32"], seed=[0]))
     filled = report.with_axis_defaults(old)
-    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "clip",
-                                    "accumulation", "seed"]
+    assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "layout",
+                                    "context", "clip", "accumulation", "seed"]
     assert filled.loc[0, "impl"] == "default" and filled.loc[0, "compile"] == "none"
-    assert filled.loc[0, "attention"] == "default"
+    assert filled.loc[0, "attention"] == "default" and filled.loc[0, "layout"] == "full" and filled.loc[0, "context"] == 0
     # a report from before the attention axis only: it goes after the axes the report has
     axes = report.with_axis_defaults(filled.drop(columns="attention").assign(compile="inductor"))
     assert list(axes.columns) == list(filled.columns) and axes.loc[0, "compile"] == "inductor"

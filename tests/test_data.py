@@ -80,7 +80,7 @@ def test_image_epochs_visit_every_example_once(tmp_path):
 
 def test_lm_windows_shift_targets_by_one(tmp_path):
     ds = data.markov_dataset(tmp_path, 16)
-    x, y = data.train_batch(ds, 0, 1, 4, torch.device("cpu"))
+    (x,), y = data.train_batch(ds, 0, 1, 4, torch.device("cpu"))
     assert x.shape == y.shape == (4, 16)
     assert torch.equal(x[:, 1:], y[:, :-1])
 

@@ -36,7 +36,7 @@ def test_gpt_maps_tokens_to_logits_with_a_tied_head_and_gpt2_init():
     assert count_params(m) == 32 * c.n_embd + c.block_size * c.n_embd + c.n_layer * per_block + 2 * c.n_embd
     proj = [p for n, p in m.named_parameters() if n.endswith("proj.weight")]
     assert proj and all(abs(p.std().item() - 0.02 / math.sqrt(2 * c.n_layer)) < 0.004 for p in proj)
-    loss = task_loss(m, "lm", (idx[:, :-1], idx[:, 1:]))
+    loss = task_loss(m, "lm", ((idx[:, :-1],), idx[:, 1:]))
     assert abs(loss.item() - math.log(32)) < 0.2  # an untrained LM is near-uniform over 32 symbols
 
 

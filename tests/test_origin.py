@@ -1,0 +1,104 @@
+"""Where the first non-finite value came from: the op that made it from finite inputs, its phase
+and its module, located by replaying the step of a real run."""
+
+import math
+
+import pytest
+import torch
+
+from diagnostics import models, origin, train
+from diagnostics.faults import Fault
+from diagnostics.spec import RunSpec
+
+pytestmark = pytest.mark.slow
+
+
+def find(fn):
+    finder = origin.Finder()
+    with finder:
+        fn()
+    return finder.found
+
+
+def test_a_mask_s_minus_inf_is_an_input_and_a_fully_masked_softmax_is_the_origin():
+    scores = torch.randn(2, 4)
+    mask = torch.tensor([[True, False, True, True], [False, False, False, False]])  # row 1 fully masked
+    op, phase, module, kind, detail = find(lambda: scores.masked_fill(~mask, -math.inf).softmax(-1))
+    assert op == "aten::_softmax" and kind == "NaN"  # not masked_fill: its -inf was an argument
+    assert "inf" in detail.split("; output")[0]  # the -inf is named among the inputs
+
+
+def test_finite_ops_have_no_origin():
+    assert find(lambda: (torch.randn(3, 3) @ torch.randn(3, 3)).softmax(-1)) is None
+
+
+def test_an_overflow_to_inf_is_an_origin():
+    op, _, _, kind, _ = find(lambda: torch.full((3,), 1e30) * torch.full((3,), 1e30))
+    assert op == "aten::mul.Tensor" and kind == "inf"
+
+
+def spec(steps=12):
+    return RunSpec(model="gpt", optimizer="adamw", scheduler="constant", warmup="none", device="cpu", steps=steps)
+
+
+def test_an_injected_nan_making_op_is_named_with_its_phase_and_module(tmp_path, monkeypatch):
+    forward = models.MLP.forward
+
+    def sick(self, x):  # from step 3 on, blocks.1's MLP takes a square root of negative numbers
+        out = forward(self, x)
+        return torch.sqrt(out - 1e3) if self is sick.target and sick.armed() else out
+
+    monkeypatch.setattr(models.MLP, "forward", sick)
+    calls = {"n": 0}
+
+    def armed():
+        calls["n"] += 1
+        return calls["n"] > 2  # one forward of blocks.1 per step: from step 3
+
+    sick.armed = armed
+    original_init = models.GPT.__init__
+
+    def init(self, cfg):
+        original_init(self, cfg)
+        sick.target = self.blocks[1].mlp
+        calls["n"] = 0  # a new model (the run, then its replay): count again
+
+    monkeypatch.setattr(models.GPT, "__init__", init)
+    r = train.run(spec(), data_dir=tmp_path)
+    assert r.status == "diverged_nonfinite"
+    events = [e for e in r.events if e["kind"] == origin.EVENT]
+    assert len(events) == 1 and events[0]["signal"] == "aten::sqrt"
+    assert "first NaN at step 3: aten::sqrt (forward, blocks.1.mlp)" in r.row["status_reason"]
+
+
+def test_an_update_that_blew_up_the_weights_is_found_in_the_step_before(tmp_path, monkeypatch):
+    # AdamW's 4th update overflows one weight (finite gradients and numbers in, inf out): the loss
+    # is first non-finite at step 5, whose replay finds the state already non-finite, so step 4 is
+    # the one replayed
+    step = torch.optim.AdamW.step
+
+    def overflowing(self, *a, **k):
+        out = step(self, *a, **k)
+        self.n_steps = getattr(self, "n_steps", 0) + 1
+        if self.n_steps == 4:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].mul_(1e30).mul_(1e30)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing)
+    r = train.run(spec(), data_dir=tmp_path)
+    assert r.status == "diverged_nonfinite"
+    found = [e for e in r.events if e["kind"] == origin.EVENT][0]
+    assert found["step"] == 4 and "first inf at step 4: aten::mul_.Tensor (optimizer)" in found["detail"]
+
+
+def test_a_nan_given_as_an_argument_is_named_as_such(tmp_path):
+    r = train.run(spec(), data_dir=tmp_path, fault=Fault("nan", step=2))
+    found = [e for e in r.events if e["kind"] == origin.EVENT][0]
+    assert found["step"] == 2 and "(loss" in found["detail"] and "no op made it" in found["detail"]
+
+
+def test_a_healthy_run_replays_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "locate", lambda *a, **k: pytest.fail("a healthy run was replayed"))
+    r = train.run(spec(steps=4), data_dir=tmp_path)
+    assert r.status != "diverged_nonfinite" and not [e for e in r.events if e["kind"] == origin.EVENT]
