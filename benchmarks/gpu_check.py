@@ -18,10 +18,13 @@ pytest's JUnit XML):
    ``repeat-noise``: ``diagnostics calibrate`` of gpt x AdamW x the memory-efficient kernel x bf16
    with the ``repeat1,repeat2`` perturbations only (the same run again): the run-to-run noise of
    a nondeterministic kernel, into a scratch baseline folder (the committed ones are not touched).
-5. ``nightly-w4``: a slice of the nightly grid (gpt-small, ResNet-20, resnet18 x AdamW and SGD x
+5. ``masks``: gpt x AdamW x the four batch layouts x contexts 100 and 192 x the kernels that take
+   a mask (default, math, memory-efficient, cuDNN) x fp32 / bf16 (64 runs): which kernel ran each
+   padded or packed batch, and whether any went non-finite (its origin in the row's reason).
+6. ``nightly-w4``: a slice of the nightly grid (gpt-small, ResNet-20, resnet18 x AdamW and SGD x
    fp32 / bf16, 100 steps: 12 runs) with 4 xdist workers per GPU (1, 2 and 4 were measured
    before: 4 is the default): runs per minute.
-6. ``nightly-shard``: shard 1/4 of the nightly grid itself with 4 workers per GPU: its wall time
+7. ``nightly-shard``: shard 1/4 of the nightly grid itself with 4 workers per GPU: its wall time
    x 4 is the nightly grid's time on one GPU.
 
 Results: ``DIR/results.csv`` (a row per step: rc, wall time, runs, statuses, runs per minute),
@@ -55,13 +58,20 @@ NIGHTLY_SLICE = ["--grid", "nightly", "--optimizers", "adamw,sgd", "--schedulers
 NIGHTLY_SHARDS = 4  # the nightly grid's time: one shard of this many, measured, times this many
 ATTENTION = ["--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--attention", "math,flash,efficient,cudnn",
              "--precision", "fp32,bf16"]
+# padded and packed batches at odd lengths (192 = 128 + 64: the tile case of pytorch#196678) under every
+# CUDA kernel that takes a mask (flash takes none: a stated skip) x fp32 / bf16: 2 x 4 x 4 x 2 = 64 runs
+MASKS = ["--grid", "release", "--models", "gpt", "--optimizers", "adamw", "--impls", "default", "--compile", "none",
+         "--clip", "none", "--accumulation", "1", "--layout", "full,right,left,packed", "--context", "100,192",
+         "--attention", "default,math,efficient,cudnn", "--precision", "fp32,bf16"]
 REPEAT = ["calibrate", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--attention", "efficient",
           "--precision", "bf16", "--devices", "cuda", "--perturbations", "repeat1,repeat2", "--perturb-seeds", "1"]
 STEPS = [  # (name, diagnostics arguments (a run unless they start with another verb), workers per GPU, timeout s)
     ("smoke", ["--grid", "smoke", *CUDA], 2, 150),
-    ("release-eager", ["--grid", "release", "--compile", "none", "--precision", "fp32,tf32,bf16,fp16", *CUDA], 4, 200),
+    ("release-eager", ["--grid", "release", "--compile", "none", "--precision", "fp32,tf32,bf16,fp16",
+                       "--layout", "full", "--context", "64", *CUDA], 4, 200),
     ("release-compile", ["--grid", "release", "--impls", "fused", "--compile", "aot_eager,inductor",
-                         "--precision", "fp32,bf16", *CUDA], 4, 240),
+                         "--precision", "fp32,bf16", "--layout", "full", "--context", "64", *CUDA], 4, 240),
+    ("masks", [*MASKS, *CUDA], 4, 150),
     ("repro", ["--suite", "reproducibility", "--grid", "smoke", "--devices", "cpu,cuda", "--quiet"], 2, 200),
     ("attention", [*ATTENTION, *CUDA], 4, 120),
     ("repeat-noise", REPEAT, 2, 150),

@@ -49,7 +49,8 @@ CHANGED_DISPATCH, NOT_TRACED = "changed dispatch", "not traced"
 VERDICTS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SCHEDULE, CHANGED_CODE,
             CHANGED_DISPATCH, DOWNSTREAM, NOT_TRACED)
 ROOTS = tuple(v for v in VERDICTS if v not in (DOWNSTREAM, NOT_TRACED))
-EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail"]
+EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail",
+                   "module", "frames"]  # where the op ran: the module path, torch's frame and the model's
 PINNED = "avx2"  # the capability every release since 2.0 has kernels for on x86-64 (ATEN_CPU_CAPABILITY)
 UNPINNED = "no trace under one capability"  # said where capabilities differ and no pinned pair exists
 PINNED_TRACE_ENV = "DIAGNOSTICS_PINNED_TRACE"  # set for the trace that ``diagnostics trace`` takes under PINNED
@@ -93,22 +94,58 @@ def renamed(gone: list[dict], added: list[dict]) -> bool:
     return bool(gone) and len(gone) == len(added) and all(x["signature"] == y["signature"] for x, y in zip(gone, added))
 
 
+def subsequence_opcodes(a: list[str], b: list[str]):
+    """Where one sequence is the other with ops only removed (or only added), the opcodes that say
+    exactly that: every op of the shorter matched in order, the rest deleted (inserted); None
+    where it is not a subsequence. difflib's longest blocks can pair a repeated run of ops (one
+    parameter update after another) across the gap and invent a replaced region."""
+    short, long_, swap = (b, a, False) if len(b) <= len(a) else (a, b, True)
+    pairs, j = [], 0
+    for i, k in enumerate(long_):
+        if j < len(short) and short[j] == k:
+            pairs.append((i, j))
+            j += 1
+    if j < len(short):
+        return None
+    ops, i0, j0 = [], 0, 0
+    for i, jj in pairs + [(len(long_), len(short))]:
+        if i > i0:
+            ops.append(("insert", j0, j0, i0, i) if swap else ("delete", i0, i, j0, j0))
+        if i < len(long_):
+            ops.append(("equal", jj, jj + 1, i, i + 1) if swap else ("equal", i, i + 1, jj, jj + 1))
+        i0, j0 = i + 1, jj + 1
+    return ops
+
+
+def located(row: dict) -> dict:
+    return dict(module=row.get("module", ""), frames=row.get("frames", ""))
+
+
 def align(a: list[dict], b: list[dict]) -> list[dict]:
-    """The findings of one phase of one step: a list of (op, verdict, detail) dicts."""
+    """The findings of one phase of one step: a list of (op, verdict, detail, module, frames)
+    dicts, each located where the second side ran it (the first, for what it alone ran)."""
     out = []
-    matcher = difflib.SequenceMatcher(None, [key(r) for r in a], [key(r) for r in b], autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    ka, kb = [key(r) for r in a], [key(r) for r in b]
+    opcodes = None
+    if len(ka) != len(kb):  # ops only removed or only added: bit-equal ops paired first, then by name
+        opcodes = subsequence_opcodes([f"{k}|{r['output_hash']}" for k, r in zip(ka, a)],
+                                      [f"{k}|{r['output_hash']}" for k, r in zip(kb, b)]) or subsequence_opcodes(ka, kb)
+    if opcodes is None:
+        opcodes = difflib.SequenceMatcher(None, ka, kb, autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal" or renamed(a[i1:i2], b[j1:j2]):
             for x, y in zip(a[i1:i2], b[j1:j2]):
                 verdict = matched_verdict(x, y)
                 if verdict is not None:
                     same_name = verdict == DOWNSTREAM or x["op"] == y["op"]
-                    out.append(dict(op=y["op"], verdict=verdict, detail="" if same_name else f"renamed from {x['op']}"))
+                    out.append(dict(op=y["op"], verdict=verdict, detail="" if same_name else f"renamed from {x['op']}",
+                                    **located(y)))
             continue
         gone, added = [r["op"] for r in a[i1:i2]], [r["op"] for r in b[j1:j2]]
         op = (added or gone)[0] if len(set(added or gone)) == 1 else ", ".join(dict.fromkeys(added or gone))
         parts = ([f"-{counted(gone)}"] if gone else []) + ([f"+{counted(added)}"] if added else [])
-        out.append(dict(op=op, verdict=CHANGED_DECOMPOSITION, detail="; ".join(parts)))
+        out.append(dict(op=op, verdict=CHANGED_DECOMPOSITION, detail="; ".join(parts),
+                        **located((b[j1:j2] or a[i1:i2])[0])))
     return out
 
 
@@ -125,7 +162,7 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         err = (a if side == "the first" else b)
         why = "; ".join(err.loc[err["phase"] == "error", "detail"]) if not err.empty else "no rows"
         return [dict(family=family, phase="", op="", verdict=NOT_TRACED, first_step=0, count=1,
-                     detail=f"{side} side traced nothing ({why})")]
+                     detail=f"{side} side traced nothing ({why})", module="", frames="")]
     found = []
     for (step, phase), x in a.groupby(["step", "phase"], sort=False):
         y = b[(b["step"] == step) & (b["phase"] == phase)]
@@ -133,12 +170,13 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         if phase == "schedule":
             if xs[0]["output_hash"] != (ys[0]["output_hash"] if ys else None):
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_SCHEDULE,
-                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail=""))
+                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames=""))
             continue
         if phase == "compile":
             if not ys or xs[0]["output_hash"] != ys[0]["output_hash"]:
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_CODE, step=0,
-                                  detail=f"{xs[0]['signature']} vs {ys[0]['signature'] if ys else 'none'}"))
+                                  detail=f"{xs[0]['signature']} vs {ys[0]['signature'] if ys else 'none'}",
+                                  module="", frames=""))
             continue
         found += [dict(f, phase=phase, step=int(step)) for f in align(xs, ys)]
     for (step, phase), y in b.groupby(["step", "phase"], sort=False):  # phases only the second side ran
@@ -147,17 +185,30 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     rows = []
     if found:
         df = pd.DataFrame(found)
-        df.loc[df["verdict"] == DOWNSTREAM, "op"] = ""  # downstream: one row per phase, not per op
-        for (phase, op, verdict), g in df.groupby(["phase", "op", "verdict"], sort=False):
+        downstream = df["verdict"] == DOWNSTREAM
+        first_op = df[downstream].groupby(["phase"], sort=False)["op"].first()  # each phase's first downstream op
+        df.loc[downstream, "op"] = ""  # downstream: one row per phase, not per op
+        roots: list[str] = []  # the roots met so far, in the order of the steps and phases
+        order = sorted(df.groupby(["phase", "op", "verdict"], sort=False),
+                       key=lambda kv: (int(kv[1]["step"].min()), PHASE_ORDER.get(kv[0][0], 99), kv[0][2] == DOWNSTREAM))
+        for (phase, op, verdict), g in order:
             detail = "; ".join(dict.fromkeys(d for d in g["detail"] if d))
+            where = g.iloc[0]
+            if verdict == DOWNSTREAM:
+                origin = f"from {roots[0]}" if roots else "from a difference before the traced ops (the inputs or init)"
+                detail = f"first: {first_op[phase]}; {origin}"
+            elif verdict in ROOTS:
+                roots.append(f"{op} ({phase}{', ' + where['module'] if where['module'] else ''})")
             rows.append(dict(family=family, phase=phase, op=op, verdict=verdict, first_step=int(g["step"].min()),
-                             count=len(g), detail=detail[:500]))
-    return sorted(rows, key=lambda r: (r["first_step"], PHASE_ORDER.get(r["phase"], 99), r["verdict"] == DOWNSTREAM))
+                             count=len(g), detail=detail[:500], module=where["module"], frames=where["frames"]))
+    return rows
 
 
 def explain_traces(a: pd.DataFrame, b: pd.DataFrame, capability: str = "native") -> pd.DataFrame:
     """Every family of either trace, explained (``EXPLAIN_COLUMNS``, transition left empty)."""
     rows = []
+    a, b = (t.assign(**{c: t[c].astype(object).fillna("").astype(str) if c in t else "" for c in numerics.LATER_COLUMNS})
+            for t in (a, b))
     fams = list(dict.fromkeys([*a["family"], *b["family"]]))
     for family in fams:
         rows += explain_family(family, a[a["family"] == family], b[b["family"] == family])
@@ -255,8 +306,14 @@ def summary(table: pd.DataFrame, bits_changed: bool | None = None) -> str:
         if not rows.empty:
             parts.append(f"{words}: {ops_in(rows) if verdict != CHANGED_SCHEDULE else schedules_in(rows)}")
     if not table["verdict"].isin(ROOTS).any():
-        parts.append("bits changed but the traces part nowhere (the change is outside the traced steps)"
-                     if bits_changed else "no op changed")
+        differ = table.loc[table["verdict"] == DOWNSTREAM, "family"].nunique()
+        if differ:
+            parts.append(f"{differ} families differ but no traced op changed (the difference came in before "
+                         "the traced ops: their inputs or initial weights)")
+        elif bits_changed:
+            parts.append("bits changed but no family's trace differs (the change is outside the traced steps)")
+        else:
+            parts.append("no family differs")
     untraced = table[table["verdict"] == NOT_TRACED]
     if len(untraced):
         parts.append(f"not traced: {untraced['family'].replace('', 'every family').nunique()} families")

@@ -50,7 +50,9 @@ TRACE = paths.TRACE  # beside a session's runs.csv
 TRACE_STEPS = 3
 PHASES = ("init", "data", "forward", "loss", "backward", "clip", "optimizer", "schedule")
 TRACE_COLUMNS = ["family", "step", "phase", "seq", "op", "signature", "input_hash", "args_hash", "output_hash",
-                 "detail"]
+                 "detail", "module", "frames"]
+# columns a trace written before they existed reads as empty
+LATER_COLUMNS = ("module", "frames")
 # the fields of a RunSpec that make a family: every axis that changes the ops of a step
 FAMILY_FIELDS = ("model", "size", "optimizer", "impl", "precision", "attention", "layout", "context", "compile", "clip",
                  "accumulation", "device")
@@ -121,17 +123,24 @@ def scalar_repr(v) -> str:
     return type(v).__name__ if " at 0x" in text or isinstance(v, torch.Generator) else text  # no addresses
 
 
-def moves_no_value(func, name: str, args) -> bool:
-    """A view, an alias, a copy within one dtype: no value changes (``VALUE_PRESERVING``); a
-    copy between dtypes (``_to_copy`` or ``copy_`` to another dtype) rounds, and is kept."""
+def kind_of(t: torch.Tensor) -> tuple:
+    """What a conversion can change: a tensor's dtype, device type and layout."""
+    return t.dtype, t.device.type, t.layout
+
+
+def moves_no_value(func, name: str, args, out) -> bool:
+    """A view, an alias, a copy within one dtype, device and layout: no value changes
+    (``VALUE_PRESERVING``). A conversion is a value, and is kept: a copy between dtypes
+    (``copy_`` of bf16 into fp32, a ``_to_copy`` whose target dtype is a keyword), devices or
+    layouts; known from the tensors in and out, not from the arguments' spelling."""
     returns = func._schema.returns
     if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
         return True  # every output is a view of an input
     base = name.split(".")[0]
     if base not in VALUE_PRESERVING:
         return False
-    tensors = [v for v in flat_values(args) if isinstance(v, torch.Tensor)]
-    return len({t.dtype for t in tensors}) <= 1  # a conversion (copy_ of bf16 into fp32) is arithmetic
+    tensors = [v for v in flat_values((args, out)) if isinstance(v, torch.Tensor)]
+    return len({kind_of(t) for t in tensors}) <= 1
 
 
 class Recorder(TorchDispatchMode):
@@ -139,9 +148,10 @@ class Recorder(TorchDispatchMode):
     ``TRACE_COLUMNS``. ``compiled``: the forward and backward are recorded at their boundary
     only (generated code runs there, not aten ops)."""
 
-    def __init__(self, family: str, compiled: bool = False):
+    def __init__(self, family: str, compiled: bool = False, module=lambda: ""):
         super().__init__()
         self.family, self.compiled = family, compiled
+        self.module = module  # names the module running now (origin.module_tracking)
         self.rows: list[dict] = []
         self.step = 0
         self.current: str | None = None
@@ -150,22 +160,37 @@ class Recorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = op_name(func)
-        if self.current is None or not name.startswith(RECORDED_NAMESPACES) or name.split(".")[0] in UNINITIALISED \
-                or moves_no_value(func, name, (args, kwargs)):
+        if self.current is None or not name.startswith(RECORDED_NAMESPACES) or name.split(".")[0] in UNINITIALISED:
             return func(*args, **kwargs)
-        inputs = hash_tensors((args, kwargs))
+        returns = func._schema.returns
+        if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+            return func(*args, **kwargs)  # every output is a view of an input: nothing to hash
+        tensors = [v for v in flat_values((args, kwargs)) if isinstance(v, torch.Tensor)]
+        declared = {id(t) for t in flat_values(written_arguments(func, args, kwargs)) if isinstance(t, torch.Tensor)}
+        copying = name.split(".")[0] in VALUE_PRESERVING  # a copy: its inputs are read after (it is rarely kept)
+        before = None if copying else [tensor_bytes(t) for t in tensors]
         scalars = [scalar_repr(v) for v in flat_values((args, kwargs)) if not isinstance(v, torch.Tensor)]
         sig = signature((args, kwargs))
         out = func(*args, **kwargs)
-        written = written_arguments(func, args, kwargs)
+        if moves_no_value(func, name, (args, kwargs), out):
+            return out
+        if before is None:  # a conversion: what it read is its source (the target it overwrote is its output)
+            before = [tensor_bytes(t) if id(t) not in declared else b"" for t in tensors]
+        # what it wrote: the arguments its schema marks written, and any other whose bits moved
+        # (an op may write state its schema does not declare, e.g. a norm's running statistics)
+        written = [t for t, b in zip(tensors, before) if id(t) in declared or tensor_bytes(t) != b]
         result = [v for v in flat_values(out) if not isinstance(v, torch.Tensor)]
         output = hash_tensors((out, written)) or digest(repr([scalar_repr(v) for v in result]).encode())
-        self.add(name, sig, inputs, digest("|".join(scalars).encode()), output)
+        silent = [i for i, t in enumerate(tensors) if id(t) in {id(w) for w in written} and id(t) not in declared]
+        self.add(name, sig, digest(*before) if before else "", digest("|".join(scalars).encode()), output,
+                 f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else "")
         return out
 
     def add(self, op: str, sig: str, inputs: str, args: str, output: str, detail: str = "") -> None:
         self.rows.append(dict(family=self.family, step=self.step, phase=self.current, seq=self.seq, op=op,
-                              signature=sig, input_hash=inputs, args_hash=args, output_hash=output, detail=detail))
+                              signature=sig, input_hash=inputs, args_hash=args, output_hash=output, detail=detail,
+                              module=self.module() if self.current not in (None, "schedule") else "",
+                              frames=frames()))
         self.seq += 1
 
     @contextmanager
@@ -189,6 +214,35 @@ class Recorder(TorchDispatchMode):
                 yield lambda inputs, outputs: None
         finally:
             self.current = None
+
+
+TORCH_DIR = str(Path(torch.__file__).resolve().parent)  # frames under it are torch's own
+PACKAGE_DIR = str(Path(__file__).resolve().parent)  # this package's frames (the built-in models' included)
+# plumbing between the caller and the op, never its location: tracing, dispatch modes, module calls
+FRAME_SKIP = ("/contextlib.py", "/numerics.py", "/origin.py", "/torch/utils/", "/torch/_dynamo/",
+              "/torch/nn/modules/module.py", "/torch/_ops.py", "/torch/_compile.py")
+
+
+def frames() -> str:
+    """Where the op was dispatched from, ``;``-separated: the innermost Python frame of torch's
+    own code (``torch/nn/functional.py:5430``), the innermost other frame (the code that called
+    torch: a model, a patch), and the innermost of this package where that is not it
+    (``diagnostics/models.py:78``); empty where none ran (a C++ backward's ops)."""
+    f = sys._getframe(2)
+    theirs = caller = package = ""
+    while f is not None and not (theirs and caller and package):
+        path = f.f_code.co_filename
+        if not any(part in path for part in FRAME_SKIP):
+            if path.startswith(TORCH_DIR):
+                theirs = theirs or f"torch/{Path(path).relative_to(TORCH_DIR).as_posix()}:{f.f_lineno}"
+            else:
+                where = f"{Path(path).parent.name}/{Path(path).name}:{f.f_lineno}" if path.startswith(PACKAGE_DIR) \
+                    else f"{Path(path).name}:{f.f_lineno}"
+                caller = caller or where
+                if path.startswith(PACKAGE_DIR):
+                    package = package or where
+        f = f.f_back
+    return ";".join(dict.fromkeys(x for x in (theirs, caller, package) if x))
 
 
 def family_of(spec: RunSpec) -> str:
@@ -240,7 +294,7 @@ def schedule_rows(specs: list[RunSpec]) -> list[dict]:
         rows.append(dict(family=schedule_name(*key),
                          step=0, phase="schedule", seq=0, op="lr_schedule", signature=f"{len(lrs)} steps",
                          input_hash="", args_hash="", output_hash=digest(repr([x.hex() for x in lrs]).encode()),
-                         detail=json.dumps([float(f"{x:.6g}") for x in lrs])))
+                         detail=json.dumps([float(x) for x in lrs]), module="", frames=""))  # exact: repr round-trips
     return rows
 
 
@@ -248,21 +302,22 @@ def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: in
     """The rows of one family: its init (the seeded construction of the model, before the seed
     checkpoint replaces its weights), then ``steps`` training steps of data, forward, loss,
     backward, clip and optimizer step."""
-    from . import determinism
+    from . import attention, determinism
     from .faults import NO_FAULT
+    from .origin import module_tracking
     from .train import setup, train_step
 
     family = family_of(spec)
     rec = Recorder(family, compiled=spec.compile != "none")
     determinism.apply(spec.seed, spec.device)
     device = torch.device(spec.device)
-    from . import attention
-
     with attention.context(spec.attention):
         s = setup(spec, device, Path(data_dir), None, None, init_dir, phase=rec.phase)
-        for step in range(1, steps + 1):
-            rec.step = step
-            train_step(s, spec, step, NO_FAULT, None, keep_weights=False, phase=rec.phase)
+        with module_tracking(s.model) as module:
+            rec.module = module
+            for step in range(1, steps + 1):
+                rec.step = step
+                train_step(s, spec, step, NO_FAULT, None, keep_weights=False, phase=rec.phase)
     return rec.rows
 
 
@@ -327,6 +382,9 @@ def read(path: Path) -> pd.DataFrame:
         raise TraceError(f"{path}: no such trace (diagnostics trace writes one)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise TraceError(f"{path}: not a readable trace ({str(e).splitlines()[0] if str(e) else 'empty'})") from None
+    for column in LATER_COLUMNS:
+        if column not in df.columns:
+            df[column] = ""
     missing = [c for c in TRACE_COLUMNS if c not in df.columns]
     if missing:
         raise TraceError(f"{path}: not a trace (missing column(s) {', '.join(missing)})")

@@ -125,7 +125,7 @@ def LAYOUT_PARTS(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
     AdamW + warmup + cosine, every layout at the tiny preset's 64 tokens and at the odd lengths
     100 and 192 (not multiples of 64 or 128) in fp32 and bf16 (4 x 3 x 2 = 24 configs, the full-64
     ones already in the preset), and every layout under each CPU kernel alone (math, flash) at
-    100 tokens (8 configs): where releases changed masked attention (docs/concepts/layouts.md)."""
+    100 tokens (8 configs): where releases changed masked attention (docs/concepts/batches.md)."""
     common = dict(models=("gpt",), optimizers=("adamw",), schedulers=("cosine",), warmups=("linear",), seeds=seeds,
                   steps=60, layouts=LAYOUTS)
     return (Grid(name, "convergence", precisions=("fp32", "bf16"), contexts=(64, 100, 192), **common),
