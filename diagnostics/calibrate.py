@@ -213,12 +213,28 @@ def run_sessions(grid, names: list[str], work: Path, perturb_seeds: int, resume:
                                threads=perturb.PERTURBATIONS[name].threads) for name in names}
 
 
+def extended(path: Path, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """``new`` beside the rows of the table at ``path`` that it does not replace (same ``key``):
+    a calibration of some configs extends a baseline's noise, it never drops the others'."""
+    if not path.exists() or new.empty:
+        return new
+    old = report.with_axis_defaults(report.read_csv(path))
+    from .compare import config_key
+
+    replaced = {config_key(r) for r in new[key].itertuples(index=False)}
+    kept = old[[config_key(r) not in replaced for r in old[key].itertuples(index=False)]]
+    return pd.concat([kept, new], ignore_index=True) if len(kept) else new
+
+
 def write(target: Path, reference: Path, tol: pd.DataFrame, env: pd.DataFrame) -> None:
-    """tolerances.csv and envelope.csv into the baseline folder, with the reference's seeds.csv."""
+    """tolerances.csv and envelope.csv into the baseline folder (extending what it held: the
+    configs calibrated here replace their own rows only), with the reference's seeds.csv."""
     import shutil
 
-    report.write_atomic(target / TOLERANCES, tol)
-    report.write_atomic(target / ENVELOPE, env)
+    from .compare import CONFIG
+
+    report.write_atomic(target / TOLERANCES, extended(target / TOLERANCES, tol, [c for c in CONFIG if c in tol]))
+    report.write_atomic(target / ENVELOPE, extended(target / ENVELOPE, env, ["run_id"]))
     if (reference / SEEDS).exists():
         shutil.copyfile(reference / SEEDS, target / SEEDS)
 

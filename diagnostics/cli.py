@@ -367,7 +367,7 @@ def cmd_release(args: argparse.Namespace) -> int:
                                          "fail_on_cost": False,
                                          "tolerances": str(noise.path) if noise.path else None})
     code = cmd_compare(compare_args)
-    why = release.explained(base, cand, f"{args.base} -> {args.candidate}")
+    why = release.explained(base, cand, f"{args.base} -> {args.candidate}", sessions, (args.base, args.candidate))
     report.write_atomic(Path(args.out) / paths.EXPLAIN, why)
     print(f"why: {explain.summary(why)} ({Path(args.out) / paths.EXPLAIN})")
     for d in (base, cand):
@@ -472,6 +472,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.repro:
+        return trace_repro(args.repro, specs, Path(args.data_dir), init_dir, out)
     pinned = os.environ.get(explain.PINNED_TRACE_ENV) == "1"
     name = explain.pinned_name(explain.PINNED) if pinned else numerics.TRACE
 
@@ -500,6 +502,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
         if done.returncode != 0:
             print(f"trace: the trace under {explain.PINNED} failed (exit {done.returncode})")
             return done.returncode
+    return 0
+
+
+def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
+    """``trace --repro FAMILY:STEP:PHASE:SEQ``: the reproducer of one traced op; prints its path."""
+    from . import numerics, reproducer
+
+    try:
+        family, step, phase, seq = where.rsplit(":", 3)
+        step, seq = int(step), int(seq)
+    except ValueError:
+        raise UsageError(f"--repro {where!r} is not FAMILY:STEP:PHASE:SEQ (e.g. gpt-adamw-cpu-fp32:1:forward:12)") from None
+    spec = numerics.families(specs).get(family)
+    if spec is None:
+        raise UsageError(f"--repro: no family {family!r} in this grid")
+    try:
+        print(reproducer.capture(spec, data_dir, init_dir, step, phase, seq, out))
+    except LookupError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -670,6 +691,9 @@ def trace_arguments(p: Parser) -> None:
     p.add_argument("--trace-steps", type=int_at_least(1), default=TRACE_STEPS,
                    help="training steps traced per family (default: %(default)s: the first creates the optimizer's "
                         "state, the later ones update it)")
+    p.add_argument("--repro", metavar="FAMILY:STEP:PHASE:SEQ",
+                   help="instead of the trace: the reproducer of the op at that place of a family's trace "
+                        "(OUT/repro_<op>.py and .pt: its inputs, the op alone, the hash of what it gives)")
 
 
 def explain_arguments(p: Parser) -> None:

@@ -50,7 +50,8 @@ VERDICTS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SC
             CHANGED_DISPATCH, DOWNSTREAM, NOT_TRACED)
 ROOTS = tuple(v for v in VERDICTS if v not in (DOWNSTREAM, NOT_TRACED))
 EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail",
-                   "module", "frames"]  # where the op ran: the module path, torch's frame and the model's
+                   "module", "frames",  # where the op ran: the module path, torch's frame and the model's
+                   "seq", "repro"]  # its place in the first trace's step and phase; its reproducer's result and path
 PINNED = "avx2"  # the capability every release since 2.0 has kernels for on x86-64 (ATEN_CPU_CAPABILITY)
 UNPINNED = "no trace under one capability"  # said where capabilities differ and no pinned pair exists
 PINNED_TRACE_ENV = "DIAGNOSTICS_PINNED_TRACE"  # set for the trace that ``diagnostics trace`` takes under PINNED
@@ -118,7 +119,7 @@ def subsequence_opcodes(a: list[str], b: list[str]):
 
 
 def located(row: dict) -> dict:
-    return dict(module=row.get("module", ""), frames=row.get("frames", ""))
+    return dict(module=row.get("module", ""), frames=row.get("frames", ""), seq=int(row.get("seq", 0)))
 
 
 def align(a: list[dict], b: list[dict]) -> list[dict]:
@@ -162,7 +163,7 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         err = (a if side == "the first" else b)
         why = "; ".join(err.loc[err["phase"] == "error", "detail"]) if not err.empty else "no rows"
         return [dict(family=family, phase="", op="", verdict=NOT_TRACED, first_step=0, count=1,
-                     detail=f"{side} side traced nothing ({why})", module="", frames="")]
+                     detail=f"{side} side traced nothing ({why})", module="", frames="", seq=0, repro="")]
     found = []
     for (step, phase), x in a.groupby(["step", "phase"], sort=False):
         y = b[(b["step"] == step) & (b["phase"] == phase)]
@@ -170,13 +171,13 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         if phase == "schedule":
             if xs[0]["output_hash"] != (ys[0]["output_hash"] if ys else None):
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_SCHEDULE,
-                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames=""))
+                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames="", seq=0))
             continue
         if phase == "compile":
             if not ys or xs[0]["output_hash"] != ys[0]["output_hash"]:
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_CODE, step=0,
                                   detail=f"{xs[0]['signature']} vs {ys[0]['signature'] if ys else 'none'}",
-                                  module="", frames=""))
+                                  module="", frames="", seq=0))
             continue
         found += [dict(f, phase=phase, step=int(step)) for f in align(xs, ys)]
     for (step, phase), y in b.groupby(["step", "phase"], sort=False):  # phases only the second side ran
@@ -199,8 +200,10 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
                 detail = f"first: {first_op[phase]}; {origin}"
             elif verdict in ROOTS:
                 roots.append(f"{op} ({phase}{', ' + where['module'] if where['module'] else ''})")
-            rows.append(dict(family=family, phase=phase, op=op, verdict=verdict, first_step=int(g["step"].min()),
-                             count=len(g), detail=detail[:500], module=where["module"], frames=where["frames"]))
+            first = g[g["step"] == g["step"].min()].iloc[0]
+            rows.append(dict(family=family, phase=phase, op=op, verdict=verdict, first_step=int(first["step"]),
+                             count=len(g), detail=detail[:500], module=where["module"], frames=where["frames"],
+                             seq=int(first["seq"]), repro=""))
     return rows
 
 
@@ -324,7 +327,12 @@ def ops_in(rows: pd.DataFrame, most: int = 6) -> str:
     """"aten::addmm (forward, 4 families), ..." the ops of some findings, most families first."""
     groups = rows.groupby(["op", "phase"], sort=False)["family"].nunique().sort_values(ascending=False,
                                                                                       kind="stable")
-    items = [f"{op} ({PHASE_WORDS.get(phase, phase)}{f', {n} families' if n > 1 else ''})"
+    def confirmed(op: str) -> str:
+        said = rows.loc[rows["op"] == op, "repro"].astype(str) if "repro" in rows else pd.Series(dtype=str)
+        said = [r.split(":")[0] for r in said if r]
+        return f"; repro {said[0]}" if said else ""
+
+    items = [f"{op} ({PHASE_WORDS.get(phase, phase)}{f', {n} families' if n > 1 else ''}{confirmed(op)})"
              for (op, phase), n in groups.items()]
     return ", ".join(items[:most]) + (f", and {len(items) - most} more" if len(items) > most else "")
 

@@ -94,6 +94,17 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     return head + flat.cpu().view(torch.uint8).numpy().tobytes()
 
 
+def tree_map(fn, obj):
+    """``obj`` with ``fn`` applied to every tensor in its nested lists, tuples and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_map(fn, x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v) for k, v in obj.items()}
+    return obj
+
+
 def hash_tensors(values) -> str:
     tensors = [v for v in flat_values(values) if isinstance(v, torch.Tensor)]
     return digest(*(tensor_bytes(t) for t in tensors)) if tensors else ""
@@ -156,8 +167,23 @@ class Recorder(TorchDispatchMode):
         self.step = 0
         self.current: str | None = None
         self.seq = 0
+        self.keep: tuple | None = None  # (step, phase, seq) of an op whose inputs to keep (``reproducer``)
+        self.kept: tuple | None = None  # (op name, func, args, kwargs): copies of its inputs before it ran
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.keep is not None and self.kept is None and (self.step, self.current, self.seq) == self.keep:
+            # copies with the very strides the op was given (a kernel's path can depend on them), taken
+            # before it ran (an in-place op writes one)
+            copies = tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                              .copy_(t.detach()), (args, kwargs or {}))
+            n = len(self.rows)
+            out = self.record(func, args, kwargs)
+            if len(self.rows) > n:  # it was the op recorded there
+                self.kept = (op_name(func), func, *copies)
+            return out
+        return self.record(func, args, kwargs)
+
+    def record(self, func, args, kwargs):
         kwargs = kwargs or {}
         name = op_name(func)
         if self.current is None or not name.startswith(RECORDED_NAMESPACES) or name.split(".")[0] in UNINITIALISED:
@@ -253,17 +279,24 @@ def family_of(spec: RunSpec) -> str:
     return f"{spec.model}{size}-{spec.optimizer}-{spec.device}-{rest}"
 
 
-def family_of_row(row: dict) -> str:
-    """The family of a runs.csv or compare.csv row (an axis it lacks at its default)."""
+def spec_of_row(row: dict) -> RunSpec:
+    """The RunSpec of a runs.csv or compare.csv row (an axis it lacks at its default)."""
     axes = {k: row.get(k, report.AXIS_DEFAULTS.get(k)) for k in report.AXIS_DEFAULTS}
     accumulation = int(float(axes.pop("accumulation")))
     context = int(float(axes.pop("context")))
     clip = str(axes.pop("clip"))
     clip = clip if clip == "none" else f"{float(clip):g}"
-    return family_of(RunSpec(model=row["model"], optimizer=row["optimizer"], scheduler=row["scheduler"],
-                             warmup=row["warmup"], device=row["device"], precision=row["precision"],
-                             size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
-                             **{k: str(v) for k, v in axes.items()}))
+    numbers = {k: row[k] for k in ("steps", "seed", "lr_scale") if k in row and str(row[k]) not in ("", "nan")}
+    return RunSpec(model=row["model"], optimizer=row["optimizer"], scheduler=row["scheduler"],
+                   warmup=row["warmup"], device=row["device"], precision=row["precision"],
+                   size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
+                   **{k: str(v) for k, v in axes.items()},
+                   **{k: (float(v) if k == "lr_scale" else int(float(v))) for k, v in numbers.items()})
+
+
+def family_of_row(row: dict) -> str:
+    """The family of a runs.csv or compare.csv row (an axis it lacks at its default)."""
+    return family_of(spec_of_row(row))
 
 
 def families(specs: list[RunSpec]) -> dict[str, RunSpec]:

@@ -460,15 +460,54 @@ CHANGELOG_COLUMNS = ["from_version", "to_version", *compare.CONFIG, "run_id", "v
                      "delta_final_loss", "noise_final_loss", "mde", "p_holm", "first_diff_step"]
 
 
-def explained(a: Path, b: Path, transition: str) -> pd.DataFrame:
-    """explain.csv's rows of two sessions (``explain.explain``); sessions without traces give one
-    ``not traced`` row that says why."""
+def explained(a: Path, b: Path, transition: str, sessions: Sessions | None = None,
+              versions: tuple | None = None) -> pd.DataFrame:
+    """explain.csv's rows of two sessions (``explain.explain``), each changed kernel confirmed by its
+    reproducer where ``sessions`` and the two ``versions`` are given (``confirmed_kernels``);
+    sessions without traces give one ``not traced`` row that says why."""
     try:
-        return explain.explain(a, b, transition)
+        table = explain.explain(a, b, transition)
     except explain.ExplainError as e:
         return pd.DataFrame([dict(transition=transition, family="", phase="", op="", verdict=explain.NOT_TRACED,
-                                  first_step=0, count=0, capability="", detail=str(e))],
-                            columns=explain.EXPLAIN_COLUMNS)
+                                  first_step=0, count=0, capability="", detail=str(e), module="", frames="", seq=0,
+                                  repro="")], columns=explain.EXPLAIN_COLUMNS)
+    if sessions is not None and versions is not None:
+        table = confirmed_kernels(table, sessions, *versions)
+    return table
+
+
+REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py scripts
+
+
+def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd.DataFrame:
+    """Each changed kernel of a transition (its first family) reproduced alone
+    (``reproducer``): its inputs captured in the first release's environment, the script run in
+    both; ``repro`` says ``confirmed``, ``not confirmed`` or ``not run``, the two hashes and the
+    script. Every row of the same op gets the result."""
+    from . import reproducer
+
+    table = table.copy()
+    pinned = table["capability"].astype(str) == f"{explain.PINNED.upper()} (both)"  # the pinned pair's own rows
+    roots = table[(table["verdict"] == explain.CHANGED_KERNEL) & ~pinned]
+    if roots.empty:
+        return table
+    out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
+    for op, rows in roots.groupby("op", sort=False):
+        first = rows.sort_values(["first_step"], kind="stable").iloc[0]
+        where = f"{first['family']}:{int(first['first_step'])}:{first['phase']}:{int(first['seq'])}"
+        cmd = [*sessions.envs.command(base), "trace", *sessions.grid_args, "--out", str(out),
+               "--init-dir", str(Path(sessions.out) / "init"), "--repro", where]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        lines = done.stdout.strip().splitlines()
+        if done.returncode != 0 or not lines:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            result = f"{reproducer.NOT_RUN}: inputs not captured ({why})"
+        else:
+            script = Path(lines[-1]) if Path(lines[-1]).is_absolute() else ROOT / lines[-1]
+            verdict, detail = reproducer.confirm(script, sessions.envs.python(base), sessions.envs.python(cand))
+            result = f"{verdict}: {detail}; {script}"
+        table.loc[table["op"] == op, "repro"] = result
+    return table
 
 
 def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,
@@ -492,7 +531,7 @@ def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, ma
         table = judged(sessions.run(a), sessions.run(b), tolerances, margin, compare.Policy())
         sessions.envs.release(b)
         if explanations is not None:
-            explanations.append(explained(sessions.run(a), sessions.run(b), f"{a} -> {b}"))
+            explanations.append(explained(sessions.run(a), sessions.run(b), f"{a} -> {b}", sessions, (a, b)))
         rows.append(table.assign(from_version=str(a), to_version=str(b))[CHANGELOG_COLUMNS])
         if on_transition is not None:
             on_transition(pd.concat(rows, ignore_index=True))
