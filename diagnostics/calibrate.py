@@ -219,10 +219,8 @@ def extended(path: Path, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     if not path.exists() or new.empty:
         return new
     old = report.with_axis_defaults(report.read_csv(path))
-    from .compare import config_key
-
-    replaced = {config_key(r) for r in new[key].itertuples(index=False)}
-    kept = old[[config_key(r) not in replaced for r in old[key].itertuples(index=False)]]
+    replaced = {report.config_key(r) for r in new[key].itertuples(index=False)}
+    kept = old[[report.config_key(r) not in replaced for r in old[key].itertuples(index=False)]]
     return pd.concat([kept, new], ignore_index=True) if len(kept) else new
 
 
@@ -231,9 +229,7 @@ def write(target: Path, reference: Path, tol: pd.DataFrame, env: pd.DataFrame) -
     configs calibrated here replace their own rows only), with the reference's seeds.csv."""
     import shutil
 
-    from .compare import CONFIG
-
-    report.write_atomic(target / TOLERANCES, extended(target / TOLERANCES, tol, [c for c in CONFIG if c in tol]))
+    report.write_atomic(target / TOLERANCES, extended(target / TOLERANCES, tol, [c for c in report.CONFIG if c in tol]))
     report.write_atomic(target / ENVELOPE, extended(target / ENVELOPE, env, ["run_id"]))
     if (reference / SEEDS).exists():
         shutil.copyfile(reference / SEEDS, target / SEEDS)

@@ -89,9 +89,9 @@ def paths_of(rows: pd.DataFrame) -> str:
     if rows.empty:
         return ""
     parts = [",".join(sorted(rows["model"].astype(str).unique()))]
-    for axis in ("optimizer", "scheduler", "precision", "impl", "compile", "attention"):
+    for axis in ("optimizer", "scheduler", "precision", "impl", "compile", "attention", "layout", "context"):
         values = sorted(rows[axis].astype(str).unique())
-        if values != [report.AXIS_DEFAULTS.get(axis)]:
+        if values != [str(report.AXIS_DEFAULTS.get(axis))]:
             parts.append(f"{axis}={','.join(values)}")
     return " ".join(parts)
 
@@ -181,6 +181,8 @@ def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None)
              f'<p>Data: <a href="{paths.CHANGELOG}">{paths.CHANGELOG}</a> · <a href="{MARKDOWN}">{MARKDOWN}</a></p>',
              f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
              f'<p><img src="{FIGURE}" alt="verdicts"></p>',
+             *((["<h2>Why: the ops each transition changed, where they ran, and their reproducers</h2>"]
+                + page.explain_section(explained)) if explained is not None and len(explained) else []),
              f"<script>{page.SORT_JS}</script></body></html>"]
     path = out / paths.PAGE
     path.write_text("\n".join(parts), encoding="utf-8")

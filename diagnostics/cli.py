@@ -369,6 +369,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     code = cmd_compare(compare_args)
     why = release.explained(base, cand, f"{args.base} -> {args.candidate}", sessions, (args.base, args.candidate))
     report.write_atomic(Path(args.out) / paths.EXPLAIN, why)
+    page.write_explain(why, Path(args.out) / paths.EXPLAIN_PAGE, f"Why the bits changed: torch {args.base} -> {args.candidate}")
     print(f"why: {explain.summary(why)} ({Path(args.out) / paths.EXPLAIN})")
     for d in (base, cand):
         try:
@@ -525,8 +526,8 @@ def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Where two traces part, op by op: OUT/explain.csv and a line per verdict."""
-    from . import explain
+    """Where two traces part, op by op: OUT/explain.csv, OUT/explain.html and a line per verdict."""
+    from . import explain, page
 
     try:
         table = explain.explain(Path(args.a), Path(args.b), transition=f"{args.a} -> {args.b}")
@@ -535,6 +536,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     explain.write(table, out / paths.EXPLAIN)
+    page.write_explain(table, out / paths.EXPLAIN_PAGE)
     roots = table[table["verdict"].isin(explain.ROOTS)]
     print(f"{table['family'].nunique()} families differ; {len(roots)} root findings")
     for r in roots.head(args.limit).to_dict("records"):
@@ -543,7 +545,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if len(roots) > args.limit:
         print(f"... and {len(roots) - args.limit} more in {out / paths.EXPLAIN}")
     print(f"why: {explain.summary(table)}")
-    print(f"wrote {out / paths.EXPLAIN}")
+    print(f"wrote {out / paths.EXPLAIN} and {out / paths.EXPLAIN_PAGE}")
     return 0
 
 

@@ -58,6 +58,7 @@ import pandas as pd
 from . import report, stats
 from .calibrate import METRICS
 from .detect import BY_THRESHOLD, NO_RESULT, STATUS_RANK
+from .report import config_key, key_value  # noqa: F401 (their home is the schema's)
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
 BASELINE_KEY = ["run_id", "steps", "model_size"]
@@ -633,19 +634,6 @@ COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detai
                              "init_verdict"])
 
 
-def config_key(values) -> tuple:
-    """A config key with numbers normalised (so 1 and 1.0, "200" and 200 match: a column of
-    numbers and names, such as ``clip``'s "none" and "1", reads as text where it mixes them)."""
-    return tuple(key_value(v) for v in values)
-
-
-def key_value(v):
-    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-        return float(v)
-    try:
-        return float(str(v))
-    except ValueError:
-        return str(v)
 
 
 def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:

@@ -181,3 +181,39 @@ def write(report_dir: Path) -> Path:
     out = report_dir / paths.PAGE
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
+
+
+# explain's findings (explain.csv) as HTML: the release and changelog pages, and explain.html
+EXPLAIN_COLUMNS = [("family", "family"), ("phase", "phase"), ("op", "op"), ("verdict", "verdict"), ("step", "first_step"),
+                ("module", "module"), ("frames", "frames"), ("reproducer", "repro"), ("detail", "detail")]
+
+
+def explain_section(table: pd.DataFrame) -> list[str]:
+    """HTML of explain's findings, a section per transition: its why-line, then a row per root
+    (family x phase) with where it ran and its reproducer, then how many downstream rows follow."""
+    from .explain import DOWNSTREAM, ROOTS, summary
+
+    out = []
+    for transition, t in table.groupby("transition", sort=False):
+        roots = t[t["verdict"].isin(ROOTS)]
+        out.append(f"<h3>{html.escape(str(transition) or 'explain')}</h3><p>{html.escape(summary(t))}</p>")
+        if len(roots):
+            head = "".join(f"<th>{html.escape(k)}</th>" for k, _ in EXPLAIN_COLUMNS)
+            body = "".join("<tr>" + "".join(cell(r.get(c, "")) for _, c in EXPLAIN_COLUMNS) + "</tr>"
+                           for r in roots.to_dict("records"))
+            out.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+        downstream = t[t["verdict"] == DOWNSTREAM]
+        if len(downstream):
+            out.append(f"<p>{len(downstream)} downstream rows in {downstream['family'].nunique()} families "
+                       "(the ops each root's change reached; explain.csv).</p>")
+    return out
+
+
+def write_explain(table: pd.DataFrame, path: Path, title: str = "Why the bits changed") -> Path:
+    """``explain.html``: ``explain_section`` as a page of its own (``diagnostics explain``, ``release``)."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f'<p>Data: <a href="{paths.EXPLAIN}">{paths.EXPLAIN}</a></p>', *explain_section(table),
+             f"<script>{SORT_JS}</script></body></html>"]
+    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    return Path(path)

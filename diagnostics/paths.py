@@ -24,6 +24,7 @@ REPRO, SEEDS = "repro.csv", "seeds.csv"  # reproducibility suite; per-seed sprea
 STABILITY = "stability.csv"  # stability sweep
 TRACE = "trace.csv"  # diagnostics trace: the ops of each config family's first steps
 EXPLAIN = "explain.csv"  # diagnostics explain: where two traces part, op by op
+EXPLAIN_PAGE = "explain.html"  # the same, as a page (roots, where they ran, their reproducers)
 PAGE = "index.html"  # diagnostics report
 # a baseline folder, beside its runs.csv
 TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"

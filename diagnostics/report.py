@@ -13,6 +13,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .detect import VERDICT_FIELDS
@@ -302,3 +303,18 @@ def merge(dirs: list[Path], out: Path) -> dict[str, int]:
                     env[k].append(str(v))
     write_env(out, {k: " | ".join(v) for k, v in env.items()})
     return {name: len(df) for name, df in merged.items()}
+
+
+def config_key(values) -> tuple:
+    """A config key with numbers normalised (so 1 and 1.0, "200" and 200 match: a column of
+    numbers and names, such as ``clip``'s "none" and "1", reads as text where it mixes them)."""
+    return tuple(key_value(v) for v in values)
+
+
+def key_value(v):
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        return float(v)
+    try:
+        return float(str(v))
+    except ValueError:
+        return str(v)

@@ -1,0 +1,79 @@
+"""A changed kernel's reproducer: the op alone on the inputs the trace recorded gives the trace's
+own hash, and under a stand-in release whose kernel changed it gives another (confirmed)."""
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from diagnostics import numerics, reproducer
+from diagnostics.spec import RunSpec
+
+pytestmark = pytest.mark.slow
+
+SPEC = RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=6, layout="left")
+# a stand-in release: this Python with addmm moved by an ulp (as test_numerics' stand-ins)
+PATCH = """
+import runpy, sys, torch
+lib = torch.library.Library("aten", "IMPL")
+def addmm(bias, a, b, *, beta=1, alpha=1):
+    out = torch.mm(a, b) * alpha + bias * beta
+    return torch.nextafter(out, torch.full_like(out, float("inf")))
+lib.impl("addmm", addmm, "CPU")
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    return data, pd.DataFrame(numerics.trace_family(SPEC, data, None, steps=1))
+
+
+def stand_in(tmp_path: Path) -> Path:
+    (tmp_path / "patch.py").write_text(PATCH)
+    exe = tmp_path / "python-patched"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tmp_path / "patch.py"}" "$@"\n')
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return exe
+
+
+def test_the_reproducer_gives_the_trace_s_hash_and_confirms_a_changed_kernel(traced, tmp_path):
+    data, trace = traced
+    row = trace[(trace["op"] == "aten::addmm") & (trace["phase"] == "forward")].iloc[0]
+    script = reproducer.capture(SPEC, data, None, int(row["step"]), row["phase"], int(row["seq"]), tmp_path)
+    assert script.name == "repro_addmm.py" and script.with_suffix(".pt").exists()
+    same, why = reproducer.run(sys.executable, script)
+    assert why == "" and same == row["output_hash"]  # the op alone, on its recorded inputs, gives the traced bits
+    result, detail = reproducer.confirm(script, sys.executable, stand_in(tmp_path))
+    assert result == reproducer.CONFIRMED and detail.startswith(f"{same} vs ")
+    assert reproducer.confirm(script, sys.executable, sys.executable)[0] == reproducer.NOT_CONFIRMED
+    text = script.read_text()
+    assert "torch.ops.aten.addmm.default" in text and "blocks.0.attn" in text  # the op and where it ran
+
+
+def test_the_masked_attention_kernel_and_an_in_place_optimizer_op_are_reproduced(traced, tmp_path):
+    data, trace = traced
+    for pattern in ("flash_attention", "lerp_|addcdiv_"):
+        row = trace[trace["op"].str.contains(pattern)].iloc[0]
+        script = reproducer.capture(SPEC, data, None, int(row["step"]), row["phase"], int(row["seq"]), tmp_path)
+        assert reproducer.run(sys.executable, script) == (row["output_hash"], "")
+
+
+def test_a_large_input_becomes_a_seeded_recipe():
+    tensors, recipes = [], []
+    source = reproducer.literal([torch.zeros(3), torch.zeros(reproducer.FULL_ELEMENTS + 1), 2.5, torch.float32],
+                                tensors, recipes)
+    assert source == "[T[0], seeded(0), 2.5, torch.float32]" and len(tensors) == 1 and len(recipes) == 1
+
+
+def test_a_script_that_cannot_run_says_why(tmp_path):
+    bad = tmp_path / "repro_bad.py"
+    bad.write_text("raise SystemExit('no such op here')\n")
+    result, detail = reproducer.confirm(bad, sys.executable, sys.executable)
+    assert result == reproducer.NOT_RUN and "no such op here" in detail
+    assert os.path.exists(bad)
