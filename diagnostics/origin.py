@@ -2,8 +2,10 @@
 
 When a run's loss or gradient norm first becomes NaN or inf (at step k), ``train.locate``
 replays that one step from the state before it under a ``TorchDispatchMode`` (``Finder``) that looks at
-every aten op of the step: the first op whose output holds a NaN where none of its inputs did,
-or an inf where none of its inputs did, is the origin. An input is every tensor argument and
+every aten op of the step: an op whose output holds a NaN where none of its inputs did, or an inf
+where none of its inputs did, made it; the origin is the op that made the non-finite value that
+reached the end of the step (one made and then cleaned, as ``_safe_softmax`` does with fully
+masked rows, is not it). An input is every tensor argument and
 every number: a -inf that a mask put there (``masked_fill(-inf)``, ``where(mask, 0, -inf)``)
 was an input of the op that used it, never a cause. Outputs include what an op wrote in place.
 
@@ -27,6 +29,7 @@ phase. A log read by ``diagnostics detect`` cannot be replayed, so it has no ori
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -93,19 +96,24 @@ def describe(values) -> str:
 
 
 class Finder(TorchDispatchMode):
-    """Looks at every aten op while entered; ``found`` is the first that made a non-finite value
-    none of its inputs held, as (op, phase, module, kind, detail). Inputs are looked at before
-    the op runs (an in-place op writes one of them)."""
+    """Looks at every aten op while entered. An op whose output holds a NaN where none of its
+    inputs did (or an inf where none did) *makes* one, and labels what it gave with itself; an op
+    given a labelled value passes the label on to whatever non-finite value it gives; an op that
+    gives finite values from non-finite ones cleans them (torch's own ``_safe_softmax`` makes
+    NaN rows and replaces them by zeros: that NaN went nowhere). ``found`` is the label of the last
+    non-finite value of the step, so the op that made the value that reached the end, as (op,
+    phase, module, kind, detail). Inputs are looked at before the op runs (an in-place op writes
+    one of them)."""
 
     def __init__(self, module=lambda: ""):
         super().__init__()
         self.module = module  # names the module running now
         self.current: str | None = None
         self.last = "data"
+        # non-finite tensor -> its origin, by identity (a tensor's == is elementwise): id -> (weakref, label)
+        self.labels: dict[int, tuple] = {}
         self.found: tuple | None = None
-        # the first op whose output was non-finite at all (where no op made one: its inputs held
-        # it, a NaN number argument such as an injected ``loss * nan``)
-        self.first_met: tuple | None = None
+        self.argument: tuple | None = None  # the first op that met a non-finite value no op made
 
     @contextmanager
     def phase(self, name: str):
@@ -116,24 +124,39 @@ class Finder(TorchDispatchMode):
         finally:
             self.current, self.last = None, name
 
+    def label_of(self, t: torch.Tensor):
+        """The origin a tensor was given, if it is the very tensor that was labelled."""
+        ref, label = self.labels.get(id(t), (None, None))
+        return label if ref is not None and ref() is t else None
+
+    def label(self, func, kind: str, args, kwargs, out, written, before: str) -> tuple:
+        return (op_name(func), self.current or f"between {self.last}", self.module(), kind,
+                f"inputs: {before or 'finite'}; output: {describe((out, written))}")
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.found is not None:
-            return func(*args, **kwargs)
         in_nan, in_inf = nonfinite((args, kwargs))
         before = describe((args, kwargs)) if in_nan or in_inf else ""
+        given = [self.label_of(t) for t in flat_values((args, kwargs)) if isinstance(t, torch.Tensor)]
         out = func(*args, **kwargs)
         written = written_arguments(func, args, kwargs)
         out_nan, out_inf = nonfinite((out, written))
+        if not (out_nan or out_inf):
+            return out
         made = "NaN" if out_nan and not in_nan else "inf" if out_inf and not in_inf else ""
-        if made or ((out_nan or out_inf) and self.first_met is None):
-            where = (op_name(func), self.current or f"between {self.last}", self.module(),
-                     made or ("NaN" if out_nan else "inf"),
-                     f"inputs: {before or 'finite'}; output: {describe((out, written))}")
-            if made:
-                self.found = where
-            else:
-                self.first_met = where
+        if made:
+            label = self.label(func, made, args, kwargs, out, written, before)
+        else:  # passed on; or, where no labelled tensor came in, it came in as an argument (a NaN number):
+            # then the first op of the step that met one such is named
+            label = next((x for x in given if x is not None), None)
+            if label is None:
+                self.argument = self.argument or \
+                    self.label(func, "NaN" if out_nan else "inf", args, kwargs, out, written, before) + ("argument",)
+                label = self.argument
+        for t in flat_values((out, written)):
+            if isinstance(t, torch.Tensor):
+                self.labels[id(t)] = (weakref.ref(t), label)
+        self.found = label
         return out
 
 
@@ -185,9 +208,9 @@ def replay(model: torch.nn.Module, step: int, run_step) -> Origin:
         finder = Finder(module)
         with finder:
             run_step(finder.phase)
-    if finder.found is not None:
-        return Origin(step, *finder.found)
-    if finder.first_met is not None:  # no op made it: it came in as an argument
-        op, phase, mod, kind, detail = finder.first_met
-        return Origin(step, op, phase, mod, kind, f"no op made it: it was an argument ({detail})")
-    return Origin(step, "", "", "", "", "", reproduced=False)
+    if finder.found is None:
+        return Origin(step, "", "", "", "", "", reproduced=False)
+    op, phase, mod, kind, detail, *argument = finder.found
+    if argument:  # no op made it: it came in as an argument (an injected ``loss * nan``)
+        detail = f"no op made it: it was an argument ({detail})"
+    return Origin(step, op, phase, mod, kind, detail)

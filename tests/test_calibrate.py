@@ -167,3 +167,20 @@ def test_calibrate_command_writes_tolerances_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("reusing the complete session") == 3
     bad = diagnostics(*args[:7], "--perturbations", "shake")
     assert bad.returncode == 2 and "valid names are" in bad.stderr
+
+
+def test_a_calibration_of_some_configs_extends_the_noise_and_never_drops_the_others(tmp_path):
+    def tol(run_ids, layouts, precisions):
+        rows = [dict({c: report.AXIS_DEFAULTS.get(c, "x") for c in CONFIG}, model="gpt", layout=lay, precision=p,
+                     run_id=r) for r, lay, p in zip(run_ids, layouts, precisions)]
+        return pd.DataFrame(rows)
+
+    # written before the layout and context axes existed: it reads them as full and 0
+    tol(["a", "b"], ["full", "full"], ["fp32", "bf16"]).drop(columns=["layout", "context"]).to_csv(
+        tmp_path / calibrate.TOLERANCES, index=False)
+    pd.DataFrame(dict(run_id=["a", "b"], step=[1, 1])).to_csv(tmp_path / calibrate.ENVELOPE, index=False)
+    new = tol(["a2", "c"], ["full", "packed"], ["fp32", "fp32"])  # a2: a's config measured again
+    calibrate.write(tmp_path, tmp_path, new, pd.DataFrame(dict(run_id=["a2", "c"], step=[1, 1])))
+    got = report.read_csv(tmp_path / calibrate.TOLERANCES)
+    assert sorted(got["run_id"]) == ["a2", "b", "c"]  # a replaced by its own config's new row, b kept, c added
+    assert sorted(report.read_csv(tmp_path / calibrate.ENVELOPE)["run_id"]) == ["a", "a2", "b", "c"]

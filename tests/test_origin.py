@@ -17,7 +17,7 @@ def find(fn):
     finder = origin.Finder()
     with finder:
         fn()
-    return finder.found
+    return finder.found[:5] if finder.found else None
 
 
 def test_a_mask_s_minus_inf_is_an_input_and_a_fully_masked_softmax_is_the_origin():
@@ -26,6 +26,19 @@ def test_a_mask_s_minus_inf_is_an_input_and_a_fully_masked_softmax_is_the_origin
     op, phase, module, kind, detail = find(lambda: scores.masked_fill(~mask, -math.inf).softmax(-1))
     assert op == "aten::_softmax" and kind == "NaN"  # not masked_fill: its -inf was an argument
     assert "inf" in detail.split("; output")[0]  # the -inf is named among the inputs
+
+
+def test_a_nan_made_and_cleaned_is_not_the_origin_of_what_reached_the_end():
+    scores = torch.full((2, 3), -math.inf)  # every row fully masked: softmax makes NaN ...
+
+    def step():
+        p = scores.softmax(-1)
+        safe = torch.where(torch.isnan(p), torch.zeros_like(p), p)  # ... and a where cleans it (as _safe_softmax)
+        big = torch.full((2, 3), 1e30) * torch.full((2, 3), 1e30)  # an overflow: inf from finite
+        return (safe + big).sum()
+
+    op, _, _, kind, _ = find(step)
+    assert op == "aten::mul.Tensor" and kind == "inf"
 
 
 def test_finite_ops_have_no_origin():
