@@ -51,7 +51,8 @@ VERDICTS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SC
 ROOTS = tuple(v for v in VERDICTS if v not in (DOWNSTREAM, NOT_TRACED))
 EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail",
                    "module", "frames",  # where the op ran: the module path, torch's frame and the model's
-                   "seq", "repro"]  # its place in the first trace's step and phase; its reproducer's result and path
+                   "seq", "signature",  # its place in the first trace's step and phase, its input signature
+                   "repro"]  # its reproducer's result, the two hashes and the script
 PINNED = "avx2"  # the capability every release since 2.0 has kernels for on x86-64 (ATEN_CPU_CAPABILITY)
 UNPINNED = "no trace under one capability"  # said where capabilities differ and no pinned pair exists
 PINNED_TRACE_ENV = "DIAGNOSTICS_PINNED_TRACE"  # set for the trace that ``diagnostics trace`` takes under PINNED
@@ -119,7 +120,8 @@ def subsequence_opcodes(a: list[str], b: list[str]):
 
 
 def located(row: dict) -> dict:
-    return dict(module=row.get("module", ""), frames=row.get("frames", ""), seq=int(row.get("seq", 0)))
+    return dict(module=row.get("module", ""), frames=row.get("frames", ""), seq=int(row.get("seq", 0)),
+                signature=row.get("signature", ""))
 
 
 def align(a: list[dict], b: list[dict]) -> list[dict]:
@@ -163,7 +165,8 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         err = (a if side == "the first" else b)
         why = "; ".join(err.loc[err["phase"] == "error", "detail"]) if not err.empty else "no rows"
         return [dict(family=family, phase="", op="", verdict=NOT_TRACED, first_step=0, count=1,
-                     detail=f"{side} side traced nothing ({why})", module="", frames="", seq=0, repro="")]
+                     detail=f"{side} side traced nothing ({why})", module="", frames="", seq=0, signature="",
+                     repro="")]
     found = []
     for (step, phase), x in a.groupby(["step", "phase"], sort=False):
         y = b[(b["step"] == step) & (b["phase"] == phase)]
@@ -171,13 +174,14 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         if phase == "schedule":
             if xs[0]["output_hash"] != (ys[0]["output_hash"] if ys else None):
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_SCHEDULE,
-                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames="", seq=0))
+                                  step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames="", seq=0,
+                                  signature=""))
             continue
         if phase == "compile":
             if not ys or xs[0]["output_hash"] != ys[0]["output_hash"]:
                 found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_CODE, step=0,
                                   detail=f"{xs[0]['signature']} vs {ys[0]['signature'] if ys else 'none'}",
-                                  module="", frames="", seq=0))
+                                  module="", frames="", seq=0, signature=""))
             continue
         found += [dict(f, phase=phase, step=int(step)) for f in align(xs, ys)]
     for (step, phase), y in b.groupby(["step", "phase"], sort=False):  # phases only the second side ran
@@ -203,7 +207,7 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
             first = g[g["step"] == g["step"].min()].iloc[0]
             rows.append(dict(family=family, phase=phase, op=op, verdict=verdict, first_step=int(first["step"]),
                              count=len(g), detail=detail[:500], module=where["module"], frames=where["frames"],
-                             seq=int(first["seq"]), repro=""))
+                             seq=int(first["seq"]), signature=first["signature"], repro=""))
     return rows
 
 

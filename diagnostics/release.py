@@ -470,20 +470,23 @@ def explained(a: Path, b: Path, transition: str, sessions: Sessions | None = Non
     except explain.ExplainError as e:
         return pd.DataFrame([dict(transition=transition, family="", phase="", op="", verdict=explain.NOT_TRACED,
                                   first_step=0, count=0, capability="", detail=str(e), module="", frames="", seq=0,
-                                  repro="")], columns=explain.EXPLAIN_COLUMNS)
+                                  signature="", repro="")], columns=explain.EXPLAIN_COLUMNS)
     if sessions is not None and versions is not None:
         table = confirmed_kernels(table, sessions, *versions)
     return table
 
 
 REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py scripts
+MAX_REPROS = 12  # per transition: the first calls (op x input signature) in the table's order
 
 
 def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd.DataFrame:
     """Each changed kernel of a transition (its first family) reproduced alone
     (``reproducer``): its inputs captured in the first release's environment, the script run in
     both; ``repro`` says ``confirmed``, ``not confirmed`` or ``not run``, the two hashes and the
-    script. Every row of the same op gets the result."""
+    script. One reproducer per op and input signature (a masked call of a kernel is not its
+    unmasked call), at most ``MAX_REPROS`` a transition; every row of that op and signature gets
+    its result."""
     from . import reproducer
 
     table = table.copy()
@@ -492,10 +495,12 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     if roots.empty:
         return table
     out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
-    for op, rows in roots.groupby("op", sort=False):
+    for n, ((op, sig), rows) in enumerate(roots.groupby(["op", "signature"], sort=False)):
+        if n == MAX_REPROS:
+            break
         first = rows.sort_values(["first_step"], kind="stable").iloc[0]
         where = f"{first['family']}:{int(first['first_step'])}:{first['phase']}:{int(first['seq'])}"
-        cmd = [*sessions.envs.command(base), "trace", *sessions.grid_args, "--out", str(out),
+        cmd = [*sessions.envs.command(base), "trace", *sessions.grid_args, "--out", str(out / f"call{n}"),
                "--init-dir", str(Path(sessions.out) / "init"), "--repro", where]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
@@ -506,7 +511,7 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
             script = Path(lines[-1]) if Path(lines[-1]).is_absolute() else ROOT / lines[-1]
             verdict, detail = reproducer.confirm(script, sessions.envs.python(base), sessions.envs.python(cand))
             result = f"{verdict}: {detail}; {script}"
-        table.loc[table["op"] == op, "repro"] = result
+        table.loc[(table["op"] == op) & (table["signature"] == sig), "repro"] = result
     return table
 
 
