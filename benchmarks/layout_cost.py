@@ -13,9 +13,9 @@ the table also gives the cost per real token.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
+import numpy as np
 import torch
 
 from diagnostics import data, train
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     print("| context | layout | ms / step | x full | real tokens | x full per real token |")
     print("|---|---|---|---|---|---|")
     for context in contexts:
-        base = statistics.median(per_step[context, "full"])
+        base = float(np.median(per_step[context, "full"]))
         for layout in LAYOUTS:
-            ms = statistics.median(per_step[context, layout])
+            ms = float(np.median(per_step[context, layout]))
             frac = real_fraction(layout, context, args.data_dir)
             print(f"| {context} | {layout} | {1000 * ms:.1f} | {ms / base:.2f} | {frac:.0%} | {ms / base / frac:.2f} |")
     return 0
