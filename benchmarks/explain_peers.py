@@ -25,40 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CASES = {  # name -> (model, patch, the right answer: op and phase)
+from tests.test_numerics import PATCHES  # noqa: E402 (the tests' stand-in environments, one per class)
+
+CASES = {  # name -> (model, patch, the right answer)
     "control": ("gpt", "", "nothing"),
-    "kernel (addmm +1 ulp)": ("gpt", """
-import torch
-lib = torch.library.Library("aten", "IMPL")
-def addmm(bias, a, b, *, beta=1, alpha=1):
-    out = torch.mm(a, b) * alpha + bias * beta
-    return torch.nextafter(out, torch.full_like(out, float("inf")))
-lib.impl("addmm", addmm, "CPU")
-""", "aten::addmm (forward)"),
-    "optimizer (lerp_ +1 ulp)": ("gpt", """
-import torch
-lib = torch.library.Library("aten", "IMPL")
-def lerp_(self, end, weight):
-    moved = self + (end - self) * weight
-    return self.copy_(torch.nextafter(moved, torch.full_like(moved, float("inf"))))
-lib.impl("lerp_.Scalar", lerp_, "CPU")
-""", "aten::lerp_.Scalar (optimizer)"),
-    "state behind the schema (running stats)": ("resnet", """
-import torch
-lib = torch.library.Library("aten", "IMPL")
-def native_batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
-    out = torch.ops.aten._native_batch_norm_legit(x, weight, bias, running_mean, running_var, training, momentum, eps)
-    if training and running_mean is not None:
-        running_mean.copy_(torch.nextafter(running_mean, torch.full_like(running_mean, float("inf"))))
-    return out
-lib.impl("native_batch_norm", native_batch_norm, "CPU")
-""", "aten::native_batch_norm (forward)"),
-    "precision (GELU in bf16)": ("gpt", """
-import torch
-import torch.nn.functional as F
-gelu = F.gelu
-F.gelu = lambda x, approximate="none": gelu(x.to(torch.bfloat16), approximate=approximate).to(x.dtype)
-""", "+aten::_to_copy around aten::gelu (forward)"),
+    "kernel (addmm +1 ulp)": ("gpt", PATCHES["addmm"], "aten::addmm (forward)"),
+    "optimizer (lerp_ +1 ulp)": ("gpt", PATCHES["lerp_"], "aten::lerp_.Scalar (optimizer)"),
+    "state behind the schema (running stats)": ("resnet", PATCHES["running_stats"], "aten::native_batch_norm (forward)"),
+    "precision (GELU in bf16)": ("gpt", PATCHES["cast"], "+aten::_to_copy around aten::gelu (forward)"),
 }
 
 DEBUG_MODE = """
