@@ -77,3 +77,15 @@ def test_a_script_that_cannot_run_says_why(tmp_path):
     result, detail = reproducer.confirm(bad, sys.executable, sys.executable)
     assert result == reproducer.NOT_RUN and "no such op here" in detail
     assert os.path.exists(bad)
+
+
+@pytest.mark.parametrize("where, says", [("nonsense", "is not FAMILY:STEP:PHASE:SEQ"),
+                                         ("gpt-nope:1:forward:0", "no family 'gpt-nope'"),
+                                         ("gpt-adamw-cpu-fp32:1:forward:99999", "no op recorded at step 1")])
+def test_trace_repro_refuses_a_place_it_cannot_find_in_one_line(tmp_path, capsys, where, says):
+    from diagnostics.cli import main
+
+    code = main(["trace", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--devices", "cpu",
+                 "--out", str(tmp_path), "--data-dir", str(tmp_path / "data"), "--repro", where])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and says in err[0]
