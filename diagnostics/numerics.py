@@ -204,10 +204,11 @@ class Recorder(TorchDispatchMode):
             before = [tensor_bytes(t) if id(t) not in declared else b"" for t in tensors]
         # what it wrote: the arguments its schema marks written, and any other whose bits moved
         # (an op may write state its schema does not declare, e.g. a norm's running statistics)
-        written = [t for t, b in zip(tensors, before) if id(t) in declared or tensor_bytes(t) != b]
+        moved = [id(t) in declared or tensor_bytes(t) != b for t, b in zip(tensors, before)]
+        written = [t for t, m in zip(tensors, moved) if m]
         result = [v for v in flat_values(out) if not isinstance(v, torch.Tensor)]
         output = hash_tensors((out, written)) or digest(repr([scalar_repr(v) for v in result]).encode())
-        silent = [i for i, t in enumerate(tensors) if id(t) in {id(w) for w in written} and id(t) not in declared]
+        silent = [i for i, (t, m) in enumerate(zip(tensors, moved)) if m and id(t) not in declared]
         self.add(name, sig, digest(*before) if before else "", digest("|".join(scalars).encode()), output,
                  f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else "")
         return out
@@ -331,17 +332,18 @@ def schedule_rows(specs: list[RunSpec]) -> list[dict]:
     return rows
 
 
-def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int = TRACE_STEPS) -> list[dict]:
+def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int = TRACE_STEPS,
+                 rec: Recorder | None = None) -> list[dict]:
     """The rows of one family: its init (the seeded construction of the model, before the seed
     checkpoint replaces its weights), then ``steps`` training steps of data, forward, loss,
-    backward, clip and optimizer step."""
+    backward, clip and optimizer step. ``rec``: the Recorder to trace into (``reproducer``'s, which
+    keeps one op's inputs); default a new one."""
     from . import attention, determinism
     from .faults import NO_FAULT
     from .origin import module_tracking
     from .train import setup, train_step
 
-    family = family_of(spec)
-    rec = Recorder(family, compiled=spec.compile != "none")
+    rec = rec or Recorder(family_of(spec), compiled=spec.compile != "none")
     determinism.apply(spec.seed, spec.device)
     device = torch.device(spec.device)
     with attention.context(spec.attention):

@@ -198,7 +198,7 @@ def state_nonfinite(s) -> bool:
     """Whether a run's weights or optimizer state hold a NaN or inf."""
     tensors = [p.detach() for p in s.params] + [v for st in s.opt.state.values() for v in st.values()
                                                   if isinstance(v, torch.Tensor)]
-    return any(nonfinite([t])[0] or nonfinite([t])[1] for t in tensors)
+    return any(any(nonfinite([t])) for t in tensors)
 
 
 def replay(model: torch.nn.Module, step: int, run_step) -> Origin:

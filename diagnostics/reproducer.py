@@ -124,24 +124,11 @@ def write(found, out_dir: Path, meta: dict) -> Path:
 def capture(spec, data_dir: Path, init_dir: Path | None, step: int, phase: str, seq: int, out_dir: Path) -> Path:
     """Replay ``spec``'s family as the trace did and write the reproducer of its op at (step,
     phase, seq); raises LookupError where no op was recorded there."""
-    from . import attention, determinism
-    from .faults import NO_FAULT
-    from .numerics import Recorder, family_of
-    from .origin import module_tracking
-    from .train import setup, train_step
+    from .numerics import Recorder, family_of, trace_family
 
     rec = Recorder(family_of(spec))
     rec.keep = (step, phase, seq)
-    determinism.apply(spec.seed, spec.device)
-    with attention.context(spec.attention):
-        s = setup(spec, torch.device(spec.device), Path(data_dir), None, None, init_dir, phase=rec.phase)
-        with module_tracking(s.model) as module:
-            rec.module = module
-            for k in range(1, step + 1):
-                rec.step = k
-                train_step(s, spec, k, NO_FAULT, None, keep_weights=False, phase=rec.phase)
-                if rec.kept is not None:
-                    break
+    trace_family(spec, Path(data_dir), init_dir, step, rec)  # the family's steps up to this one, as traced
     if rec.kept is None:
         raise LookupError(f"no op recorded at step {step}, {phase} #{seq} of {family_of(spec)}")
     where = next((r for r in rec.rows if r["step"] == step and r["phase"] == phase and r["seq"] == seq), {})

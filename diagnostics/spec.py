@@ -120,7 +120,7 @@ class Grid:
         return list({(s.id, s.steps, s.size): s for s in specs}.values())
 
 
-def LAYOUT_PARTS(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
+def layout_parts(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
     """The batch-layout parts of the CPU release presets (``release``, ``changelog``): gpt with
     AdamW + warmup + cosine, every layout at the tiny preset's 64 tokens and at the odd lengths
     100 and 192 (not multiples of 64 or 128) in fp32 and bf16 (4 x 3 x 2 = 24 configs, the full-64
@@ -179,7 +179,7 @@ GRIDS: dict[str, Grid] = {
                            Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
                                 clips=("none", "1"), accumulations=(1, 4), steps=60),
-                           *LAYOUT_PARTS("release", seeds=(0,)),)),
+                           *layout_parts("release", seeds=(0,)),)),
     # changelog: every torch release's convergence on CPU in a few minutes each (docs/concepts/releases.md
     # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
     # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
@@ -193,7 +193,7 @@ GRIDS: dict[str, Grid] = {
                                                dict(compiles=("aot_eager", "inductor")),
                                                dict(attentions=("math", "flash")),
                                                dict(clips=("1",)), dict(accumulations=(4,))))
-                      + LAYOUT_PARTS("changelog", seeds=(0, 1))),
+                      + layout_parts("changelog", seeds=(0, 1))),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),
