@@ -3,6 +3,10 @@
 (from version, to version, config); this module adds ``DIR/changelog.md`` (per transition: how
 many configs kept every bit, changed bits within noise, moved beyond noise or went unjudged, and
 on which paths) and ``DIR/index.html`` with a configs x transitions picture coloured by verdict.
+
+A changelog is only ever extended (``extend``): a run over some releases into a folder that holds
+an earlier changelog replaces the transitions it judged again and keeps every other one, so a
+run over fewer releases never shrinks the committed artefact.
 """
 
 from __future__ import annotations
@@ -17,6 +21,57 @@ from . import compare, paths, report, summary
 FIGURE, MARKDOWN = paths.CHANGELOG_FIGURE, paths.CHANGELOG_MD
 # verdict colours of the picture: bits kept, bits within noise, beyond noise, nothing judged
 VERDICT_COLOUR = compare.VERDICT_COLOUR
+
+
+def release_key(version: str) -> tuple:
+    """Sort key of a release label: (2, 5, 1) for "2.5.1" (a local tag such as "+cpu" ignored);
+    a label that is not a version (a wheel's) sorts after every release, by name."""
+    try:
+        return (0, *(int(x) for x in str(version).split("+")[0].split(".")), "")
+    except ValueError:
+        return (1, str(version))
+
+
+def transitions_of(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (from, to) release pair of each row: changelog.csv's ``from_version``/``to_version``,
+    or explain.csv's ``transition`` ("2.5.1 -> 2.6.0")."""
+    if "transition" in table.columns:
+        return [tuple(str(t).split(" -> ", 1)) if " -> " in str(t) else (str(t), "") for t in table["transition"]]
+    return list(zip(table["from_version"].astype(str), table["to_version"].astype(str)))
+
+
+def releases_of(table: pd.DataFrame) -> list[str]:
+    """The releases a changelog table judged, oldest first."""
+    return sorted({v for pair in transitions_of(table) for v in pair if v}, key=release_key)
+
+
+def extend(committed: pd.DataFrame | None, table: pd.DataFrame) -> pd.DataFrame:
+    """A committed changelog table (changelog.csv or explain.csv) extended by a new run's
+    ``table``: every row of the new run, and every committed row whose transition the run did not
+    judge again, i.e. one of whose two releases the run did not cover (a longer committed span,
+    2.8.0 -> 2.15.0, stays beside a run's finer 2.8.0 -> 2.9.1 until a run covers both its ends).
+    Rows ordered by (from, to) release; the releases covered never shrink."""
+    if committed is None or committed.empty:
+        return table.reset_index(drop=True)
+    committed = report.with_axis_defaults(committed)  # rows judged before an axis existed: its default
+    covered = set(releases_of(table))
+    standing = [not (a in covered and b in covered) for a, b in transitions_of(committed)]
+    merged = pd.concat([committed[standing], table], ignore_index=True)
+    pairs = transitions_of(merged)
+    order = sorted(range(len(merged)), key=lambda i: (release_key(pairs[i][0]), release_key(pairs[i][1])))
+    return merged.iloc[order].reset_index(drop=True)
+
+
+def spans(table: pd.DataFrame) -> list[str]:
+    """The transitions of a changelog that step over a release it judged elsewhere ("2.8.0 ->
+    2.15.0 spans 2.9.1, 2.10.0"): kept from an earlier run until one covers both their ends."""
+    releases = releases_of(table)
+    out = []
+    for a, b in dict.fromkeys(transitions_of(table)):
+        inside = [v for v in releases if release_key(a) < release_key(v) < release_key(b)]
+        if inside:
+            out.append(f"{a} -> {b} spans {', '.join(inside)}")
+    return out
 
 
 def build_change(a: dict, b: dict) -> str:
@@ -96,12 +151,68 @@ def paths_of(rows: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+def status_reasons(out: Path, table: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(release, run_id) -> the status_reason of each side of a status change, from the two
+    sessions' runs.csv (where a diverged run's NaN origin is written); absent sessions say
+    nothing."""
+    wanted: dict[str, set] = {}
+    for r in table[table["verdict"] == "status_changed"].to_dict("records"):
+        for v in (r["from_version"], r["to_version"]):
+            wanted.setdefault(str(v), set()).add(r["run_id"])
+    found = {}
+    for v, ids in wanted.items():
+        path = Path(out) / f"torch-{v}" / report.RUNS
+        if path.exists():
+            runs = report.read_csv(path)
+            for r in runs[runs["run_id"].isin(ids)].to_dict("records"):
+                found.setdefault((v, r["run_id"]), str(r.get("status_reason") or "").replace("nan", ""))
+    return found
+
+
+def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
+              reasons: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """Per batch layout of the grid's layout part (configs with a layout or a context length of
+    their own: padded, packed and odd-length batches), every transition at which one of its
+    configs changed bits or status: how many of its configs were judged there, how many changed
+    bits, each status change (with the diverged side's reason, which names where its first NaN
+    came from) and why (explain's findings in that layout's families)."""
+    from . import explain
+
+    table = report.with_axis_defaults(table)
+    part = table[(table["layout"].astype(str) != "full") | (table["context"].astype(float) != 0)]
+    rows = []
+    for name, t in part.groupby(part["layout"].astype(str), sort=False):
+        for (a, b), u in t.groupby(["from_version", "to_version"], sort=False):
+            bits = u[~u["verdict"].isin(compare.BITS_KEPT) & u["verdict"].isin(compare.JUDGED)]
+            if bits.empty:
+                continue
+            status = []
+            for r in u[u["verdict"] == "status_changed"].to_dict("records"):
+                why = next((w for w in ((reasons or {}).get((str(v), r["run_id"]), "") for v in (b, a)) if w), "")
+                status.append(f"{r['run_id']}: {r['base_status']} -> {r['candidate_status']}"
+                              + (f" ({why})" if why else ""))
+            why = ""
+            if explained is not None and len(explained):
+                from .numerics import family_of_row
+
+                families = {family_of_row(r) for r in u.to_dict("records")}
+                own = explained[(explained["transition"] == f"{a} -> {b}") & explained["family"].isin(families)]
+                why = explain.summary(own, bits_changed=True)
+            rows.append(dict(layout=name, from_version=a, to_version=b, configs=len(u), bits_changed=len(bits),
+                             status_changed="; ".join(status), why=why))
+    return pd.DataFrame(rows, columns=["layout", "from_version", "to_version", "configs", "bits_changed",
+                                       "status_changed", "why"])
+
+
 def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
-             explained: pd.DataFrame | None = None) -> str:
+             explained: pd.DataFrame | None = None, reasons: dict[tuple[str, str], str] | None = None) -> str:
     """The changelog as Markdown: the machine, the transitions table (with why, where traced),
-    then each config beyond noise."""
+    the spans an earlier run left, each batch layout's changes, then each config beyond noise."""
     c = counts(table, builds, explained)
-    lines = [f"## Convergence changelog: {len(c)} transitions, {table['run_id'].nunique()} configs", ""]
+    releases = releases_of(table)
+    lines = [f"## Convergence changelog: {len(releases)} releases, {len(c)} transitions, "
+             f"{table['run_id'].nunique()} configs", "",
+             f"Releases: {', '.join(releases)}.", ""]
     if machine(builds or {}):
         lines += [machine(builds or {}), ""]
     lines += summary.table(c.to_dict("records"), [
@@ -109,6 +220,16 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
         ("bits within noise", "equivalent", ""), ("beyond noise", "beyond_noise", ""), ("not judged", "not_judged", ""),
         ("bits changed in", "bits_changed_in", ""), ("beyond noise in", "beyond_noise_in", ""),
         ("build change", "build_change", ""), ("CPU capability", "cpu_capability", ""), ("why (changed ops)", "why", "")])
+    if spans(table):
+        lines += ["", "Spans kept from an earlier run (a later run judged releases inside them; each stands until "
+                      "one run covers both its ends): " + "; ".join(spans(table)) + "."]
+    layouts = by_layout(table, explained, reasons)
+    if len(layouts):
+        lines += ["", "### By batch layout: every transition that changed a layout's bits or status", ""]
+        lines += summary.table(layouts.to_dict("records"), [
+            ("layout", "layout", ""), ("from", "from_version", ""), ("to", "to_version", ""),
+            ("configs judged", "configs", ""), ("bits changed", "bits_changed", ""),
+            ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", "")])
     beyond = table[table["verdict"].isin(compare.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -160,24 +281,45 @@ def builds_of(out: Path, versions) -> dict[str, dict]:
     return found
 
 
+def read(out: Path) -> pd.DataFrame:
+    """``out/changelog.csv`` (ReportError, one line, where it is missing or malformed), rows
+    judged before an axis existed given its default."""
+    return report.read(Path(out) / paths.CHANGELOG, ["from_version", "to_version", "run_id", "verdict"])
+
+
+def read_explained(out: Path) -> pd.DataFrame | None:
+    """``out/explain.csv`` as text (None where absent)."""
+    path = Path(out) / paths.EXPLAIN
+    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+
+
+def render(out: Path) -> str:
+    """The Markdown of the changelog a folder holds (changelog.csv, explain.csv, each release's
+    env.csv and runs.csv), as ``write`` writes it: the docs build renders the committed one with it."""
+    table = read(out)
+    return markdown(table, builds_of(out, releases_of(table)), read_explained(out), status_reasons(out, table))
+
+
 def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None) -> Path:
     """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html`` (with ``explained``,
     or else ``out/explain.csv`` where it exists, the why of each transition); returns the page."""
     from . import page
 
     out = Path(out)
-    if explained is None and (out / paths.EXPLAIN).exists():
-        explained = pd.read_csv(out / paths.EXPLAIN, dtype=str, keep_default_na=False)
-    builds = builds_of(out, pd.unique(pd.concat([table["from_version"], table["to_version"]])))
-    md = markdown(table, builds, explained)
-    (out / MARKDOWN).write_text(md, encoding="utf-8")
+    if explained is None:
+        explained = read_explained(out)
+    builds = builds_of(out, releases_of(table))
+    (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table)), encoding="utf-8")
     figure(table, out / FIGURE)
     c = counts(table, builds, explained)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
     rows = "".join("<tr>" + "".join(page.cell(v) for v in r.values()) + "</tr>" for r in c.to_dict("records"))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Convergence changelog</title>",
              f"<style>{page.STYLE}</style></head><body>",
-             f"<h1>Convergence changelog of torch: {len(c)} transitions</h1>",
+             f"<h1>Convergence changelog of torch: {len(releases_of(table))} releases, {len(c)} transitions</h1>",
+             f"<p>{html.escape(machine(builds))}</p>",
+             *([f"<p>{html.escape('Spans kept from an earlier run: ' + '; '.join(spans(table)))}</p>"]
+               if spans(table) else []),
              f'<p>Data: <a href="{paths.CHANGELOG}">{paths.CHANGELOG}</a> · <a href="{MARKDOWN}">{MARKDOWN}</a></p>',
              f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>',
              f'<p><img src="{FIGURE}" alt="verdicts"></p>',

@@ -424,8 +424,17 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     if twice:
         raise UsageError(f"changelog: {', '.join(twice)} given twice (give each version once; a control is "
                          "`diagnostics compare` of two sessions of one version)")
-    sessions = release_sessions(args, args.versions)
     out = Path(args.out)
+    committed = {}  # an earlier changelog in OUT: extended, never shrunk (changelog.extend)
+    for name in (paths.CHANGELOG, paths.EXPLAIN):
+        if (out / name).exists():
+            try:
+                committed[name] = changelog.read_explained(out) if name == paths.EXPLAIN else changelog.read(out)
+                changelog.transitions_of(committed[name])
+            except (report.ReportError, ValueError, KeyError, pd.errors.ParserError) as e:
+                raise UsageError(f"{out / name} is not a changelog this command can extend ({e}): move it away or "
+                                 "choose another --out") from None
+    sessions = release_sessions(args, args.versions)
     tol = release_noise(args, sessions, args.versions[0])
     try:
         _, margin = options.policy(lambda k: getattr(args, k, None))
@@ -433,9 +442,10 @@ def cmd_changelog(args: argparse.Namespace) -> int:
         explanations: list = []
 
         def write(table):
-            report.write_atomic(out / paths.CHANGELOG, table)
+            report.write_atomic(out / paths.CHANGELOG, changelog.extend(committed.get(paths.CHANGELOG), table))
             if explanations:
-                report.write_atomic(out / paths.EXPLAIN, pd.concat(explanations, ignore_index=True))
+                report.write_atomic(out / paths.EXPLAIN, changelog.extend(committed.get(paths.EXPLAIN),
+                                                                          pd.concat(explanations, ignore_index=True)))
 
         table = release.changelog(cands, sessions, tol, margin, on_transition=write, explanations=explanations)
     except (release.ReleaseError, ValueError) as e:
@@ -448,7 +458,11 @@ def cmd_changelog(args: argparse.Namespace) -> int:
               + (f"; bits changed in {r['bits_changed_in']}" if r["bits_changed_in"] else "")
               + (f"; build: {r['build_change']}" if r["build_change"] else "")
               + (f"; why: {r['why']}" if r["why"] else ""))
-    page = changelog.write(out, table, explained)
+    whole = changelog.read(out)
+    if committed:
+        print(f"extended the changelog in {out}: {len(changelog.releases_of(whole))} releases "
+              f"({', '.join(changelog.releases_of(whole))})")
+    page = changelog.write(out, whole)
     print(f"wrote {out / paths.CHANGELOG}, {out / paths.EXPLAIN}, {out / paths.CHANGELOG_MD} and {page}")
     return 0
 

@@ -328,7 +328,9 @@ def summary(table: pd.DataFrame, bits_changed: bool | None = None) -> str:
 
 
 def ops_in(rows: pd.DataFrame, most: int = 6) -> str:
-    """"aten::addmm (forward, 4 families), ..." the ops of some findings, most families first."""
+    """"aten::addmm (forward in blocks.0.mlp, 4 families; repro confirmed), ..." the ops of some
+    findings, most families first: each op's phase, the module it ran in most often (where the
+    trace recorded one), and its reproducer's result (where one ran)."""
     groups = rows.groupby(["op", "phase"], sort=False)["family"].nunique().sort_values(ascending=False,
                                                                                       kind="stable")
     def confirmed(op: str) -> str:
@@ -336,8 +338,14 @@ def ops_in(rows: pd.DataFrame, most: int = 6) -> str:
         said = [r.split(":")[0] for r in said if r]
         return f"; repro {said[0]}" if said else ""
 
-    items = [f"{op} ({PHASE_WORDS.get(phase, phase)}{f', {n} families' if n > 1 else ''}{confirmed(op)})"
-             for (op, phase), n in groups.items()]
+    def module(op: str, phase: str) -> str:
+        said = rows.loc[(rows["op"] == op) & (rows["phase"] == phase), "module"] if "module" in rows else []
+        said = pd.Series(said, dtype=str).replace("nan", "")
+        said = said[said != ""]
+        return f" in {said.mode().iloc[0]}" if len(said) else ""
+
+    items = [f"{op} ({PHASE_WORDS.get(phase, phase)}{module(op, phase)}{f', {n} families' if n > 1 else ''}"
+             f"{confirmed(op)})" for (op, phase), n in groups.items()]
     return ", ".join(items[:most]) + (f", and {len(items) - most} more" if len(items) > most else "")
 
 

@@ -1,7 +1,10 @@
 """MkDocs hook: pages generated at every build, never edited by hand:
 
 - docs/reference/commands.md, the command reference, from the parser and the registries;
-- docs/index.md, the home page: the README, its links made relative to docs/.
+- docs/index.md, the home page: the README, its links made relative to docs/;
+- docs/reference/changelog.md, the committed convergence changelog (reports/releases/), rendered
+  from its CSVs as `diagnostics changelog` renders changelog.md (so the docs' table cannot drift
+  from the artefact).
 """
 
 from pathlib import Path
@@ -13,10 +16,23 @@ def write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
+CHANGELOG_PAGE = """# The convergence changelog of torch
+
+Generated at each documentation build from the committed artefact, `reports/releases/`
+(`changelog.csv`, `explain.csv`, each release's `env.csv` and `runs.csv`); how it is made and read:
+[Releases and the changelog](../concepts/releases.md).
+
+"""
+
+
 def on_pre_build(config, **kwargs):
+    from diagnostics.changelog import render
     from diagnostics.docs import reference_markdown
 
     docs = Path(config["docs_dir"])
     write_if_changed(docs / "reference" / "commands.md", reference_markdown() + "\n")
     readme = (docs.parent / "README.md").read_text()
     write_if_changed(docs / "index.md", readme.replace("](docs/", "]("))
+    committed = docs.parent / "reports" / "releases"
+    write_if_changed(docs / "reference" / "changelog.md",
+                     CHANGELOG_PAGE + render(committed).replace("## Convergence changelog", "## Summary", 1))

@@ -6,6 +6,7 @@ import stat
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from diagnostics import changelog, compare, release, report
@@ -122,3 +123,88 @@ def test_a_build_change_between_releases_is_named():
     b = dict(torch_build_compiler="GCC 11.2", torch_build_onednn="Intel(R) MKL-DNN v3.10.2 (Git Hash f1d4)")
     assert changelog.build_change(a, b) == "onednn: Intel(R) MKL-DNN v3.7.1 -> Intel(R) MKL-DNN v3.10.2"
     assert changelog.build_change(a, a) == "" and changelog.build_change({}, b) == ""  # unrecorded: not a change
+
+
+def transitions(*releases: str, verdict: str = "equivalent", **axes) -> pd.DataFrame:
+    """changelog.csv rows of one config over a chain of releases."""
+    config = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", precision="fp32",
+                  **report.AXIS_DEFAULTS, lr_scale=1.0, steps=60, model_size="tiny") | axes
+    return pd.DataFrame([dict(from_version=a, to_version=b, **config, run_id="gpt-cfg-s0", verdict=verdict,
+                              base_status="converged", candidate_status="converged")
+                         for a, b in zip(releases, releases[1:])], columns=release.CHANGELOG_COLUMNS)
+
+
+def test_a_run_over_fewer_releases_extends_the_committed_changelog_never_shrinks_it():
+    committed = transitions("2.0.1", "2.5.1", "2.8.0", "2.15.0")
+    finer = transitions("2.5.1", "2.6.0", "2.7.1", "2.8.0", verdict="identical")
+    merged = changelog.extend(committed, finer)
+    # 2.5.1 -> 2.8.0 is replaced by the three transitions that cover it; the rest stands, in release order
+    assert changelog.transitions_of(merged) == [("2.0.1", "2.5.1"), ("2.5.1", "2.6.0"), ("2.6.0", "2.7.1"),
+                                                ("2.7.1", "2.8.0"), ("2.8.0", "2.15.0")]
+    assert changelog.releases_of(merged) == ["2.0.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.15.0"]
+    assert changelog.spans(merged) == []
+    # an interrupted run (one transition so far) adds it and keeps the span it lies in, said as such
+    partial = changelog.extend(committed, transitions("2.8.0", "2.9.1"))
+    assert set(changelog.releases_of(committed)) < set(changelog.releases_of(partial))
+    assert ("2.8.0", "2.15.0") in changelog.transitions_of(partial)
+    assert changelog.spans(partial) == ["2.8.0 -> 2.15.0 spans 2.9.1"]
+    # a rerun of a committed transition replaces it (the newer verdict), and 2.10 sorts after 2.9
+    rerun = changelog.extend(merged, transitions("2.0.1", "2.5.1", verdict="changed"))
+    assert rerun.loc[0, "verdict"] == "changed" and len(rerun) == len(merged)
+    assert changelog.release_key("2.10.0") > changelog.release_key("2.9.1") > changelog.release_key("2.9.0+cpu")
+    # explain.csv's rows are keyed by "a -> b" and extended by the same rule
+    explained = pd.DataFrame(dict(transition=["2.5.1 -> 2.8.0", "2.8.0 -> 2.15.0"], op=["aten::mm", "aten::bmm"]))
+    new = pd.DataFrame(dict(transition=["2.5.1 -> 2.6.0", "2.6.0 -> 2.8.0"], op=["aten::addmm", "aten::mm"]))
+    assert changelog.extend(explained, new)["transition"].tolist() == ["2.5.1 -> 2.6.0", "2.6.0 -> 2.8.0",
+                                                                       "2.8.0 -> 2.15.0"]
+    # a changelog written before the batch axes existed reads as full batches of the model's length
+    assert changelog.extend(committed, finer.assign(layout="left", context=100))["layout"].tolist()[0] == "full"
+
+
+def test_each_layout_lists_the_transitions_that_changed_its_bits_or_status_with_the_nan_origin(tmp_path):
+    left = transitions("2.4.1", "2.5.1", verdict="status_changed", layout="left", context=100).assign(
+        run_id="gpt-left-s0", base_status="diverged_nonfinite", candidate_status="converged")
+    right = transitions("2.4.1", "2.5.1", "2.6.0", verdict="identical", layout="right", context=100)
+    full = transitions("2.4.1", "2.5.1", verdict="equivalent", layout="full", context=0)  # not the layout part
+    table = pd.concat([left, right, full], ignore_index=True)
+    (tmp_path / "torch-2.4.1").mkdir()
+    report.write_atomic(tmp_path / "torch-2.4.1" / report.RUNS, pd.DataFrame(dict(
+        run_id=["gpt-left-s0"], status_reason=["loss is nan at step 1; first non-finite value made by "
+                                               "aten::_softmax (forward, blocks.0.attn)"])))
+    rows = changelog.by_layout(table, reasons=changelog.status_reasons(tmp_path, table))
+    assert rows["layout"].tolist() == ["left"]  # right kept its bits; full at the model's length is the recipe grid
+    assert "diverged_nonfinite -> converged" in rows.loc[0, "status_changed"]
+    assert "aten::_softmax (forward, blocks.0.attn)" in rows.loc[0, "status_changed"]
+    md = changelog.markdown(table, reasons=changelog.status_reasons(tmp_path, table))
+    assert "### By batch layout" in md and "| left | 2.4.1 | 2.5.1 | 1 | 1 |" in md
+    assert "3 releases, 2 transitions" in md
+
+
+def test_changelog_refuses_an_out_folder_whose_changelog_it_cannot_extend(tmp_path, capsys):
+    from diagnostics.cli import main
+
+    (tmp_path / "changelog.csv").write_text("not,a\nchangelog\x00")
+    before = (tmp_path / "changelog.csv").read_bytes()
+    assert main(["changelog", "2.10.0", "2.11.0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a changelog this command can extend" in err[0]
+    assert (tmp_path / "changelog.csv").read_bytes() == before  # nothing written
+
+
+# The latest patch of each minor release since 2.0: the releases the committed changelog covers.
+# PENDING lists those a run has not yet judged with the current grid; it only ever shrinks.
+MINOR_RELEASES = ["2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.9.1",
+                  "2.10.0", "2.11.0", "2.12.1", "2.13.0", "2.14.1", "2.15.0"]
+PENDING = {"2.6.0", "2.7.1", "2.9.1", "2.10.0", "2.11.0", "2.12.1", "2.13.0", "2.14.1"}
+
+
+def test_the_committed_changelog_covers_every_release_from_2_0_to_the_newest():
+    committed = changelog.read(Path(__file__).resolve().parent.parent / "reports" / "releases")
+    releases = changelog.releases_of(committed)
+    assert releases[0].startswith("2.0.") and releases[-1] == MINOR_RELEASES[-1]
+    assert set(MINOR_RELEASES) - PENDING <= set(releases)
+    # no gap: every pair of neighbouring releases lies within one judged transition (a span kept from
+    # an earlier run covers the releases a later run judged inside it)
+    key = changelog.release_key
+    pairs = set(changelog.transitions_of(committed))
+    assert all(any(key(x) <= key(a) and key(b) <= key(y) for x, y in pairs) for a, b in zip(releases, releases[1:]))
