@@ -280,9 +280,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if empty:
         print(f"FAILED: {'; '.join(empty)}: nothing was judged")
         return 1
-    measured = (f"measured, {len(tol)} configs" if tol is not None
-                else "none measured (a config whose bits changed is unjudged: nothing to judge it against)")
-    print(f"noise: {measured}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
     if compare.same_environment(base, cand):
         print("control: both sides ran in the same environment (software and devices): differences are run to run, "
               "not a release's")
@@ -292,6 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / paths.COMPARE, table)
+    print(f"noise: {compare.noise_line(table, tol)}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
     counts = table["verdict"].value_counts()
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):

@@ -19,7 +19,7 @@ what numerical noise explains, and beyond a practical margin?
 - ``skipped``: every seed was skipped on a side (the rows say why); a config with some seeds
   skipped is judged on the others.
 - ``unjudged``: seeds were paired but nothing could be judged (errors on both sides, no values,
-  or bits that changed where no noise was measured to judge them against).
+  or bits that changed where neither calibrated noise nor 3 paired seeds judge them).
 
 **Pairs are checked, not assumed.** Seeds pair by ``seed`` within a config, and only when both
 sides trained on the same data (``data_sha256``) from the same initial weights (``init_sha256``,
@@ -312,23 +312,29 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     against the calibrated noise alone (Sidak over the seeds), so one seed far outside the noise is
     not averaged away by four equal ones. ``scale_of(baseline values)`` is what relative changes
     are relative to. Candidate values that are empty where the baseline's is not are ``empty``.
-    Without a calibrated noise for the value nothing is tested (``p`` NaN): a difference is then
-    ``unmeasured``, never beyond noise (its own spread over a few seeds of one systematic change
-    is no noise)."""
+    Without a calibrated noise for the value, at least MIN_PAIRED_SEEDS paired seeds are their
+    own noise: the mean paired difference against the spread of the paired differences
+    (Student's t with n - 1 degrees of freedom; ``noise`` says ``paired seeds``, ``sigma`` is that
+    spread with ``df`` 0, so the MDE follows); with fewer nothing is tested (``p`` NaN): a
+    difference is then ``unmeasured``, never beyond noise."""
     have = [(b, c) for b, c in pairs if pd.notna(b.get(name))]
     if not have:
         return None
     empty = [int(c["seed"]) for b, c in have if not np.isfinite(float(c.get(name, math.nan)))]
     both = [(float(b[name]), float(c[name]), int(c["seed"])) for b, c in have if np.isfinite(float(c.get(name, math.nan)))]
     sigma, df = noise_of(tol, name)
-    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign)
+    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign,
+               noise=CALIBRATED if np.isfinite(sigma) else NO_NOISE)
     if not both:
         return dict(out, p=math.nan)
     base = np.array([x for x, _, _ in both])
     d = np.array([y - x for x, y, _ in both])
     scale = max(abs(scale_of(base)), 1e-12)
     out.update(scale=scale, delta=float(d.mean()), rel=float(sign * d.mean() / scale))
-    if not np.isfinite(sigma):  # no calibrated noise: the differences' own spread is not noise
+    if not np.isfinite(sigma) and len(d) >= MIN_PAIRED_SEEDS:  # the paired seeds are the noise
+        _, p_mean, _ = stats.noise_test(d, math.nan, 0)
+        return dict(out, p=float(p_mean), noise=PAIRED_SEEDS, sigma=float(np.std(d, ddof=1)), df=0)
+    if not np.isfinite(sigma):  # too few seeds for their spread to be a noise, and none calibrated
         return dict(out, p=math.nan, unmeasured=bool(np.any(d != 0)))
     _, p_mean, _ = stats.noise_test(d, sigma, df)
     if len(d) == 1:
@@ -342,6 +348,15 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     if p_any < p_mean:
         return dict(out, p=min(1.0, 2 * p_any), delta=float(d[i]), rel=float(sign * d[i] / scale), seed=both[i][2])
     return dict(out, p=min(1.0, 2 * float(p_mean)))
+
+
+# Where a value has no calibrated noise, this many paired seeds are their own: the spread of their
+# paired differences is what a rounding-sized change gives (each seed's difference is one draw of
+# it), and a t-test on their mean has n - 1 degrees of freedom. At 3 seeds (2 df) it finds a shift
+# of about 11 spreads at the comparison's alpha; at 2 (1 df) the critical t at 0.01 is 64 and the
+# test finds nothing a reader would not see unaided, so fewer seeds judge nothing.
+MIN_PAIRED_SEEDS = 3
+CALIBRATED, PAIRED_SEEDS, NO_NOISE = "calibrated", "paired seeds", "none"  # compare.csv's noise_source
 
 
 # Statuses decided by a threshold on a continuous quantity (progress, spike rate): noise can push a
@@ -436,10 +451,12 @@ def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env
 def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
     """The relative shift of a value this comparison would find with 80% power (Bonferroni's
     bound on Holm over ``n_tests`` tests, and over value_test's two statistics when there are
-    several seeds), at the seeds it judged; NaN without calibrated noise."""
+    several seeds and calibrated noise), at the seeds it judged; NaN without a noise (calibrated
+    or paired seeds)."""
     if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
         return math.nan
-    level = stats.value_level(alpha / max(n_tests, 1), test["n"])
+    level = alpha / max(n_tests, 1)  # paired seeds: the mean's test alone
+    level = level if test.get("noise") == PAIRED_SEEDS else stats.value_level(level, test["n"])
     return stats.mde(test["sigma"], test["df"], test["n"], level) / test["scale"]
 
 
@@ -492,7 +509,9 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
     tests = j["tests"]
     value_tests = [t for t in tests if t["name"] != "curve"]
     primary = next((t for t in value_tests if t["name"] in ("final_loss", "divergence_step") and t["n"]), None)
+    sources = {t.get("noise") for t in value_tests}
     out = dict(n_seeds_judged=max((t["n"] for t in tests), default=0), mde=mde_of(primary, n_tests),
+               noise_source=next((s for s in (CALIBRATED, PAIRED_SEEDS) if s in sources), NO_NOISE),
                p_value=min((t["p"] for t in tests + [st] if np.isfinite(t.get("p", math.nan))), default=math.nan),
                p_holm=min((t["p_adj"] for t in tests + [st] if np.isfinite(t.get("p_adj", math.nan))), default=math.nan),
                curve_exit_step=next((t["exit_step"] for t in tests if t["name"] == "curve"), math.nan),
@@ -545,9 +564,11 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
     if not measured and (any(t.get("unmeasured") for t in value_tests) or st.get("unmeasured")):
         moved = [f"{t['name']} {t['rel']:+.2%}" for t in value_tests if t.get("unmeasured")]
         moved += [f"seed {s} {x} -> {y}" for s, x, y in st.get("unmeasured", [])]
-        return done("unjudged", detail="bits changed, but no noise was measured for this config (calibrate it, or "
-                                       "give --tolerances): nothing to judge the difference against ("
-                                       + ", ".join(moved) + ")")
+        more = MIN_PAIRED_SEEDS - max((t["n"] for t in value_tests), default=0)
+        return done("unjudged", detail=f"bits changed, and no noise to judge the difference against: no calibration "
+                                       f"for this config and fewer than {MIN_PAIRED_SEEDS} paired seeds ("
+                                       + ", ".join(moved) + f"); {more} more paired seed{'s' * (more != 1)}, or "
+                                       "calibrate (or give --tolerances), would let it judge")
     if not tests and not st["noisy"]:
         why = "errors on both sides" if j["errors_both"] else "no value to judge"
         return done("unjudged", detail=why)
@@ -631,7 +652,7 @@ COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detai
                              "seeds_new", "seeds_skipped", "base_final_loss", "candidate_final_loss", "delta_final_loss",
                              "noise_final_loss", "mde", "p_value", "p_holm", "first_diff_step", "curve_exit_step",
                              "max_curve_distance", "separation_step", "slowdown", "rss_ratio", "device_mem_ratio", "cost",
-                             "init_verdict"])
+                             "init_verdict", "noise_source"])
 
 
 
@@ -719,6 +740,19 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
     df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
     df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
     return df[COMPARE_COLUMNS]
+
+
+def noise_line(table: pd.DataFrame, tolerances: pd.DataFrame | None) -> str:
+    """Which noise the configs of a comparison were judged against, in words: "40 configs
+    calibrated (tolerances.csv: 60), 6 by their paired seeds, 2 none (unjudged where bits changed)"."""
+    sources = table["noise_source"].value_counts()
+    words = {CALIBRATED: "calibrated" + (f" (tolerances.csv: {len(tolerances)} configs)" if tolerances is not None
+                                         else ""),
+             PAIRED_SEEDS: f"by their paired seeds (the spread of their differences, {MIN_PAIRED_SEEDS}+ seeds)",
+             NO_NOISE: f"none (no calibration and fewer than {MIN_PAIRED_SEEDS} paired seeds: unjudged where bits "
+                       "changed)"}
+    said = [f"{int(sources[s])} config{'s' * (int(sources[s]) != 1)} {w}" for s, w in words.items() if s in sources]
+    return ", ".join(said) or "no config judged"
 
 
 def same_environment(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
