@@ -83,8 +83,10 @@ BY_THRESHOLD = frozenset(s.name for s in STATUS_TABLE if s.by_threshold)
 NO_RESULT = ("skipped", "error")
 # ``nonfinite_origin``: where a trained run's first NaN/inf came from (``origin.py``: the run's
 # step replayed, never a log's); written beside the ``nonfinite`` event of the same step
+# ``first_nonfinite``: in a log that goes on after a divergence (``classify``), its first NaN/inf
 EVENT_KINDS = ("nonfinite", "scale_collapse", "loss_vanished", "explosion", "relapse", "loss_spike", "grad_spike",
-               "loss_shift", "grad_shift", "catastrophic_spike", "recovery", "plateau", "nonfinite_origin")
+               "loss_shift", "grad_shift", "catastrophic_spike", "recovery", "plateau", "nonfinite_origin",
+               "first_nonfinite")
 # events that describe a healthy run's course, not a problem: not counted as its first event
 COURSE_EVENTS = ("recovery", "plateau")
 
@@ -216,6 +218,25 @@ class Thresholds:
     plateau_min_gain: float = 0.05
     plateau_min_points: int = 20
     plateau_locate_fraction: float = 0.01
+    # Level shifts in a sparse log (``Monitor.level_shifts``, logs of at most ``sparse_max_points``
+    # points: daily or per-epoch ones, where the spike rule's robust window is short and a jump
+    # that stays is judged like a one-point spike at k = 8). A jump up is judged against the
+    # scatter of its neighbours: the ``sparse_before`` points before it (fewer at a log's start,
+    # from ``early_steps`` on) give a local trend (a line in log loss against log step, where a
+    # power-law descent is straight) and a robust scatter (the larger of the MAD about that line
+    # and the MAD of point-to-point differences over sqrt 2: a few points' MAD alone is often far
+    # too small). The jump is a shift when the next ``shift_points`` points all sit more than
+    # ``sparse_shift_sigmas`` scatters above that trend and above the point before the jump (a
+    # descent that stops, as after an LR drop, is above its trend but not above where it was), and
+    # their mean at least ``sparse_min_jump`` (2%) above both. 4 scatters: a healthy point passes
+    # one such line with odds of about 1e-2 (a scatter from 20 points, a prediction a few points
+    # out) and three in a row, whose errors share the fit, with about 1e-4: under one false shift
+    # in a hundred 70-point logs. Only jumps up, and never where an LR rise (LrRule) lifts the loss
+    # on purpose; a drop is the LR schedule's.
+    sparse_max_points: int = 1000
+    sparse_before: int = 20
+    sparse_shift_sigmas: float = 4.0
+    sparse_min_jump: float = 0.02
     # unstable: >= 3 loss spike incidents, and more than 1 per 100 points. Gradient-norm spikes are
     # events, located and reported, but do not make a run unstable: a small batch's gradient norm
     # blips 2-4x with no mark on the loss (benchmarks/detection.py, multiplicative families), and
@@ -270,6 +291,24 @@ def robust_threshold(history, k: float, min_sigma: float) -> float:
     med = float(np.median(h))
     sigma = max(1.4826 * float(np.median(np.abs(h - med))), min_sigma)
     return med + k * sigma
+
+
+def departure(values, t: Thresholds) -> tuple[int, float] | None:
+    """Where a positive signal left its level for good: the earliest point from which every
+    value to the end sits more than 2 robust sigmas above the median of the
+    ``spike_range_window`` points before that point (log space; sigma from their interquartile
+    range), with that median; None where there is none. A runaway that grows 10% a point, or
+    climbs and then sits high, is followed by the spike rule's smoother, which opens an incident
+    late or never: this reads the whole series instead."""
+    import pandas as pd
+
+    h = pd.Series(np.log(np.asarray(values, float)))
+    w = t.spike_range_window
+    before = h.rolling(w).quantile(0.5).shift(1)
+    sigma = ((h.rolling(w).quantile(0.75) - h.rolling(w).quantile(0.25)) / 1.349).shift(1).clip(lower=t.spike_min_sigma)
+    lowest_from = np.minimum.accumulate(h.to_numpy()[::-1])[::-1]
+    left = np.flatnonzero(lowest_from > (before + 2 * sigma).to_numpy())
+    return (int(left[0]), float(np.exp(before.iloc[left[0]]))) if len(left) else None
 
 
 def progress(initial: float, final: float, floor: float) -> float:
@@ -475,6 +514,9 @@ class Monitor:
         t = self.thresholds
         self.rules = {"loss": SpikeRule(t), "grad_norm": SpikeRule(t)}  # each signal's spike statistics
         self.steps: list[int] = []
+        self.grads: list[tuple[int, float]] = []  # (step, gradient norm) of every point that logged one
+        self.excused_until = -1  # an excursion that came back (``excuse``): the divergence rules skip it
+        self.raised: list[bool] = []  # per point in ``losses``: an LR rise had raised the thresholds there
         self.chain = rule_chain(t)  # the rules, in order, each with its own state
 
     @property
@@ -493,8 +535,53 @@ class Monitor:
         self.events.append(Event(step, kind, signal, float(value), float(threshold), detail))
 
     def diverge(self, step: int, reason: str) -> None:
+        """The run diverged; it is placed at ``step`` or, where the gradient norm's unrecovered
+        excursion began earlier (``grad_onset``), there: whichever signal left its course first."""
         if not self.diverged:
+            g = self.grad_onset()
+            if g is not None and g < step:
+                step, reason = g, f"{reason}; the gradient norm had left its level for good at step {g}"
             self.divergence_step, self.divergence_reason = step, reason
+
+    def climb_onset(self) -> int | None:
+        """Where the loss's final climb began (``onset``), when the median of its last
+        ``relapse_median_points`` values is above the level that counts as lost ground
+        (``RuleChain.back_level``); None where it is not (a NaN out of a calm descent)."""
+        w = self.thresholds.relapse_median_points
+        if not math.isfinite(self.chain.relapse.best) or len(self.losses) < w:
+            return None
+        level = self.chain.back_level(self)
+        return self.onset(level) if float(np.median(self.losses[-w:])) > level else None
+
+    def grad_onset(self) -> int | None:
+        """Where the gradient norm left its level for good (``departure``), when its last finite
+        value is ``explode_factor`` x the level it left or more; None where it did not run away
+        (or was not logged)."""
+        t = self.thresholds
+        finite = [(s, g) for s, g in self.grads if is_finite(g) and g > 0]
+        if len(finite) <= t.spike_range_window:
+            return None
+        found = departure([g for _, g in finite], t)
+        if found is None or finite[-1][1] < t.explode_factor * found[1]:
+            return None
+        return finite[found[0]][0]
+
+    def excuse(self, back: int) -> Event:
+        """The divergence just called came back to the run's course by step ``back`` (offline,
+        ``classify`` looked ahead): it was an excursion, not a divergence. Its event is dropped,
+        its start becomes a loss incident unless the spike rule already opened one there (an
+        excursion that returns is a spike or a shift, however large; many make the run
+        unstable), and the divergence rules skip the points up to ``back``."""
+        called = self.events.pop()
+        start = int(self.divergence_step)
+        self.divergence_step, self.divergence_reason = math.nan, ""
+        self.excused_until = back
+        self.chain.excused()
+        if not any(e.signal == "loss" and e.kind in ("loss_spike", "loss_shift") and start <= e.step <= back
+                   for e in self.events):
+            self.emit(start, "loss_shift", "loss", called.value, called.threshold,
+                      f"an excursion ({called.detail}) back on the run's course at step {back}: not a divergence")
+        return self.events[-1]
 
     def onset(self, level: float) -> int:
         """Where the climb that ends at the last point started: the first point of the final run
@@ -520,6 +607,7 @@ class Monitor:
         for rule in self.chain:
             if rule(self, p):
                 return
+        self.raised.append(self.chain.lr.raised(p.step))
 
     def vanish(self, step: int, rows: int) -> None:
         """The log went on for ``rows`` training rows from ``step`` with a blank loss (logs.TABLE's
@@ -539,6 +627,15 @@ class Monitor:
         stats = dict(divergence_step=self.divergence_step, first_event_step=first_event, n_loss_spikes=n_loss,
                      n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
                      min_loss=min(self.losses, default=math.nan))
+        if not self.diverged:
+            rose = self.rose()
+            if rose is not None:  # a divergence, whatever the stall rule would say of the curve
+                step, how, peak, line = rose
+                self.emit(step, "explosion", "loss", peak, line, how)
+                self.diverge(step, f"loss {how}, from step {step}")
+                stats.update(divergence_step=self.divergence_step,
+                             first_event_step=min(first_event, self.divergence_step) if math.isfinite(first_event)
+                             else self.divergence_step)
         if self.diverged:
             nonfinite = any(e.kind in ("nonfinite", "scale_collapse", "loss_vanished") for e in self.events)
             kind = "diverged_nonfinite" if nonfinite else "diverged_exploded"
@@ -548,6 +645,7 @@ class Monitor:
         if stuck:
             return Verdict("stalled", stuck, **stats)
         self.plateau()
+        self.level_shifts()
         spikes = n_loss  # gradient-norm spikes are events; the loss is what an unstable run shows
         if spikes >= t.unstable_min_spikes and spikes / self.n > t.unstable_spike_rate:
             return Verdict("unstable", f"{spikes} loss spike incidents in {self.n} points", **stats)
@@ -568,6 +666,32 @@ class Monitor:
         if not math.isfinite(sigma):
             return math.nan
         return 1.2533 * sigma * abs(level) * math.sqrt(1 / w1 + 1 / w2)
+
+    def rose(self) -> tuple[int, str, float, float] | None:
+        """The loss rose far above where it started and stayed there, judged over the whole curve:
+        its centred median (``relapse_median_points``) peaked at ``explode_factor`` x its starting
+        level or more and the median of its late window is still ``relapse_factor`` x it or more
+        (above the floor; the starting level is the first point or the early median, the lower).
+        Returns (onset, how, peak, the explosion line), or None. A loss that went from 6.45 to 36
+        within a few points and wandered between 14 and 89 to the end trips neither streaming
+        rule (it dips under 3x its start; its own noise is huge) and did not learn: a reader
+        calls it diverged, not stalled."""
+        t, n = self.thresholds, len(self.losses)
+        if n < t.relapse_median_points:
+            return None
+        floor = self.floor
+        start = min(self.losses[0], float(np.median(self.losses[:min(t.early_steps, n)])))
+        if not start > floor:
+            return None
+        peak = float(np.max(centred_median(self.losses, t.relapse_median_points)))
+        late = float(np.median(self.losses[-self.window():]))
+        line = floor + t.explode_factor * (start - floor)
+        if peak < line or late < floor + t.relapse_factor * (start - floor):
+            return None
+        onset = self.onset(floor + t.relapse_factor * (start - floor))
+        how = (f"rose from {start:.4g} to {peak:.4g} (a median of {t.relapse_median_points} points, >= "
+               f"{t.explode_factor:g}x its start) and stayed up: {late:.4g} over its last {self.window()} points")
+        return onset, how, peak, line
 
     def learned(self) -> str:
         """Why the run did not learn over its whole curve (Thresholds.stall_*), or "" when it did.
@@ -623,6 +747,46 @@ class Monitor:
         self.emit(self.steps[begin], "plateau", "loss", last, last + band, detail)
         return self.events[-1]
 
+    def level_shifts(self) -> list[Event]:
+        """Upward level shifts of a sparse log's loss (Thresholds.sparse_*), each a ``loss_shift``
+        event at its first point unless a loss incident was already reported within
+        ``shift_points`` of it; returns the new events. Logs of more than ``sparse_max_points``
+        points (the spike rule's window is long there), with a non-positive loss (no log scale),
+        or too short for a trend and a shift, get none."""
+        t = self.thresholds
+        n, wa = len(self.losses), t.shift_points
+        if n > t.sparse_max_points or n < t.early_steps + wa or min(self.losses) <= 0:
+            return []
+        x = np.log(np.asarray(self.losses, float))
+        u = np.log(np.asarray(self.steps, float) + 1.0)
+        seen = [e.step for e in self.events if e.signal == "loss" and e.kind not in COURSE_EVENTS]
+        found, i = [], t.early_steps
+        while i <= n - wa:
+            wb = min(t.sparse_before, i)
+            if any(self.raised[i:i + wa]) or u[i - 1] <= u[i - wb]:
+                i += 1
+                continue
+            slope, intercept = np.polyfit(u[i - wb:i], x[i - wb:i], 1)
+            before = x[i - wb:i] - (slope * u[i - wb:i] + intercept)
+            steps_ = np.diff(x[i - wb:i])  # point to point: no trend to fit, twice the variance
+            scatter = max(1.4826 * float(np.median(np.abs(before - np.median(before)))),
+                          1.4826 * float(np.median(np.abs(steps_ - np.median(steps_)))) / math.sqrt(2), t.spike_min_sigma)
+            # above the trend, and above where the loss was (a descent that stops is no jump)
+            jump = np.minimum(x[i:i + wa] - (slope * u[i:i + wa] + intercept), x[i:i + wa] - x[i - 1])
+            if jump.min() > t.sparse_shift_sigmas * scatter and jump.mean() > math.log(1 + t.sparse_min_jump):
+                step = self.steps[i]
+                near = [s for s in seen if abs(self.steps.index(s) - i) <= wa] if seen else []
+                if not near:
+                    self.emit(step, "loss_shift", "loss", self.losses[i], math.exp(intercept + slope * u[i]),
+                              f"a jump of {math.expm1(jump.mean()):.1%} that stayed for {wa} points, > "
+                              f"{t.sparse_shift_sigmas:g}x the scatter ({scatter:.2%}) of the {wb} points before it "
+                              "about their trend (a sparse log)")
+                    found.append(self.events[-1])
+                i += wa + wb
+                continue
+            i += 1
+        return found
+
     @property
     def initial_loss(self) -> float:
         return self.losses[0] if self.losses else math.nan
@@ -666,10 +830,15 @@ class NonfiniteRule:
     monitor's loss history here (the rules after it read it)."""
 
     def __call__(self, m: Monitor, p: Point) -> bool:
+        if p.grad_norm is not None:
+            m.grads.append((p.step, p.grad_norm))
         for signal, value in (("loss", p.loss), ("grad_norm", p.grad_norm)):
             if value is not None and not is_finite(value):
                 m.emit(p.step, "nonfinite", signal, value, math.nan)
-                m.diverge(p.step, f"non-finite {signal} ({value}) at step {p.step}")
+                climb = m.climb_onset()
+                m.diverge(min(p.step, climb if climb is not None else p.step),
+                          f"non-finite {signal} ({value}) at step {p.step}"
+                          + (f"; the loss had been climbing from step {climb}" if climb is not None else ""))
                 return True
         m.losses.append(p.loss)
         m.steps.append(p.step)
@@ -743,7 +912,7 @@ class RelapseRule:
     def __call__(self, m: Monitor, p: Point) -> bool:
         t = self.t
         self.medians.append(p.loss)
-        if len(self.medians) < t.relapse_median_points:
+        if len(self.medians) < t.relapse_median_points or p.step <= m.excused_until:
             return False
         med = float(np.median(self.medians))
         if med < self.best:
@@ -784,7 +953,7 @@ class ExplosionRule:
     def __call__(self, m: Monitor, p: Point) -> bool:
         t = self.t
         line = t.explode_factor * m.initial_loss
-        self.above = self.above + 1 if m.n > 1 and p.loss > line else 0
+        self.above = self.above + 1 if m.n > 1 and p.loss > line and p.step > m.excused_until else 0
         if self.above < t.explode_patience:
             return False
         best = self.relapse.best
@@ -880,6 +1049,21 @@ class RuleChain(list):
     """The rules of one monitor, in order; ``relapse`` is named for ``Monitor.onset``."""
 
     relapse: RelapseRule
+    explosion: ExplosionRule
+    lr: LrRule
+
+    def excused(self) -> None:
+        """An excursion was excused (``Monitor.excuse``): the divergence rules' streaks restart."""
+        self.explosion.above = 0
+        self.relapse.lost, self.relapse.lost_peak = 0, -math.inf
+
+    def back_level(self, m: Monitor) -> float:
+        """The loss a divergence's excursion must come back under to have been one: the relapse
+        rule's lost-ground level from the best the run reached (the explosion line before a best
+        exists)."""
+        best = self.relapse.best
+        return self.relapse.level(m, best) if math.isfinite(best) else \
+            self.explosion.t.explode_factor * m.initial_loss
 
 
 def rule_chain(t: Thresholds) -> RuleChain:
@@ -889,14 +1073,62 @@ def rule_chain(t: Thresholds) -> RuleChain:
     relapse = RelapseRule(t, lr)
     chain = RuleChain([ScaleRule(), NonfiniteRule(), lr, CatastrophicRule(t), ExplosionRule(t, relapse), relapse,
                        SpikesRule(t, lr, recovery), recovery])
-    chain.relapse = relapse
+    chain.relapse, chain.explosion, chain.lr = relapse, chain[4], lr
     return chain
+
+
+# divergences a whole log can show were excursions that came back (``classify`` looks ahead; the
+# training loop, which stops at a divergence, cannot)
+RECOVERABLE = ("explosion", "relapse")
+
+
+def came_back(points: list, i: int, m: Monitor) -> int | None:
+    """The step at which the loss, after a divergence called at ``points[i]``, is back on a
+    learning course: the median of its last ``relapse_median_points`` values under
+    ``RuleChain.back_level``, or its excess over the run's best fallen to ``shift_fraction`` of
+    the excursion's peak excess (what makes an incident a spike rather than a shift: a reset
+    run that learns again crosses it on its way down long before it regains its best); None
+    where it never is, or a NaN/inf comes first."""
+    t = m.thresholds
+    level, w, best = m.chain.back_level(m), t.relapse_median_points, m.chain.relapse.best
+    recent = deque(m.losses[-w:], maxlen=w)
+    start = m.steps.index(int(m.divergence_step)) if int(m.divergence_step) in m.steps else len(m.steps) - w
+    peak = float(np.max(centred_median(m.losses[start:], w))) if len(m.losses) > start else -math.inf
+    for step, loss, grad, _ in points[i + 1:]:
+        if not is_finite(loss) or (grad is not None and not is_finite(grad)):
+            return None
+        recent.append(loss)
+        if len(recent) < w:
+            continue
+        median = float(np.median(recent))
+        peak = max(peak, median)
+        if median <= level or (math.isfinite(best) and median - best <= t.shift_fraction * (peak - best)):
+            return step
+    return None
+
+
+def first_nonfinite(m: Monitor, points: list) -> None:
+    """After a divergence the log goes on: the first NaN/inf it holds later is recorded as a
+    ``first_nonfinite`` event (the divergence's step stays its onset); nothing where the
+    divergence was a NaN/inf itself."""
+    if any(e.kind in ("nonfinite", "scale_collapse", "loss_vanished") for e in m.events):
+        return
+    for k, (step, loss, grad, _) in enumerate(points, 1):
+        for signal, value in (("loss", loss), ("grad_norm", grad)):
+            if value is not None and not is_finite(value):
+                m.emit(step, "first_nonfinite", signal, value, math.nan,
+                       f"the log's first NaN/inf, {k} logged points after the divergence called at step "
+                       f"{m.divergence_step:.0f}")
+                return
 
 
 def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = float("nan")) -> tuple[Verdict, list[Event]]:
     """Replay one run's log through a ``Monitor``: an iterable of (step, loss[, grad_norm[, lr]])
     (None: not logged), or a DataFrame with ``step`` and ``loss`` and optionally ``grad_norm`` and
-    ``lr`` (None/NaN there: not logged, except that a NaN loss is a logged NaN)."""
+    ``lr`` (None/NaN there: not logged, except that a NaN loss is a logged NaN). With the whole
+    log in hand it looks ahead where the training loop cannot: an explosion or relapse that came
+    back to the run's course (``came_back``) is an excursion (``Monitor.excuse``), and after a
+    divergence the log's first NaN/inf is recorded (``first_nonfinite``)."""
     m = Monitor(loss_floor=loss_floor, thresholds=thresholds or Thresholds())
     blank = None
     if hasattr(steps, "columns"):
@@ -906,11 +1138,17 @@ def classify(steps, thresholds: Thresholds | None = None, loss_floor: float = fl
             blank, df = df[flag], df[~flag]
         cols = [c if c in df.columns else None for c in ("step", "loss", "grad_norm", "lr")]
         steps = zip(*(df[c].tolist() if c else [None] * len(df) for c in cols))
-    for step, loss, *rest in steps:
-        grad, lr = (list(rest) + [None, None])[:2]
-        m.update(int(step), float(loss), logged(grad), logged(lr))
-        if m.diverged:
+    points = [(int(step), float(loss), *(logged(x) for x in (list(rest) + [None, None])[:2]))
+              for step, loss, *rest in steps]
+    for i, (step, loss, grad, lr) in enumerate(points):
+        m.update(step, loss, grad, lr)
+        if not m.diverged:
+            continue
+        back = came_back(points, i, m) if m.events and m.events[-1].kind in RECOVERABLE else None
+        if back is None:
+            first_nonfinite(m, points[i + 1:])
             break
+        m.excuse(back)
     if blank is not None and len(blank):
         m.vanish(int(blank["step"].min()), len(blank))
     return m.verdict(), m.events

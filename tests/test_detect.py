@@ -276,8 +276,9 @@ def test_status_registry_answers_every_status_question():
 
 def test_real_traces_of_the_stability_sweep_keep_their_verdicts_when_logged_sparsely():
     """tests/fixtures/stability_traces.csv: real runs at x30 and x300 the recipes' LRs (some
-    diverge to NaN within 10 steps, some stall, most converge). Thinned to every 10th step, the
-    divergent ones are still divergent, within one logged point, and the others are not."""
+    diverge to NaN within 10 steps, some stall, most converge). A divergence is placed where its
+    climb began, at or before the first NaN, which has its own event. Thinned to every 10th step,
+    the divergent ones are still divergent, within one logged point, and the others are not."""
     from pathlib import Path
 
     from diagnostics import logs
@@ -285,10 +286,13 @@ def test_real_traces_of_the_stability_sweep_keep_their_verdicts_when_logged_spar
     table = logs.read(Path(__file__).parent / "fixtures" / "stability_traces.csv")
     assert table["run_id"].nunique() == 24
     for run_id, trace in table.groupby("run_id"):
-        dense, _ = classify(trace)
+        dense, events = classify(trace)
         first_nan = trace.loc[trace["loss"].isna() | trace["grad_norm"].map(lambda g: g is not None and g != g), "step"]
         if len(first_nan):
-            assert dense.status == "diverged_nonfinite" and dense.divergence_step == first_nan.iloc[0], run_id
+            assert dense.status == "diverged_nonfinite" and dense.divergence_step <= first_nan.iloc[0], run_id
+            assert [e.step for e in events if e.kind == "nonfinite"] == [first_nan.iloc[0]]
+        if run_id == "gpt-sgd-cosine-linear-cpu-fp32-s0-lrx30":  # loss 3.2 -> 5.7 at step 6, 1.8e9 at 13, NaN at 14
+            assert dense.divergence_step == 6 and "climbing from step 6" in dense.status_reason
         thin = trace[trace["step"] % 10 == 0]
         if len(thin) < 5:
             continue  # diverged within its first 10 steps: nothing left to thin
@@ -382,3 +386,116 @@ def test_a_blatant_gradient_spike_in_heavy_tailed_noise_is_found_by_the_recent_r
     grad[k - 1] = np.median(grad)
     _, events = verdict_of(steps, loss, grad)
     assert not [e for e in events if e.kind == "grad_spike" and abs(e.step - k) <= 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# a reader's status order: rose and stayed, excursions that come back, where a divergence began
+# ---------------------------------------------------------------------------------------------
+
+def wandering_high(n=300, rise_at=40, factor=6.0, seed=0):
+    """A loss that rises from ~3.4 to ``factor`` x within 3 points at ``rise_at`` and wanders
+    there to the end (50% log-normal noise: it dips under 3x its start now and then)."""
+    rng = np.random.default_rng(seed)
+    steps, loss, grad = healthy(n=n)
+    high = loss[0] * factor
+    loss[rise_at - 1:] = np.concatenate([np.geomspace(loss[rise_at - 2], high, 4)[1:], np.full(n - rise_at - 2, high)])
+    loss[rise_at - 1:] *= np.exp(0.5 * rng.standard_normal(n - rise_at + 1))
+    return steps, loss, grad
+
+
+def test_a_loss_that_rose_far_and_stayed_up_is_exploded_not_stalled():
+    steps, loss, grad = wandering_high()
+    assert (loss[39:] < 3 * loss[0]).any()  # the streaming 3x line is crossed back and forth
+    v, events = verdict_of(steps, loss, grad, floor=float("nan"))
+    assert v.status == "diverged_exploded" and abs(v.divergence_step - 40) <= 2, v
+    assert "stayed up" in v.status_reason
+    # a run that stalls near its start, or rose only a little, is not one
+    flat = np.full(300, 3.4) * np.exp(0.02 * np.random.default_rng(1).standard_normal(300))
+    assert verdict_of(steps, flat, grad, floor=float("nan"))[0].status == "stalled"
+    assert verdict_of(steps, flat * np.where(steps > 100, 1.3, 1.0), grad, floor=float("nan"))[0].status == "stalled"
+
+
+def spiky(n=600, spikes=(80, 140, 200, 260, 320, 380, 440, 500), size=200.0, width=2):
+    steps, loss, grad = healthy(n=n)
+    for k in spikes:
+        loss[k:k + width] *= size
+        grad[k:k + width] *= size
+    return steps, loss, grad
+
+
+def test_excursions_that_come_back_are_spikes_however_large_and_many_make_it_unstable():
+    v, events = verdict_of(*spiky())
+    assert not v.status.startswith("diverged") and v.status == "unstable", v
+    assert len([e for e in events if e.kind in ("loss_spike", "loss_shift")]) >= 8
+    # one that lasts long enough to trip the explosion rule, then comes back: a shift, not a divergence
+    steps, loss, grad = healthy(n=600)
+    loss[299:340] *= 20
+    v, events = verdict_of(steps, loss, grad)
+    assert not v.status.startswith("diverged"), v
+    assert any(e.kind in ("loss_spike", "loss_shift") and 298 <= e.step <= 302 for e in events)
+    # ... while the same excursion that never comes back is a divergence at its start
+    loss[299:] = loss[299:] * 20
+    v, _ = verdict_of(steps, loss, grad)
+    assert v.status == "diverged_exploded" and v.divergence_step == 300
+
+
+def test_weights_reset_to_their_start_learn_again_and_did_not_diverge():
+    steps, loss, grad = healthy(n=600)
+    loss[300:] = loss[:300]  # reset at step 301: back to the untrained loss, learning again as before
+    v, events = verdict_of(steps, loss, grad, floor=float("nan"))
+    assert not v.status.startswith("diverged"), v
+    assert any(e.signal == "loss" and 299 <= e.step <= 303 for e in events if e.kind not in COURSE_EVENTS)
+
+
+def test_a_divergence_is_placed_where_the_gradient_norm_left_its_level_and_the_first_nan_recorded():
+    steps, loss, grad = healthy(n=400)
+    grad[149:] *= np.minimum(1.2 ** np.arange(251), 1e19)  # runs away from step 150, loss unmoved
+    loss[249:] = math.nan  # the loss goes NaN 100 points later
+    v, events = verdict_of(steps, loss, grad)
+    assert v.status == "diverged_nonfinite" and abs(v.divergence_step - 150) <= 2, v
+    assert "left its level for good" in v.status_reason
+    assert [e.step for e in events if e.kind == "nonfinite"] == [250]
+    # a gradient norm with a spike that came back does not move the divergence
+    steps, loss, grad = healthy(n=400)
+    grad[149:152] *= 50
+    loss[249:] = math.nan
+    v, _ = verdict_of(steps, loss, grad)
+    assert v.divergence_step == 250
+    # an explosion whose log goes on to a NaN keeps its onset and records that NaN as its own event
+    steps, loss, grad = healthy(n=400)
+    loss[149:] = 30.0 * 1.1 ** np.arange(251)
+    loss[300:] = math.inf
+    v, events = verdict_of(steps, loss, grad)
+    assert v.divergence_step == 150 and [e.step for e in events if e.kind == "first_nonfinite"] == [301]
+
+
+def daily_shift_log(jump_at=None, size=0.07, n=70, seed=0):
+    """One point a day of a power-law loss with 0.5% noise; ``jump_at``: from that day on the
+    loss is ``size`` higher (then goes on falling)."""
+    rng = np.random.default_rng(seed)
+    days = np.arange(1, n + 1)
+    clean = 2.0 + 6.0 * days ** -0.4
+    if jump_at is not None:
+        clean[jump_at - 1:] *= 1 + size
+    return pd.DataFrame(dict(step=days * 1000, loss=clean * np.exp(0.005 * rng.standard_normal(n))))
+
+
+def test_a_sparse_log_s_jump_that_stays_is_a_shift_judged_against_its_neighbours():
+    for seed, day in zip(range(6), (30, 45, 40, 50, 60, 33)):  # 4% on 0.5% noise: 8 sigmas, the spike rule's k
+        _, events = classify(daily_shift_log(jump_at=day, size=0.04, seed=seed))
+        assert any(e.kind in ("loss_shift", "loss_spike") and abs(e.step - day * 1000) <= 2000 for e in events), seed
+        v, events = classify(daily_shift_log(seed=seed))
+        assert v.status == "converged" and problems(events) == [], seed
+
+
+def test_a_per_epoch_log_s_lr_drops_are_no_shift():
+    rng = np.random.default_rng(0)
+    epochs = np.arange(1, 201)
+    lr = 0.1 * 0.1 ** np.searchsorted([60, 120, 160], epochs, side="right")
+    clean = 0.8 + 1.2 * np.exp(-epochs / 20)
+    for m in (60, 120, 160):
+        clean = np.where(epochs > m, clean * 0.6, clean)
+    loss = clean * np.exp(0.01 * rng.standard_normal(200))
+    for with_lr in (lr, [None] * 200):
+        v, events = classify(list(zip(epochs, loss, [None] * 200, with_lr)))
+        assert v.status == "converged" and not [e for e in events if e.kind.endswith(("_spike", "_shift"))]
