@@ -43,7 +43,9 @@ from .report import with_axis_defaults
 ULP_NOISE_FLOOR = 4 * 2.0**-23
 METRICS = ("final_loss", "val_loss", "val_metric")  # judged by compare on runs that did not diverge
 VALUES = METRICS + ("divergence_step",)  # divergence_step: judged where both sides diverged
-NOISE_COLUMNS = [f"{v}_{k}" for v in VALUES for k in ("reference", "noise", "df")]
+# <value>_tail: how far its calibration runs landed (stats.tail_of), which decides how heavy a
+# tail one seed's difference is judged with (stats.single_df)
+NOISE_COLUMNS = [f"{v}_{k}" for v in VALUES for k in ("reference", "noise", "df", "tail")]
 TOLERANCE_COLUMNS = (["run_id", "n_perturbations", "perturbations", "perturbed_seeds", "statuses_seen", "status_flips",
                       "status_runs"] + NOISE_COLUMNS)
 ENVELOPE_COLUMNS = ["run_id", "step", "loss_reference", "loss_noise", "loss_df"]
@@ -108,10 +110,12 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
                    status_runs=sum(len(rr) for rr in reruns))
         for v in VALUES:
             reference_value = float(np.nanmean([r[v] for r in runs])) if any(np.isfinite(r[v]) for r in runs) else math.nan
-            noise, df = stats.pooled_noise([[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)])
+            groups = [[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)]
+            noise, df = stats.pooled_noise(groups)
             if df:
                 noise = max(noise, noise_floor(v, reference_value, first))
-            row.update({f"{v}_reference": reference_value, f"{v}_noise": noise, f"{v}_df": df})
+            row.update({f"{v}_reference": reference_value, f"{v}_noise": noise, f"{v}_df": df,
+                        f"{v}_tail": stats.tail_of(groups)})
         rows.append(row)
     return pd.DataFrame(rows, columns=config + TOLERANCE_COLUMNS)
 
@@ -162,8 +166,9 @@ def with_power(tol: pd.DataFrame, margin: float, alpha: float) -> pd.DataFrame:
     n_tests = max(2 * len(tol), 1)
     ref = tol["final_loss_reference"].abs().astype(float)
     sig, df = tol["final_loss_noise"].astype(float), tol["final_loss_df"].fillna(0).astype(int)
-    tol["mde_1"] = [stats.mde(s, d, 1, alpha / n_tests) / r if d > 0 and r > 0 else math.nan
-                    for s, d, r in zip(sig, df, ref)]
+    tail = tol["final_loss_tail"].astype(float) if "final_loss_tail" in tol else pd.Series(math.nan, index=tol.index)
+    tol["mde_1"] = [stats.mde(s, d, 1, alpha / n_tests, one_df=stats.single_df(d, k)) / r if d > 0 and r > 0
+                    else math.nan for s, d, r, k in zip(sig, df, ref, tail)]
     tol["seeds_for_margin"] = [stats.seeds_needed(s, d, margin * r, alpha / n_tests) if d > 0 else math.nan
                                for s, d, r in zip(sig, df, ref)]
     return tol

@@ -294,6 +294,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):
         print(f"changed {r['run_id']}: {r['detail']}")
+    for line in table.attrs.get("together", []):
+        print(f"MOVED TOGETHER {line}")
     init = table[table["init_verdict"] == compare.INIT_CHANGED]
     if len(init):
         print(f"INIT_CHANGED: torch's seeded initialisation gives other weights for {len(init)} configs "

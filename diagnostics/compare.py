@@ -323,26 +323,27 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     empty = [int(c["seed"]) for b, c in have if not np.isfinite(float(c.get(name, math.nan)))]
     both = [(float(b[name]), float(c[name]), int(c["seed"])) for b, c in have if np.isfinite(float(c.get(name, math.nan)))]
     sigma, df = noise_of(tol, name)
-    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign,
+    one_df = stats.single_df(df, float((tol or {}).get(f"{name}_tail", math.nan)))  # this config's tail
+    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign, one_df=one_df,
                noise=CALIBRATED if np.isfinite(sigma) else NO_NOISE)
     if not both:
         return dict(out, p=math.nan)
     base = np.array([x for x, _, _ in both])
     d = np.array([y - x for x, y, _ in both])
     scale = max(abs(scale_of(base)), 1e-12)
-    out.update(scale=scale, delta=float(d.mean()), rel=float(sign * d.mean() / scale))
+    out.update(scale=scale, delta=float(d.mean()), mean=float(d.mean()), rel=float(sign * d.mean() / scale))
     if not np.isfinite(sigma) and len(d) >= MIN_PAIRED_SEEDS:  # the paired seeds are the noise
         _, p_mean, _ = stats.noise_test(d, math.nan, 0)
         return dict(out, p=float(p_mean), noise=PAIRED_SEEDS, sigma=float(np.std(d, ddof=1)), df=0)
     if not np.isfinite(sigma):  # too few seeds for their spread to be a noise, and none calibrated
         return dict(out, p=math.nan, unmeasured=bool(np.any(d != 0)))
-    _, p_mean, _ = stats.noise_test(d, sigma, df)
+    _, p_mean, _ = stats.noise_test(d, sigma, df, one_df)
     if len(d) == 1:
         return dict(out, p=float(p_mean))
     p_any, i = 1.0, None
     far = np.flatnonzero(np.abs(d) / scale > margin)
     if len(far):  # each far seed alone against the calibrated noise
-        _, p_seed, _ = stats.noise_test(d[far][:, None], sigma, df)
+        _, p_seed, _ = stats.noise_test(d[far][:, None], sigma, df, one_df)
         i = int(far[np.argmin(p_seed)])
         p_any = 1 - (1 - float(np.min(p_seed))) ** len(d)
     if p_any < p_mean:
@@ -457,7 +458,8 @@ def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
         return math.nan
     level = alpha / max(n_tests, 1)  # paired seeds: the mean's test alone
     level = level if test.get("noise") == PAIRED_SEEDS else stats.value_level(level, test["n"])
-    return stats.mde(test["sigma"], test["df"], test["n"], level) / test["scale"]
+    return stats.mde(test["sigma"], test["df"], test["n"], level, one_df=test.get("one_df", stats.SINGLE_TAIL_DF)) \
+        / test["scale"]
 
 
 def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: dict, c_trace: dict,
@@ -480,6 +482,56 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
                                     and rb["status"] == rc["status"] for rb, rc in pairs)
     return dict(pairing=pairing, statuses=statuses, tests=tests + ([curve] if curve else []), identical=identical,
                 n_pairs=len(pairs), errors_both=sum(rb["status"] == "error" and rc["status"] == "error" for rb, rc in pairs))
+
+
+# Configs that share a path (an optimizer, a schedule, a precision) and moved the same way beyond
+# what their noise explains, though no single one of them need be beyond it: AdamW's eps moved from
+# 1e-8 to 1e-6 shifts every AdamW config's final loss by 10-36 of its calibrated sigmas, each
+# within one seed's heavy-tailed t(3) band, all in one direction. Per axis value with at least
+# MIN_TOGETHER configs judged on calibrated noise, their final losses' standardised differences
+# (mean paired difference over its calibrated noise / sqrt n) are tested for mean zero (Student's
+# t, n - 1 degrees of freedom: under a rounding change they scatter about zero). These tests are
+# a Holm family of their own at the comparison's alpha, beside the configs' (which they leave
+# exactly as they were): the comparison's false alarms are at most alpha among its configs'
+# verdicts and alpha among its path findings. 8 configs at least: a t with fewer degrees of
+# freedom says little about "together".
+TOGETHER_AXES = ("optimizer", "scheduler", "precision")
+MIN_TOGETHER = 8
+
+
+def together_tests(rows: list[dict], judgements: list) -> list[dict]:
+    """One test per path shared by at least MIN_TOGETHER configs whose final loss was judged on
+    calibrated noise and whose bits changed (``name`` "together", ``axis``, ``value``, ``n``,
+    ``up``, ``median`` standardised difference, raw ``p``)."""
+    groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for row, j in zip(rows, judgements):
+        if j is None or j["identical"]:
+            continue
+        t = next((t for t in j["tests"] if t["name"] == "final_loss" and t.get("noise") == CALIBRATED
+                  and t["n"] and np.isfinite(t.get("mean", math.nan)) and t["sigma"] > 0), None)
+        if t is None:
+            continue
+        z = t["mean"] / (t["sigma"] / math.sqrt(t["n"]))
+        for axis in TOGETHER_AXES:
+            groups.setdefault((axis, str(row[axis])), []).append((row["run_id"], z))
+    tests = []
+    for (axis, value), zs in groups.items():
+        z = np.array([x for _, x in zs])
+        if len(z) < MIN_TOGETHER or not np.any(z != 0):
+            continue
+        _, p, _ = stats.noise_test(z, math.nan, 0)
+        tests.append(dict(name="together", axis=axis, value=value, n=len(z), up=int((z > 0).sum()),
+                          median=float(np.median(z)), p=float(p), configs=[r for r, _ in zs]))
+    return tests
+
+
+def together_line(t: dict) -> str:
+    """"optimizer=adamw: 10 configs moved together, 10 of 10 up (worse), median +26.0 calibrated
+    sigmas (p_holm 2e-05)"."""
+    way = "up (worse)" if t["median"] > 0 else "down (better)"
+    same = t["up"] if t["median"] > 0 else t["n"] - t["up"]
+    return (f"{t['axis']}={t['value']}: {t['n']} configs moved together, {same} of {t['n']} {way}, median "
+            f"{t['median']:+.1f} calibrated sigmas of final loss (p_holm {t['p_adj']:.2g})")
 
 
 def family(judgements: list[dict]) -> list[dict]:
@@ -730,8 +782,10 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
                          noise_final_loss=noise_of(tol, "final_loss")[0],
                          **cost_flags(b, c), **curve_distances(list(j["pairing"].pairs.values()), b_trace, c_trace)))
     tests = family([j for j in judgements if j is not None])
-    for t, p in zip(tests, stats.holm([t["p"] for t in tests])):
-        t["p_adj"] = p
+    together = together_tests(rows, judgements)  # a family of its own (TOGETHER_AXES)
+    for group in (tests, together):
+        for t, p in zip(group, stats.holm([t["p"] for t in group])):
+            t["p_adj"] = p
     for row, j in zip(rows, judgements):
         if j is not None:
             row.update(verdict_of(j, margin, alpha, len(tests)))
@@ -739,7 +793,10 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
     df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
-    return df[COMPARE_COLUMNS]
+    df = df[COMPARE_COLUMNS]
+    # paths that moved together (together_tests): a finding of the comparison as a whole
+    df.attrs["together"] = [together_line(t) for t in together if t["p_adj"] < alpha]
+    return df
 
 
 def noise_line(table: pd.DataFrame, tolerances: pd.DataFrame | None) -> str:

@@ -40,7 +40,37 @@ POWER = 0.8  # the power at which a minimum detectable effect is stated (the usu
 # of 1e-8, under t(3) about 7e-4 a value: one such among the 900 values of a 5-seed default grid
 # comparison). Means of several differences pool their own spread instead (noise_test).
 SINGLE_TAIL_DF = 3
+# A config whose own calibration shows no heavy tail judges a single difference with its pooled
+# degrees of freedom instead (``single_df``): its tail (``tail_of``: the farthest of its runs from
+# its seed's mean, in sds of one run measured on the others) is at most LIGHT_TAIL. Among the ~12
+# runs of a 5-perturbation, 2-seed calibration, a normal's farthest lands beyond 3.5 such sds with
+# odds of a few percent; ResNet-8 x SGD's held-out loss, 19 sigmas out under a rounding change, is
+# the kind of tail it keeps at t(3).
+LIGHT_TAIL = 3.5
 MAX_SEEDS = 64  # seeds_needed gives up beyond this (NaN: the margin is out of reach)
+
+
+def tail_of(groups) -> float:
+    """How far a config's calibration runs land: the largest distance of a run from its group's
+    mean (each group: one seed's reference and reruns), in standard deviations of one run taken
+    from the *other* runs (pooled_noise with that run left out: an outlier inflates a scale it is
+    part of, and could then never look far); NaN with too few runs for both."""
+    clean = [np.asarray(g, float)[np.isfinite(np.asarray(g, float))] for g in groups]
+    dev = [(float(np.abs(x - x.mean()).max()), i, int(np.argmax(np.abs(x - x.mean())))) for i, x in enumerate(clean)
+           if len(x) >= 2]
+    if not dev:
+        return math.nan
+    far, gi, k = max(dev)
+    rest = [np.delete(x, k) if i == gi else x for i, x in enumerate(clean)]
+    noise, _ = pooled_noise(rest)
+    return float(far / (noise / math.sqrt(2))) if np.isfinite(noise) and noise > 0 else math.nan
+
+
+def single_df(df: int, tail: float) -> int:
+    """The degrees of freedom one difference is judged with: the pooled ``df`` where the
+    config's calibration shows a light tail (``tail`` at most LIGHT_TAIL), else at most
+    SINGLE_TAIL_DF (no tail measured: as cautious as a heavy one)."""
+    return int(df) if np.isfinite(tail) and tail <= LIGHT_TAIL else min(int(df), SINGLE_TAIL_DF)
 
 
 def pooled_noise(groups) -> tuple[float, int]:
@@ -107,14 +137,15 @@ def chi2_isf(q: float, dof) -> float:
     return special.chdtri(dof, q)
 
 
-def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def noise_test(diffs, sigma, df, one_df=SINGLE_TAIL_DF) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(t, two-sided p, degrees of freedom) that paired differences have mean zero, against a
     calibrated noise ``sigma`` (sd of one difference, with ``df`` degrees of freedom) pooled with
     the differences' own spread. Vectorised: ``diffs`` (..., n), ``sigma`` and ``df`` broadcast
     to (...); NaN differences are left out. No noise measured (NaN sigma) leaves only the
     spread; with neither (one difference and no noise, or no spread at all), zero differences
     give p 1 and any other p 0. No difference at all gives NaN. One difference is judged with at
-    most SINGLE_TAIL_DF degrees of freedom (heavy tails); the returned dof is the one used."""
+    most ``one_df`` degrees of freedom (SINGLE_TAIL_DF: heavy tails; ``single_df`` for a config
+    whose calibration shows a light one); the returned dof is the one used."""
     d = np.asarray(diffs, dtype=float)
     present = np.isfinite(d)
     n = present.sum(axis=-1)
@@ -127,7 +158,7 @@ def noise_test(diffs, sigma, df) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         dof = df_noise + n - 1
         var = (df_noise * np.where(known, sigma, 0.0) ** 2 + spread) / dof
         t = mean * np.sqrt(n) / np.sqrt(var)
-        dof = np.where(n == 1, np.minimum(dof, SINGLE_TAIL_DF), dof)
+        dof = np.where(n == 1, np.minimum(dof, one_df), dof)
         p = 2 * t_sf(np.abs(t), np.maximum(dof, 1))
     degenerate = (dof < 1) | ~(var > 0)
     p = np.where(degenerate, np.where(mean == 0, 1.0, 0.0), p)
@@ -149,7 +180,7 @@ def holm(pvalues) -> list[float]:
     return adjusted.tolist()
 
 
-def mde(sigma: float, df: int, n: int, alpha: float, power: float = POWER) -> float:
+def mde(sigma: float, df: int, n: int, alpha: float, power: float = POWER, one_df: int = SINGLE_TAIL_DF) -> float:
     """The smallest mean shift ``noise_test`` finds with probability ``power`` at two-sided level
     ``alpha`` with n paired seeds (absolute, in the value's units); NaN without a noise
     measurement, 0 for a noise of exactly zero."""
@@ -158,7 +189,7 @@ def mde(sigma: float, df: int, n: int, alpha: float, power: float = POWER) -> fl
     if sigma == 0:
         return 0.0
     dof = int(df) + n - 1
-    judged_with = dof if n > 1 else min(dof, SINGLE_TAIL_DF)  # the critical value noise_test uses
+    judged_with = dof if n > 1 else min(dof, one_df)  # the critical value noise_test uses
     if dof < 1:
         return math.nan
     return float(noncentrality(dof, alpha, power, judged_with) * sigma / math.sqrt(n))

@@ -379,3 +379,50 @@ def test_an_lm_report_whose_metric_was_the_loss_again_is_not_judged_on_it():
     assert "val_metric" not in v["detail"] and v["verdict"] in ("equivalent", "identical", "changed")
     assert compare.judged_values({"val_token_accuracy", compare.LOSS_AS_METRIC}) == [("final_loss", 1), ("val_loss", 1)]
     assert ("val_metric", -1) in compare.judged_values({"val_token_accuracy"})
+
+
+def test_a_config_s_own_calibrated_tail_decides_how_far_one_seed_may_land():
+    from diagnostics import stats
+
+    rng = np.random.default_rng(0)
+    calm = [list(2.0 + 1e-3 * rng.standard_normal(6)) for _ in range(2)]  # 2 seeds x (reference + 5 reruns)
+    sd, df = stats.pooled_noise(calm)
+    assert stats.tail_of(calm) < stats.LIGHT_TAIL and stats.single_df(df, stats.tail_of(calm)) == df
+    wild = [calm[0], calm[1][:-1] + [2.0 + 0.05]]  # one rerun 50 run-sigmas out
+    assert stats.tail_of(wild) > stats.LIGHT_TAIL
+    assert stats.single_df(df, math.nan) == stats.SINGLE_TAIL_DF  # no tail measured: as cautious as a heavy one
+    # one seed, a systematic 12-sigma shift on 60 configs: beyond noise with a light tail, not under t(3)
+    b = pd.concat([runs({0: 2.0 + 0.1 * k}, optimizer=f"o{k}").assign(run_id=f"r{k}") for k in range(60)],
+                  ignore_index=True)
+    tol = pd.concat([noise(b[b["optimizer"] == f"o{k}"], final=1e-3) for k in range(60)], ignore_index=True)
+    c = b.assign(final_loss=b["final_loss"] + 12e-3, val_loss=b["val_loss"] + 12e-3, weights_sha256="x")
+    c["val_metric"] = c["val_loss"]
+    heavy = compare.compare_reports(b, c, tolerances=tol)
+    assert set(heavy["verdict"]) == {"equivalent"}  # the committed baselines' tolerances have no tail: as before
+    light = tol.assign(final_loss_tail=2.0, val_loss_tail=2.0, val_metric_tail=2.0)
+    assert compare.compare_reports(b, c, tolerances=light)["verdict"].isin(compare.BEYOND_NOISE).all()
+    assert compare.compare_reports(b, c, tolerances=light.assign(final_loss_tail=19.0, val_loss_tail=19.0,
+                                                                 val_metric_tail=19.0))["verdict"].eq("equivalent").all()
+    # a rounding change under one seed (each difference one draw of the noise) flags nothing, light tail or not
+    alarms = 0
+    for _ in range(10):
+        r = b.assign(final_loss=b["final_loss"] + 1e-3 * rng.standard_normal(60), weights_sha256="x")
+        r["val_loss"] = r["val_metric"] = b["val_loss"] + 1e-3 * rng.standard_normal(60)
+        alarms += compare.compare_reports(b, r, tolerances=light)["verdict"].isin(compare.BEYOND_NOISE).any()
+    assert alarms == 0
+
+
+def test_configs_that_share_a_path_and_moved_together_are_a_finding_of_the_comparison():
+    rng = np.random.default_rng(2)
+    b = pd.concat([runs({0: 2.0 + 0.1 * k}, optimizer="adamw" if k < 10 else "sgd", scheduler=f"s{k}").assign(
+        run_id=f"r{k}") for k in range(20)], ignore_index=True)
+    tol = pd.concat([noise(b.iloc[[k]], final=1e-3) for k in range(20)], ignore_index=True)
+    moved = b.assign(weights_sha256="x")
+    moved["final_loss"] = b["final_loss"] + np.where(b["optimizer"] == "adamw", 4e-3, 0) + 1e-3 * rng.standard_normal(20)
+    table = compare.compare_reports(b, moved, tolerances=tol)
+    assert not table["verdict"].isin(compare.BEYOND_NOISE).any()  # 4 sigmas: no single seed is beyond t(3)
+    lines = table.attrs["together"]
+    assert any(line.startswith("optimizer=adamw: 10 configs moved together, 10 of 10 up (worse)") for line in lines)
+    assert not any(line.startswith("optimizer=sgd") for line in lines)  # the path that did not move
+    rounding = b.assign(final_loss=b["final_loss"] + 1e-3 * rng.standard_normal(20), weights_sha256="x")
+    assert compare.compare_reports(b, rounding, tolerances=tol).attrs["together"] == []
