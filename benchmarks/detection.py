@@ -22,6 +22,10 @@ held out (never used to choose a number)
 - drift: after converging, the loss drifts back up to 2-4x its best and stays -> diverged
 - grad_only: a gradient spike of 20-100x with no trace in the loss, 15-25 steps after a warm restart
   (LR column present) -> located
+
+and, per family a row, those written after them (``NEW``, ``NEWER``) and from the classes public
+logs were misread in (``READER``: rose_and_stayed, recovered_spikes, weight_resets, grad_first,
+daily_jumps, epoch_lr_drops), each described in its docstring.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def reports(rng, n_seeds: int, shift: np.ndarray):
                                val_metric=cand[k, s, 1], weights_sha256="c"))
         calib = 2.0 * (1 + SIGMA * rng.standard_normal((PERTURBED_SEEDS, RERUNS + 1, 2)))
         noise = [stats.pooled_noise(calib[..., v]) for v in range(2)]
-        t_rows.append(dict({c: name.get(c, report.AXIS_DEFAULTS.get(c)) for c in compare.CONFIG}, run_id=f"c{k}-s0", statuses_seen="converged",
+        config = {c: name.get(c, report.AXIS_DEFAULTS.get(c)) for c in compare.CONFIG}
+        t_rows.append(dict(config, run_id=f"c{k}-s0", statuses_seen="converged",
                            status_flips=0, status_runs=PERTURBED_SEEDS * RERUNS,
                            final_loss_noise=noise[0][0], final_loss_df=noise[0][1], val_loss_noise=noise[1][0],
                            val_loss_df=noise[1][1], val_metric_noise=noise[1][0], val_metric_df=noise[1][1]))
