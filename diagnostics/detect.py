@@ -226,9 +226,11 @@ class Thresholds:
     # power-law descent is straight) and a robust scatter (the larger of the MAD about that line
     # and the MAD of point-to-point differences over sqrt 2: a few points' MAD alone is often far
     # too small). The jump is a shift when the next ``shift_points`` points all sit more than
-    # ``sparse_shift_sigmas`` scatters above that trend and above the point before the jump (a
-    # descent that stops, as after an LR drop, is above its trend but not above where it was), and
-    # their mean at least ``sparse_min_jump`` (2%) above both. 4 scatters: a healthy point passes
+    # ``sparse_shift_sigmas`` scatters above that trend, their mean and the first of them by at
+    # least that and ``sparse_min_jump`` (2%), and the first is that far above the point before
+    # it too (a descent that stops, as after an LR drop, is above its trend, but no jump up from
+    # where the loss was; a jump in a steep early descent is not above the points that follow it
+    # by as much). 4 scatters: a healthy point passes
     # one such line with odds of about 1e-2 (a scatter from 20 points, a prediction a few points
     # out) and three in a row, whose errors share the fit, with about 1e-4: under one false shift
     # in a hundred 70-point logs. Only jumps up, and never where an LR rise (LrRule) lifts the loss
@@ -771,9 +773,11 @@ class Monitor:
             steps_ = np.diff(x[i - wb:i])  # point to point: no trend to fit, twice the variance
             scatter = max(1.4826 * float(np.median(np.abs(before - np.median(before)))),
                           1.4826 * float(np.median(np.abs(steps_ - np.median(steps_)))) / math.sqrt(2), t.spike_min_sigma)
-            # above the trend, and above where the loss was (a descent that stops is no jump)
-            jump = np.minimum(x[i:i + wa] - (slope * u[i:i + wa] + intercept), x[i:i + wa] - x[i - 1])
-            if jump.min() > t.sparse_shift_sigmas * scatter and jump.mean() > math.log(1 + t.sparse_min_jump):
+            # above the trend for shift_points points, and a jump up from where the loss was (a
+            # descent that stops is above its trend, but no jump)
+            jump = x[i:i + wa] - (slope * u[i:i + wa] + intercept)
+            least = max(t.sparse_shift_sigmas * scatter, math.log(1 + t.sparse_min_jump))
+            if jump.min() > t.sparse_shift_sigmas * scatter and jump.mean() > least and x[i] - x[i - 1] > least:
                 step = self.steps[i]
                 near = [s for s in seen if abs(self.steps.index(s) - i) <= wa] if seen else []
                 if not near:
