@@ -520,8 +520,9 @@ def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, ma
     """Every consecutive pair of ``versions`` judged (one row per transition and config, as
     ``CHANGELOG_COLUMNS``). Each candidate is trained once (a finished session is reused, so an
     interrupted changelog resumes where it stopped); the next candidate's environment is built
-    while the current one trains, and each is released for removal once trained
-    (``Environments.keep`` then bounds the disk). ``on_transition(table)`` sees the table so far
+    while the current one trains, and each is released for removal once the transitions it
+    belongs to are explained (their reproducers run in both environments; ``Environments.keep``
+    then bounds the disk). ``on_transition(table)`` sees the table so far
     after each pair (the command writes it as it goes); ``explanations``, a list, gets each
     transition's explain.csv rows (``explained``) appended before it is called."""
     rows = []
@@ -530,14 +531,16 @@ def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, ma
             if not sessions.finished(b):
                 sessions.envs.prepare(b)
             sessions.run(a)
-            sessions.envs.release(a)
         if i + 2 < len(versions) and not sessions.finished(versions[i + 2]):
             sessions.envs.prepare(versions[i + 2])
         table = judged(sessions.run(a), sessions.run(b), tolerances, margin, compare.Policy())
-        sessions.envs.release(b)
         if explanations is not None:
             explanations.append(explained(sessions.run(a), sessions.run(b), f"{a} -> {b}", sessions, (a, b)))
+        # only now may a's environment go: the transition's reproducers run in both (b is the next one's base)
+        sessions.envs.release(a)
         rows.append(table.assign(from_version=str(a), to_version=str(b))[CHANGELOG_COLUMNS])
         if on_transition is not None:
             on_transition(pd.concat(rows, ignore_index=True))
+    if len(versions) > 1:
+        sessions.envs.release(versions[-1])
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=CHANGELOG_COLUMNS)

@@ -208,3 +208,38 @@ def test_the_committed_changelog_covers_every_release_from_2_0_to_the_newest():
     key = changelog.release_key
     pairs = set(changelog.transitions_of(committed))
     assert all(any(key(x) <= key(a) and key(b) <= key(y) for x, y in pairs) for a, b in zip(releases, releases[1:]))
+
+
+def test_a_transition_s_environments_stay_until_its_reproducers_ran(monkeypatch):
+    """The base release's environment is the one a transition's reproducers run in: it must not
+    be removed to make room for the release after next while that transition is explained."""
+    events = []
+
+    class Envs:
+        def prepare(self, v):
+            events.append(("prepare", str(v)))
+
+        def release(self, v):
+            events.append(("release", str(v)))
+
+    class Sessions:
+        envs = Envs()
+
+        def finished(self, v):
+            return False
+
+        def run(self, v):
+            return Path(str(v))
+
+    def explained_here(a, b, transition, sessions, versions):
+        events.append(("explain", transition))
+        return pd.DataFrame()
+
+    monkeypatch.setattr(release, "judged", lambda *a, **k: pd.DataFrame(columns=release.CHANGELOG_COLUMNS[2:]))
+    monkeypatch.setattr(release, "explained", explained_here)
+    release.changelog(["2.5.1", "2.6.0", "2.7.1", "2.8.0"], Sessions(), explanations=[])
+    for a, b in (("2.5.1", "2.6.0"), ("2.6.0", "2.7.1"), ("2.7.1", "2.8.0")):
+        explained_at = events.index(("explain", f"{a} -> {b}"))
+        for v in (a, b):  # neither side released before its transition's reproducers ran
+            assert ("release", v) not in events[:explained_at]
+    assert {e for e in events if e[0] == "release"} == {("release", v) for v in ("2.5.1", "2.6.0", "2.7.1", "2.8.0")}
