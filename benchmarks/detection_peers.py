@@ -308,7 +308,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    families = {**detection.TUNED, **detection.HELD_OUT, **detection.NEW, **detection.NEWER}
+    families = {**detection.TUNED, **detection.HELD_OUT, **detection.NEW, **detection.NEWER, **detection.READER}
     print(f"{args.n} traces per family, seed {args.seed}; step error: median |called - true| in steps\n")
     print("| family | detector | " + " | ".join(MEASURES) + " |\n|---|---|" + "---|" * len(MEASURES))
     pooled: dict[str, dict[str, list]] = {d.name: {} for d in DETECTORS}
