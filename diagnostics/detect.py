@@ -1066,8 +1066,7 @@ class RuleChain(list):
         rule's lost-ground level from the best the run reached (the explosion line before a best
         exists)."""
         best = self.relapse.best
-        return self.relapse.level(m, best) if math.isfinite(best) else \
-            self.explosion.t.explode_factor * m.initial_loss
+        return self.relapse.level(m, best) if math.isfinite(best) else m.thresholds.explode_factor * m.initial_loss
 
 
 def rule_chain(t: Thresholds) -> RuleChain:
@@ -1075,9 +1074,10 @@ def rule_chain(t: Thresholds) -> RuleChain:
     schedule, Megatron's catastrophic spike, explosion, relapse, spikes, recovery."""
     lr, recovery = LrRule(t), RecoveryRule(t)
     relapse = RelapseRule(t, lr)
-    chain = RuleChain([ScaleRule(), NonfiniteRule(), lr, CatastrophicRule(t), ExplosionRule(t, relapse), relapse,
+    explosion = ExplosionRule(t, relapse)
+    chain = RuleChain([ScaleRule(), NonfiniteRule(), lr, CatastrophicRule(t), explosion, relapse,
                        SpikesRule(t, lr, recovery), recovery])
-    chain.relapse, chain.explosion, chain.lr = relapse, chain[4], lr
+    chain.relapse, chain.explosion, chain.lr = relapse, explosion, lr
     return chain
 
 
