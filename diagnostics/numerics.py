@@ -399,9 +399,7 @@ def trace(specs: list[RunSpec], data_dir: Path, init_dir: Path | None, steps: in
         try:
             rows += trace_compiled(spec, data_dir, init_dir, steps) if spec.compile != "none" else \
                 trace_family(spec, data_dir, init_dir, steps)
-        except TraceError:
-            raise
-        except Exception as e:  # a family this release cannot run (its run row says why): no rows
+        except Exception as e:  # a family this release cannot run or trace (its process's last line): no rows
             rows.append(dict(family=family, step=0, phase="error", seq=0, op=type(e).__name__, signature="",
                              input_hash="", args_hash="", output_hash="", detail=str(e).splitlines()[0][:200]
                              if str(e) else ""))

@@ -172,11 +172,15 @@ def innermost(names: set[str], root: str) -> str:
 @contextmanager
 def module_tracking(model: torch.nn.Module):
     """Yields a function naming the module an op runs in: torch's ModuleTracker (forward and
-    backward) where the release has it, else a forward-hook stack (forward only)."""
+    backward) where the release has it and the model is eager, else a forward-hook stack (forward
+    only). A compiled model runs as one graph: from 2.10 the tracker's backward hook asserts on the
+    graph's outputs, which carry no gradient function inside aot_autograd's forward."""
     root = type(model).__name__
     try:
         from torch.utils.module_tracker import ModuleTracker
     except ImportError:
+        ModuleTracker = None
+    if getattr(model, "_compiled_call_impl", None) is not None:  # Module.compile (in place)
         ModuleTracker = None
     if ModuleTracker is not None:
         with ModuleTracker() as tracker:
@@ -186,7 +190,12 @@ def module_tracking(model: torch.nn.Module):
     stack: list[str] = []
     pre = torch.nn.modules.module.register_module_forward_pre_hook(
         lambda m, i: stack.append(names.get(m, "")))
-    post = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: stack.pop() if stack else None)
+
+    def leave(m, i, o) -> None:  # a forward hook that returned a value would replace the module's output
+        if stack:
+            stack.pop()
+
+    post = torch.nn.modules.module.register_module_forward_hook(leave)
     try:
         yield lambda: next((n for n in reversed(stack) if n), "")
     finally:

@@ -229,3 +229,20 @@ def test_a_trace_that_is_not_one_is_refused_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "diagnostics", "explain", str(tmp_path / "t.csv"),
                            str(tmp_path / "t.csv")], capture_output=True, text=True)
     assert proc.returncode == 2 and "not a trace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_family_that_fails_to_trace_is_an_error_row_and_the_others_are_traced(monkeypatch, tmp_path):
+    """One family's failure (a compiled family's process that raised) costs that family, not the
+    release's whole trace: its transitions are still explained."""
+    def fail(spec, *a):
+        raise numerics.TraceError(f"tracing {numerics.family_of(spec)} failed: AssertionError: boom")
+
+    traced = []
+    monkeypatch.setattr(numerics, "trace_compiled", fail)
+    monkeypatch.setattr(numerics, "trace_family", lambda spec, *a: traced.append(spec) or [])
+    specs = [RunSpec(model="gpt", optimizer="adamw", scheduler="constant", warmup="none", device="cpu", compile=c, steps=4)
+             for c in ("none", "aot_eager")]
+    table, cost = numerics.trace(specs, tmp_path, None, 1)
+    errors = table[table["phase"] == "error"]
+    assert list(errors["family"]) == [numerics.family_of(specs[1])] and "boom" in errors["detail"].iloc[0]
+    assert [s.compile for s in traced] == ["none"] and len(cost) == 2

@@ -115,3 +115,25 @@ def test_a_healthy_run_replays_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "locate", lambda *a, **k: pytest.fail("a healthy run was replayed"))
     r = train.run(spec(steps=4), data_dir=tmp_path)
     assert r.status != "diverged_nonfinite" and not [e for e in r.events if e["kind"] == origin.EVENT]
+
+
+def test_a_compiled_model_is_named_by_forward_hooks_that_leave_its_outputs_alone():
+    """From torch 2.10 the ModuleTracker's backward hook asserts inside a compiled graph (every
+    aot_eager family's trace failed): a compiled model is tracked with forward hooks, and a
+    forward hook that returned a value would replace the module's output."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    x = torch.randn(3, 4, requires_grad=True)
+    expected = model(x)
+    model.compile(backend="eager")
+    seen = []
+    with origin.module_tracking(model) as module:
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, i: seen.append(module()))
+        try:
+            out = model(x)
+            out.sum().backward()
+        finally:
+            hook.remove()
+    assert torch.equal(out, expected)
+    assert x.grad is not None
+    assert {"0", "2"} <= set(seen)  # the layers named, from inside the compiled call
