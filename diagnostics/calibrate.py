@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import report, stats
+from .errors import DiagnosticsError
 from .paths import ENVELOPE as ENVELOPE  # re-exported: paths is their home
 from .paths import SEEDS
 from .paths import TOLERANCES as TOLERANCES
@@ -184,7 +185,7 @@ def from_sessions(reference_dir, perturbed_dirs: dict, config: list[str], margin
     return tol, envelope(report.read(reference_dir / report.STEPS), steps, ref_runs, config)
 
 
-class CalibrationFailed(Exception):
+class CalibrationFailed(DiagnosticsError):
     """A calibration session that failed; one line."""
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import DiagnosticsError
+
 FORMAT = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(DiagnosticsError):
     """An unreadable or foreign checkpoint; the message is one line."""
 
 

@@ -11,14 +11,11 @@ import sys
 from pathlib import Path
 
 from . import options, paths
+from .errors import DiagnosticsError, UsageError
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
                "reproducibility": "test_reproducibility.py"}
-
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -42,7 +39,7 @@ def grid_of(args: argparse.Namespace):
 def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
     from . import data
-    from .spec import SpecError, parse_init_dir, parse_shard
+    from .spec import parse_init_dir, parse_shard
 
     get = lambda k: getattr(args, k, None)  # noqa: E731
     try:
@@ -52,7 +49,7 @@ def validate_grid_options(args: argparse.Namespace) -> None:
         if args.data_root:
             data.check_root(Path(args.data_root))
         options.policy(get)
-    except (SpecError, data.DataError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
 
 
@@ -84,14 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     who = (f"`diagnostics run` (pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
            f"{' '.join(sys.argv[1:])})")
-    try:
-        report_dir = Path(args.report_dir or options.DEFAULT_REPORT_DIR)
-        with report.owned(report_dir, who):
-            if not args.resume:
-                session.refuse_unfinished(report_dir)  # before pytest starts: one line, nothing deleted
-            return int(pytest.main(pytest_args(args, suite.name)))
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
+    report_dir = Path(args.report_dir or options.DEFAULT_REPORT_DIR)
+    with report.owned(report_dir, who):
+        if not args.resume:
+            session.refuse_unfinished(report_dir)  # before pytest starts: one line, nothing deleted
+        return int(pytest.main(pytest_args(args, suite.name)))
 
 
 def xdist_workers(value: str) -> str:
@@ -101,10 +95,7 @@ def xdist_workers(value: str) -> str:
 
     if value != "gpus":
         return value
-    try:
-        return str(devices.gpu_workers())
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    return str(devices.gpu_workers())  # a bad DIAGNOSTICS_WORKERS_PER_GPU: UsageError
 
 
 def workers_for(threads: int | None, workers: str | None) -> str | None:
@@ -121,7 +112,7 @@ def workers_for(threads: int | None, workers: str | None) -> str | None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Reference run (written as the baseline), one rerun per perturbation, then tolerances.csv
     and envelope.csv beside the baseline (calibrate.py)."""
-    from . import baseline, calibrate, compare, perturb, report
+    from . import baseline, calibrate, compare, perturb
 
     validate_grid_options(args)
     grid = grid_of(args)
@@ -139,12 +130,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         sub = argparse.Namespace(**{**vars(args), **changes, "workers": workers_for(threads, args.workers)})
         return [sys.executable, "-m", "pytest", *pytest_args(sub, SUITE_FILES["convergence"]), *extra]
 
-    try:
-        ref, perturbed = calibrate.run_sessions(grid, names, Path(args.work_dir) / grid.name, args.perturb_seeds,
-                                                args.resume, session_command)
-        tol, env = calibrate.from_sessions(ref, perturbed, compare.CONFIG, compare.MARGIN, compare.ALPHA)
-    except (calibrate.CalibrationFailed, report.ReportError) as e:
-        raise UsageError(str(e)) from None
+    ref, perturbed = calibrate.run_sessions(grid, names, Path(args.work_dir) / grid.name, args.perturb_seeds,
+                                            args.resume, session_command)
+    tol, env = calibrate.from_sessions(ref, perturbed, compare.CONFIG, compare.MARGIN, compare.ALPHA)
     calibrate.write(target, ref, tol, env)
     print("\n".join(calibrate.summary_lines(tol, names, target, compare.MARGIN)))
     return 0
@@ -168,14 +156,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     cols = logs.Columns(args.step_col, args.loss_col, args.grad_col, args.lr_col)
     tables = []
-    try:
-        for path in args.logs:
-            table = logs.read(path, cols)
-            if len(args.logs) > 1 and table["run_id"].nunique() == 1:
-                table["run_id"] = str(path)  # one run per file: the file names it
-            tables.append(table)
-    except logs.LogError as e:
-        raise UsageError(str(e)) from None
+    for path in args.logs:
+        table = logs.read(path, cols)
+        if len(args.logs) > 1 and table["run_id"].nunique() == 1:
+            table["run_id"] = str(path)  # one run per file: the file names it
+        tables.append(table)
     df = pd.concat(tables, ignore_index=True)
     first = Path(args.logs[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "detect"
@@ -222,44 +207,38 @@ def report_dir_arg(text: str) -> Path:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots, report
+    from . import plots
 
-    try:
-        if args.what == "lr":
-            if args.all:
-                paths = [plots.plot_lr_all(args.optimizer, args.steps, Path(args.out))]
-            else:
-                paths = [plots.plot_lr(args.schedulers, args.optimizer, args.warmup, args.steps, Path(args.out))]
-        elif args.what == "runs":
-            paths = plots.plot_runs(args.report_dir, Path(args.out))
+    if args.what == "lr":
+        if args.all:
+            paths = [plots.plot_lr_all(args.optimizer, args.steps, Path(args.out))]
         else:
-            paths = plots.plot_compare(args.baseline_dir, args.candidate_dir, Path(args.out))
-            if not paths:
-                print("no config changed: nothing to plot")
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
+            paths = [plots.plot_lr(args.schedulers, args.optimizer, args.warmup, args.steps, Path(args.out))]
+    elif args.what == "runs":
+        paths = plots.plot_runs(args.report_dir, Path(args.out))
+    else:
+        paths = plots.plot_compare(args.baseline_dir, args.candidate_dir, Path(args.out))
+        if not paths:
+            print("no config changed: nothing to plot")
     for p in paths:
         print(p)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import page, report
+    from . import page
 
-    try:
-        print(page.write(args.report_dir))
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
+    print(page.write(args.report_dir))
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from . import report, summary
+    from . import summary
 
     try:
         policy, margin = options.policy(lambda k: getattr(args, k, None))
         print(summary.write(args.report_dir, args.compare, args.title, policy, margin))
-    except (report.ReportError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     return 0
 
@@ -271,7 +250,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         policy, margin = options.policy(lambda k: getattr(args, k))
         base, cand, steps, tol, env = compare.load_pair(base_dir, cand_dir, args.tolerances)
-    except (report.ReportError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     print(f"baseline  {base_dir}: {compare.versions_line(base_dir, base)}")
     print(f"candidate {cand_dir}: {compare.versions_line(cand_dir, cand)}")
@@ -283,10 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if compare.same_environment(base, cand):
         print("control: both sides ran in the same environment (software and devices): differences are run to run, "
               "not a release's")
-    try:
-        table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
+    table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / paths.COMPARE, table)
     print(f"noise: {compare.noise_line(table, tol)}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
@@ -320,11 +296,8 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
     """The cached environments and the grid sessions of ``release`` / ``bisect``."""
     from . import release
 
-    try:
-        for v in versions:
-            release.check_version(v)
-    except release.ReleaseError as e:
-        raise UsageError(str(e)) from None
+    for v in versions:
+        release.check_version(v)
     validate_grid_options(args)
     grid_args = options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
     if not args.grid:
@@ -340,11 +313,8 @@ def release_noise(args: argparse.Namespace, sessions, base: str):
     from . import release
 
     grid = grid_of(argparse.Namespace(**{**vars(args), "grid": args.grid or sessions.grid_args[1]}))
-    try:
-        noise = release.noise_for(sessions, base, grid.name, grid.specs(), args.tolerances,
-                                  measure=not args.no_measure_noise)
-    except release.ReleaseError as e:
-        raise UsageError(str(e)) from None
+    noise = release.noise_for(sessions, base, grid.name, grid.specs(), args.tolerances,
+                              measure=not args.no_measure_noise)
     print(f"noise: {noise.source}", flush=True)
     return noise
 
@@ -358,10 +328,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise UsageError(f"release {args.base} {args.candidate}: one version twice compares a report with itself; "
                          "give two versions (a control is `diagnostics compare` of two runs in one environment)")
     sessions = release_sessions(args, [args.base, args.candidate])
-    try:
-        base, cand = sessions.run(args.base), sessions.run(args.candidate)
-    except release.ReleaseError as e:
-        raise UsageError(str(e)) from None
+    base, cand = sessions.run(args.base), sessions.run(args.candidate)
     noise = release_noise(args, sessions, args.base)
     compare_args = argparse.Namespace(**{**vars(args), "baseline_dir": str(base), "candidate_dir": str(cand),
                                          "fail_on_cost": False,
@@ -391,7 +358,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     try:
         policy, margin = options.policy(lambda k: getattr(args, k, None))
         table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change)
-    except (release.ReleaseError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     from . import report
 
@@ -416,10 +383,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
 
     if len(args.versions) < 2:
         raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
-    try:
-        cands = [release.candidate(v) for v in args.versions]
-    except release.ReleaseError as e:
-        raise UsageError(str(e)) from None
+    cands = [release.candidate(v) for v in args.versions]
     twice = [c.label for i, c in enumerate(cands) if c.label in [d.label for d in cands[:i]]]
     if twice:
         raise UsageError(f"changelog: {', '.join(twice)} given twice (give each version once; a control is "
@@ -448,7 +412,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
                                                                           pd.concat(explanations, ignore_index=True)))
 
         table = release.changelog(cands, sessions, tol, margin, on_transition=write, explanations=explanations)
-    except (release.ReleaseError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     write(table)
     explained = pd.concat(explanations, ignore_index=True) if explanations else None
@@ -483,7 +447,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     try:
         specs = grid_of(args).specs()
         init_dir = spec.parse_init_dir(args.init_dir)
-    except (spec.SpecError, ValueError) as e:
+    except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -497,10 +461,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
                                         s.compile != "none" else "")
 
     t0 = time.perf_counter()
-    try:
-        table, cost = numerics.trace(specs, Path(args.data_dir), init_dir, args.trace_steps, skip=skip)
-    except numerics.TraceError as e:
-        raise UsageError(str(e)) from None
+    table, cost = numerics.trace(specs, Path(args.data_dir), init_dir, args.trace_steps, skip=skip)
     numerics.write(table, out / name)
     seconds = time.perf_counter() - t0
     capability = env.cpu_capability()
@@ -532,10 +493,7 @@ def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
     spec = numerics.families(specs).get(family)
     if spec is None:
         raise UsageError(f"--repro: no family {family!r} in this grid")
-    try:
-        print(reproducer.capture(spec, data_dir, init_dir, step, phase, seq, out))
-    except LookupError as e:
-        raise UsageError(str(e)) from None
+    print(reproducer.capture(spec, data_dir, init_dir, step, phase, seq, out))
     return 0
 
 
@@ -543,10 +501,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Where two traces part, op by op: OUT/explain.csv, OUT/explain.html and a line per verdict."""
     from . import explain, page
 
-    try:
-        table = explain.explain(Path(args.a), Path(args.b), transition=f"{args.a} -> {args.b}")
-    except explain.ExplainError as e:
-        raise UsageError(str(e)) from None
+    table = explain.explain(Path(args.a), Path(args.b), transition=f"{args.a} -> {args.b}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     explain.write(table, out / paths.EXPLAIN)
@@ -566,10 +521,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from . import report, session
 
-    try:
-        counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
-    except report.ReportError as e:
-        raise UsageError(str(e)) from None
+    counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
     counts |= session.write_derived(Path(args.out), report.read(Path(args.out) / report.RUNS))
     print(f"merged {len(args.dirs)} reports into {args.out}: " + ", ".join(f"{n} rows in {k}" for k, n in counts.items()))
     return 0
@@ -787,10 +739,7 @@ def load_plugins(argv: list[str]) -> None:
             value = argv[i + 1]
         elif arg.startswith("--plugins="):
             value = arg.split("=", 1)[1]
-    try:
-        plugins.load(value)
-    except plugins.PluginError as e:
-        raise UsageError(str(e)) from None
+    plugins.load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -800,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = argv
         return args.func(args)
-    except UsageError as e:
+    except DiagnosticsError as e:  # bad input or a refusal, from anywhere in the package: one line
         print(f"diagnostics: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

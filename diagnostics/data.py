@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import layout as layouts
+from .errors import DiagnosticsError
 from .models import MODELS, DataInfo
 
 DATA_SEED = 1234  # fixed: the embedded data is the same for every run and machine
@@ -49,7 +50,7 @@ LM_EVAL_WINDOWS = 64  # held-out windows scored at the end of an LM run
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
-class DataError(Exception):
+class DataError(DiagnosticsError):
     """Data that is missing, unreadable or malformed; the message is one line for the user."""
 
 

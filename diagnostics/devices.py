@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from .errors import UsageError
+
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 
@@ -64,7 +66,7 @@ def workers_per_gpu(environ=os.environ) -> int:
     raises ValueError with one line otherwise."""
     raw = environ.get(WORKERS_PER_GPU_ENV, "") or str(DEFAULT_WORKERS_PER_GPU)
     if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{WORKERS_PER_GPU_ENV}={raw!r}: must be a positive integer")
+        raise UsageError(f"{WORKERS_PER_GPU_ENV}={raw!r}: must be a positive integer")
     return int(raw)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import numerics, paths, report
+from .errors import DiagnosticsError
 
 EXPLAIN = paths.EXPLAIN
 CHANGED_KERNEL, CHANGED_ARGUMENTS, DOWNSTREAM = "changed kernel", "changed arguments", "downstream"
@@ -60,7 +61,7 @@ PHASE_ORDER = {p: i for i, p in enumerate(("init", "compile", *numerics.PHASES))
 PHASE_WORDS = {"optimizer": "optimizer step"}
 
 
-class ExplainError(Exception):
+class ExplainError(DiagnosticsError):
     """Traces that cannot be read or paired; one line."""
 
 

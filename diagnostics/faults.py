@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import UsageError
+
 FAULT_KINDS = ("nan", "grad_scale", "lr_bomb", "slow_blowup")
 NONE = "none"  # the no-op fault every healthy run carries (train.run's default)
 
@@ -25,7 +27,7 @@ class Fault:
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS + (NONE,):
-            raise ValueError(f"unknown fault {self.kind!r}; valid: {', '.join(FAULT_KINDS)}")
+            raise UsageError(f"unknown fault {self.kind!r}; valid: {', '.join(FAULT_KINDS)}")
 
     def active(self, step: int) -> bool:
         return self.step <= step < self.step + self.duration or (self.kind == "slow_blowup" and step >= self.step)

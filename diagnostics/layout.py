@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UsageError
+
 LAYOUTS = ("full", "right", "left", "packed")
 FULL = "full"
 IGNORE = -100  # torch.nn.functional.cross_entropy's default ignore_index: a padding target
@@ -43,7 +45,7 @@ MIN_TOKENS = 2  # a sequence has at least two tokens (one prediction needs a con
 
 def check(layout: str) -> None:
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+        raise UsageError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
 
 
 def shortest(context: int) -> int:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import DiagnosticsError
+
 # Column names, in order of preference (normalised: lower case, "/", "-", "." and " " -> "_").
 STEP_NAMES = ("step", "global_step", "_step", "trainer_global_step", "iteration", "iter", "it", "steps", "batch")
 LOSS_NAMES = ("loss", "train_loss", "train_loss_step", "training_loss", "train_loss_epoch", "train_lm_loss",
@@ -45,7 +47,7 @@ RUN_NAMES = ("run_id", "run", "run_name", "name")
 TABLE = ["run_id", "step", "loss", "grad_norm", "lr", "loss_blank"]
 
 
-class LogError(ValueError):
+class LogError(DiagnosticsError, ValueError):
     """A log that cannot be read; the message is one line: what was found, what is needed."""
 
 

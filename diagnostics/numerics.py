@@ -43,6 +43,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import paths, report
 from .dispatch import flat_values, op_name, written_arguments
+from .errors import DiagnosticsError
 from .spec import RunSpec
 
 TRACE = paths.TRACE  # beside a session's runs.csv
@@ -69,7 +70,7 @@ RECORDED_NAMESPACES = ("aten::", "prims::", "torchvision::", "quantized::")
 HASH_BYTES = 8  # 64-bit digests: a collision between two different outputs of one op is ~1e-19
 
 
-class TraceError(Exception):
+class TraceError(DiagnosticsError):
     """A trace that cannot be taken or read; one line."""
 
 

@@ -23,6 +23,7 @@ from . import paths
 from .attention import ATTENTIONS
 from .compare import MARGIN, Policy
 from .devices import DEVICE_TYPES
+from .errors import UsageError
 from .layout import LAYOUTS
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
@@ -51,9 +52,9 @@ def margin(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--margin {text!r} is not a number") from None
+        raise UsageError(f"--margin {text!r} is not a number") from None
     if not 0 < value < 1:
-        raise ValueError(f"--margin {value:g}: must be a fraction between 0 and 1 (e.g. {MARGIN})")
+        raise UsageError(f"--margin {value:g}: must be a fraction between 0 and 1 (e.g. {MARGIN})")
     return value
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Perturbation:
@@ -114,5 +116,5 @@ def get(name: str | None) -> Perturbation | None:
     if name is None or name == "none":
         return None
     if name not in PERTURBATIONS:
-        raise ValueError(f"unknown perturbation {name!r}; valid: {', '.join(PERTURBATIONS)}")
+        raise UsageError(f"unknown perturbation {name!r}; valid: {', '.join(PERTURBATIONS)}")
     return PERTURBATIONS[name]

@@ -24,11 +24,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import DiagnosticsError
+
 ENTRY_POINT_GROUP = "diagnostics.plugins"
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a name fits in a run id between dashes
 
 
-class PluginError(ValueError):
+class PluginError(DiagnosticsError, ValueError):
     """A plugin that cannot be loaded or registers something invalid; one line."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import compare, explain, numerics, paths, report
+from .errors import DiagnosticsError
 from .paths import TRACE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ ERA_NUMPY = "numpy<2"
 ENV_BYTES = 7 * 1024**3
 
 
-class ReleaseError(Exception):
+class ReleaseError(DiagnosticsError):
     """An environment that cannot be built or a session that wrote nothing; one line."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .detect import VERDICT_FIELDS
+from .errors import DiagnosticsError
 from .paths import ENV as ENV  # re-exported: paths is their home
 from .paths import EVENTS as EVENTS
 from .paths import PAGE as PAGE
@@ -66,7 +67,7 @@ FLOAT_FORMAT = "%.17g"  # round-trips every float64 exactly: reports compare bit
 ROUND_TRIP = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
-class ReportError(ValueError):
+class ReportError(DiagnosticsError, ValueError):
     """A report file that is missing or malformed; the message is one line."""
 
 

@@ -123,14 +123,14 @@ def write(found, out_dir: Path, meta: dict) -> Path:
 
 def capture(spec, data_dir: Path, init_dir: Path | None, step: int, phase: str, seq: int, out_dir: Path) -> Path:
     """Replay ``spec``'s family as the trace did and write the reproducer of its op at (step,
-    phase, seq); raises LookupError where no op was recorded there."""
-    from .numerics import Recorder, family_of, trace_family
+    phase, seq); raises numerics.TraceError where no op was recorded there."""
+    from .numerics import Recorder, TraceError, family_of, trace_family
 
     rec = Recorder(family_of(spec))
     rec.keep = (step, phase, seq)
     trace_family(spec, Path(data_dir), init_dir, step, rec)  # the family's steps up to this one, as traced
     if rec.kept is None:
-        raise LookupError(f"no op recorded at step {step}, {phase} #{seq} of {family_of(spec)}")
+        raise TraceError(f"no op recorded at step {step}, {phase} #{seq} of {family_of(spec)}")
     where = next((r for r in rec.rows if r["step"] == step and r["phase"] == phase and r["seq"] == seq), {})
     return write(rec.kept, out_dir, dict(family=family_of(spec), step=step, threads=torch.get_num_threads(),
                                           where=", ".join(x for x in (phase, where.get("module", "")) if x)))

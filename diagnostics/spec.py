@@ -11,6 +11,7 @@ import itertools
 from dataclasses import asdict, dataclass, field, replace
 
 from .attention import ATTENTIONS
+from .errors import DiagnosticsError
 from .layout import LAYOUTS
 from .models import MODELS, SIZES
 from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
@@ -27,7 +28,7 @@ IMPLS = ("default", "forloop", "foreach", "fused")
 COMPILE_BACKENDS = ("none", "aot_eager", "inductor")
 
 
-class SpecError(ValueError):
+class SpecError(DiagnosticsError, ValueError):
     """A user-facing configuration error; the message is one line."""
 
 

@@ -60,3 +60,23 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_a_lazy_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a"}}) == []
+
+
+def test_every_error_the_package_reports_is_a_diagnostics_error():
+    """One base, printed once by ``main``: an error class outside it would reach the user as a
+    traceback unless every command re-wrapped it. (``UnsupportedImpl`` is a skip, not an error.)"""
+    import importlib
+    import inspect
+
+    from diagnostics.errors import DiagnosticsError
+
+    errors = {}
+    for path in PACKAGE.glob("*.py"):
+        if path.stem in ("__main__",):
+            continue
+        module = importlib.import_module(f"diagnostics.{path.stem}")
+        errors |= {f"{path.stem}.{name}": cls for name, cls in vars(module).items()
+                   if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == module.__name__}
+    assert len(errors) >= 10
+    outside = sorted(name for name, cls in errors.items() if not issubclass(cls, DiagnosticsError))
+    assert outside == ["recipes.UnsupportedImpl"]
