@@ -195,7 +195,7 @@ def test_changelog_refuses_an_out_folder_whose_changelog_it_cannot_extend(tmp_pa
 # PENDING lists those a run has not yet judged with the current grid; it only ever shrinks.
 MINOR_RELEASES = ["2.0.1", "2.1.2", "2.2.2", "2.3.1", "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0", "2.9.1",
                   "2.10.0", "2.11.0", "2.12.1", "2.13.0", "2.14.1", "2.15.0"]
-PENDING = {"2.13.0", "2.14.1"}
+PENDING = {"2.14.1"}
 
 
 def test_the_committed_changelog_covers_every_release_from_2_0_to_the_newest():
