@@ -54,6 +54,11 @@ def adamw_weight_decay_ignored():
     return patched(adam, "adam", with_kwargs(weight_decay=0.0))
 
 
+def adamw_eps_1e_6():
+    import torch.optim.adam as adam
+    return patched(adam, "adam", with_kwargs(eps=1e-6))
+
+
 def sgd_nesterov_ignored():
     import torch.optim.sgd as sgd
     return patched(sgd, "sgd", with_kwargs(nesterov=False))
@@ -154,6 +159,8 @@ SLOW = ("linear_in_bf16", "lion_step_x3")
 CHANGES = {c.name: c for c in (
     Change("adamw_weight_decay_ignored", "systematic", "an optimizer flag silently ignored (AdamW weight_decay=0)",
            adamw_weight_decay_ignored, lambda r: r["optimizer"] == "adamw"),
+    Change("adamw_eps_1e_6", "systematic", "a small systematic change (AdamW eps 1e-6, not 1e-8)", adamw_eps_1e_6,
+           lambda r: r["optimizer"] == "adamw"),
     Change("sgd_nesterov_ignored", "systematic", "an optimizer flag silently ignored (SGD nesterov=False)",
            sgd_nesterov_ignored, lambda r: r["optimizer"] == "sgd"),
     Change("lion_step_x3", "systematic", "one optimizer's step size scaled (Lion update x3)",
@@ -241,8 +248,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="paired seeds (default: the baseline's five)")
     parser.add_argument("-n", type=int, default=2, help="worker processes")
     parser.add_argument("--out", default="reports/sensitivity", help="where each change's report goes")
+    parser.add_argument("--baseline", default=None, help="a calibrated baseline folder of the default grid "
+                        "(default: the committed one)")
     args = parser.parse_args()
-    base = baseline.directory("default")
+    base = Path(args.baseline) if args.baseline else baseline.directory("default")
     seeds = tuple(int(x) for x in args.seeds.split(","))
     rows = []
     with mp.get_context("spawn").Pool(args.n) as pool:

@@ -113,10 +113,10 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
             reference_value = float(np.nanmean([r[v] for r in runs])) if any(np.isfinite(r[v]) for r in runs) else math.nan
             groups = [[r[v]] + [o[v] for o in rr] for r, rr in zip(runs, reruns)]
             noise, df = stats.pooled_noise(groups)
-            if df:
-                noise = max(noise, noise_floor(v, reference_value, first))
+            floor = noise_floor(v, reference_value, first) if df else 0.0
+            noise = max(noise, floor) if df else noise
             row.update({f"{v}_reference": reference_value, f"{v}_noise": noise, f"{v}_df": df,
-                        f"{v}_tail": stats.tail_of(groups)})
+                        f"{v}_tail": stats.tail_of(groups, floor)})
         rows.append(row)
     return pd.DataFrame(rows, columns=config + TOLERANCE_COLUMNS)
 

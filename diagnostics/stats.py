@@ -50,11 +50,13 @@ LIGHT_TAIL = 3.5
 MAX_SEEDS = 64  # seeds_needed gives up beyond this (NaN: the margin is out of reach)
 
 
-def tail_of(groups) -> float:
+def tail_of(groups, floor: float = 0.0) -> float:
     """How far a config's calibration runs land: the largest distance of a run from its group's
     mean (each group: one seed's reference and reruns), in standard deviations of one run taken
     from the *other* runs (pooled_noise with that run left out: an outlier inflates a scale it is
-    part of, and could then never look far); NaN with too few runs for both."""
+    part of, and could then never look far), that noise taken no lower than ``floor`` (the
+    noise the value is judged with is floored there too: runs that agree to the last bits are
+    no tail); NaN with too few runs for both, or no scale at all."""
     clean = [np.asarray(g, float)[np.isfinite(np.asarray(g, float))] for g in groups]
     dev = [(float(np.abs(x - x.mean()).max()), i, int(np.argmax(np.abs(x - x.mean())))) for i, x in enumerate(clean)
            if len(x) >= 2]
@@ -63,6 +65,7 @@ def tail_of(groups) -> float:
     far, gi, k = max(dev)
     rest = [np.delete(x, k) if i == gi else x for i, x in enumerate(clean)]
     noise, _ = pooled_noise(rest)
+    noise = max(noise, floor) if np.isfinite(noise) else noise
     return float(far / (noise / math.sqrt(2))) if np.isfinite(noise) and noise > 0 else math.nan
 
 

@@ -391,6 +391,11 @@ def test_a_config_s_own_calibrated_tail_decides_how_far_one_seed_may_land():
     wild = [calm[0], calm[1][:-1] + [2.0 + 0.05]]  # one rerun 50 run-sigmas out
     assert stats.tail_of(wild) > stats.LIGHT_TAIL
     assert stats.single_df(df, math.nan) == stats.SINGLE_TAIL_DF  # no tail measured: as cautious as a heavy one
+    # runs that agree to their last bits (a gpt's calibration) are no tail against the floored noise they are
+    # judged with; measured against their own sub-ulp spread, one rerun a few ulps off would look far out
+    ulps = [[2.0, 2.0, 2.0, 2.0, 2.0, 2.0 + 2 * 2.0**-22], [2.0] * 6]
+    assert not stats.tail_of(ulps) < stats.LIGHT_TAIL  # NaN (no spread left) or far: heavy
+    assert stats.tail_of(ulps, floor=4 * 2.0**-23 * 2.0) < stats.LIGHT_TAIL
     # one seed, a systematic 12-sigma shift on 60 configs: beyond noise with a light tail, not under t(3)
     b = pd.concat([runs({0: 2.0 + 0.1 * k}, optimizer=f"o{k}").assign(run_id=f"r{k}") for k in range(60)],
                   ignore_index=True)

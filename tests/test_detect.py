@@ -500,3 +500,31 @@ def test_a_per_epoch_log_s_lr_drops_are_no_shift():
     for with_lr in (lr, [None] * 200):
         v, events = classify(list(zip(epochs, loss, [None] * 200, with_lr)))
         assert v.status == "converged" and not [e for e in events if e.kind.endswith(("_spike", "_shift"))]
+
+
+def test_a_sparse_log_s_early_jumps_one_day_spikes_and_climbs_are_located():
+    """The classes a daily log's reader notes and the trend-line rule missed: a jump that stays in
+    the first weeks, where the loss still falls 2-6% a day (judged against the day before and the
+    local trend of the day-to-day changes), a one-day spike of a few percent (up, then down the
+    next day), and a climb over several days (located where it began)."""
+    for seed, day in zip(range(5), (6, 9, 12, 15, 18)):  # 7% on 0.5% noise, while the loss falls 2-4% a day
+        _, events = classify(daily_shift_log(jump_at=day, size=0.07, seed=seed))
+        assert any(e.kind == "loss_shift" and abs(e.step - day * 1000) <= 2000 for e in events), (seed, day)
+    for seed, day in zip(range(5), (8, 20, 33, 47, 61)):
+        log = daily_shift_log(seed=seed)
+        log.loc[day - 1, "loss"] *= 1.05  # 5%: 10 noise sigmas, one day
+        _, events = classify(log)
+        assert [e.step for e in events if e.kind in ("loss_spike", "loss_shift")] == [day * 1000], (seed, day)
+    log = daily_shift_log(seed=7)
+    log.loc[29:34, "loss"] *= np.linspace(1, 1.2, 7)[1:]  # 20% over six days, then it stays half up
+    log.loc[35:, "loss"] *= 1.1
+    _, events = classify(log)
+    assert any(e.kind == "loss_shift" and abs(e.step - 30_000) <= 2000 for e in events)
+
+
+def test_a_sparse_log_s_healthy_noise_and_lr_falls_raise_no_jump():
+    """Not firing: 200 healthy daily logs (0.5% noise, the steep start included) and the per-epoch
+    log whose LR drops make the loss fall and then flatten (a fall that stops is no rise)."""
+    flagged = sum(bool([e for e in classify(daily_shift_log(seed=seed))[1] if e.kind in ("loss_spike", "loss_shift")])
+                  for seed in range(200))
+    assert flagged <= 2  # the benchmark's healthy daily family: 0 of 50
