@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnostics import compare, report
+from diagnostics import report
+from diagnostics.judge import compare
 
 
 def main() -> None:

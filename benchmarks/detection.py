@@ -226,7 +226,7 @@ def pandas_written(rng):
     healthy half ends with evaluation rows that log no training column -> healthy."""
     import pandas as pd
 
-    from diagnostics import logs
+    from diagnostics.detect import logs
 
     p = base(rng)
     n = len(p["t"])
@@ -593,7 +593,7 @@ def real_traces() -> dict[str, list[bool]]:
     """The stability sweep's real traces (tests/fixtures), judged dense and thinned to every
     THIN-th step: does sparse logging give the same verdict, and the divergence within one
     logged point? (Their dense verdicts are the reference; no label is invented.)"""
-    from diagnostics import logs
+    from diagnostics.detect import logs
 
     table = logs.read(REAL)
     tally: dict[str, list[bool]] = {}

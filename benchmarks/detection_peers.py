@@ -46,7 +46,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import detection  # noqa: E402  (the families, beside this file)
 
-from diagnostics import detect, logs  # noqa: E402
+from diagnostics import detect  # noqa: E402
+from diagnostics.detect import logs
 
 
 @dataclass

@@ -40,9 +40,9 @@ import sys, json, torch
 from pathlib import Path
 from torch.utils._debug_mode import DebugMode
 from diagnostics import determinism
-from diagnostics.faults import NO_FAULT
-from diagnostics.spec import RunSpec
-from diagnostics.train import setup, train_step
+from diagnostics.run.faults import NO_FAULT
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run.train import setup, train_step
 spec = RunSpec(**json.loads(sys.argv[1]))
 determinism.apply(0, "cpu")
 s = setup(spec, torch.device("cpu"), Path(sys.argv[2]), None)
@@ -71,7 +71,7 @@ def ours(model: str, patch: str, work: Path, steps: int, data: Path) -> tuple[Pa
 
 
 def theirs(model: str, patch: str, work: Path, steps: int, data: Path) -> tuple[Path, float]:
-    from diagnostics.spec import RunSpec
+    from diagnostics.grid.spec import RunSpec
 
     spec = RunSpec(model=model, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=60)
     log = work / "debug_mode.json"
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     import torch
     from torch.utils._debug_mode import DebugMode
 
-    from diagnostics import explain
+    from diagnostics.release import explain
 
     root = Path(a.out or tempfile.mkdtemp(prefix="explain-peers-"))
     data = root / "data"

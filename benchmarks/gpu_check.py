@@ -49,8 +49,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from diagnostics import report, spec, summary  # noqa: E402
-from diagnostics.compare import Policy  # noqa: E402
+from diagnostics import report  # noqa: E402
+from diagnostics.grid import spec  # noqa: E402
+from diagnostics.judge.compare import Policy  # noqa: E402
+from diagnostics.present import summary  # noqa: E402
 
 CUDA = ["--devices", "cuda", "--allow-no-baseline", "--quiet"]  # no CUDA baseline is committed yet
 NIGHTLY_SLICE = ["--grid", "nightly", "--optimizers", "adamw,sgd", "--schedulers", "cosine", "--warmup", "linear",

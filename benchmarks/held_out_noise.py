@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from diagnostics import calibrate, compare, report
+from diagnostics import report
+from diagnostics.judge import calibrate, compare
 
 
 def held_out(work: Path, names: list[str], out: str) -> pd.DataFrame:

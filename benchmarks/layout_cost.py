@@ -18,9 +18,10 @@ import sys
 import numpy as np
 import torch
 
-from diagnostics import data, train
-from diagnostics.layout import IGNORE, LAYOUTS
-from diagnostics.spec import RunSpec
+from diagnostics.grid import data
+from diagnostics.grid.layout import IGNORE, LAYOUTS
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run import train
 
 
 def real_fraction(layout: str, context: int, data_dir) -> float:

@@ -17,10 +17,11 @@ import time
 
 import torch
 
-from diagnostics import data, determinism, train
-from diagnostics.models import MODELS, build_model, task_loss
-from diagnostics.recipes import build_optimizer, build_schedule
-from diagnostics.spec import RunSpec
+from diagnostics.grid import data
+from diagnostics.grid.models import MODELS, build_model, task_loss
+from diagnostics.grid.recipes import build_optimizer, build_schedule
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run import determinism, train
 
 
 def bare_loop(spec: RunSpec) -> float:

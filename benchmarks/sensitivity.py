@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diagnostics import baseline, compare, report
-from diagnostics.spec import GRIDS
+from diagnostics import report
+from diagnostics.grid.spec import GRIDS
+from diagnostics.judge import baseline, compare
 
 BEYOND_NOISE = compare.BEYOND_NOISE
 
@@ -183,7 +184,7 @@ CHANGES = {c.name: c for c in (
 
 def train_one(task):
     """Worker: one grid point with one change active; returns (runs row, steps rows)."""
-    from diagnostics import determinism, train
+    from diagnostics.run import determinism, train
 
     change, spec = task
     determinism.configure_process()

@@ -21,7 +21,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from diagnostics import compare, report, stats
+from diagnostics import report
+from diagnostics.judge import compare, stats
 
 N_CONFIGS = 60  # the default grid
 SIGMA = 0.01  # noise of one run, relative to the loss (the difference of two runs has sqrt(2) x that)

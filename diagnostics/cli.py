@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import options, paths
-from .errors import DiagnosticsError, UsageError
+from diagnostics import options, paths
+from diagnostics.errors import DiagnosticsError, UsageError
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
@@ -31,15 +31,15 @@ def add_grid_options(p: argparse.ArgumentParser) -> None:
 
 def grid_of(args: argparse.Namespace):
     """The resolved grid the options select (raises SpecError / ValueError with one line)."""
-    from .spec import resolve_grid
+    from diagnostics.grid.spec import resolve_grid
 
     return resolve_grid(options.grid_options(lambda k: getattr(args, k, None)))
 
 
 def validate_grid_options(args: argparse.Namespace) -> None:
     """Fail fast, in one line, on what the suite would reject."""
-    from . import data
-    from .spec import parse_init_dir, parse_shard
+    from diagnostics.grid import data
+    from diagnostics.grid.spec import parse_init_dir, parse_shard
 
     get = lambda k: getattr(args, k, None)  # noqa: E731
     try:
@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import pytest
 
-    from . import report, session
+    from diagnostics import report, session
 
     who = (f"`diagnostics run` (pid {os.getpid()}, started {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC: "
            f"{' '.join(sys.argv[1:])})")
@@ -91,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def xdist_workers(value: str) -> str:
     """``-n``: a number, ``auto`` (xdist: one per CPU core) or ``gpus`` (every visible GPU times
     DIAGNOSTICS_WORKERS_PER_GPU, pinned round-robin; devices.gpu_workers)."""
-    from . import devices
+    from diagnostics.grid import devices
 
     if value != "gpus":
         return value
@@ -112,7 +112,8 @@ def workers_for(threads: int | None, workers: str | None) -> str | None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Reference run (written as the baseline), one rerun per perturbation, then tolerances.csv
     and envelope.csv beside the baseline (calibrate.py)."""
-    from . import baseline, calibrate, compare, perturb
+    from diagnostics.judge import baseline, calibrate, compare
+    from diagnostics.run import perturb
 
     validate_grid_options(args)
     grid = grid_of(args)
@@ -139,8 +140,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    from . import env
-    from .devices import available_devices
+    from diagnostics.grid.devices import available_devices
+    from diagnostics.run import env
 
     for key, value in sorted(env.capture(available_devices()).items()):
         print(f"{key},{value}")
@@ -152,7 +153,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard)."""
     import pandas as pd
 
-    from . import detect, logs, report
+    from diagnostics import detect, report
+    from diagnostics.detect import logs
 
     cols = logs.Columns(args.step_col, args.loss_col, args.grad_col, args.lr_col)
     tables = []
@@ -178,7 +180,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def names_arg(valid):
     def parse(text: str) -> list[str]:
-        from .spec import SpecError, parse_names
+        from diagnostics.grid.spec import SpecError, parse_names
 
         try:
             return list(parse_names(text, tuple(valid), "names"))
@@ -189,7 +191,7 @@ def names_arg(valid):
 
 def int_at_least(minimum: int):
     """An argparse type: an integer no smaller than ``minimum`` (spec.parse_positive_int's rule)."""
-    from .spec import SpecError, parse_positive_int
+    from diagnostics.grid.spec import SpecError, parse_positive_int
 
     def parse(text: str) -> int:
         try:
@@ -207,7 +209,7 @@ def report_dir_arg(text: str) -> Path:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots
+    from diagnostics.present import plots
 
     if args.what == "lr":
         if args.all:
@@ -226,14 +228,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import page
+    from diagnostics.present import page
 
     print(page.write(args.report_dir))
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from . import summary
+    from diagnostics.present import summary
 
     try:
         policy, margin = options.policy(lambda k: getattr(args, k, None))
@@ -244,7 +246,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from . import compare, options, report
+    from diagnostics import options, report
+    from diagnostics.judge import compare
 
     base_dir, cand_dir = Path(args.baseline_dir), Path(args.candidate_dir)
     try:
@@ -294,7 +297,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def release_sessions(args: argparse.Namespace, versions: list[str]):
     """The cached environments and the grid sessions of ``release`` / ``bisect``."""
-    from . import release
+    from diagnostics import release
 
     for v in versions:
         release.check_version(v)
@@ -310,7 +313,7 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
 
 def release_noise(args: argparse.Namespace, sessions, base: str):
     """What the release commands judge with (``release.noise_for``), said in one line."""
-    from . import release
+    from diagnostics import release
 
     grid = grid_of(argparse.Namespace(**{**vars(args), "grid": args.grid or sessions.grid_args[1]}))
     noise = release.noise_for(sessions, base, grid.name, grid.specs(), args.tolerances,
@@ -322,7 +325,9 @@ def release_noise(args: argparse.Namespace, sessions, base: str):
 def cmd_release(args: argparse.Namespace) -> int:
     """BASE and CANDIDATE trained from the same initial weights, then compared (exits as compare),
     and their traces explained (OUT/explain.csv)."""
-    from . import explain, page, release, report
+    from diagnostics import release, report
+    from diagnostics.present import page
+    from diagnostics.release import explain
 
     if str(Path(args.base).resolve()) == str(Path(args.candidate).resolve()):
         raise UsageError(f"release {args.base} {args.candidate}: one version twice compares a report with itself; "
@@ -349,7 +354,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_bisect(args: argparse.Namespace) -> int:
     """The first release at which each config's verdict against the first one changed."""
-    from . import release
+    from diagnostics import release
 
     if len(args.versions) < 2:
         raise UsageError("bisect needs at least two torch versions, oldest first")
@@ -360,7 +365,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
         table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change)
     except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
-    from . import report
+    from diagnostics import report
 
     report.write_atomic(Path(args.out) / paths.BISECT, table)
     moved = table[table["first_changed"] != ""]
@@ -379,7 +384,8 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     """Every consecutive pair of the given releases judged: DIR/changelog.csv, .md and its page."""
     import pandas as pd
 
-    from . import changelog, release, report
+    from diagnostics import release, report
+    from diagnostics.present import changelog
 
     if len(args.versions) < 2:
         raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
@@ -441,7 +447,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     import subprocess
     import time
 
-    from . import env, explain, numerics, spec, train
+    from diagnostics.grid import spec
+    from diagnostics.release import explain, numerics
+    from diagnostics.run import env, train
 
     validate_grid_options(args)
     try:
@@ -483,7 +491,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
     """``trace --repro FAMILY:STEP:PHASE:SEQ``: the reproducer of one traced op; prints its path."""
-    from . import numerics, reproducer
+    from diagnostics.release import numerics, reproducer
 
     try:
         family, step, phase, seq = where.rsplit(":", 3)
@@ -499,7 +507,8 @@ def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Where two traces part, op by op: OUT/explain.csv, OUT/explain.html and a line per verdict."""
-    from . import explain, page
+    from diagnostics.present import page
+    from diagnostics.release import explain
 
     table = explain.explain(Path(args.a), Path(args.b), transition=f"{args.a} -> {args.b}")
     out = Path(args.out)
@@ -519,7 +528,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from . import report, session
+    from diagnostics import report, session
 
     counts = report.merge([Path(d) for d in args.dirs], Path(args.out))
     counts |= session.write_derived(Path(args.out), report.read(Path(args.out) / report.RUNS))
@@ -554,7 +563,7 @@ def run_arguments(p: Parser) -> None:
 
 
 def calibrate_arguments(p: Parser) -> None:
-    from .perturb import DEFAULT, REPEATS
+    from diagnostics.run.perturb import DEFAULT, REPEATS
 
     add_grid_options(p)
     p.add_argument("--perturbations", default=None,
@@ -582,7 +591,7 @@ def detect_arguments(p: Parser) -> None:
 
 
 def plot_arguments(p: Parser) -> None:
-    from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+    from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 
     what = p.add_subparsers(dest="what", required=True, parser_class=Parser)
     lr = what.add_parser("lr", help="LR vs step of the grid's own schedules on one axes")
@@ -650,7 +659,7 @@ def changelog_arguments(p: Parser) -> None:
 
 
 def trace_arguments(p: Parser) -> None:
-    from .numerics import TRACE_STEPS
+    from diagnostics.release.numerics import TRACE_STEPS
 
     options.add(p, options.GRID_OPTIONS)
     p.add_argument("--out", required=True, help="folder for trace.csv (a session's report folder)")
@@ -731,7 +740,7 @@ def build_parser() -> Parser:
 def load_plugins(argv: list[str]) -> None:
     """``--plugins`` is read before the parser is built, so that ``--help`` and the checks of
     every option know what the plugins register (entry-point plugins load in any case)."""
-    from . import plugins
+    from diagnostics.grid import plugins
 
     value = None
     for i, arg in enumerate(argv):

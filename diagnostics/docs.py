@@ -18,7 +18,7 @@ def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPa
 
 def commands() -> dict[str, argparse.ArgumentParser]:
     """Every subcommand of ``diagnostics`` by name, a nested one as "plot lr"."""
-    from .cli import build_parser
+    from diagnostics.cli import build_parser
 
     out = {}
     for name, p in subparsers(build_parser()).items():
@@ -57,10 +57,10 @@ def _option_row(action: argparse.Action) -> str:
 def reference_markdown() -> str:
     """The whole command reference: each subcommand's purpose, usage, positional arguments and
     options (with their help, which names each registry's entries), then the registries."""
-    from .cli import COMMANDS
-    from .models import MODELS
-    from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
-    from .spec import GRIDS
+    from diagnostics.cli import COMMANDS
+    from diagnostics.grid.models import MODELS
+    from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+    from diagnostics.grid.spec import GRIDS
 
     parsers = commands()
     lines = ["# Command reference", "",

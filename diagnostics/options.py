@@ -19,16 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import paths
-from .attention import ATTENTIONS
-from .compare import MARGIN, Policy
-from .devices import DEVICE_TYPES
-from .errors import UsageError
-from .layout import LAYOUTS
-from .models import MODELS, SIZES
-from .recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
-from .spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
-from .train import DEFAULT_DATA_DIR
+from diagnostics import paths
+from diagnostics.errors import UsageError
+from diagnostics.grid.attention import ATTENTIONS
+from diagnostics.grid.devices import DEVICE_TYPES
+from diagnostics.grid.layout import LAYOUTS
+from diagnostics.grid.models import MODELS, SIZES
+from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
+from diagnostics.grid.spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
+from diagnostics.judge.compare import MARGIN, Policy
+from diagnostics.run.train import DEFAULT_DATA_DIR
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def policy(get: Callable[[str], Any]) -> tuple[Policy, float]:
 def grid_options(get: Callable[[str], Any]) -> GridOptions:
     """The grid options of either front end as ``spec.GridOptions``, devices resolved
     (raises SpecError with one line for an unknown or absent device)."""
-    from . import devices
+    from diagnostics.grid import devices
 
     raw = {o.dest: get(o.dest) for o in GRID_OPTIONS}
     return GridOptions(**{k: v for k, v in raw.items() if k not in NOT_AXES},

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parent.parent  # the checkout holding this package
+PACKAGE = Path(__file__).resolve().parent  # this package (its frames, the built-in models' included)
+CHECKOUT = PACKAGE.parent  # the checkout holding this package
 
 # default folders
 REPORT_DIR = Path("reports/latest")  # diagnostics run --report-dir

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import data, determinism, devices, options, perturb, plugins, report, stability
-from .session import RESUMED, Session, claim, finish, started_here
-from .spec import RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
+from diagnostics import options, report
+from diagnostics.grid import data, devices, plugins
+from diagnostics.grid.spec import RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
+from diagnostics.judge import stability
+from diagnostics.run import determinism, perturb
+from diagnostics.session import RESUMED, Session, claim, finish, started_here
 
 # fixtures that hand a test a grid point: a test taking one is a ``grid`` test (writes reports)
 GRID_FIXTURES = {"run_spec", "ddp_spec", "cross_device_spec"}

@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .detect import VERDICT_FIELDS
-from .errors import DiagnosticsError
-from .paths import ENV as ENV  # re-exported: paths is their home
-from .paths import EVENTS as EVENTS
-from .paths import PAGE as PAGE
-from .paths import REPRO as REPRO
-from .paths import RUNS as RUNS
-from .paths import SEEDS as SEEDS
-from .paths import STABILITY as STABILITY
-from .paths import STEPS as STEPS
+from diagnostics.detect import VERDICT_FIELDS
+from diagnostics.errors import DiagnosticsError
+from diagnostics.paths import ENV as ENV  # re-exported: paths is their home
+from diagnostics.paths import EVENTS as EVENTS
+from diagnostics.paths import PAGE as PAGE
+from diagnostics.paths import REPRO as REPRO
+from diagnostics.paths import RUNS as RUNS
+from diagnostics.paths import SEEDS as SEEDS
+from diagnostics.paths import STABILITY as STABILITY
+from diagnostics.paths import STEPS as STEPS
 
 # the axes a run is defined by beyond its recipe (spec.RunSpec's fields), with the value that
 # leaves a run id unchanged; a report written before one existed reads it as this (``read``)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import baseline, compare, env, report, repro, stability, train
-from .spec import Grid, GridOptions, RunSpec, resolve_grid
-from .train import RunResult
+from diagnostics import report
+from diagnostics.grid.spec import Grid, GridOptions, RunSpec, resolve_grid
+from diagnostics.judge import baseline, compare, repro, stability
+from diagnostics.run import env, train
+from diagnostics.run.train import RunResult
 
 SESSION_FILE = ".session"  # in the report directory: the token of the session that started it
 RUNNING_FILE = ".running"  # ... while that session has not finished (``finish`` removes it)
@@ -86,7 +88,7 @@ class Session:
             return ""
         import torch
 
-        from . import calibrate
+        from diagnostics.judge import calibrate
 
         types = sorted({spec.device.split(":")[0] for spec in specs})
         on_gpu = types != ["cpu"]
@@ -106,7 +108,7 @@ class Session:
         baseline's committed seed checkpoints (``BASELINE/init``: read-only, written only by
         ``--update-baseline`` for a seed it lacks), so the suite trains and pairs from the
         baseline's weights whatever torch's seeded init does; else torch's seeded init."""
-        from .checkpoint import SeedCheckpoints
+        from diagnostics.run.checkpoint import SeedCheckpoints
 
         if self.init_dir is not None:
             return self.init_dir

@@ -26,7 +26,7 @@ Generated at each documentation build from the committed artefact, `reports/rele
 
 
 def on_pre_build(config, **kwargs):
-    from diagnostics.changelog import render
+    from diagnostics.present.changelog import render
     from diagnostics.docs import reference_markdown
 
     docs = Path(config["docs_dir"])

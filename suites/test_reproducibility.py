@@ -9,7 +9,7 @@ max_abs_diff, detail); with several --seeds the session also writes seeds.csv.
   objects, N/2 more -> identical trace and weights, for every optimizer x scheduler x warmup.
 - ddp: gpt and resnet (those of --models) under DistributedDataParallel with 2 processes vs one
   process, same global batch, on each device of --devices (CUDA: one GPU per rank, else a
-  stated skip; see diagnostics/ddp.py for BatchNorm).
+  stated skip; see diagnostics/judge/ddp.py for BatchNorm).
 - cross_device: CPU vs each accelerator of --devices (a stated skip when there is none).
 """
 
@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import pytest
 
-from diagnostics import compare, repro
-from diagnostics.ddp import ddp_check
-from diagnostics.spec import RunSpec
+from diagnostics.grid.spec import RunSpec
+from diagnostics.judge import compare, repro
+from diagnostics.judge.ddp import ddp_check
 
 GRID = "default"
 DDP_MODELS = ("gpt", "resnet")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diagnostics import recipes
+from diagnostics.grid import recipes
 
 RUN_LENGTHS = (20, 200, 1000)
 OPTIMIZERS = tuple(recipes.OPTIMIZERS)

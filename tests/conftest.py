@@ -21,7 +21,8 @@ def write_rounding_noise(runs_csv: Path, rel_noise: float = 1e-4) -> Path:
     """A tolerances.csv beside ``runs_csv``: every config's values given a rounding-sized noise
     (``rel_noise`` of the value) and its own status seen ten times without a flip, as calibration
     would measure, so edits of the report are judged rather than ``unjudged``."""
-    from diagnostics import compare, report
+    from diagnostics import report
+    from diagnostics.judge import compare
 
     runs = report.with_axis_defaults(report.read(runs_csv))
     tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen=runs["status"], status_flips=0,

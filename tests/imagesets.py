@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diagnostics.data import make_shapes
+from diagnostics.grid.data import make_shapes
 
 
 def write_imagefolder(root: Path, n: int = 400, classes: int = 4, split: bool = False, seed: int = 5) -> Path:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diagnostics import attention, compat, precision, train
-from diagnostics.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics.grid import attention, compat, precision
+from diagnostics.grid.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics.run import train
 from tests.conftest import GPT_ADAMW
 
 
@@ -120,7 +121,7 @@ def test_a_layernorm_without_bias_is_the_same_module_on_a_release_without_the_ar
 def test_env_records_the_cpu_capability_torch_dispatches_to(monkeypatch):
     import torch
 
-    from diagnostics import env
+    from diagnostics.run import env
 
     assert env.capture()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     # an older release without the function: the "CPU capability usage" line of the build config

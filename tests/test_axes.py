@@ -9,9 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import baseline, checkpoint, detect, precision, recipes, report, spec, train
-from diagnostics.models import MODELS, CifarResNet
-from diagnostics.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics import detect, report
+from diagnostics.grid import precision, recipes, spec
+from diagnostics.grid.models import MODELS, CifarResNet
+from diagnostics.grid.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics.judge import baseline
+from diagnostics.run import checkpoint, train
 
 
 def cpu(grid):
@@ -172,7 +175,7 @@ def test_the_cifar_resnet_needs_no_torchvision_and_matches_its_block():
     ours = CifarResNet(1, 10)
     torch.manual_seed(0)
     block = tv.BasicBlock
-    import diagnostics.models as models
+    import diagnostics.grid.models as models
 
     saved, models.BasicBlock = models.BasicBlock, block
     try:

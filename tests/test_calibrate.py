@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import baseline, calibrate, perturb, report, stats
-from diagnostics.compare import CONFIG
+from diagnostics import report
+from diagnostics.judge import baseline, calibrate, stats
+from diagnostics.judge.compare import CONFIG
+from diagnostics.run import perturb
 
 
 def test_ulp_nudge_moves_every_nonzero_value_by_exactly_one_ulp():

@@ -9,7 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from diagnostics import changelog, compare, release, report
+from diagnostics import release, report
+from diagnostics.judge import compare
+from diagnostics.present import changelog
 from tests.test_summary_and_release import StandInReleases
 
 

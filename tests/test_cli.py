@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import data, detect, devices, report
+from diagnostics import detect, report
+from diagnostics.grid import data, devices
 from tests.conftest import diagnostics, write_rounding_noise
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,8 +284,8 @@ def test_a_grid_without_any_baseline_says_so_once_before_training_and_fails_once
 
 
 def test_the_calibration_estimate_counts_the_reruns_of_the_perturbed_seeds():
-    from diagnostics import calibrate
-    from diagnostics.spec import GridOptions, resolve_grid
+    from diagnostics.grid.spec import GridOptions, resolve_grid
+    from diagnostics.judge import calibrate
 
     specs = resolve_grid(GridOptions(grid="smoke", seeds="0,1,2", devices=("cpu",))).specs()
     minutes, runs = calibrate.estimate_minutes(specs, perturb_seeds=2)

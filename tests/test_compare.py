@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnostics import compare, report
-from diagnostics.compare import Policy
+from diagnostics import report
+from diagnostics.judge import compare
+from diagnostics.judge.compare import Policy
 
 GPT = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="none")
 RESNET = dict(model="resnet", optimizer="sgd", scheduler="step", warmup="none")
@@ -292,7 +293,7 @@ def test_family_wise_error_over_many_configs():
 
 
 def test_the_curve_is_judged_step_by_step_and_a_spike_does_not_blind_it():
-    from diagnostics import calibrate
+    from diagnostics.judge import calibrate
 
     steps = np.arange(1, 101)
     ref = pd.DataFrame(dict(run_id="gpt-adamw-s0", step=steps, loss=3.0 - steps / 100))
@@ -382,7 +383,7 @@ def test_an_lm_report_whose_metric_was_the_loss_again_is_not_judged_on_it():
 
 
 def test_a_config_s_own_calibrated_tail_decides_how_far_one_seed_may_land():
-    from diagnostics import stats
+    from diagnostics.judge import stats
 
     rng = np.random.default_rng(0)
     calm = [list(2.0 + 1e-3 * rng.standard_normal(6)) for _ in range(2)]  # 2 seeds x (reference + 5 reruns)

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnostics import compare, report
+from diagnostics import report
+from diagnostics.judge import compare
 from tests.conftest import diagnostics, write_rounding_noise
 
 

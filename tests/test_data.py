@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diagnostics import data
+from diagnostics.grid import data
 
 
 def test_entropy_rate_of_a_deterministic_and_a_uniform_source():

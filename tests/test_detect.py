@@ -267,7 +267,9 @@ def test_a_sparse_daily_log_still_gets_spike_detection():
 
 
 def test_status_registry_answers_every_status_question():
-    from diagnostics import detect, plots, stability
+    from diagnostics import detect
+    from diagnostics.judge import stability
+    from diagnostics.present import plots
 
     assert detect.STATUSES[0] == "converged" and detect.STATUSES[-1] == "error"
     assert set(detect.STATUS_COLOUR) == set(detect.STATUSES) and plots.STATUS_COLOUR is detect.STATUS_COLOUR
@@ -281,7 +283,7 @@ def test_real_traces_of_the_stability_sweep_keep_their_verdicts_when_logged_spar
     the divergent ones are still divergent, within one logged point, and the others are not."""
     from pathlib import Path
 
-    from diagnostics import logs
+    from diagnostics.detect import logs
 
     table = logs.read(Path(__file__).parent / "fixtures" / "stability_traces.csv")
     assert table["run_id"].nunique() == 24

@@ -1,7 +1,7 @@
 import pytest
 
-from diagnostics import devices
-from diagnostics.spec import SpecError
+from diagnostics.grid import devices
+from diagnostics.grid.spec import SpecError
 
 
 def test_cpu_is_always_available():

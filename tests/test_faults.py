@@ -3,11 +3,11 @@ with the right kind; healthy runs (warm restarts included) are not called diverg
 
 import pytest
 
-from diagnostics import train
 from diagnostics.detect import EVENT_KINDS
-from diagnostics.faults import Fault
-from diagnostics.spec import RunSpec
-from diagnostics.train import SYNC_EVERY
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run import train
+from diagnostics.run.faults import Fault
+from diagnostics.run.train import SYNC_EVERY
 
 pytestmark = pytest.mark.slow
 

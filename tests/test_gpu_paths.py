@@ -7,9 +7,12 @@ import warnings
 import pytest
 import torch
 
-from diagnostics import data, ddp, determinism, devices, env, options, recipes
-from diagnostics.models import MODELS
-from diagnostics.spec import GRIDS, PRECISIONS, RunSpec
+from diagnostics import options
+from diagnostics.grid import data, devices, recipes
+from diagnostics.grid.models import MODELS
+from diagnostics.grid.spec import GRIDS, PRECISIONS, RunSpec
+from diagnostics.judge import ddp
+from diagnostics.run import determinism, env
 
 
 def test_workers_fill_each_gpu_round_robin():

@@ -7,25 +7,39 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "diagnostics"
 
 
+def module_name(path: Path) -> str:
+    """``diagnostics/grid/spec.py`` -> ``grid.spec``; a package's ``__init__`` is the package."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "diagnostics"
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The package's own modules that ``path`` imports (``from . import x``, ``from .x import y``,
-    ``from diagnostics.x import y``, ``import diagnostics.x``)."""
+    """The package's own modules that ``path`` imports (``from diagnostics.x import y``,
+    ``from diagnostics.x import module``, ``import diagnostics.x``; relative imports resolved)."""
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            relative = node.level == 1
-            absolute = node.level == 0 and (node.module or "").split(".")[0] == "diagnostics"
-            if not (relative or absolute):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] + ([node.module] if node.module else [])
+            elif (node.module or "").split(".")[0] == "diagnostics":
+                base = node.module.split(".")[1:]
+            else:
                 continue
-            parts = (node.module or "").split(".")[0 if relative else 1:]
-            found |= {parts[0]} if parts and parts[0] else {a.name for a in node.names}
+            for a in node.names:  # ``from diagnostics.grid import spec`` imports a module, not a name
+                name = ".".join(base + [a.name])
+                found.add(name if name in MODULES else ".".join(base) or "diagnostics")
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("diagnostics.")}
-    return {m for m in found if (PACKAGE / f"{m}.py").exists() and m != path.stem}
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("diagnostics.")}
+    return {m for m in found if m in MODULES and m != module_name(path)}
 
 
 def import_graph() -> dict[str, set[str]]:
-    return {p.stem: imported_modules(p) for p in PACKAGE.glob("*.py")}
+    return {name: imported_modules(p) for name, p in MODULES.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str]:
@@ -53,7 +67,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 20 and "compare" in graph["repro"]  # the walk sees the package
+    assert len(graph) > 40 and "judge.compare" in graph["judge.repro"]  # the walk sees the package
     assert find_cycle(graph) == [], " -> ".join(find_cycle(graph))
 
 
@@ -71,12 +85,12 @@ def test_every_error_the_package_reports_is_a_diagnostics_error():
     from diagnostics.errors import DiagnosticsError
 
     errors = {}
-    for path in PACKAGE.glob("*.py"):
-        if path.stem in ("__main__",):
+    for name, path in MODULES.items():
+        if path.stem == "__main__" or name == "diagnostics":
             continue
-        module = importlib.import_module(f"diagnostics.{path.stem}")
-        errors |= {f"{path.stem}.{name}": cls for name, cls in vars(module).items()
+        module = importlib.import_module(f"diagnostics.{name}")
+        errors |= {f"{name}.{cls_name}": cls for cls_name, cls in vars(module).items()
                    if inspect.isclass(cls) and issubclass(cls, Exception) and cls.__module__ == module.__name__}
     assert len(errors) >= 10
     outside = sorted(name for name, cls in errors.items() if not issubclass(cls, DiagnosticsError))
-    assert outside == ["recipes.UnsupportedImpl"]
+    assert outside == ["grid.recipes.UnsupportedImpl"]

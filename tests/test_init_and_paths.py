@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import checkpoint, compare, release, train
-from diagnostics.compare import Policy
-from diagnostics.spec import RunSpec, SpecError, parse_accumulations, parse_clips
+from diagnostics import release
+from diagnostics.grid.spec import RunSpec, SpecError, parse_accumulations, parse_clips
+from diagnostics.judge import compare
+from diagnostics.judge.compare import Policy
+from diagnostics.run import checkpoint, train
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_release_verdicts_say_which_noise_they_rest_on(tmp_path, monkeypatch):
 
 
 def test_the_committed_noise_of_a_grid_is_found_for_its_configs_only():
-    from diagnostics.spec import GridOptions, resolve_grid
+    from diagnostics.grid.spec import GridOptions, resolve_grid
 
     smoke = resolve_grid(GridOptions(grid="smoke", devices=("cpu",))).specs()
     found = release.committed_noise("smoke", smoke)
@@ -121,7 +123,7 @@ def test_the_committed_noise_of_a_grid_is_found_for_its_configs_only():
 
 
 def test_a_run_whose_seeded_init_changed_needs_attention_on_the_page():
-    from diagnostics import page
+    from diagnostics.present import page
 
     runs = pd.DataFrame([dict(run_id="a", status="converged", baseline_check="identical", init_check="init_changed",
                               status_reason=""),

@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from diagnostics import data, layout, train
-from diagnostics.layout import IGNORE
-from diagnostics.models import GPT, GPTConfig
-from diagnostics.spec import GridOptions, RunSpec, SpecError, resolve_grid
+from diagnostics.grid import data, layout
+from diagnostics.grid.layout import IGNORE
+from diagnostics.grid.models import GPT, GPTConfig
+from diagnostics.grid.spec import GridOptions, RunSpec, SpecError, resolve_grid
+from diagnostics.run import train
 
 CTX = 24
 
@@ -97,7 +98,7 @@ def test_the_loss_counts_real_tokens_only(ds, model):
     logits = model(x, seg).float()
     real = y != IGNORE
     by_hand = torch.nn.functional.cross_entropy(logits[real], y[real])
-    from diagnostics.models import logits_loss
+    from diagnostics.grid.models import logits_loss
 
     assert torch.allclose(logits_loss(logits, "lm", y), by_hand)
 
@@ -106,7 +107,7 @@ def test_the_loss_counts_real_tokens_only(ds, model):
 def test_micro_batches_of_a_padded_batch_add_up_to_its_loss(ds, model, kind):
     x, seg, y = batch(ds, kind)
     inputs = (x,) if seg is None else (x, seg)
-    from diagnostics.models import logits_loss
+    from diagnostics.grid.models import logits_loss
 
     whole = logits_loss(model(*inputs).float(), "lm", y)
     parts = train.micro_batches(inputs, y, 3, padded=seg is not None)

@@ -1,4 +1,4 @@
-"""Reading the logs users have (diagnostics/logs.py) and judging them with `diagnostics detect`."""
+"""Reading the logs users have (diagnostics/detect/logs.py) and judging them with `diagnostics detect`."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnostics import logs
+from diagnostics.detect import logs
 from tests.conftest import diagnostics
 from tests.traces import healthy
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from diagnostics import data
-from diagnostics.models import GPT_PRESETS, MODELS, RESNET_DEPTH, SIZES, DataInfo, build_model, count_params, task_loss
+from diagnostics.grid import data
+from diagnostics.grid.models import GPT_PRESETS, MODELS, RESNET_DEPTH, SIZES, DataInfo, build_model, count_params, task_loss
 
 LM = DataInfo(vocab_size=32, block_size=64)
 IMAGES = DataInfo(num_classes=10, channels=3, image_size=16)

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from diagnostics import explain, numerics
-from diagnostics.spec import RunSpec
+from diagnostics.grid.spec import RunSpec
+from diagnostics.release import explain, numerics
 
 GRID = ["--grid", "smoke", "--steps", "6", "--devices", "cpu"]
 
@@ -114,7 +114,7 @@ def test_a_cast_before_a_kernel_is_recorded_and_named(tmp_path):
     first = roots[roots["first_step"] == 1].iloc[0]
     assert first["phase"] == "forward" and first["verdict"] == explain.CHANGED_DECOMPOSITION
     assert "+aten::_to_copy" in first["detail"] and first["module"] == "blocks.0.mlp"
-    assert "<string>" in first["frames"] and "diagnostics/models.py" in first["frames"]  # the patch, called by the model
+    assert "<string>" in first["frames"] and "diagnostics/grid/models.py" in first["frames"]  # the patch, called by the model
 
 
 def test_ops_only_removed_are_named_alone():

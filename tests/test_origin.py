@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from diagnostics import models, origin, train
-from diagnostics.faults import Fault
-from diagnostics.spec import RunSpec
+from diagnostics.grid import models
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run import origin, train
+from diagnostics.run.faults import Fault
 
 pytestmark = pytest.mark.slow
 

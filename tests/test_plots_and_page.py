@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib import image
 
-from diagnostics import plots, recipes, report
+from diagnostics import report
+from diagnostics.grid import recipes
+from diagnostics.present import plots
 from tests.conftest import diagnostics
 
 
@@ -119,7 +121,7 @@ def test_report_page_renders_in_headless_chromium(smoke_reports, tmp_path):
 def test_the_page_summary_names_each_failing_config_with_its_reason_first(tmp_path):
     """Built from rows alone (no training): a regressed run and a diverged one lead the page,
     worst first, each with its reason and the mde of its config; a clean run is not listed."""
-    from diagnostics import page
+    from diagnostics.present import page
 
     runs = pd.DataFrame([
         dict(run_id="gpt-adamw-cosine-linear-cpu-fp32-s0", status="converged", baseline_check="identical",

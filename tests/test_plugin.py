@@ -4,7 +4,7 @@ option errors, what a session writes, and worker pinning."""
 import pandas as pd
 import pytest
 
-from diagnostics import devices
+from diagnostics.grid import devices
 
 SUITE = """
 GRID = "smoke"

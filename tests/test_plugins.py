@@ -7,8 +7,10 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 import diagnostics
-from diagnostics import models, plugins, recipes, report, train
-from diagnostics.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics import report
+from diagnostics.grid import models, plugins, recipes
+from diagnostics.grid.spec import GridOptions, RunSpec, resolve_grid
+from diagnostics.run import train
 from tests.conftest import ROOT
 from tests.conftest import diagnostics as cli
 

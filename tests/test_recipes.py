@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from diagnostics import recipes
-from diagnostics.models import GPT, CifarResNet, GPTConfig
+from diagnostics.grid import recipes
+from diagnostics.grid.models import GPT, CifarResNet, GPTConfig
 
 
 def test_chapter_defaults():

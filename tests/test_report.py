@@ -78,7 +78,7 @@ def test_missing_fields_lists_empty_required_columns():
 
 
 def test_merge_keeps_repro_results_and_recomputes_the_seed_table(tmp_path):
-    from diagnostics import repro
+    from diagnostics.judge import repro
     from tests.conftest import diagnostics
 
     base = dict(suite="convergence", model="gpt", optimizer="adamw", scheduler="cosine", warmup="none", device="cpu",

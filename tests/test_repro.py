@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import checkpoint, repro, train
-from diagnostics.ddp import ddp_check
-from diagnostics.spec import RunSpec
+from diagnostics.grid.spec import RunSpec
+from diagnostics.judge import repro
+from diagnostics.judge.ddp import ddp_check
+from diagnostics.run import checkpoint, train
 from tests.conftest import diagnostics
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import numerics, reproducer
-from diagnostics.spec import RunSpec
+from diagnostics.grid.spec import RunSpec
+from diagnostics.release import numerics, reproducer
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,9 @@ unchanged, trained by the same code on the same stack."""
 
 import pandas as pd
 
-from diagnostics import env, session, train
-from diagnostics.spec import GridOptions, resolve_grid
+from diagnostics import session
+from diagnostics.grid.spec import GridOptions, resolve_grid
+from diagnostics.run import env, train
 
 
 def grid_specs():

@@ -1,6 +1,6 @@
 import pytest
 
-from diagnostics.spec import GRIDS, GridOptions, RunSpec, SpecError, resolve_grid
+from diagnostics.grid.spec import GRIDS, GridOptions, RunSpec, SpecError, resolve_grid
 
 
 def test_id_is_stable_and_readable():

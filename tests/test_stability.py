@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from diagnostics import stability
+from diagnostics.judge import stability
 
 
 def test_edge_is_the_largest_multiplier_that_converged():

@@ -1,4 +1,4 @@
-"""The statistics behind every verdict (diagnostics/stats.py), each shown on numbers worked by hand
+"""The statistics behind every verdict (diagnostics/judge/stats.py), each shown on numbers worked by hand
 or checked against its defining property by simulation."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from diagnostics import stats
+from diagnostics.judge import stats
 
 
 def test_pooled_noise_is_twice_the_pooled_variance_of_runs_of_one_seed():
@@ -117,7 +117,7 @@ def test_the_distributions_are_scipy_stats_bit_for_bit():
     uses itself: the same numbers, so no verdict or mde moves by a bit."""
     from scipy import stats as sps
 
-    from diagnostics import stats
+    from diagnostics.judge import stats
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 3, 500), rng.uniform(0, 40, 500), [0.0, 1e-300, 50.0, np.inf]])

@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from diagnostics import compare, release, report, summary
-from diagnostics.compare import Policy
+from diagnostics import release, report
+from diagnostics.judge import compare
+from diagnostics.judge.compare import Policy
+from diagnostics.present import summary
 from tests.conftest import diagnostics
 
 

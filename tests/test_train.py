@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from diagnostics import data, detect, report, train
-from diagnostics.recipes import lr_trace
-from diagnostics.spec import RunSpec
+from diagnostics import detect, report
+from diagnostics.grid import data
+from diagnostics.grid.recipes import lr_trace
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run import train
 from tests.imagesets import write_imagefolder, write_mnist
 
 pytestmark = pytest.mark.slow
@@ -110,7 +112,7 @@ def test_sampled_signals_on_read_steps(data_dir):
 
 
 def test_gpt_probes_match_an_explicit_computation():
-    from diagnostics.models import GPT, GPTConfig
+    from diagnostics.grid.models import GPT, GPTConfig
 
     torch.manual_seed(0)
     m = GPT(GPTConfig(n_layer=1))

@@ -1,0 +1,253 @@
+"""Read the training logs users have into one table the detector judges.
+
+Formats, detected from the file (``read``):
+
+- CSV / TSV (any delimiter the csv sniffer finds) and JSON lines, one record per logged step;
+- a Hugging Face Trainer ``trainer_state.json`` (``log_history``: training entries carry
+  ``loss``; evaluation entries, ``eval_*``, are kept apart);
+- a PyTorch Lightning CSVLogger ``metrics.csv`` (training and validation rows interleaved, blank
+  cells where a row did not log a column);
+- a Weights & Biases history export (``_step`` plus metric columns, or the chart export's
+  ``Step`` plus ``<run> - <metric>`` columns, one run per prefix);
+- TensorBoard event files (a file or a run folder), read by the ``tensorboard`` package's
+  ``EventAccumulator`` (an optional extra: ``pip install tensorboard``).
+
+Columns are found by name (``STEP_NAMES``, ``LOSS_NAMES``, ``GRAD_NAMES``, ``LR_NAMES``; the first
+present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``) unless given. Only the step
+and the loss are required. A blank cell (or a key absent from a JSON record) means *not logged*
+and reads as None; ``nan``, ``inf`` and ``-inf`` are logged non-finite values. Anything else that is
+not a number is bad input: ``LogError`` with one line saying what was found and what is needed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from diagnostics.errors import DiagnosticsError
+
+# Column names, in order of preference (normalised: lower case, "/", "-", "." and " " -> "_").
+STEP_NAMES = ("step", "global_step", "_step", "trainer_global_step", "iteration", "iter", "it", "steps", "batch")
+LOSS_NAMES = ("loss", "train_loss", "train_loss_step", "training_loss", "train_loss_epoch", "train_lm_loss",
+              "lm_loss", "train_train_loss", "loss_step", "trainer_loss")
+GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total", "total_grad_norm", "grad_l2_norm",
+              "optim_grad_norm")
+LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
+            "lr_group0", "lr_0")
+RUN_NAMES = ("run_id", "run", "run_name", "name")
+# the normalised table; None = not logged. ``loss_blank``: a training row (it logs a gradient norm or
+# an LR) with a blank loss after the run's last logged loss: the loss vanished while the log went
+# on (pandas writes a NaN as an empty cell), which the detector judges (detect.Monitor.vanish)
+TABLE = ["run_id", "step", "loss", "grad_norm", "lr", "loss_blank"]
+
+
+class LogError(DiagnosticsError, ValueError):
+    """A log that cannot be read; the message is one line: what was found, what is needed."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names given by the user (None: detect)."""
+
+    step: str | None = None
+    loss: str | None = None
+    grad: str | None = None
+    lr: str | None = None
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[/\-. ]+", "_", str(name).strip().lower())
+
+
+def find(columns, wanted: str | None, names: tuple[str, ...], what: str, path: Path, required: bool) -> str | None:
+    """The column to use: the one the user named, else the first of ``names`` present."""
+    by_norm = {norm(c): c for c in columns}
+    if wanted is not None:
+        if wanted in columns:
+            return wanted
+        if norm(wanted) in by_norm:
+            return by_norm[norm(wanted)]
+        raise LogError(f"{path}: no column {wanted!r} (--{what}-col); found: {', '.join(map(str, columns))}")
+    for n in names:
+        if n in by_norm:
+            return by_norm[n]
+    if required:
+        raise LogError(f"{path}: no {what} column (looked for {', '.join(names[:4])}, ...; name it with --{what}-col); "
+                       f"found: {', '.join(map(str, columns))}")
+    return None
+
+
+def number(text, path: Path, column: str, row: int) -> float | None:
+    """A logged cell: None when blank (not logged), else a float (nan/inf allowed)."""
+    if text is None:
+        return None
+    if isinstance(text, bool):
+        raise LogError(f"{path}: column {column} has a non-numeric value {text!r} (data row {row})")
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    if s == "":
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        raise LogError(f"{path}: column {column} has a non-numeric value {s!r} (data row {row})") from None
+
+
+def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd.DataFrame:
+    """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    step = find(columns, cols.step, STEP_NAMES, "step", path, True)
+    loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, True)
+    grad = find(columns, cols.grad, GRAD_NAMES, "grad", path, False)
+    lr = find(columns, cols.lr, LR_NAMES, "lr", path, False)
+    run = find(columns, None, RUN_NAMES, "run", path, False)
+    rows, blank = [], []
+    for i, r in enumerate(records, start=1):
+        value = number(r.get(loss), path, loss, i)
+        if value is None:  # a row that logged other things (validation, lr only), or a loss that vanished
+            try:
+                s = number(r.get(step), path, step, i)
+                g, rate = (number(r.get(grad), path, grad, i) if grad else None), (number(r.get(lr), path, lr, i) if lr else None)
+            except LogError:
+                continue
+            if s is not None and math.isfinite(s) and (g is not None or rate is not None):
+                blank.append(dict(run_id=str(r.get(run) or run_id) if run else run_id, step=int(s), loss=math.nan,
+                                  grad_norm=g, lr=rate, loss_blank=True))
+            continue
+        s = number(r.get(step), path, step, i)
+        row = dict(run_id=str(r.get(run) or run_id) if run else run_id, step=s, loss=value,
+                   grad_norm=number(r.get(grad), path, grad, i) if grad else None,
+                   lr=number(r.get(lr), path, lr, i) if lr else None, loss_blank=False)
+        if s is None or not math.isfinite(s):
+            raise LogError(f"{path}: data row {i} logs a loss but no step ({step} is blank)")
+        rows.append(dict(row, step=int(s)))
+    if not rows:
+        raise LogError(f"{path}: no row logs a loss ({loss} is blank everywhere)")
+    last = {}
+    for r in rows:
+        last[r["run_id"]] = max(last.get(r["run_id"], r["step"]), r["step"])
+    rows += [r for r in blank if r["run_id"] in last and r["step"] > last[r["run_id"]]]
+    df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float, "loss_blank": bool})
+    return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def read_delimited(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8", errors="strict")
+    if not text.strip():
+        raise LogError(f"{path}: empty file")
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;|")
+    except csv.Error:
+        dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
+    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
+    return [{k: v for k, v in r.items() if k is not None} for r in rows]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise LogError(f"{path}: line {i} is not JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise LogError(f"{path}: line {i} is not a JSON object")
+            records.append(rec)
+    return records
+
+
+def hf_records(state: dict) -> tuple[list[dict], list[dict]]:
+    """(training entries, evaluation entries) of a trainer_state.json's log_history."""
+    history = state.get("log_history", [])
+    train = [e for e in history if "loss" in e]
+    evals = [e for e in history if any(str(k).startswith("eval_") for k in e)]
+    return train, evals
+
+
+def wandb_chart_export(df: pd.DataFrame) -> dict[str, list[dict]] | None:
+    """W&B chart export: ``Step`` + ``<run> - <metric>`` columns (and __MIN/__MAX), one run per
+    prefix; None when the frame is not of that shape."""
+    runs: dict[str, dict[str, str]] = {}
+    for c in df.columns:
+        if " - " in c and not c.endswith(("__MIN", "__MAX")):
+            run, metric = c.rsplit(" - ", 1)
+            runs.setdefault(run, {})[metric] = c
+    if not runs or "Step" not in df.columns:
+        return None
+    out = {}
+    for run, metrics in runs.items():
+        out[run] = [dict({"step": r["Step"]}, **{m: r[c] for m, c in metrics.items()}) for r in df.to_dict("records")]
+    return out
+
+
+def read_tensorboard(path: Path) -> list[dict]:
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        raise LogError(f"{path}: a TensorBoard event file needs the tensorboard package "
+                       "(pip install tensorboard)") from None
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    by_step: dict[int, dict] = {}
+    for tag in acc.Tags().get("scalars", []):
+        for ev in acc.Scalars(tag):
+            by_step.setdefault(int(ev.step), {"step": int(ev.step)})[tag] = float(ev.value)
+    if not by_step:
+        raise LogError(f"{path}: no scalar in the TensorBoard events")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def is_tensorboard(path: Path) -> bool:
+    if path.is_dir():
+        return any("tfevents" in p.name for p in path.rglob("*"))
+    return "tfevents" in path.name
+
+
+def read(path: str | Path, cols: Columns = Columns()) -> pd.DataFrame:
+    """Any supported log as the normalised table (module docs); LogError on what cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise LogError(f"{path}: no such file")
+    run_id = path.stem if path.is_file() else path.name
+    if is_tensorboard(path):
+        return normalise(read_tensorboard(path), path, cols, path.name if path.is_dir() else path.parent.name)
+    if path.is_dir():
+        raise LogError(f"{path}: a folder without TensorBoard events; give a log file")
+    head = path.read_bytes()[:2048].lstrip()
+    try:
+        if head.startswith(b"{") and path.suffix.lower() == ".json":
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if "log_history" not in state:
+                raise LogError(f"{path}: a JSON file without log_history (not a trainer_state.json); "
+                               "use JSON lines, one record per step")
+            train, evals = hf_records(state)
+            if not train:
+                raise LogError(f"{path}: log_history has no training entry with a loss ({len(evals)} eval entries)")
+            return normalise(train, path, cols, path.parent.name or run_id)
+        if head.startswith(b"{"):
+            return normalise(read_jsonl(path), path, cols, run_id)
+        records = read_delimited(path)
+    except UnicodeDecodeError:
+        raise LogError(f"{path}: not a text log (CSV, TSV, JSON lines, trainer_state.json or TensorBoard)") from None
+    except json.JSONDecodeError as e:
+        raise LogError(f"{path}: not valid JSON ({e.msg})") from None
+    if not records:
+        raise LogError(f"{path}: a header but no rows")
+    chart = wandb_chart_export(pd.DataFrame(records))
+    if chart is not None:
+        return pd.concat([normalise(r, path, cols, run) for run, r in chart.items()], ignore_index=True)
+    return normalise(records, path, cols, run_id)
+
+
+def evaluation_entries(path: str | Path) -> pd.DataFrame:
+    """The eval_* entries of a trainer_state.json (kept apart from training), for the record."""
+    train, evals = hf_records(json.loads(Path(path).read_text(encoding="utf-8")))
+    return pd.DataFrame(evals)

@@ -1,0 +1,899 @@
+"""Verdicts: one home for every comparison rule, used alike by the suites' baseline check (one
+run against its baseline row) and by ``diagnostics compare`` (one report against another), and
+through it by ``release``, ``bisect`` and ``changelog``.
+
+Two questions are kept apart: did the numbers change at all (bits), and is the change beyond
+what numerical noise explains, and beyond a practical margin?
+
+- ``identical``: every baseline seed is paired, and every pair has the same final weights
+  (``weights_sha256``) and status.
+- ``equivalent``: no judged value, no status and no curve is beyond noise. The row's ``mde``
+  says how large a shift of the final loss this comparison would have found.
+- ``changed``: beyond noise, within the practical margin (``--margin``, MARGIN).
+- ``regressed`` / ``improved``: beyond noise and beyond the margin, worse / better.
+- ``status_changed``: a paired seed took a status that noise never produced for this config, or
+  more seeds flipped than the calibrated flip rate explains.
+- ``missing``: a baseline seed (or a judged value of one) is absent from the candidate or empty.
+- ``new``: candidate seeds with no baseline partner (no baseline row, other data, other initial
+  weights).
+- ``skipped``: every seed was skipped on a side (the rows say why); a config with some seeds
+  skipped is judged on the others.
+- ``unjudged``: seeds were paired but nothing could be judged (errors on both sides, no values,
+  or bits that changed where neither calibrated noise nor 3 paired seeds judge them).
+
+**Pairs are checked, not assumed.** Seeds pair by ``seed`` within a config, and only when both
+sides trained on the same data (``data_sha256``) from the same initial weights (``init_sha256``,
+where both recorded one); otherwise the baseline seed is missing and the candidate's is new.
+
+**The test** (stats.py). Each judged value (final training loss, held-out loss, held-out metric;
+the divergence step where both runs diverged; the loss curve) is tested on its own: the paired
+differences against the config's calibrated noise (calibrate.py), pooled with their own spread.
+One seed and several go through the same test, and its power grows with seeds. All the tests of a
+comparison form one family: Holm's step-down holds its family-wise error at ALPHA. A value beyond
+noise is then ``regressed``/``improved`` if its mean relative change is beyond the margin in that
+direction, else ``changed``. The curve is tested step by step against the per-step noise
+(Bonferroni over steps). A value or curve with no calibrated noise is not tested: a difference
+judged without any noise is never called beyond noise, and a config whose bits changed with no
+noise measured for any of its values is ``unjudged`` (a check that checked nothing fails).
+
+**Statuses** are compared seed by seed. A flip among the threshold statuses (converged, unstable,
+stalled: SOFT_STATUSES) or between two statuses the config took under calibration's perturbations
+is noise-like: the number of such flips is tested against the calibrated flip rate (a binomial
+test in the same family, the rate estimated by Laplace's rule so a flip never seen in calibration
+still has a rate). A flip to or from a divergence or an error that calibration never saw is
+``status_changed`` outright.
+
+What fails a check is ``Policy.failure``: a pass that checked nothing never passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diagnostics import report
+from diagnostics.detect import BY_THRESHOLD, NO_RESULT, STATUS_RANK
+from diagnostics.judge import stats
+from diagnostics.judge.calibrate import METRICS
+from diagnostics.report import config_key, key_value  # noqa: F401 (their home is the schema's)
+
+# A baseline row is matched on these columns (same config, same run length, same model size).
+BASELINE_KEY = ["run_id", "steps", "model_size"]
+# A config is matched across reports on these columns (device type, not device name), never on
+# the run_id text; its seeds are paired on ``seed``.
+CONFIG = report.CONFIG  # the columns that name a config (report.py, the CSV contract)
+
+
+@dataclass(frozen=True)
+class VerdictKind:
+    """One verdict of compare.csv, declared once: what it says of a config, and how the readers
+    (summary, pictures, bisect) treat it."""
+
+    name: str
+    judged: bool  # something was checked (identical ... status_changed)
+    beyond_noise: bool  # the difference is beyond the measured noise
+    bits_kept: bool  # the same weights on every seed
+    colour: str  # pictures (changelog)
+    look_rank: int | None = None  # among what needs a reader, worst first (summary); None: nothing to read
+
+
+VERDICT_TABLE = (
+    VerdictKind("identical", True, False, True, "#e0e0e0"),
+    VerdictKind("equivalent", True, False, False, "#90caf9"),
+    VerdictKind("changed", True, True, False, "#ffb74d", look_rank=2),
+    VerdictKind("regressed", True, True, False, "#e53935", look_rank=0),
+    VerdictKind("improved", True, True, False, "#81c784", look_rank=3),
+    VerdictKind("status_changed", True, True, False, "#8e24aa", look_rank=1),
+    VerdictKind("missing", False, False, False, "#616161", look_rank=4),
+    VerdictKind("new", False, False, False, "#616161", look_rank=5),
+    VerdictKind("skipped", False, False, False, "#ffffff"),
+    VerdictKind("unjudged", False, False, False, "#212121"),
+)
+VERDICTS = tuple(v.name for v in VERDICT_TABLE)
+JUDGED = tuple(v.name for v in VERDICT_TABLE if v.judged)
+BEYOND_NOISE = tuple(v.name for v in VERDICT_TABLE if v.beyond_noise)
+BITS_KEPT = tuple(v.name for v in VERDICT_TABLE if v.bits_kept)
+WITHIN_NOISE = tuple(v.name for v in VERDICT_TABLE if v.judged and not v.beyond_noise)
+NEEDS_A_LOOK = tuple(v.name for v in sorted((v for v in VERDICT_TABLE if v.look_rank is not None),
+                                            key=lambda v: v.look_rank))
+VERDICT_COLOUR = {v.name: v.colour for v in VERDICT_TABLE}
+# Practical margin: a relative change of 5% in a final or held-out loss (or in the held-out
+# accuracy) is a difference a recipe owner acts on; for a diverged run, 5% of the run's steps
+# earlier or later. ``--margin`` changes it. Each config states the seeds it needs to see it
+# (``tolerances.csv`` seeds_for_margin) and the shift it could see (``compare.csv`` mde).
+MARGIN = 0.05
+# Family-wise error rate over all the tests of one comparison (Holm-Bonferroni): one false alarm
+# in a hundred comparisons of runs that differ only in rounding (benchmarks/statistics.py).
+ALPHA = 0.01
+# Cost thresholds: a 2x slowdown (steps/s) or 1.5x more peak memory is news even when the loss
+# is fine. Within one machine, run-to-run noise of steps/s here was under 10% (docs/measured/index.md).
+SLOWDOWN = 2.0
+MEMORY_GROWTH = 1.5
+# Curves, descriptively: two traces "separate" where their 10-step rolling means differ by more
+# than 5% of the initial loss (``separation_step``; the verdict uses the noise test).
+CURVE_WINDOW = 10
+SEPARATION = 0.05
+# What pairs two runs besides the seed: the same data, the same initial weights (where recorded).
+PAIRING = ("data_sha256", "init_sha256")
+# The environment columns that make two reports "the same environment" (a control, not a release).
+ENVIRONMENT = ("torch_version", "torchvision_version", "cuda_version", "python_version", "platform", "cpu_model",
+               "device_name")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which verdicts fail a check. The defaults fail everything that is not a clean pass:
+    a regression, an improvement beyond the margin (the baseline must be updated to describe
+    what the suite sees, as PyTorch's accuracy CI treats IMPROVED), a baseline seed the
+    candidate lacks, a candidate seed with no baseline, a config where nothing was judged."""
+
+    allow_missing: bool = False  # a baseline seed the candidate lacks passes
+    allow_no_baseline: bool = False  # a candidate seed without a baseline passes
+    allow_improved: bool = False  # an improvement (or a better status) passes
+    fail_on_change: bool = False  # a change beyond noise but within the margin fails
+
+    def failure(self, row: dict) -> str | None:
+        """Why this verdict row fails the check, or None when it passes. A config judged on some
+        seeds while others are missing (or new) fails for those too, whatever its verdict."""
+        v, better = row["verdict"], row.get("direction") == "better"
+        listed = lambda key: row.get(key) if isinstance(row.get(key), str) and row.get(key) else ""  # noqa: E731
+        if row.get("init_verdict") == INIT_CHANGED:
+            return "init_changed: this torch's seeded initialisation gives the same seeds other initial weights"
+        if v == "regressed" or (v == "status_changed" and not better):
+            return "regression"
+        if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
+            return "improvement beyond the margin: update the baseline, or pass --allow-improved"
+        if v == "unjudged":
+            return "nothing could be judged"
+        if v == "new" and not self.allow_no_baseline:
+            return "no baseline to judge it against (--allow-no-baseline to accept)"
+        if (v == "missing" or listed("seeds_missing")) and not self.allow_missing and v != "new":
+            seeds = f" (baseline seeds {listed('seeds_missing')})" if listed("seeds_missing") else ""
+            return f"missing from the candidate{seeds} (--allow-missing to accept)"
+        if listed("seeds_new") and not self.allow_no_baseline:
+            return f"candidate seeds {listed('seeds_new')} have no baseline partner (--allow-no-baseline to accept)"
+        if v == "changed" and self.fail_on_change:
+            return "changed beyond numerical noise (--fail-on-change)"
+        return None
+
+
+def worst(statuses) -> str:
+    return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
+
+
+def is_skipped(row: dict) -> bool:
+    return row.get("status") == "skipped"
+
+
+def is_diverged(status: str) -> bool:
+    return str(status).startswith("diverged")
+
+
+# ------------------------------------------------------------------------------------------
+# what is judged, and in which direction
+# ------------------------------------------------------------------------------------------
+
+
+LOSS_AS_METRIC = "val_loss"  # an LM's val_metric before it was the next-token accuracy: the loss again
+
+
+def metric_names(model: str, b: pd.DataFrame, c: pd.DataFrame) -> set:
+    """The held-out metrics a config's two sides measured (``val_metric_name``). A report written
+    before that column existed measured what its model's task did then: an image model's
+    accuracy, an LM's loss again (``LOSS_AS_METRIC``); a model the registry does not know, nothing
+    to judge."""
+    from diagnostics.grid.models import MODELS
+
+    old = {"image": "val_accuracy", "lm": LOSS_AS_METRIC}.get(MODELS[model].task) if model in MODELS else None
+    names = set()
+    for side in (b, c):
+        named = set(side["val_metric_name"].dropna()) if "val_metric_name" in side else set()
+        names |= named or ({old} if old else {None})
+    return names
+
+
+def judged_values(metric_names: set) -> list[tuple[str, int]]:
+    """(value, sign) pairs judged on runs that did not diverge; sign +1 where higher is worse.
+    ``val_metric`` (an accuracy: higher is better) is judged where both sides measured the same
+    metric (``metric_names``: the config's ``val_metric_name`` values on both sides); a report
+    whose LM metric was the loss again (``LOSS_AS_METRIC``) has no second signal to judge."""
+    same = len(metric_names) == 1 and not metric_names & {LOSS_AS_METRIC, None}
+    return [(m, -1 if m == "val_metric" else 1) for m in METRICS if m != "val_metric" or same]
+
+
+def noise_of(tol: dict | None, value: str) -> tuple[float, int]:
+    """(noise of a paired difference, degrees of freedom) of a value from its tolerances.csv row;
+    (NaN, 0) where none was measured."""
+    if tol is None:
+        return math.nan, 0
+    sigma, df = tol.get(f"{value}_noise", math.nan), tol.get(f"{value}_df", 0)
+    if pd.isna(sigma) or pd.isna(df) or int(df) < 1:
+        return math.nan, 0
+    return float(sigma), int(df)
+
+
+def noise_band(tol: dict | None, value: str = "final_loss") -> float | None:
+    """The largest difference one seed can show and stay within noise in a single test at ALPHA
+    (the critical t times the value's noise); None where no noise was measured. For checks of one
+    pair outside a comparison (repro.py: DDP, cross-device)."""
+    sigma, df = noise_of(tol, value)
+    return None if not np.isfinite(sigma) else float(stats.t_isf(ALPHA / 2, df) * sigma)
+
+
+# ------------------------------------------------------------------------------------------
+# pairing, and torch's seeded initialisation
+# ------------------------------------------------------------------------------------------
+
+# A config's init, judged apart from its training: did torch's seeded initialisation give the
+# same weights on both sides (the runs themselves train from the baseline's seed checkpoints
+# where it has them, so a changed init does not unpair them)? ``init_changed`` fails a check.
+INIT_SAME, INIT_CHANGED = "init_same", "init_changed"
+
+
+def seeded_init(row: dict) -> str:
+    """The hash of the weights torch's seeded init gave a run: ``seeded_init_sha256``, else (a row
+    from before that column, which trained from torch's own init) its ``init_sha256``; "" where
+    neither was recorded (a skipped run)."""
+    for col in ("seeded_init_sha256", "init_sha256"):
+        v = row.get(col)
+        if isinstance(v, str) and v:
+            return v
+    return ""
+
+
+def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
+    """(``init_same`` / ``init_changed`` / "" where no seed on both sides recorded one, what
+    changed) over the seeds present on both sides."""
+    bs = {int(r["seed"]): seeded_init(r) for r in b.to_dict("records")}
+    cs = {int(r["seed"]): seeded_init(r) for r in c.to_dict("records")}
+    seeds = sorted(s for s in set(bs) & set(cs) if bs[s] and cs[s])
+    if not seeds:
+        return "", ""
+    changed = [s for s in seeds if bs[s] != cs[s]]
+    if not changed:
+        return INIT_SAME, ""
+    s0 = changed[0]
+    return INIT_CHANGED, (f"seeded init of seeds {','.join(map(str, changed))}: {cs[s0][:12]}, the baseline's "
+                          f"{bs[s0][:12]}")
+
+
+
+def unpaired_reason(b: dict, c: dict) -> str:
+    """Why a baseline and a candidate run of one seed are not a pair ("" when they are)."""
+    for col in PAIRING:
+        x, y = b.get(col), c.get(col)
+        if isinstance(x, str) and isinstance(y, str) and x and y and x != y:
+            return f"{col} {y[:12]} differs from the baseline's {x[:12]}"
+    return ""
+
+
+@dataclass
+class Pairing:
+    """The seeds of one config on both sides, sorted into pairs and the rest."""
+
+    pairs: dict  # seed -> (baseline row, candidate row): same data, same initial weights
+    missing: list  # baseline seeds with no candidate partner
+    new: list  # candidate seeds with no baseline partner
+    skipped: list  # seeds skipped on either side
+    unpaired: list  # "seed N: why" for seeds present on both sides but not a pair
+
+
+def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
+    """Pair the runs of one config by seed (module docs: pairs are checked)."""
+    bs = {int(r["seed"]): r for r in b.to_dict("records")}
+    cs = {int(r["seed"]): r for r in c.to_dict("records")}
+    out = Pairing({}, sorted(set(bs) - set(cs)), sorted(set(cs) - set(bs)), [], [])
+    for seed in sorted(set(bs) & set(cs)):
+        rb, rc = bs[seed], cs[seed]
+        if is_skipped(rb) or is_skipped(rc):
+            out.skipped.append(seed)
+        elif why := unpaired_reason(rb, rc):
+            out.unpaired.append(f"seed {seed}: {why}")
+            out.missing.append(seed)
+            out.new.append(seed)
+        else:
+            out.pairs[seed] = (rb, rc)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# one config: its tests (raw p-values), then its verdict once the family's p-values are adjusted
+# ------------------------------------------------------------------------------------------
+
+
+def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign: int, scale_of,
+               margin: float) -> dict | None:
+    """The test of one value over the pairs that have it in the baseline; None when no pair has
+    it. Two statistics, Bonferroni-combined when there are several seeds: the mean of the paired
+    differences (stats.noise_test), and the largest single seed among those beyond the margin
+    against the calibrated noise alone (Sidak over the seeds), so one seed far outside the noise is
+    not averaged away by four equal ones. ``scale_of(baseline values)`` is what relative changes
+    are relative to. Candidate values that are empty where the baseline's is not are ``empty``.
+    Without a calibrated noise for the value, at least MIN_PAIRED_SEEDS paired seeds are their
+    own noise: the mean paired difference against the spread of the paired differences
+    (Student's t with n - 1 degrees of freedom; ``noise`` says ``paired seeds``, ``sigma`` is that
+    spread with ``df`` 0, so the MDE follows); with fewer nothing is tested (``p`` NaN): a
+    difference is then ``unmeasured``, never beyond noise."""
+    have = [(b, c) for b, c in pairs if pd.notna(b.get(name))]
+    if not have:
+        return None
+    empty = [int(c["seed"]) for b, c in have if not np.isfinite(float(c.get(name, math.nan)))]
+    both = [(float(b[name]), float(c[name]), int(c["seed"])) for b, c in have if np.isfinite(float(c.get(name, math.nan)))]
+    sigma, df = noise_of(tol, name)
+    one_df = stats.single_df(df, float((tol or {}).get(f"{name}_tail", math.nan)))  # this config's tail
+    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign, one_df=one_df,
+               noise=CALIBRATED if np.isfinite(sigma) else NO_NOISE)
+    if not both:
+        return dict(out, p=math.nan)
+    base = np.array([x for x, _, _ in both])
+    d = np.array([y - x for x, y, _ in both])
+    scale = max(abs(scale_of(base)), 1e-12)
+    out.update(scale=scale, delta=float(d.mean()), mean=float(d.mean()), rel=float(sign * d.mean() / scale))
+    if not np.isfinite(sigma) and len(d) >= MIN_PAIRED_SEEDS:  # the paired seeds are the noise
+        _, p_mean, _ = stats.noise_test(d, math.nan, 0)
+        return dict(out, p=float(p_mean), noise=PAIRED_SEEDS, sigma=float(np.std(d, ddof=1)), df=0)
+    if not np.isfinite(sigma):  # too few seeds for their spread to be a noise, and none calibrated
+        return dict(out, p=math.nan, unmeasured=bool(np.any(d != 0)))
+    _, p_mean, _ = stats.noise_test(d, sigma, df, one_df)
+    if len(d) == 1:
+        return dict(out, p=float(p_mean))
+    p_any, i = 1.0, None
+    far = np.flatnonzero(np.abs(d) / scale > margin)
+    if len(far):  # each far seed alone against the calibrated noise
+        _, p_seed, _ = stats.noise_test(d[far][:, None], sigma, df, one_df)
+        i = int(far[np.argmin(p_seed)])
+        p_any = 1 - (1 - float(np.min(p_seed))) ** len(d)
+    if p_any < p_mean:
+        return dict(out, p=min(1.0, 2 * p_any), delta=float(d[i]), rel=float(sign * d[i] / scale), seed=both[i][2])
+    return dict(out, p=min(1.0, 2 * float(p_mean)))
+
+
+# Where a value has no calibrated noise, this many paired seeds are their own: the spread of their
+# paired differences is what a rounding-sized change gives (each seed's difference is one draw of
+# it), and a t-test on their mean has n - 1 degrees of freedom. At 3 seeds (2 df) it finds a shift
+# of about 11 spreads at the comparison's alpha; at 2 (1 df) the critical t at 0.01 is 64 and the
+# test finds nothing a reader would not see unaided, so fewer seeds judge nothing.
+MIN_PAIRED_SEEDS = 3
+CALIBRATED, PAIRED_SEEDS, NO_NOISE = "calibrated", "paired seeds", "none"  # compare.csv's noise_source
+
+
+# Statuses decided by a threshold on a continuous quantity (progress, spike rate): noise can push a
+# run across one without having done so in calibration's few reruns (held out, one perturbation
+# flipped a ResNet-SGD seed converged -> unstable that the other four never did), so flips among
+# them are always tested against the calibrated flip rate; a flip to or from a divergence or an
+# error is not, unless calibration saw both statuses.
+SOFT_STATUSES = BY_THRESHOLD  # detect.STATUS_TABLE's statuses decided by a threshold
+
+
+def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
+    """Seed-by-seed status comparison: flips that noise does not explain (``real``: to or from a
+    divergence or an error that calibration never saw), and the binomial test of the noise-like
+    ones (among SOFT_STATUSES, or seen in calibration) against the calibrated flip rate; without a
+    calibration every flip is real. Runs that flipped among SOFT_STATUSES both ran to the end: their
+    values are judged as well."""
+    seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
+    flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
+    real, noisy, unmeasured, notes = [], [], [], []
+    for b, c in pairs:
+        bs, cs = str(b["status"]), str(c["status"])
+        if bs == cs:
+            continue
+        flip = (int(c["seed"]), bs, cs)
+        if runs and ({bs, cs} <= seen or {bs, cs} <= SOFT_STATUSES):
+            noisy.append(flip)
+        elif not runs and {bs, cs} <= SOFT_STATUSES:  # a threshold crossed, and no flip rate to judge it by
+            unmeasured.append(flip)
+        else:  # to or from a divergence or an error that calibration never saw (or with no calibration)
+            real.append(flip)
+    p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
+    return dict(name="status", real=real, noisy=noisy, unmeasured=unmeasured, p=p, notes=notes)
+
+
+# Rounding noise grows from an ulp at its own pace, and a rounding change that is not a random
+# nudge (the loss computed in float64: a bias, not a coin flip) moves the first steps of a curve
+# further than calibration's one-ulp perturbations did, while its final numbers stay inside the
+# noise (ResNet-8 x AdamW, 0.09% from step 18 on, 5 seeds). So step s is judged against the noise
+# calibration saw at step CURVE_TIME_SLACK x s: noise may grow up to that much faster than it did.
+CURVE_TIME_SLACK = 2.0
+
+
+def later_noise(noise: pd.DataFrame) -> pd.DataFrame:
+    """Per step s, the larger of the calibrated noise at s and at CURVE_TIME_SLACK x s (the last
+    step's beyond the run): the noise a curve is judged against (one step's spike in one rerun
+    still reaches only the steps judged against that step)."""
+    steps = noise.index.to_numpy()
+    later = np.ceil(CURVE_TIME_SLACK * steps).astype(int)
+    out = noise.reindex(later, method="ffill")
+    out.index = noise.index
+    out = out.fillna(noise.iloc[-1])
+    out["loss_noise"] = np.fmax(out["loss_noise"], noise["loss_noise"])  # never stricter than the step's own
+    return out
+
+
+def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
+               ref_traces: dict) -> dict | None:
+    """The loss curve, step by step: per step the paired differences over the seeds with traces
+    on both sides (the baseline's from its steps.csv, else the calibrated reference's), against
+    that step's calibrated noise; p = the smallest step p-value times the steps tested. None
+    without a calibrated per-step noise or without a paired trace."""
+    if env is None or env.empty:
+        return None
+    noise = later_noise(env.drop_duplicates("step").set_index("step")[["loss_noise", "loss_df"]].sort_index())
+    cols = []
+    for b, c in pairs:
+        tb = b_trace.get(b["run_id"])
+        tb = tb if tb is not None else ref_traces.get(b["run_id"])
+        tc = c_trace.get(c["run_id"])
+        if tb is not None and tc is not None:
+            cols.append((tb, tc))
+    if not cols:
+        return None
+    steps = sorted(set(noise.index[noise["loss_df"] > 0]).intersection(*(set(tb.index) & set(tc.index) for tb, tc in cols)))
+    if not steps:
+        return None
+    base = np.stack([tb.reindex(steps).to_numpy(float) for tb, _ in cols], axis=1)  # (steps, seeds)
+    cand = np.stack([tc.reindex(steps).to_numpy(float) for _, tc in cols], axis=1)
+    d = cand - base
+    _, p, _ = stats.noise_test(d, noise.loc[steps, "loss_noise"].to_numpy(float), noise.loc[steps, "loss_df"].to_numpy(float))
+    p = np.where(np.isnan(p), 1.0, p)
+    n_steps = len(steps)
+    beyond = p * n_steps < ALPHA
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.nanmean(d, axis=1) / np.abs(np.nanmean(base, axis=1))
+    out = dict(name="curve", n=len(cols), p=float(min(1.0, p.min() * n_steps)), sign=1, empty=[],
+               exit_step=float(steps[int(np.argmax(beyond))]) if beyond.any() else math.nan)
+    shown = rel[beyond] if beyond.any() else rel[[int(np.argmin(p))]]
+    return dict(out, rel=float(np.nanmean(shown)), delta=math.nan)
+
+
+def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
+    """The relative shift of a value this comparison would find with 80% power (Bonferroni's
+    bound on Holm over ``n_tests`` tests, and over value_test's two statistics when there are
+    several seeds and calibrated noise), at the seeds it judged; NaN without a noise (calibrated
+    or paired seeds)."""
+    if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
+        return math.nan
+    level = alpha / max(n_tests, 1)  # paired seeds: the mean's test alone
+    level = level if test.get("noise") == PAIRED_SEEDS else stats.value_level(level, test["n"])
+    return stats.mde(test["sigma"], test["df"], test["n"], level, one_df=test.get("one_df", stats.SINGLE_TAIL_DF)) \
+        / test["scale"]
+
+
+def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: dict, c_trace: dict,
+                 env: pd.DataFrame | None, ref_traces: dict, margin: float = MARGIN) -> dict:
+    """Everything about one config before the family's p-values are adjusted: its pairing, its
+    bitwise identity, its status comparison and its tests (each with a raw ``p``)."""
+    pairing = pair(b, c)
+    pairs = list(pairing.pairs.values())
+    statuses = status_test(pairs, tol)
+    ended = lambda r: is_diverged(r["status"]) or r["status"] in NO_RESULT  # noqa: E731  (no final values to judge)
+    diverged = [(rb, rc) for rb, rc in pairs if is_diverged(rb["status"]) and is_diverged(rc["status"])]
+    ran = [(rb, rc) for rb, rc in pairs if not ended(rb) and not ended(rc)]
+    names = metric_names(str(b["model"].iloc[0]), b, c)
+    steps = float(b["steps"].iloc[0])
+    tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(names)]
+    tests.append(value_test("divergence_step", diverged, tol, -1, lambda x: steps, margin))
+    tests = [t for t in tests if t is not None]
+    curve = curve_test(ran, b_trace, c_trace, env, ref_traces)
+    identical = bool(pairs) and all(rb.get("weights_sha256") == rc.get("weights_sha256") and pd.notna(rb.get("weights_sha256"))
+                                    and rb["status"] == rc["status"] for rb, rc in pairs)
+    return dict(pairing=pairing, statuses=statuses, tests=tests + ([curve] if curve else []), identical=identical,
+                n_pairs=len(pairs), errors_both=sum(rb["status"] == "error" and rc["status"] == "error" for rb, rc in pairs))
+
+
+# Configs that share a path (an optimizer, a schedule, a precision) and moved the same way beyond
+# what their noise explains, though no single one of them need be beyond it: AdamW's eps moved from
+# 1e-8 to 1e-6 shifts every AdamW config's final loss by 10-36 of its calibrated sigmas, each
+# within one seed's heavy-tailed t(3) band, all in one direction. Per axis value with at least
+# MIN_TOGETHER configs judged on calibrated noise, their final losses' standardised differences
+# (mean paired difference over its calibrated noise / sqrt n) are tested for mean zero (Student's
+# t, n - 1 degrees of freedom: under a rounding change they scatter about zero). These tests are
+# a Holm family of their own at the comparison's alpha, beside the configs' (which they leave
+# exactly as they were): the comparison's false alarms are at most alpha among its configs'
+# verdicts and alpha among its path findings. 8 configs at least: a t with fewer degrees of
+# freedom says little about "together".
+TOGETHER_AXES = ("optimizer", "scheduler", "precision")
+MIN_TOGETHER = 8
+
+
+def together_tests(rows: list[dict], judgements: list) -> list[dict]:
+    """One test per path shared by at least MIN_TOGETHER configs whose final loss was judged on
+    calibrated noise and whose bits changed (``name`` "together", ``axis``, ``value``, ``n``,
+    ``up``, ``median`` standardised difference, raw ``p``)."""
+    groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for row, j in zip(rows, judgements):
+        if j is None or j["identical"]:
+            continue
+        t = next((t for t in j["tests"] if t["name"] == "final_loss" and t.get("noise") == CALIBRATED
+                  and t["n"] and np.isfinite(t.get("mean", math.nan)) and t["sigma"] > 0), None)
+        if t is None:
+            continue
+        z = t["mean"] / (t["sigma"] / math.sqrt(t["n"]))
+        for axis in TOGETHER_AXES:
+            groups.setdefault((axis, str(row[axis])), []).append((row["run_id"], z))
+    tests = []
+    for (axis, value), zs in groups.items():
+        z = np.array([x for _, x in zs])
+        if len(z) < MIN_TOGETHER or not np.any(z != 0):
+            continue
+        _, p, _ = stats.noise_test(z, math.nan, 0)
+        tests.append(dict(name="together", axis=axis, value=value, n=len(z), up=int((z > 0).sum()),
+                          median=float(np.median(z)), p=float(p), configs=[r for r, _ in zs]))
+    return tests
+
+
+def together_line(t: dict) -> str:
+    """"optimizer=adamw: 10 configs moved together, 10 of 10 up (worse), median +26.0 calibrated
+    sigmas (p_holm 2e-05)"."""
+    way = "up (worse)" if t["median"] > 0 else "down (better)"
+    same = t["up"] if t["median"] > 0 else t["n"] - t["up"]
+    return (f"{t['axis']}={t['value']}: {t['n']} configs moved together, {same} of {t['n']} {way}, median "
+            f"{t['median']:+.1f} calibrated sigmas of final loss (p_holm {t['p_adj']:.2g})")
+
+
+def family(judgements: list[dict]) -> list[dict]:
+    """Every test of a comparison that has a p-value (values, curves, status flips), in order."""
+    out = []
+    for j in judgements:
+        out += [t for t in j["tests"] if np.isfinite(t.get("p", math.nan))]
+        if np.isfinite(j["statuses"]["p"]):
+            out.append(j["statuses"])
+    return out
+
+
+def describe(t: dict) -> str:
+    """``final_loss +0.012 (0.61% worse, p 3e-05)``: the change, its direction in words (an
+    accuracy that rose is better) and its adjusted p-value."""
+    rel = t.get("rel", math.nan)
+    way = "worse" if rel > 0 else "better" if rel < 0 else "no change"
+    delta = "" if not np.isfinite(t.get("delta", math.nan)) else f" {t['delta']:+.4g}"
+    where = f" from step {t['exit_step']:.0f}" if np.isfinite(t.get("exit_step", math.nan)) else ""
+    seed = f" on seed {t['seed']}" if "seed" in t else ""
+    return f"{t['name']}{delta} ({abs(rel):.2%} {way}{seed}{where}, p {t.get('p_adj', t['p']):.2g})"
+
+
+def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
+    """The verdict of one config from its tests once their ``p_adj`` (family-adjusted) is set."""
+    pg, st = j["pairing"], j["statuses"]
+    tests = j["tests"]
+    value_tests = [t for t in tests if t["name"] != "curve"]
+    primary = next((t for t in value_tests if t["name"] in ("final_loss", "divergence_step") and t["n"]), None)
+    sources = {t.get("noise") for t in value_tests}
+    out = dict(n_seeds_judged=max((t["n"] for t in tests), default=0), mde=mde_of(primary, n_tests),
+               noise_source=next((s for s in (CALIBRATED, PAIRED_SEEDS) if s in sources), NO_NOISE),
+               p_value=min((t["p"] for t in tests + [st] if np.isfinite(t.get("p", math.nan))), default=math.nan),
+               p_holm=min((t["p_adj"] for t in tests + [st] if np.isfinite(t.get("p_adj", math.nan))), default=math.nan),
+               curve_exit_step=next((t["exit_step"] for t in tests if t["name"] == "curve"), math.nan),
+               seeds_new=",".join(map(str, pg.new)),
+               seeds_skipped=",".join(map(str, pg.skipped)))
+    notes = list(pg.unpaired) + st["notes"]
+    if pg.missing:
+        notes.append(f"baseline seeds {','.join(map(str, pg.missing))} not in the candidate")
+    if pg.new:
+        notes.append(f"candidate seeds {','.join(map(str, pg.new))} have no baseline partner")
+    if pg.skipped:
+        notes.append(f"seeds {','.join(map(str, pg.skipped))} skipped")
+    empty = sorted({s for t in value_tests for s in t["empty"]})
+    out["seeds_missing"] = ",".join(map(str, sorted(set(pg.missing) | set(empty))))
+    if empty:
+        notes.append("empty values in the candidate: " + "; ".join(
+            f"{t['name']} seeds {','.join(map(str, t['empty']))}" for t in value_tests if t["empty"]))
+    beyond = [t for t in tests if np.isfinite(t.get("p_adj", math.nan)) and t["p_adj"] < alpha]
+    kind = lambda t: "worse" if t["rel"] > margin else "better" if t["rel"] < -margin else "changed"  # noqa: E731
+    kinds = [kind(t) for t in beyond]
+    flips = st["real"] + (st["noisy"] if np.isfinite(st.get("p_adj", math.nan)) and st["p_adj"] < alpha else [])
+    flip_text = ", ".join(f"seed {s} {x} -> {y}" for s, x, y in flips)
+    worse_flip = any(STATUS_RANK.get(y, 99) > STATUS_RANK.get(x, 99) for _, x, y in flips)
+    found = "; ".join(describe(t) for t in beyond)
+
+    def done(verdict: str, direction: str = "", detail: str = "") -> dict:
+        return dict(out, verdict=verdict, direction=direction, detail="; ".join(x for x in [detail, *notes] if x))
+
+    if flips and worse_flip:
+        return done("status_changed", "worse", flip_text)
+    if "worse" in kinds:
+        return done("regressed", "worse", found)
+    if not pg.pairs and pg.new and not pg.skipped and (pg.unpaired or not pg.missing):
+        return done("new", detail="no baseline run for these seeds")
+    if flips:
+        return done("status_changed", "better", flip_text)
+    if "better" in kinds:
+        return done("improved", "better", found)
+    if "changed" in kinds:
+        return done("changed", detail=found)
+    if pg.missing or empty:
+        return done("missing", detail="the paired seeds are within noise" if pg.pairs else "")
+    if not pg.pairs and pg.skipped:
+        return done("skipped", detail="every seed skipped on a side")
+    if pg.new:
+        return done("new", detail="the paired seeds are within noise")
+    if j["identical"]:
+        return done("identical", detail="same weights (sha256) and status for every seed")
+    measured = [t for t in value_tests if np.isfinite(t.get("sigma", math.nan))] + [t for t in tests if t["name"] == "curve"]
+    if not measured and (any(t.get("unmeasured") for t in value_tests) or st.get("unmeasured")):
+        moved = [f"{t['name']} {t['rel']:+.2%}" for t in value_tests if t.get("unmeasured")]
+        moved += [f"seed {s} {x} -> {y}" for s, x, y in st.get("unmeasured", [])]
+        more = MIN_PAIRED_SEEDS - max((t["n"] for t in value_tests), default=0)
+        return done("unjudged", detail=f"bits changed, and no noise to judge the difference against: no calibration "
+                                       f"for this config and fewer than {MIN_PAIRED_SEEDS} paired seeds ("
+                                       + ", ".join(moved) + f"); {more} more paired seed{'s' * (more != 1)}, or "
+                                       "calibrate (or give --tolerances), would let it judge")
+    if not tests and not st["noisy"]:
+        why = "errors on both sides" if j["errors_both"] else "no value to judge"
+        return done("unjudged", detail=why)
+    shown = "" if not np.isfinite(out["mde"]) else f"would have found a {out['mde']:.2%} final-loss shift"
+    return done("equivalent", detail="within noise" + (f" ({shown})" if shown else "") + (
+        "; " + ", ".join(f"seed {s} {x} -> {y} within the calibrated flip rate" for s, x, y in st["noisy"])
+        if st["noisy"] else ""))
+
+
+# ------------------------------------------------------------------------------------------
+# the suite's check (one run) and a comparison of two reports
+# ------------------------------------------------------------------------------------------
+
+
+def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN,
+              trace: list[dict] | None = None, envelope: pd.DataFrame | None = None, family_size: int = 1) -> dict:
+    """The suite's check of one run against its baseline row (None: there is none): a verdict
+    row (``verdict``, ``direction``, ``detail``, ``mde``) to hand to ``Policy.failure``. The run's
+    tests join a family of ``family_size`` runs (the session's grid): Bonferroni over all of them
+    holds the session's family-wise error at ALPHA. With the run's ``trace`` (steps rows) and its
+    calibrated ``envelope``, the curve is judged too."""
+    if base is None:
+        return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
+    b, c = pd.DataFrame([base]).assign(seed=0), pd.DataFrame([row]).assign(seed=0)
+    c_trace = {row["run_id"]: pd.DataFrame(trace).set_index("step")["loss"]} if trace else {}
+    ref = {base["run_id"]: envelope.set_index("step")["loss_reference"]} if envelope is not None and len(envelope) else {}
+    j = config_tests(b, c, tol, {}, c_trace, envelope, ref, margin)
+    tests = family([j])
+    n = max(len(tests), 1) * max(family_size, 1)
+    for t in tests:
+        t["p_adj"] = min(1.0, t["p"] * n)
+    return with_init(verdict_of(j, margin, ALPHA, n), b, c)
+
+
+def with_init(row: dict, b: pd.DataFrame, c: pd.DataFrame) -> dict:
+    """A verdict row with its ``init_verdict`` (and, where the init changed, that said first in
+    its detail)."""
+    row["init_verdict"], why = init_verdict(b, c)
+    if why:
+        row["detail"] = "; ".join(x for x in (why, row.get("detail", "")) if x)
+    return row
+
+
+def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
+    """(first step where the losses differ at all, max |difference| of the rolling means over the
+    initial loss, first step where that exceeds SEPARATION); NaN where it never happens."""
+    both = pd.concat([base.rename("b"), cand.rename("c")], axis=1, join="inner").sort_index()
+    if both.empty:
+        return math.nan, math.nan, math.nan
+    differ = both.index[(both["b"] != both["c"]) & ~(both["b"].isna() & both["c"].isna())]
+    roll = both.rolling(CURVE_WINDOW, min_periods=1).mean()
+    dist = (roll["c"] - roll["b"]).abs() / abs(initial)
+    apart = dist.index[dist > SEPARATION]
+    return (float(differ[0]) if len(differ) else math.nan, float(dist.max()) if dist.notna().any() else math.inf,
+            float(apart[0]) if len(apart) else math.nan)
+
+
+def curve_distances(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict) -> dict:
+    """Descriptive curve columns over the paired seeds whose traces both reports have."""
+    dists = [curve_distance(b_trace[rb["run_id"]], c_trace[rc["run_id"]], rb["initial_loss"])
+             for rb, rc in pairs if rb["run_id"] in b_trace and rc["run_id"] in c_trace]
+    if not dists:
+        return {}
+    return dict(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
+                max_curve_distance=max(d[1] for d in dists),
+                separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
+
+
+def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
+    speed = b["steps_per_s"].mean() / c["steps_per_s"].mean()
+    mem = c["peak_rss_mb"].mean() / b["peak_rss_mb"].mean()
+    dev = (c["peak_device_mem_mb"].mean() / b["peak_device_mem_mb"].mean()
+           if b["peak_device_mem_mb"].notna().any() and c["peak_device_mem_mb"].notna().any() else math.nan)
+    flags = (["slower"] if speed >= SLOWDOWN else []) + (["more_memory"] if max(mem, 0 if math.isnan(dev) else dev)
+                                                         >= MEMORY_GROWTH else [])
+    return dict(slowdown=speed, rss_ratio=mem, device_mem_ratio=dev, cost=",".join(flags) or "ok")
+
+
+COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detail", "base_status",
+                             "candidate_status", "n_seeds_base", "n_seeds_candidate", "n_seeds_judged", "seeds_missing",
+                             "seeds_new", "seeds_skipped", "base_final_loss", "candidate_final_loss", "delta_final_loss",
+                             "noise_final_loss", "mde", "p_value", "p_holm", "first_diff_step", "curve_exit_step",
+                             "max_curve_distance", "separation_step", "slowdown", "rss_ratio", "device_mem_ratio", "cost",
+                             "init_verdict", "noise_source"])
+
+
+
+
+def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:
+    """tolerances.csv rows by normalised config key."""
+    if df is None or df.empty:
+        return {}
+    return {config_key(r[c] for c in CONFIG): r for r in report.with_axis_defaults(df).to_dict("records")}
+
+
+def check_unique(runs: pd.DataFrame, side: str) -> None:
+    """A run present twice (the same config and seed, or the same run_id) is bad input."""
+    for cols in (["run_id"], CONFIG + ["seed"]):
+        dup = runs.duplicated(cols, keep=False)
+        if dup.any():
+            first = runs[dup].iloc[0]
+            raise report.ReportError(f"the {side} holds run {first['run_id']} (seed {first['seed']}) "
+                                     f"{int(dup.sum())} times: a report holds each run once (merged twice?)")
+
+
+def traces(steps: pd.DataFrame | None) -> dict:
+    """run_id -> its loss by step."""
+    if steps is None or steps.empty:
+        return {}
+    return {rid: g.set_index("step")["loss"] for rid, g in steps.groupby("run_id")}
+
+
+# the runs.csv columns a verdict reads (the rest of a row is carried nowhere: it only slows the grouping)
+VERDICT_COLUMNS = list(dict.fromkeys(CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss",
+                                               "loss_floor", "val_loss", "val_metric", "val_metric_name",
+                                               "divergence_step", "weights_sha256", "steps_per_s", "peak_rss_mb",
+                                               "peak_device_mem_mb", "seeded_init_sha256", *PAIRING, *ENVIRONMENT]))
+
+
+def slim(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[[c for c in VERDICT_COLUMNS if c in runs.columns]]
+
+
+def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps: pd.DataFrame | None = None,
+                    cand_steps: pd.DataFrame | None = None, tolerances: pd.DataFrame | None = None,
+                    envelope: pd.DataFrame | None = None, margin: float = MARGIN,
+                    policy: Policy | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per config on either side, with its verdict and whether it fails ``policy``.
+    Raises report.ReportError on a report that holds a run twice."""
+    policy = policy or Policy()
+    base_runs, cand_runs = (slim(report.with_axis_defaults(df)) for df in (base_runs, cand_runs))
+    check_unique(base_runs, "baseline")
+    check_unique(cand_runs, "candidate")
+    tols = index_by_config(tolerances)
+    env_by_run = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
+    ref_traces = {rid: e.set_index("step")["loss_reference"] for rid, e in env_by_run.items()}
+    b_groups = {config_key(k): g for k, g in base_runs.groupby(CONFIG, dropna=False, sort=True)}
+    c_groups = {config_key(k): g for k, g in cand_runs.groupby(CONFIG, dropna=False, sort=True)}
+    b_trace, c_trace = traces(base_steps), traces(cand_steps)
+    rows, judgements = [], []
+    for key in sorted(set(b_groups) | set(c_groups), key=str):
+        b, c = b_groups.get(key), c_groups.get(key)
+        side = b if b is not None else c
+        head = dict({col: side[col].iloc[0] for col in CONFIG}, run_id=side.sort_values("seed")["run_id"].iloc[0])
+        if b is None or c is None:
+            rows.append(dict(head, verdict="new" if b is None else "missing", direction="",
+                             detail="only in the " + ("candidate" if b is None else "baseline"),
+                             n_seeds_base=0 if b is None else len(b), n_seeds_candidate=0 if c is None else len(c)))
+            judgements.append(None)
+            continue
+        tol = tols.get(key)
+        env = next((env_by_run[r] for r in b["run_id"] if r in env_by_run), None)
+        j = config_tests(b, c, tol, b_trace, c_trace, env, ref_traces, margin)
+        j["sides"] = (b, c)
+        judgements.append(j)
+        rows.append(dict(head, base_status=worst(b["status"]), candidate_status=worst(c["status"]),
+                         n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=b["final_loss"].mean(),
+                         candidate_final_loss=c["final_loss"].mean(),
+                         noise_final_loss=noise_of(tol, "final_loss")[0],
+                         **cost_flags(b, c), **curve_distances(list(j["pairing"].pairs.values()), b_trace, c_trace)))
+    tests = family([j for j in judgements if j is not None])
+    together = together_tests(rows, judgements)  # a family of its own (TOGETHER_AXES)
+    for group in (tests, together):
+        for t, p in zip(group, stats.holm([t["p"] for t in group])):
+            t["p_adj"] = p
+    for row, j in zip(rows, judgements):
+        if j is not None:
+            row.update(verdict_of(j, margin, alpha, len(tests)))
+            with_init(row, *j["sides"])
+    df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+    df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
+    df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
+    df = df[COMPARE_COLUMNS]
+    # paths that moved together (together_tests): a finding of the comparison as a whole
+    df.attrs["together"] = [together_line(t) for t in together if t["p_adj"] < alpha]
+    return df
+
+
+def noise_line(table: pd.DataFrame, tolerances: pd.DataFrame | None) -> str:
+    """Which noise the configs of a comparison were judged against, in words: "40 configs
+    calibrated (tolerances.csv: 60), 6 by their paired seeds, 2 none (unjudged where bits changed)"."""
+    sources = table["noise_source"].value_counts()
+    words = {CALIBRATED: "calibrated" + (f" (tolerances.csv: {len(tolerances)} configs)" if tolerances is not None
+                                         else ""),
+             PAIRED_SEEDS: f"by their paired seeds (the spread of their differences, {MIN_PAIRED_SEEDS}+ seeds)",
+             NO_NOISE: f"none (no calibration and fewer than {MIN_PAIRED_SEEDS} paired seeds: unjudged where bits "
+                       "changed)"}
+    said = [f"{int(sources[s])} config{'s' * (int(sources[s]) != 1)} {w}" for s, w in words.items() if s in sources]
+    return ", ".join(said) or "no config judged"
+
+
+def same_environment(base: pd.DataFrame, cand: pd.DataFrame) -> bool:
+    """Both reports ran in one environment (same software and device by every ENVIRONMENT column
+    both record): a comparison of them is a control (run-to-run), not a release comparison."""
+    cols = [c for c in ENVIRONMENT if c in base and c in cand]
+    values = lambda df, col: set(df[col].dropna().astype(str))  # noqa: E731
+    return bool(cols) and all(values(base, col) == values(cand, col) for col in cols)
+
+
+def versions_line(report_dir: Path, runs) -> str:
+    """torch / CUDA / device of a report, from its env.csv (else its first row)."""
+    env = {}
+    if (report_dir / report.ENV).exists():
+        env = dict(report.read(report_dir / report.ENV).fillna("").itertuples(index=False))
+    first = runs.iloc[0].to_dict() if len(runs) else {}
+    get = lambda k: env.get(k) or ("" if pd.isna(first.get(k, "")) else first.get(k, ""))  # noqa: E731
+    devices = ",".join(sorted(set(runs["device_name"].dropna().astype(str)))) if "device_name" in runs else ""
+    return (f"torch {get('torch_version')}, CUDA {get('cuda_version') or '-'}, python {get('python_version')}, "
+            f"devices {devices or get('available_devices')}")
+
+
+def read_report_runs(path: Path, need: list[str]):
+    """A report's runs.csv with the columns compare needs; a truncated row (no status, run_id or
+    seed) is bad input, never a run."""
+    df = report.read(path / report.RUNS, required=need)
+    broken = df["run_id"].isna() | df["status"].isna() | df["seed"].isna()
+    if broken.any():
+        i = int(np.argmax(broken.to_numpy()))
+        raise report.ReportError(f"{path / report.RUNS}: data row {i + 1} has no run_id, seed or status (truncated file?)")
+    return df
+
+
+# what a tolerances.csv must hold to be judged against (an older calibration lacks the df columns)
+TOLERANCES_NEED = CONFIG + ["run_id", "statuses_seen", "status_flips", "status_runs", "final_loss_noise", "final_loss_df"]
+
+
+def read_tolerances(base_dir: Path, option: str | None):
+    """(tolerances, envelope) beside the baseline or at --tolerances (a file or its folder);
+    (None, None) when the baseline was never calibrated and no --tolerances was given."""
+    from diagnostics.judge import calibrate
+
+    folder = Path(option) if option else Path(base_dir)
+    path = folder if folder.suffix == ".csv" else folder / calibrate.TOLERANCES
+    if not path.exists():
+        if option:
+            raise report.ReportError(f"{path}: no such file (--tolerances)")
+        return None, None
+    tol = report.read(path, required=TOLERANCES_NEED)
+    env_path = path.with_name(calibrate.ENVELOPE)
+    env = report.read(env_path, required=calibrate.ENVELOPE_COLUMNS) if env_path.exists() else None
+    return tol, env
+
+
+# the runs.csv columns a comparison reads
+COMPARE_NEEDS = CONFIG + ["run_id", "seed", "status", "status_reason", "final_loss", "initial_loss", "val_loss",
+                          "val_metric", "divergence_step", "weights_sha256", "steps_per_s", "peak_rss_mb",
+                          "peak_device_mem_mb"]
+
+
+def load_pair(base_dir: Path, cand_dir: Path, tolerances: str | None = None):
+    """(base runs, candidate runs, [base steps, candidate steps], tolerances, envelope) of two
+    report directories, as ``compare_reports`` takes them; raises report.ReportError (one line)."""
+    base, cand = (read_report_runs(Path(d), COMPARE_NEEDS) for d in (base_dir, cand_dir))
+    steps = [report.read(Path(d) / report.STEPS, required=["run_id", "step", "loss"])
+             if (Path(d) / report.STEPS).exists() else None for d in (base_dir, cand_dir)]
+    tol, env = read_tolerances(Path(base_dir), tolerances)
+    return base, cand, steps, tol, env
+
+
+def failures(table: pd.DataFrame) -> list[str]:
+    """One line per failing config, and one for a comparison that judged nothing (no config
+    judged on any paired seed)."""
+    lines = [f"{'INIT_CHANGED' if r.get('init_verdict') == INIT_CHANGED else r['verdict'].upper()} {r['run_id']}: "
+             f"{r['failure']}: {r['detail']}" for r in table.to_dict("records") if r["failure"]]
+    judged = table["verdict"].isin(JUDGED) | (pd.to_numeric(table.get("n_seeds_judged"), errors="coerce").fillna(0) > 0)
+    if not judged.any():
+        lines.append(f"nothing was judged: {len(table)} configs, none compared against a baseline")
+    return lines
+
+
+def blind_spots(table: pd.DataFrame, margin: float = MARGIN) -> pd.DataFrame:
+    """The judged configs whose stated ``mde`` is above the margin: a change of the margin's size
+    could hide in their noise at the seeds run."""
+    judged = table[table["verdict"].isin(JUDGED)]
+    return judged[judged["mde"].astype(float) > margin]

@@ -1,0 +1,1 @@
+"""Reports for readers: the HTML page, plots, the CI summary and the changelog."""

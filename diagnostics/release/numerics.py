@@ -1,0 +1,443 @@
+"""The numerics trace: every aten op of a config family's first training steps, with the hashes
+of what went in and what came out, in the environment of one torch release
+(``diagnostics trace``; ``release``, ``bisect`` and ``changelog`` write one beside each
+session's runs). ``explain`` aligns two of them op by op.
+
+A *family* is a grid point up to its schedule and seed: model, size, optimizer, implementation,
+precision, attention kernel, batch layout, context length, compile backend, clipping and accumulation (``family_of``). Each
+family trains ``TRACE_STEPS`` steps from the session's seed checkpoint (``--init-dir``) on the
+grid's batches of seed 0, under a ``TorchDispatchMode`` (torch 2.0 and later) that records, per
+aten op: the phase it ran in (``PHASES``), its name, a signature of its tensor inputs (dtypes and
+shapes), a hash of its tensor inputs' bytes, a hash of its other arguments, and a hash of its
+outputs (for an in-place op, the tensors it wrote). Ops that move no value (views, aliases, a
+copy within one dtype, uninitialised allocations) are not recorded: releases reorder and add
+them freely, and an ``empty`` tensor's bytes are whatever the allocator held.
+
+A compiled family's forward and backward run generated code, not aten ops: each is one row,
+``compiled.forward`` / ``compiled.backward``, with the hashes of the tensors crossing it (inputs
+and parameters, logits; the loss, the gradients), and the family gets a ``compiled.code`` row
+hashing the generated source (inductor; every compiled family is traced in its own process with
+its own empty inductor cache, so the source is this family's). The loss, clipping and the
+optimizer step of a compiled family run eagerly and are recorded op by op.
+
+Each schedule of the grid (optimizer, scheduler, warmup, steps, LR scale) adds one row in the
+``schedule`` phase: the hash of its LR at every step of the run, and the values themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from diagnostics import paths, report
+from diagnostics.errors import DiagnosticsError
+from diagnostics.grid.spec import RunSpec
+from diagnostics.run.dispatch import flat_values, op_name, written_arguments
+
+TRACE = paths.TRACE  # beside a session's runs.csv
+# the first steps of each family: the first creates the optimizer's state, the later ones update it
+TRACE_STEPS = 3
+PHASES = ("init", "data", "forward", "loss", "backward", "clip", "optimizer", "schedule")
+TRACE_COLUMNS = ["family", "step", "phase", "seq", "op", "signature", "input_hash", "args_hash", "output_hash",
+                 "detail", "module", "frames"]
+# columns a trace written before they existed reads as empty
+LATER_COLUMNS = ("module", "frames")
+# the fields of a RunSpec that make a family: every axis that changes the ops of a step
+FAMILY_FIELDS = ("model", "size", "optimizer", "impl", "precision", "attention", "layout", "context", "compile", "clip",
+                 "accumulation", "device")
+# ops that move no value: leaving them out keeps two releases' traces aligned where one reorders
+# views or adds a copy (a copy between dtypes converts, and is kept: see ``moves_no_value``)
+VALUE_PRESERVING = {"aten::clone", "aten::contiguous", "aten::alias", "aten::lift_fresh", "aten::lift_fresh_copy",
+                    "aten::detach", "aten::_to_copy", "aten::copy_", "aten::_unsafe_view", "aten::view",
+                    "aten::reshape"}
+UNINITIALISED = ("aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
+                 "aten::new_empty_strided", "aten::_empty_affine_quantized", "aten::resize_")
+# the operator namespaces that compute (``profiler::_record_function_*`` marks a region and
+# carries a handle: recorded, it would differ run to run)
+RECORDED_NAMESPACES = ("aten::", "prims::", "torchvision::", "quantized::")
+HASH_BYTES = 8  # 64-bit digests: a collision between two different outputs of one op is ~1e-19
+
+
+class TraceError(DiagnosticsError):
+    """A trace that cannot be taken or read; one line."""
+
+
+def digest(*parts: bytes) -> str:
+    h = hashlib.blake2b(digest_size=HASH_BYTES)
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's dtype, shape and values (its layout in memory left out: a transposed copy
+    with the same values hashes the same)."""
+    head = f"{t.dtype}|{tuple(t.shape)}|".encode()
+    if t.is_sparse or t.is_meta or t.is_quantized or t.is_nested:
+        return head + b"opaque"
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    return head + flat.cpu().view(torch.uint8).numpy().tobytes()
+
+
+def tree_map(fn, obj):
+    """``obj`` with ``fn`` applied to every tensor in its nested lists, tuples and dicts."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(tree_map(fn, x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: tree_map(fn, v) for k, v in obj.items()}
+    return obj
+
+
+def hash_tensors(values) -> str:
+    tensors = [v for v in flat_values(values) if isinstance(v, torch.Tensor)]
+    return digest(*(tensor_bytes(t) for t in tensors)) if tensors else ""
+
+
+SIGNATURE_CHARS = 80  # a longer signature (a foreach op's list) is written as its count and hash
+
+
+def signature(values) -> str:
+    """The dtypes and shapes of the tensors among ``values``, in order (what an op is matched by):
+    ``float32[64, 64];int64[]``, or ``28 tensors #<hash>`` where that is long."""
+    shapes = [f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in flat_values(values)
+              if isinstance(t, torch.Tensor)]
+    text = ";".join(shapes)
+    return text if len(text) <= SIGNATURE_CHARS else f"{len(shapes)} tensors #{digest(text.encode())}"
+
+
+def scalar_repr(v) -> str:
+    """A non-tensor argument as text (a float by its exact repr: an LR that moved by one ulp
+    differs; an object by its type where its repr is an address, a generator included: its
+    state reaches the op's output, not its arguments)."""
+    if isinstance(v, float):
+        return v.hex()
+    if isinstance(v, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return str(v)
+    text = repr(v)
+    return type(v).__name__ if " at 0x" in text or isinstance(v, torch.Generator) else text  # no addresses
+
+
+def kind_of(t: torch.Tensor) -> tuple:
+    """What a conversion can change: a tensor's dtype, device type and layout."""
+    return t.dtype, t.device.type, t.layout
+
+
+def moves_no_value(func, name: str, args, out) -> bool:
+    """A view, an alias, a copy within one dtype, device and layout: no value changes
+    (``VALUE_PRESERVING``). A conversion is a value, and is kept: a copy between dtypes
+    (``copy_`` of bf16 into fp32, a ``_to_copy`` whose target dtype is a keyword), devices or
+    layouts; known from the tensors in and out, not from the arguments' spelling."""
+    returns = func._schema.returns
+    if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+        return True  # every output is a view of an input
+    base = name.split(".")[0]
+    if base not in VALUE_PRESERVING:
+        return False
+    tensors = [v for v in flat_values((args, out)) if isinstance(v, torch.Tensor)]
+    return len({kind_of(t) for t in tensors}) <= 1
+
+
+class Recorder(TorchDispatchMode):
+    """Records the aten ops dispatched while a phase is open (``phase``): ``rows`` as
+    ``TRACE_COLUMNS``. ``compiled``: the forward and backward are recorded at their boundary
+    only (generated code runs there, not aten ops)."""
+
+    def __init__(self, family: str, compiled: bool = False, module=lambda: ""):
+        super().__init__()
+        self.family, self.compiled = family, compiled
+        self.module = module  # names the module running now (origin.module_tracking)
+        self.rows: list[dict] = []
+        self.step = 0
+        self.current: str | None = None
+        self.seq = 0
+        self.keep: tuple | None = None  # (step, phase, seq) of an op whose inputs to keep (``reproducer``)
+        self.kept: tuple | None = None  # (op name, func, args, kwargs): copies of its inputs before it ran
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.keep is not None and self.kept is None and (self.step, self.current, self.seq) == self.keep:
+            # copies with the very strides the op was given (a kernel's path can depend on them), taken
+            # before it ran (an in-place op writes one)
+            copies = tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+                              .copy_(t.detach()), (args, kwargs or {}))
+            n = len(self.rows)
+            out = self.record(func, args, kwargs)
+            if len(self.rows) > n:  # it was the op recorded there
+                self.kept = (op_name(func), func, *copies)
+            return out
+        return self.record(func, args, kwargs)
+
+    def record(self, func, args, kwargs):
+        kwargs = kwargs or {}
+        name = op_name(func)
+        if self.current is None or not name.startswith(RECORDED_NAMESPACES) or name.split(".")[0] in UNINITIALISED:
+            return func(*args, **kwargs)
+        returns = func._schema.returns
+        if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+            return func(*args, **kwargs)  # every output is a view of an input: nothing to hash
+        tensors = [v for v in flat_values((args, kwargs)) if isinstance(v, torch.Tensor)]
+        declared = {id(t) for t in flat_values(written_arguments(func, args, kwargs)) if isinstance(t, torch.Tensor)}
+        copying = name.split(".")[0] in VALUE_PRESERVING  # a copy: its inputs are read after (it is rarely kept)
+        before = None if copying else [tensor_bytes(t) for t in tensors]
+        scalars = [scalar_repr(v) for v in flat_values((args, kwargs)) if not isinstance(v, torch.Tensor)]
+        sig = signature((args, kwargs))
+        out = func(*args, **kwargs)
+        if moves_no_value(func, name, (args, kwargs), out):
+            return out
+        if before is None:  # a conversion: what it read is its source (the target it overwrote is its output)
+            before = [tensor_bytes(t) if id(t) not in declared else b"" for t in tensors]
+        # what it wrote: the arguments its schema marks written, and any other whose bits moved
+        # (an op may write state its schema does not declare, e.g. a norm's running statistics)
+        moved = [id(t) in declared or tensor_bytes(t) != b for t, b in zip(tensors, before)]
+        written = [t for t, m in zip(tensors, moved) if m]
+        result = [v for v in flat_values(out) if not isinstance(v, torch.Tensor)]
+        output = hash_tensors((out, written)) or digest(repr([scalar_repr(v) for v in result]).encode())
+        silent = [i for i, (t, m) in enumerate(zip(tensors, moved)) if m and id(t) not in declared]
+        self.add(name, sig, digest(*before) if before else "", digest("|".join(scalars).encode()), output,
+                 f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else "")
+        return out
+
+    def add(self, op: str, sig: str, inputs: str, args: str, output: str, detail: str = "") -> None:
+        self.rows.append(dict(family=self.family, step=self.step, phase=self.current, seq=self.seq, op=op,
+                              signature=sig, input_hash=inputs, args_hash=args, output_hash=output, detail=detail,
+                              module=self.module() if self.current not in (None, "schedule") else "",
+                              frames=frames()))
+        self.seq += 1
+
+    @contextmanager
+    def phase(self, name: str):
+        """Record the ops of ``name`` (a ``train.train_step`` phase: the mode is entered for
+        it alone); yields the boundary recorder of a compiled forward or backward, which runs
+        without the mode (under an active dispatch mode TorchDynamo would not run the compiled
+        code)."""
+        self.seq = 0
+        if self.compiled and name in ("forward", "backward"):
+            def boundary(inputs, outputs):
+                self.current = name
+                self.add(f"compiled.{name}", signature(inputs), hash_tensors(inputs), "", hash_tensors(outputs))
+                self.current = None
+
+            yield boundary
+            return
+        self.current = name
+        try:
+            with self:
+                yield lambda inputs, outputs: None
+        finally:
+            self.current = None
+
+
+TORCH_DIR = str(Path(torch.__file__).resolve().parent)  # frames under it are torch's own
+PACKAGE_DIR = str(paths.PACKAGE)  # this package's frames (the built-in models' included)
+# plumbing between the caller and the op, never its location: tracing, dispatch modes, module calls
+FRAME_SKIP = ("/contextlib.py", "/numerics.py", "/origin.py", "/torch/utils/", "/torch/_dynamo/",
+              "/torch/nn/modules/module.py", "/torch/_ops.py", "/torch/_compile.py")
+
+
+def frames() -> str:
+    """Where the op was dispatched from, ``;``-separated: the innermost Python frame of torch's
+    own code (``torch/nn/functional.py:5430``), the innermost other frame (the code that called
+    torch: a model, a patch), and the innermost of this package where that is not it
+    (``diagnostics/grid/models.py:78``); empty where none ran (a C++ backward's ops)."""
+    f = sys._getframe(2)
+    theirs = caller = package = ""
+    while f is not None and not (theirs and caller and package):
+        path = f.f_code.co_filename
+        if not any(part in path for part in FRAME_SKIP):
+            if path.startswith(TORCH_DIR):
+                theirs = theirs or f"torch/{Path(path).relative_to(TORCH_DIR).as_posix()}:{f.f_lineno}"
+            else:
+                where = f"{Path(path).relative_to(paths.CHECKOUT).as_posix()}:{f.f_lineno}" if path.startswith(PACKAGE_DIR) \
+                    else f"{Path(path).name}:{f.f_lineno}"
+                caller = caller or where
+                if path.startswith(PACKAGE_DIR):
+                    package = package or where
+        f = f.f_back
+    return ";".join(dict.fromkeys(x for x in (theirs, caller, package) if x))
+
+
+def family_of(spec: RunSpec) -> str:
+    """A family's name: the run id without schedule, warmup and seed
+    (``gpt-adamw-cpu-fp32-fused-clip1``; size when not the tiny preset)."""
+    rest = spec.id.split(f"-{spec.device}-", 1)[1].rsplit("-s", 1)[0]
+    size = "" if spec.size == "tiny" else f"-{spec.size}"
+    return f"{spec.model}{size}-{spec.optimizer}-{spec.device}-{rest}"
+
+
+def spec_of_row(row: dict) -> RunSpec:
+    """The RunSpec of a runs.csv or compare.csv row (an axis it lacks at its default)."""
+    axes = {k: row.get(k, report.AXIS_DEFAULTS.get(k)) for k in report.AXIS_DEFAULTS}
+    accumulation = int(float(axes.pop("accumulation")))
+    context = int(float(axes.pop("context")))
+    clip = str(axes.pop("clip"))
+    clip = clip if clip == "none" else f"{float(clip):g}"
+    numbers = {k: row[k] for k in ("steps", "seed", "lr_scale") if k in row and str(row[k]) not in ("", "nan")}
+    return RunSpec(model=row["model"], optimizer=row["optimizer"], scheduler=row["scheduler"],
+                   warmup=row["warmup"], device=row["device"], precision=row["precision"],
+                   size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
+                   **{k: str(v) for k, v in axes.items()},
+                   **{k: (float(v) if k == "lr_scale" else int(float(v))) for k, v in numbers.items()})
+
+
+def family_of_row(row: dict) -> str:
+    """The family of a runs.csv or compare.csv row (an axis it lacks at its default)."""
+    return family_of(spec_of_row(row))
+
+
+def families(specs: list[RunSpec]) -> dict[str, RunSpec]:
+    """One spec per family, the first in grid order, at seed 0."""
+    out: dict[str, RunSpec] = {}
+    for s in specs:
+        out.setdefault(family_of(s), replace(s, seed=0))
+    return out
+
+
+def schedule_name(optimizer: str, scheduler: str, warmup: str, steps, lr_scale) -> str:
+    """The trace's name of a schedule: ``schedule:adamw-cosine-linear-60-lrx1``."""
+    return f"schedule:{optimizer}-{scheduler}-{warmup}-{int(float(steps))}-lrx{float(lr_scale):g}"
+
+
+def schedule_rows(specs: list[RunSpec]) -> list[dict]:
+    """One ``schedule`` row per distinct schedule of the grid: the hash of its LR at every step
+    of the run (``recipes.lr_trace``: torch's own scheduler objects), the values in ``detail``."""
+    from diagnostics.grid.recipes import lr_trace
+
+    rows, seen = [], set()
+    for s in specs:
+        key = (s.optimizer, s.scheduler, s.warmup, s.steps, s.lr_scale)
+        if key in seen:
+            continue
+        seen.add(key)
+        lrs = lr_trace(*key[:4], lr_scale=s.lr_scale)
+        rows.append(dict(family=schedule_name(*key),
+                         step=0, phase="schedule", seq=0, op="lr_schedule", signature=f"{len(lrs)} steps",
+                         input_hash="", args_hash="", output_hash=digest(repr([x.hex() for x in lrs]).encode()),
+                         detail=json.dumps([float(x) for x in lrs]), module="", frames=""))  # exact: repr round-trips
+    return rows
+
+
+def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int = TRACE_STEPS,
+                 rec: Recorder | None = None) -> list[dict]:
+    """The rows of one family: its init (the seeded construction of the model, before the seed
+    checkpoint replaces its weights), then ``steps`` training steps of data, forward, loss,
+    backward, clip and optimizer step. ``rec``: the Recorder to trace into (``reproducer``'s, which
+    keeps one op's inputs); default a new one."""
+    from diagnostics.grid import attention
+    from diagnostics.run import determinism
+    from diagnostics.run.faults import NO_FAULT
+    from diagnostics.run.origin import module_tracking
+    from diagnostics.run.train import setup, train_step
+
+    rec = rec or Recorder(family_of(spec), compiled=spec.compile != "none")
+    determinism.apply(spec.seed, spec.device)
+    device = torch.device(spec.device)
+    with attention.context(spec.attention):
+        s = setup(spec, device, Path(data_dir), None, None, init_dir, phase=rec.phase)
+        with module_tracking(s.model) as module:
+            rec.module = module
+            for step in range(1, steps + 1):
+                rec.step = step
+                train_step(s, spec, step, NO_FAULT, None, keep_weights=False, phase=rec.phase)
+    return rec.rows
+
+
+def generated_code_hash(cache_dir: Path) -> tuple[str, int]:
+    """The hash of the generated source files under an inductor cache folder (``.py``, ``.cpp``,
+    ``.h``; binaries left out), the folder's own path replaced, and how many there were."""
+    texts = []
+    for f in sorted(Path(cache_dir).rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".cpp", ".h"):
+            texts.append(f.read_text(errors="replace").replace(str(cache_dir), "<cache>"))
+    return digest(*sorted(t.encode() for t in texts)) if texts else "", len(texts)
+
+
+def trace_compiled(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int) -> list[dict]:
+    """A compiled family, traced in a process of its own with an empty inductor cache (so its
+    generated code is its own, and nothing cached by another family is reused); adds the
+    ``compiled.code`` row."""
+    with tempfile.TemporaryDirectory(prefix="trace-inductor-") as tmp:
+        out = Path(tmp) / "rows.csv"
+        cmd = [sys.executable, "-m", "diagnostics.release.numerics", json.dumps(spec.to_dict()), str(data_dir),
+               str(init_dir or ""), str(steps), str(out)]
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise TraceError(f"tracing {family_of(spec)} failed: {last}")
+        rows = pd.read_csv(out, dtype=str, keep_default_na=False).to_dict("records")
+        code, n = generated_code_hash(Path(tmp) / "inductor")
+    rows.append(dict(family=family_of(spec), step=0, phase="compile", seq=0, op="compiled.code", signature=f"{n} files",
+                     input_hash="", args_hash="", output_hash=code, detail=spec.compile))
+    return rows
+
+
+def trace(specs: list[RunSpec], data_dir: Path, init_dir: Path | None, steps: int = TRACE_STEPS,
+          skip=lambda spec: "") -> tuple[pd.DataFrame, dict]:
+    """The trace of a grid: every family (``skip(spec)``: a reason it cannot run here, e.g. a
+    precision this release lacks; such a family gets no rows) and every schedule. Returns the
+    table and what it cost (seconds per family)."""
+    rows, cost = schedule_rows(specs), {}
+    for family, spec in families(specs).items():
+        if skip(spec):
+            continue
+        t0 = time.perf_counter()
+        try:
+            rows += trace_compiled(spec, data_dir, init_dir, steps) if spec.compile != "none" else \
+                trace_family(spec, data_dir, init_dir, steps)
+        except Exception as e:  # a family this release cannot run or trace (its process's last line): no rows
+            rows.append(dict(family=family, step=0, phase="error", seq=0, op=type(e).__name__, signature="",
+                             input_hash="", args_hash="", output_hash="", detail=str(e).splitlines()[0][:200]
+                             if str(e) else ""))
+        cost[family] = time.perf_counter() - t0
+    return pd.DataFrame(rows, columns=TRACE_COLUMNS), cost
+
+
+def read(path: Path) -> pd.DataFrame:
+    """A trace.csv (every column as text); raises TraceError with one line."""
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such trace (diagnostics trace writes one)") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path}: not a readable trace ({str(e).splitlines()[0] if str(e) else 'empty'})") from None
+    for column in LATER_COLUMNS:
+        if column not in df.columns:
+            df[column] = ""
+    missing = [c for c in TRACE_COLUMNS if c not in df.columns]
+    if missing:
+        raise TraceError(f"{path}: not a trace (missing column(s) {', '.join(missing)})")
+    df["step"] = pd.to_numeric(df["step"], errors="coerce").fillna(0).astype(int)
+    df["seq"] = pd.to_numeric(df["seq"], errors="coerce").fillna(0).astype(int)
+    return df
+
+
+def write(df: pd.DataFrame, path: Path) -> None:
+    report.write_atomic(Path(path), df)
+
+
+def _one(spec_json: str, data_dir: str, init_dir: str, steps: str, out: str) -> None:
+    """Entry of ``trace_compiled``'s process: one family's rows into ``out``."""
+    spec = RunSpec(**json.loads(spec_json))
+    rows = trace_family(spec, Path(data_dir), Path(init_dir) if init_dir else None, int(steps))
+    pd.DataFrame(rows, columns=TRACE_COLUMNS).to_csv(out, index=False)
+
+
+if __name__ == "__main__":
+    _one(*sys.argv[1:6])
