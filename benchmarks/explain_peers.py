@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         (ref, t_ref), (ref_log, d_ref) = clean[model]
         (mine, t_mine), (log, d_mine) = ours(model, patch, work, a.steps, data), theirs(model, patch, work, a.steps, data)
         table = explain.explain(ref, mine)
-        roots = table[table["verdict"].isin(explain.ROOTS)]
-        named = "; ".join(f"{r['verdict']}: {r['op']} ({r['phase']}{', ' + r['module'] if r['module'] else ''})"
+        roots = table[table["finding"].isin(explain.ROOTS)]
+        named = "; ".join(f"{r['finding']}: {r['op']} ({r['phase']}{', ' + r['module'] if r['module'] else ''})"
                           for r in roots.drop_duplicates(["op", "phase"]).head(2).to_dict("records")) or "nothing"
         try:
             mismatches = DebugMode.check_hash_mismatches(DebugMode.load_logs(ref_log), DebugMode.load_logs(log))

@@ -28,11 +28,11 @@ def bare_loop(spec: RunSpec) -> float:
     """Seconds for spec.steps steps of a plain loop: batch, forward, backward, step, schedule."""
     determinism.apply(spec.seed, "cpu")
     entry = MODELS[spec.model]
-    ds = data.for_model(spec.model, spec.size, train.DEFAULT_DATA_DIR)
-    model = build_model(spec.model, spec.size, ds.info)
+    ds = data.for_model(spec.model, spec.model_size, train.DEFAULT_DATA_DIR)
+    model = build_model(spec.model, spec.model_size, ds.info)
     opt, _ = build_optimizer(spec.optimizer, model)
     sched, _ = build_schedule(opt, spec.scheduler, spec.warmup, spec.steps)
-    bs = entry.batch_size[spec.size]
+    bs = entry.batch_size[spec.model_size]
     t0 = time.perf_counter()
     for step in range(1, spec.steps + 1):
         batch = data.train_batch(ds, spec.seed, step, bs, torch.device("cpu"))
@@ -52,23 +52,23 @@ def instrumentation_alone(spec: RunSpec, repeats: int = 2000) -> float:
     from diagnostics.detect import Monitor
 
     entry = MODELS[spec.model]
-    ds = data.for_model(spec.model, spec.size, train.DEFAULT_DATA_DIR)
-    model = build_model(spec.model, spec.size, ds.info)
+    ds = data.for_model(spec.model, spec.model_size, train.DEFAULT_DATA_DIR)
+    model = build_model(spec.model, spec.model_size, ds.info)
     opt, _ = build_optimizer(spec.optimizer, model)
     params = [p for g in opt.param_groups for p in g["params"]]
-    task_loss(model, entry.task, data.train_batch(ds, 0, 1, entry.batch_size[spec.size], torch.device("cpu"))).backward()
+    task_loss(model, entry.task, data.train_batch(ds, 0, 1, entry.batch_size[spec.model_size], torch.device("cpu"))).backward()
     names, assign = train.layers_of(model, params)
-    trace = train.Trace(spec.id, names, Monitor(loss_floor=ds.loss_floor))
+    step_log = train.StepLog(spec.id, names, Monitor(loss_floor=ds.loss_floor))
     loss = torch.tensor(2.0)
     t0 = time.perf_counter()
     for step in range(1, repeats + 1):
         grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in params]
         norms = torch.stack(torch._foreach_norm(grads))
         gn = torch.linalg.vector_norm(norms)
-        trace.add(step, 1e-3, loss + 1e-3 * (step % 7), gn, train.layer_norms(norms, assign), 0.0)
+        step_log.add(step, 1e-3, loss + 1e-3 * (step % 7), gn, train.layer_norms(norms, assign), 0.0)
         if step % train.SYNC_EVERY == 0:
             before = [p.detach().clone() for p in params]
-            trace.read(dict(update_ratio=train.update_ratio(params, before)))
+            step_log.read(dict(update_ratio=train.update_ratio(params, before)))
     return (time.perf_counter() - t0) / repeats
 
 

@@ -167,7 +167,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     first = Path(args.logs[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "detect"
     verdicts, events = detect.classify_table(df, loss_floor=args.loss_floor)
-    report.write_atomic(out / report.RUNS, report.frame(verdicts, detect.VERDICT_COLUMNS))
+    report.write_atomic(out / report.RUNS, report.frame(verdicts, detect.STATUS_COLUMNS))
     report.write_atomic(out / report.EVENTS, report.frame(events, report.EVENTS_COLUMNS))
     logged = [c for c in ("grad_norm", "lr") if df[c].notna().any()]
     print(f"read {int((~df['loss_blank']).sum())} points of {df['run_id'].nunique()} run(s): step, loss"
@@ -506,7 +506,7 @@ def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Where two traces part, op by op: OUT/explain.csv, OUT/explain.html and a line per verdict."""
+    """Where two traces part, op by op: OUT/explain.csv, OUT/explain.html and a line per root finding."""
     from diagnostics.present import page
     from diagnostics.release import explain
 
@@ -515,10 +515,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     explain.write(table, out / paths.EXPLAIN)
     page.write_explain(table, out / paths.EXPLAIN_PAGE)
-    roots = table[table["verdict"].isin(explain.ROOTS)]
+    roots = table[table["finding"].isin(explain.ROOTS)]
     print(f"{table['family'].nunique()} families differ; {len(roots)} root findings")
     for r in roots.head(args.limit).to_dict("records"):
-        print(f"{r['verdict']}: {r['op']} ({r['family']}, {r['phase']}, step {r['first_step']})"
+        print(f"{r['finding']}: {r['op']} ({r['family']}, {r['phase']}, step {r['first_step']})"
               + (f": {r['detail']}" if r["detail"] else ""))
     if len(roots) > args.limit:
         print(f"... and {len(roots) - args.limit} more in {out / paths.EXPLAIN}")

@@ -68,7 +68,7 @@ def build_session(config: pytest.Config) -> Session:
 def check_data(session: Session) -> None:
     """Load every dataset the grids may need once, so bad data fails before any training."""
     specs = [s for name in ("default", session.options.grid) if name for s in session.grid(name).specs()]
-    for model, size in {(s.model, s.size) for s in specs}:
+    for model, size in {(s.model, s.model_size) for s in specs}:
         data.for_model(model, size, session.data_dir, session.data_root)
 
 

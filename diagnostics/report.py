@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diagnostics.detect import VERDICT_FIELDS
+from diagnostics.detect import STATUS_FIELDS
 from diagnostics.errors import DiagnosticsError
 from diagnostics.paths import ENV as ENV  # re-exported: paths is their home
 from diagnostics.paths import EVENTS as EVENTS
@@ -33,7 +33,7 @@ AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default", "
                  "clip": "none", "accumulation": 1}
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", *AXIS_DEFAULTS, "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
-OUTCOME = [*VERDICT_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
+OUTCOME = [*STATUS_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
 COST = ["runtime_s", "steps_per_s", "samples_per_s", "peak_rss_mb", "peak_device_mem_mb", "mem_total_mb",
         "mem_available_mb"]
 PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version", "lion_pytorch_version",
@@ -165,8 +165,25 @@ TEXT_COLUMNS = {c: str for c in ("run_id", "weights_sha256", "git_sha", "data_sh
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """pandas.read_csv with exact float round-trip and text ids kept as text."""
-    return pd.read_csv(path, **ROUND_TRIP, dtype=TEXT_COLUMNS)
+    """pandas.read_csv with exact float round-trip and text ids kept as text; a table of runs or
+    configs written before an axis or the ``skipped`` status existed reads as it would be written
+    today (``with_axis_defaults``, ``with_skipped_status``). Every reader of a report goes through
+    here, so none re-applies them."""
+    return with_skipped_status(with_axis_defaults(pd.read_csv(path, **ROUND_TRIP, dtype=TEXT_COLUMNS)))
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """``df.to_dict("records")``, the same dicts of Python scalars, built from one object array:
+    pandas builds them row by row (an indexer per row), 20-40x slower on the few rows of one
+    config, which a comparison of a grid does once per config and side (benchmarks/compare_time.py).
+    A nullable column's NA is None, as to_dict gives it."""
+    if not len(df):
+        return []
+    rows = df.to_numpy(dtype=object).tolist()
+    if any(isinstance(t, pd.api.extensions.ExtensionDtype) for t in df.dtypes):
+        rows = [[None if x is pd.NA else x for x in row] for row in rows]
+    cols = list(df.columns)
+    return [dict(zip(cols, row)) for row in rows]
 
 
 def with_axis_defaults(df: pd.DataFrame) -> pd.DataFrame:
@@ -215,7 +232,6 @@ def read(path: Path, required: list[str] | None = None) -> pd.DataFrame:
         raise ReportError(f"{path}: empty file") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         raise ReportError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
-    df = with_skipped_status(with_axis_defaults(df))
     missing = [c for c in (required or READ_REQUIRED.get(path.name, [])) if c not in df.columns]
     if missing:
         raise ReportError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -64,8 +64,8 @@ class Session:
         nor while the baseline itself is being written (``--update-baseline``)."""
         return not (self.perturbation or self.update_baseline)
 
-    def family_size(self, grid_name: str) -> int:
-        """The runs whose checks form one family (compare.check_run): the whole grid, every shard."""
+    def runs_judged(self, grid_name: str) -> int:
+        """The runs whose checks are corrected together (compare.check_run's Bonferroni): the whole grid, every shard."""
         return len(self.grid(grid_name).specs())
 
     def baseline_dir(self, grid_name: str) -> Path:
@@ -143,7 +143,7 @@ class Session:
         if self.judges:
             base = self.baseline(spec.grid)
             verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), self.margin,
-                                        result.steps, base.envelope(result.row), family_size=self.family_size(spec.grid))
+                                        result.steps, base.envelope(result.row), runs_judged=self.runs_judged(spec.grid))
         else:
             verdict = dict(verdict="not judged", direction="", detail="calibration rerun or baseline update")
         result.row["baseline_check"] = verdict["verdict"]

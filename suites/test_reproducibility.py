@@ -31,7 +31,7 @@ def run_kw(session):
 
 def final_loss_tol(session, spec: RunSpec) -> float | None:
     """The config's final-loss noise band from the baseline's calibration, if it has one."""
-    return compare.noise_band(session.baseline(spec.grid).tolerance(dict(spec.to_dict(), model_size=spec.size)))
+    return compare.noise_band(session.baseline(spec.grid).tolerance(spec.to_dict()))
 
 
 def judge(session, spec, result: dict, strict: bool) -> None:
@@ -65,7 +65,7 @@ def pytest_generate_tests(metafunc):
     grid = metafunc.config.stash[SESSION].grid(GRID)
     models = [m for m in DDP_MODELS if m in grid.models]
     base = [RunSpec(model=m, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=grid.steps,
-                    size=grid.size, grid=grid.name)
+                    model_size=grid.model_size, grid=grid.name)
             for m in models]
     if "ddp_spec" in metafunc.fixturenames:
         specs = [replace(b, device=d) for d in grid.devices for b in base]

@@ -64,9 +64,9 @@ def boundary_steps(scheduler: str, warmup: str, total_steps: int) -> list[int]:
     return sorted(s for s in steps if 1 <= s <= total_steps)
 
 
-def lr_trace(optimizer_name: str, scheduler: str, warmup: str, total_steps: int) -> tuple[float, list[float]]:
+def lr_curve(optimizer_name: str, scheduler: str, warmup: str, total_steps: int) -> tuple[float, list[float]]:
     """(base LR, the LR of each optimizer step 1..total_steps), from the grid's own factories."""
-    return recipes.OPTIMIZERS[optimizer_name].defaults["lr"], recipes.lr_trace(optimizer_name, scheduler, warmup,
+    return recipes.OPTIMIZERS[optimizer_name].defaults["lr"], recipes.lr_curve(optimizer_name, scheduler, warmup,
                                                                                 total_steps)
 
 
@@ -85,7 +85,7 @@ def test_decay_and_no_decay_groups_share_the_lr():
 @pytest.mark.parametrize("scheduler", tuple(recipes.SCHEDULERS))
 @pytest.mark.parametrize("optimizer_name", OPTIMIZERS)
 def test_lr_at_boundaries(optimizer_name, scheduler, warmup, total_steps):
-    base, lrs = lr_trace(optimizer_name, scheduler, warmup, total_steps)
+    base, lrs = lr_curve(optimizer_name, scheduler, warmup, total_steps)
     for k in boundary_steps(scheduler, warmup, total_steps):
         expected = closed_form_lr(scheduler, warmup, total_steps, base, k)
         assert math.isclose(lrs[k - 1], expected, rel_tol=1e-9, abs_tol=1e-15), (
@@ -94,13 +94,13 @@ def test_lr_at_boundaries(optimizer_name, scheduler, warmup, total_steps):
 
 @pytest.mark.parametrize("scheduler", tuple(recipes.SCHEDULERS))
 def test_whole_trace_matches_closed_form(scheduler):
-    base, lrs = lr_trace("adamw", scheduler, "linear", 200)
+    base, lrs = lr_curve("adamw", scheduler, "linear", 200)
     expected = [closed_form_lr(scheduler, "linear", 200, base, k) for k in range(1, 201)]
     assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def test_warmup_is_linear_from_base_over_w():
-    base, lrs = lr_trace("sgd", "cosine", "linear", 200)
+    base, lrs = lr_curve("sgd", "cosine", "linear", 200)
     W = recipes.warmup_steps("linear", 200)
     assert W == 20
     assert lrs[:W] == pytest.approx([base * k / W for k in range(1, W + 1)], rel=1e-12)
@@ -108,6 +108,6 @@ def test_warmup_is_linear_from_base_over_w():
 
 
 def test_onecycle_ends_at_its_minimum_on_the_last_step():
-    base, lrs = lr_trace("adamw", "onecycle", "none", 100)
+    base, lrs = lr_curve("adamw", "onecycle", "none", 100)
     assert lrs[-1] == pytest.approx(base / 25 / 1e4, rel=1e-9)
     assert max(lrs) == pytest.approx(base, rel=1e-3)

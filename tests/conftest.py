@@ -11,10 +11,30 @@ GPT_ADAMW = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="lin
 
 
 def diagnostics(*args, timeout=600):
-    """``python -m diagnostics ARGS`` as a user runs it."""
+    """``python -m diagnostics ARGS`` as a user runs it, in its own process: for the commands
+    that train (run, calibrate, release) and the tests of the one-line-error contract (no
+    traceback reaches the user); every other command test uses ``cli``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "diagnostics", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """``diagnostics ARGS`` run in this process, from the checkout as ``diagnostics`` runs: main's
+    exit status (argparse's, for a bad option), its stdout and its stderr. The torch import is
+    paid once per test process instead of once per call (about 3 s each on two cores)."""
+    import contextlib
+    import io
+
+    from diagnostics.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(ROOT):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def write_rounding_noise(runs_csv: Path, rel_noise: float = 1e-4) -> Path:
@@ -24,7 +44,7 @@ def write_rounding_noise(runs_csv: Path, rel_noise: float = 1e-4) -> Path:
     from diagnostics import report
     from diagnostics.judge import compare
 
-    runs = report.with_axis_defaults(report.read(runs_csv))
+    runs = report.read(runs_csv)
     tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen=runs["status"], status_flips=0,
                                       status_runs=10)
     for value in ("final_loss", "val_loss", "val_metric"):

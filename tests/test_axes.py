@@ -136,7 +136,7 @@ def test_a_skipped_fp16_step_is_not_divergence_but_a_collapsed_scale_is():
     for step, scale in enumerate([2.0 ** 4, 2.0 ** 2, 1.0, 0.5], start=30):
         m.update(step, 1.7, math.inf, 1e-3, grad_scale=scale)
     assert m.diverged and m.divergence_step == 33
-    assert m.verdict().status == "diverged_nonfinite" and [e.kind for e in m.events] == ["scale_collapse"]
+    assert m.status().status == "diverged_nonfinite" and [e.kind for e in m.events] == ["scale_collapse"]
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from diagnostics import report
 from diagnostics.judge import baseline, calibrate, stats
 from diagnostics.judge.compare import CONFIG
 from diagnostics.run import perturb
+from tests import rows
 
 
 def test_ulp_nudge_moves_every_nonzero_value_by_exactly_one_ulp():
@@ -35,14 +36,10 @@ def test_unknown_perturbation_is_one_line():
 
 
 def runs(values, status="converged", div=math.nan, acc=None):
-    rows = []
-    for i, v in enumerate(values):
-        rows.append(dict(model="gpt", optimizer=f"o{i}", scheduler="cosine", warmup="none", device="cpu",
-                         precision="fp32", lr_scale=1.0, steps=200, model_size="tiny", seed=0, run_id=f"r{i}",
-                         status=status, final_loss=v, val_loss=v, val_metric=v if acc is None else acc,
-                         val_metric_name="val_loss" if acc is None else "val_accuracy", val_samples=1000,
-                         divergence_step=div))
-    return pd.DataFrame(rows)
+    return rows.frame(dict(optimizer=f"o{i}", run_id=f"r{i}", seed=0, status=status, final_loss=v, val_loss=v,
+                           val_metric=v if acc is None else acc, val_samples=1000, divergence_step=div,
+                           val_metric_name="val_loss" if acc is None else "val_accuracy")
+                      for i, v in enumerate(values))
 
 
 def test_noise_is_the_pooled_spread_of_each_seeds_reference_and_reruns():

@@ -11,7 +11,7 @@ import torch
 
 from diagnostics import detect, report
 from diagnostics.grid import data, devices
-from tests.conftest import diagnostics, write_rounding_noise
+from tests.conftest import cli, diagnostics, write_rounding_noise
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def test_pytest_rejects_bad_options_in_one_line():
 
 
 def test_env_prints_what_the_report_records():
-    proc = diagnostics("env")
+    proc = cli("env")
     assert proc.returncode == 0
     env = dict(line.split(",", 1) for line in proc.stdout.splitlines())
     assert env["torch_version"] == torch.__version__ and "cpu" in env["available_devices"]
@@ -171,7 +171,7 @@ def test_detect_classifies_a_users_steps_table(tmp_path):
         frames.append(pd.DataFrame({"run_id": run_id, "step": steps, "loss": loss, "grad_norm": grad}))
     src = tmp_path / "mine.csv"
     pd.concat(frames).to_csv(src, index=False, na_rep="nan")  # a blank cell would mean "not logged"
-    proc = diagnostics("detect", str(src), "--out", str(tmp_path / "out"), "--loss-floor", "1.7")
+    proc = cli("detect", str(src), "--out", str(tmp_path / "out"), "--loss-floor", "1.7")
     assert proc.returncode == 0, proc.stderr
     runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")
     assert runs.loc["good", "status"] == "converged" and runs.loc["bad", "status"] == "diverged_nonfinite"

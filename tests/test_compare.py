@@ -10,6 +10,7 @@ import pytest
 from diagnostics import report
 from diagnostics.judge import compare
 from diagnostics.judge.compare import Policy
+from tests import rows
 
 GPT = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="none")
 RESNET = dict(model="resnet", optimizer="sgd", scheduler="step", warmup="none")
@@ -22,14 +23,14 @@ def runs(values, status="converged", val=None, acc=None, **cfg):
     base = dict(cfg, device="cpu", precision="fp32", lr_scale=1.0, steps=200, model_size="tiny", status_reason="",
                 initial_loss=3.5, loss_floor=0.0, steps_per_s=60.0, peak_rss_mb=800.0, peak_device_mem_mb=math.nan,
                 divergence_step=math.nan, data_sha256="d" * 64, init_sha256=math.nan)
-    rows = []
+    out = []
     for s, v in values.items():
         st = status[s] if isinstance(status, dict) else status
         a = None if acc is None else acc[s]
-        rows.append(dict(base, run_id=f"{cfg['model']}-{cfg['optimizer']}-s{s}", seed=s, status=st, final_loss=v,
+        out.append(dict(base, run_id=f"{cfg['model']}-{cfg['optimizer']}-s{s}", seed=s, status=st, final_loss=v,
                          val_loss=v if val is None else val[s], val_metric=(v if val is None else val[s]) if a is None else a,
                          val_metric_name="val_loss" if a is None else "val_accuracy", weights_sha256=f"w{v!r}{st}"))
-    return pd.DataFrame(rows)
+    return rows.frame(out)
 
 
 def noise(b, final=1e-7, val=None, metric=None, df=10, seen="converged", flips=0, flip_runs=10, div=math.nan):
@@ -323,7 +324,7 @@ def test_check_run_is_the_same_test_for_one_run():
     assert compare.check_run(base, base, tol)["verdict"] == "identical"
     assert compare.check_run(dict(base, final_loss=2.2, weights_sha256="x"), base, tol)["verdict"] == "regressed"
     assert compare.check_run(dict(base, final_loss=2.0 + 1e-7, weights_sha256="x"), base, tol,
-                             family_size=60)["verdict"] == "equivalent"
+                             runs_judged=60)["verdict"] == "equivalent"
     assert compare.check_run(base, None)["verdict"] == "new"
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from diagnostics import report
 from diagnostics.judge import compare
-from tests.conftest import diagnostics, write_rounding_noise
+from tests import rows
+from tests.conftest import cli, diagnostics, write_rounding_noise
 
 
 def test_curve_distance_first_difference_and_separation():
@@ -27,7 +28,7 @@ def runs_frame(losses_by_seed, status="converged", **cfg):
                 lr_scale=1.0, steps=200, model_size="tiny", status_reason="", initial_loss=3.5, steps_per_s=60.0,
                 peak_rss_mb=800.0, peak_device_mem_mb=math.nan, val_metric_name="val_loss", divergence_step=math.nan)
     base.update(cfg)
-    return pd.DataFrame([dict(base, run_id=f"{base['optimizer']}-s{s}", seed=s, status=status, final_loss=v,
+    return rows.frame([dict(base, run_id=f"{base['optimizer']}-s{s}", seed=s, status=status, final_loss=v,
                               val_loss=v, val_metric=v, weights_sha256=f"{v!r}")
                          for s, v in losses_by_seed.items()])
 
@@ -58,11 +59,11 @@ def test_cost_flags_a_2x_slowdown():
 @pytest.mark.slow
 def test_compare_a_report_with_itself_and_with_a_rerun(smoke_reports, tmp_path):
     (d0, _), (d2, _) = smoke_reports["0"], smoke_reports["2"]
-    proc = diagnostics("compare", str(d0), str(d0), "--out", str(tmp_path / "self"))
+    proc = cli("compare", str(d0), str(d0), "--out", str(tmp_path / "self"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 configs: 4 identical" in proc.stdout and "torch" in proc.stdout and "control:" in proc.stdout
     assert set(pd.read_csv(tmp_path / "self" / "compare.csv")["verdict"]) == {"identical"}
-    proc = diagnostics("compare", str(d0), str(d2), "--out", str(tmp_path / "rerun"))  # -n 0 vs -n 2 rerun
+    proc = cli("compare", str(d0), str(d2), "--out", str(tmp_path / "rerun"))  # -n 0 vs -n 2 rerun
     assert proc.returncode == 0 and "FAILED" not in proc.stdout
 
 
@@ -91,7 +92,7 @@ def test_injected_regressions_are_flagged_exactly(smoke_reports, tmp_path):
         runs.loc[runs.run_id == flipped, ["status", "weights_sha256"]] = ["diverged_exploded", "y"]
         return runs
     cand = edited_copy(d0, tmp_path / "cand", edit)
-    proc = diagnostics("compare", str(d0), str(cand))
+    proc = cli("compare", str(d0), str(cand))
     assert proc.returncode == 1 and f"FAILED REGRESSED {worse}" in proc.stdout
     t = pd.read_csv(cand / "compare.csv").set_index("run_id")
     assert sorted(t.index[t["failure"].notna()]) == sorted([worse, flipped])
@@ -103,37 +104,37 @@ def test_injected_regressions_are_flagged_exactly(smoke_reports, tmp_path):
 def test_no_hollow_passes(smoke_reports, tmp_path):
     d0 = calibrated_copy(smoke_reports["0"][0], tmp_path / "base")
     truncated = edited_copy(d0, tmp_path / "truncated", lambda runs: runs.iloc[:2])  # 2 of 4 rows
-    proc = diagnostics("compare", str(d0), str(truncated))
+    proc = cli("compare", str(d0), str(truncated))
     assert proc.returncode == 1 and proc.stdout.count("FAILED MISSING") == 2
-    assert diagnostics("compare", str(d0), str(truncated), "--allow-missing").returncode == 0
+    assert cli("compare", str(d0), str(truncated), "--allow-missing").returncode == 0
     empty = edited_copy(d0, tmp_path / "empty", lambda runs: runs.iloc[:0])
-    proc = diagnostics("compare", str(d0), str(empty))
+    proc = cli("compare", str(d0), str(empty))
     assert proc.returncode == 1 and "holds no runs: nothing was judged" in proc.stdout
     (tmp_path / "cut").mkdir()
     text = (d0 / "runs.csv").read_text()
     (tmp_path / "cut" / "runs.csv").write_text(text[: text.index("\n", text.index("\n") + 1) + 15])  # a row cut short
-    proc = diagnostics("compare", str(d0), str(tmp_path / "cut"))
+    proc = cli("compare", str(d0), str(tmp_path / "cut"))
     assert proc.returncode == 2 and "truncated" in proc.stderr and "Traceback" not in proc.stderr
     improved = edited_copy(d0, tmp_path / "better", lambda r: r.assign(final_loss=r.final_loss * 0.5, weights_sha256="z"))
-    assert diagnostics("compare", str(d0), str(improved)).returncode == 1
-    assert diagnostics("compare", str(d0), str(improved), "--allow-improved").returncode == 0
+    assert cli("compare", str(d0), str(improved)).returncode == 1
+    assert cli("compare", str(d0), str(improved), "--allow-improved").returncode == 0
     nan = edited_copy(d0, tmp_path / "nan", lambda r: r.assign(final_loss=math.nan, val_loss=math.nan, val_metric=math.nan))
-    proc = diagnostics("compare", str(d0), str(nan))
+    proc = cli("compare", str(d0), str(nan))
     assert proc.returncode == 1 and proc.stdout.count("FAILED MISSING") == 4 and "empty values" in proc.stdout
     twice = edited_copy(d0, tmp_path / "twice", lambda r: pd.concat([r, r.iloc[:1]]))
     proc = diagnostics("compare", str(d0), str(twice))
     assert proc.returncode == 2 and "2 times" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     extra = edited_copy(d0, tmp_path / "extra", lambda r: pd.concat([r, r.iloc[:1].assign(optimizer="lion", run_id="x")]))
-    assert diagnostics("compare", str(d0), str(extra)).returncode == 1  # a config with no baseline
-    assert diagnostics("compare", str(d0), str(extra), "--allow-no-baseline").returncode == 0
+    assert cli("compare", str(d0), str(extra)).returncode == 1  # a config with no baseline
+    assert cli("compare", str(d0), str(extra), "--allow-no-baseline").returncode == 0
 
 
 def test_compare_bad_input_is_one_line(tmp_path):
     (tmp_path / "a").mkdir()
-    proc = diagnostics("compare", str(tmp_path / "a"), str(tmp_path / "a"))
+    proc = cli("compare", str(tmp_path / "a"), str(tmp_path / "a"))
     assert proc.returncode == 2 and "no such file" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     (tmp_path / "a" / "runs.csv").write_text("run_id,status\nx,converged\n")
-    proc = diagnostics("compare", str(tmp_path / "a"), str(tmp_path / "a"))
+    proc = cli("compare", str(tmp_path / "a"), str(tmp_path / "a"))
     assert proc.returncode == 2 and "missing column" in proc.stderr
 
 
@@ -159,7 +160,7 @@ def test_shards_merge_into_exactly_the_unsharded_rows(smoke_reports, tmp_path):
         assert proc.returncode == 0, proc.stdout[-2000:]
         shards.append(d)
     assert len(report.read(shards[0] / "runs.csv")) == 2
-    proc = diagnostics("merge", *map(str, shards), "--out", str(tmp_path / "merged"))
+    proc = cli("merge", *map(str, shards), "--out", str(tmp_path / "merged"))
     assert proc.returncode == 0, proc.stderr
     a, b = report.read(d0 / "runs.csv"), report.read(tmp_path / "merged" / "runs.csv")
     cols = ["run_id", "status", "final_loss", "weights_sha256"]
@@ -167,12 +168,12 @@ def test_shards_merge_into_exactly_the_unsharded_rows(smoke_reports, tmp_path):
     trace = ["run_id", "step", "loss", "grad_norm"]
     pd.testing.assert_frame_equal(report.read(d0 / "steps.csv")[trace], report.read(tmp_path / "merged" / "steps.csv")[trace])
     # refusals: duplicates, an existing report as --out, mixed schemas
-    proc = diagnostics("merge", str(shards[0]), str(shards[0]), "--out", str(tmp_path / "dup"))
+    proc = cli("merge", str(shards[0]), str(shards[0]), "--out", str(tmp_path / "dup"))
     assert proc.returncode == 2 and "appears in more than one report" in proc.stderr
-    proc = diagnostics("merge", str(shards[0]), "--out", str(tmp_path / "merged"))
+    proc = cli("merge", str(shards[0]), "--out", str(tmp_path / "merged"))
     assert proc.returncode == 2 and "already holds a report" in proc.stderr
     odd = tmp_path / "odd"
     shutil.copytree(shards[1], odd)
     report.write_atomic(odd / "runs.csv", report.read(odd / "runs.csv").assign(extra=1))  # one more column
-    proc = diagnostics("merge", str(shards[0]), str(odd), "--out", str(tmp_path / "mixed"))
+    proc = cli("merge", str(shards[0]), str(odd), "--out", str(tmp_path / "mixed"))
     assert proc.returncode == 2 and "mixed schemas" in proc.stderr

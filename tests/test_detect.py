@@ -4,13 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnostics.detect import COURSE_EVENTS, Monitor, Thresholds, classify, progress, robust_threshold
+from diagnostics.detect import COURSE_EVENTS, Monitor, Thresholds, classify
+from diagnostics.detect.robust import progress, robust_threshold
 from tests.traces import healthy, nan_at, rows, with_restarts
 
 FLOOR = 1.7
 
 
-def verdict_of(steps, loss, grad, floor=FLOOR, **kw):
+def status_of(steps, loss, grad, floor=FLOOR, **kw):
     return classify(rows(steps, loss, grad), Thresholds(**kw), loss_floor=floor)
 
 
@@ -24,21 +25,21 @@ def problems(events):
 
 
 def test_healthy_run_converges_without_events():
-    v, events = verdict_of(*healthy())
+    v, events = status_of(*healthy())
     assert v.status == "converged"
     assert problems(events) == []
     assert math.isnan(v.divergence_step) and math.isnan(v.first_event_step)
 
 
 def test_warm_restart_bumps_are_not_divergence():
-    v, events = verdict_of(*with_restarts(bump=1.0))
+    v, events = status_of(*with_restarts(bump=1.0))
     assert v.status in ("converged", "unstable")
     assert "explosion" not in kinds(events) and "nonfinite" not in kinds(events)
 
 
 @pytest.mark.parametrize("k", [3, 50, 250])
 def test_nonfinite_loss_diverges_at_its_step(k):
-    v, events = verdict_of(*nan_at(k))
+    v, events = status_of(*nan_at(k))
     assert v.status == "diverged_nonfinite"
     assert v.divergence_step == k
     assert events[0].kind == "nonfinite" and events[0].step == k
@@ -47,14 +48,14 @@ def test_nonfinite_loss_diverges_at_its_step(k):
 def test_nonfinite_grad_norm_diverges():
     steps, loss, grad = healthy()
     grad[99] = math.inf
-    v, _ = verdict_of(steps, loss, grad)
+    v, _ = status_of(steps, loss, grad)
     assert v.status == "diverged_nonfinite" and v.divergence_step == 100
 
 
 def test_sustained_blowup_is_explosion_at_its_first_step():
     steps, loss, grad = healthy()
     loss[149:] = 15.0  # > 3 x the early loss (~3.4) from step 150 on
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.status == "diverged_exploded"
     assert v.divergence_step == 150
     assert "explosion" in kinds(events)
@@ -63,7 +64,7 @@ def test_sustained_blowup_is_explosion_at_its_first_step():
 def test_short_excursion_above_the_line_is_not_explosion():
     steps, loss, grad = healthy()
     loss[149:155] = 15.0  # 6 steps < patience 10
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.status != "diverged_exploded"
     assert kinds(events)[0] == "loss_shift" and events[0].step == 150  # one incident, longer than a spike
 
@@ -80,7 +81,7 @@ def test_monitor_stops_deciding_after_divergence():
 def test_loss_spike_detected_at_its_step_and_recovery_follows():
     steps, loss, grad = healthy(noise=0.005)
     loss[199] *= 1.5
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     spikes = [e for e in events if e.kind == "loss_spike"]
     assert [e.step for e in spikes] == [200]
     assert any(e.kind == "recovery" and e.step == 201 for e in events)
@@ -90,7 +91,7 @@ def test_loss_spike_detected_at_its_step_and_recovery_follows():
 def test_grad_spike_detected():
     steps, loss, grad = healthy()
     grad[119] = 100.0
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert [(e.kind, e.step) for e in problems(events)] == [("grad_spike", 120)]
     assert v.n_grad_spikes == 1 and v.first_event_step == 120
 
@@ -98,35 +99,35 @@ def test_grad_spike_detected():
 def test_spikes_are_judged_from_the_sixth_point_with_a_rough_scale_before_the_ninth():
     steps, loss, grad = healthy()
     grad[4] = 100.0  # step 5: the level, the trend and 2 residuals seen: not judged yet
-    _, events = verdict_of(steps, loss, grad)
+    _, events = status_of(steps, loss, grad)
     assert "grad_spike" not in kinds(events)
     grad[4], grad[5] = 1.0, 100.0  # step 6: 3 residuals, the threshold raised 8/3 x
-    _, events = verdict_of(steps, loss, grad)
+    _, events = status_of(steps, loss, grad)
     assert [(e.kind, e.step) for e in problems(events)] == [("grad_spike", 6)] and "x2.7: few residuals" in events[0].detail
     grad[5] = 1.25  # 25% above a 5%-noise level: a spike with a full history (9 x MAD), not with 3 residuals
-    _, events = verdict_of(steps, loss, grad)
+    _, events = status_of(steps, loss, grad)
     assert "grad_spike" not in kinds(events)
 
 
 def test_catastrophic_spike_megatron_rule():
     steps, loss, grad = healthy(n=300)
     loss[249] = 40.0  # >= 10 x max of first 100 (~3.5); one step only
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert ("catastrophic_spike", 250) in [(e.kind, e.step) for e in events]
     assert v.status != "diverged_exploded"
 
 
 def test_stalled_when_little_of_the_gap_closes():
     steps, loss, grad = healthy(rate=0.0005)  # barely moves
-    v, _ = verdict_of(steps, loss, grad)
+    v, _ = status_of(steps, loss, grad)
     assert v.status == "stalled"
-    v2, _ = verdict_of(*healthy(rate=0.02))
+    v2, _ = status_of(*healthy(rate=0.02))
     assert v2.status == "converged"
 
 
 def test_stall_uses_zero_floor_when_unknown():
     steps, loss, grad = healthy(start=2.3, floor=0.0, rate=0.02)
-    v, _ = verdict_of(steps, loss, grad, floor=math.nan)
+    v, _ = status_of(steps, loss, grad, floor=math.nan)
     assert v.status == "converged"
 
 
@@ -134,9 +135,9 @@ def test_unstable_when_loss_spike_rate_above_threshold():
     steps, loss, grad = healthy(n=400, noise=0.002)
     for k in (150, 200, 250, 300, 350):
         loss[k] *= 1.5
-    v, _ = verdict_of(steps, loss, grad)
+    v, _ = status_of(steps, loss, grad)
     assert v.status == "unstable" and v.n_loss_spikes == 5 and "5 loss spike incidents" in v.status_reason
-    v2, _ = verdict_of(steps, loss, grad, unstable_min_spikes=6)
+    v2, _ = status_of(steps, loss, grad, unstable_min_spikes=6)
     assert v2.status == "converged"
 
 
@@ -144,7 +145,7 @@ def test_gradient_spikes_are_events_but_do_not_make_a_run_unstable():
     steps, loss, grad = healthy(n=400, noise=0.002)
     for k in (150, 200, 250, 300, 350):
         grad[k] = 50.0
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.status == "converged" and v.n_grad_spikes == 5
     assert [e.step for e in events if e.kind == "grad_spike"] == [steps[k] for k in (150, 200, 250, 300, 350)]
 
@@ -156,10 +157,10 @@ def test_multiplicative_noise_is_judged_in_log_space():
     rng = np.random.default_rng(3)
     steps, loss, grad = healthy(n=400, noise=0.002)
     grad = 1.0 * np.exp(0.2 * rng.standard_normal(400)) * np.where(rng.random(400) < 0.02, 3.0, 1.0)
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.n_grad_spikes == 0 and v.status == "converged"
     grad[300] = 40.0  # a real spike still shows
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert [e.step for e in events if e.kind == "grad_spike"] == [steps[300]]
 
 
@@ -170,7 +171,7 @@ def test_classify_accepts_a_dataframe_and_matches_streaming():
     m = Monitor(loss_floor=FLOOR)
     for step, value, grad_norm in rows(steps, loss, grad):
         m.update(step, value, grad_norm)
-    assert repr(a) == repr(m.verdict()) and repr(ea) == repr(m.events)  # repr: NaN == NaN
+    assert repr(a) == repr(m.status()) and repr(ea) == repr(m.events)  # repr: NaN == NaN
 
 
 def test_robust_threshold_ignores_one_outlier():
@@ -187,7 +188,7 @@ def test_progress():
     assert progress(1.0, 1.0, 1.0) == 0.0
 
 
-def lr_trace(n=300, restart_at=(100, 200), lr=1e-3):
+def lr_curve(n=300, restart_at=(100, 200), lr=1e-3):
     out = np.full(n, lr)
     for r in restart_at:
         out[r - 20:r] = lr * 0.05  # annealed, then back up (a warm restart)
@@ -209,7 +210,7 @@ def test_one_incident_is_one_event():
     steps, loss, grad = healthy(noise=0.005)
     grad[150:153] = 40.0  # three points in a row
     grad[155] = 40.0  # and one more after two calm points: the same incident
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert [(e.kind, e.step) for e in problems(events)] == [("grad_spike", 151)] and v.n_grad_spikes == 1
 
 
@@ -220,13 +221,13 @@ def test_heavy_tailed_noise_is_not_instability():
         steps, loss, grad = healthy(noise=0.0, seed=seed)
         loss = loss * (1 + 0.02 * rng.standard_t(3, len(loss)) / np.sqrt(3))
         grad = grad * (1 + 0.05 * rng.standard_t(3, len(grad)) / np.sqrt(3))
-        unstable += verdict_of(steps, loss, grad)[0].status == "unstable"
+        unstable += status_of(steps, loss, grad)[0].status == "unstable"
     assert unstable <= 1
 
 
 def test_after_an_lr_rise_thresholds_are_raised_not_blanked():
     steps, loss, grad = healthy(noise=0.005)
-    lr = lr_trace()
+    lr = lr_curve()
     loss[100:] += 0.3 * np.exp(-0.05 * np.arange(200))  # the restart's bump: no event
     v, events = classify_rows(steps, loss, grad, lr)
     assert "loss_spike" not in kinds(events) and v.status == "converged"
@@ -251,7 +252,7 @@ def test_a_loss_that_climbs_back_to_twice_its_best_and_stays_diverges_where_it_c
     best = loss[150]  # 0.78: 78% of the gap closed
     loss[150:170] = np.linspace(best, 3 * best, 20)
     loss[170:] = 3 * best * (1 + 0.01 * np.random.default_rng(1).standard_normal(130))
-    v, events = verdict_of(steps, loss, grad, floor=0.0)
+    v, events = status_of(steps, loss, grad, floor=0.0)
     assert v.status == "diverged_exploded" and "relapse" in kinds(events)
     assert 150 <= v.divergence_step <= 165
 
@@ -317,9 +318,9 @@ def daily_log(jump_day=None, n=70, seed=0):
 @pytest.mark.parametrize("day", [7, 12, 40])
 def test_a_jump_in_a_daily_log_is_located_on_its_day(day):
     steps, loss, grad = daily_log(jump_day=day)
-    v, events = verdict_of(steps, loss, grad, floor=math.nan)
+    v, events = status_of(steps, loss, grad, floor=math.nan)
     assert [e.step for e in events if e.kind == "loss_spike"] == [day * 1000] and v.status == "converged"
-    v, events = verdict_of(*daily_log(), floor=math.nan)
+    v, events = status_of(*daily_log(), floor=math.nan)
     assert not [e for e in events if e.signal == "loss"] and v.status == "converged"
 
 
@@ -328,14 +329,14 @@ def test_a_run_that_learned_and_then_plateaued_converges_with_a_plateau_event():
     steps = np.arange(1, 501) * 10
     flat = (2.2 + 0.9 * np.exp(-steps / 40)) * np.exp(0.01 * rng.standard_normal(500))  # fell 29%, then sat
     for floor in (math.nan, 2.1):
-        v, events = verdict_of(steps, flat, np.ones(500), floor=floor)
+        v, events = status_of(steps, flat, np.ones(500), floor=floor)
         assert v.status == "converged", v.status_reason
         (plateau,) = [e for e in events if e.kind == "plateau"]
         # 2.2 + 0.9 exp(-s/40) is within the 5% band (0.11) above 2.2 from s = 40 ln(0.9/0.11) = 84
         assert 60 <= plateau.step <= 130 and plateau.value == pytest.approx(2.2, rel=0.01)
         assert math.isnan(v.first_event_step)  # a plateau is no problem
     improving = 3.0 * (steps / 10) ** -0.2 * np.exp(0.01 * rng.standard_normal(500))
-    v, events = verdict_of(steps, improving, np.ones(500), floor=math.nan)
+    v, events = status_of(steps, improving, np.ones(500), floor=math.nan)
     assert v.status == "converged" and not [e for e in events if e.kind == "plateau"]
 
 
@@ -345,7 +346,7 @@ def test_the_public_lm_log_shape_learned_then_plateaued_is_not_stalled():
     steps = np.arange(1, 2001) * 100
     loss = (2.8 + 4.14 * np.exp(-steps / 8000)) * np.exp(0.01 * rng.standard_normal(2000))
     loss[300] *= 1.6
-    v, events = verdict_of(steps, loss, np.ones(2000), floor=math.nan)
+    v, events = status_of(steps, loss, np.ones(2000), floor=math.nan)
     assert v.status == "converged" and "plateau" in kinds(events) and "loss_spike" in kinds(events)
 
 
@@ -358,7 +359,7 @@ def test_a_run_that_never_learned_is_stalled_with_or_without_a_floor(shape):
              "dip": 4.0 * (1 - 0.04 * np.sin(np.pi * np.clip(t / 80, 0, 1)))}[shape]  # a warmup transient
     loss = clean * np.exp(0.01 * rng.standard_normal(n))
     for floor in (math.nan, 2.0):
-        v, _ = verdict_of(t, loss, np.ones(n), floor=floor)
+        v, _ = status_of(t, loss, np.ones(n), floor=floor)
         assert v.status == "stalled" and v.status_reason.startswith("did not learn"), (floor, v.status_reason)
 
 
@@ -367,9 +368,9 @@ def test_a_fall_within_the_noise_is_stalled_even_past_the_margin():
     rng = np.random.default_rng(3)
     t = np.arange(1, 41)
     loss = 4.0 * (1 - 0.06 * t / 40) * np.exp(0.2 * rng.standard_normal(40))
-    v, _ = verdict_of(t, loss, np.ones(40), floor=math.nan)
+    v, _ = status_of(t, loss, np.ones(40), floor=math.nan)
     assert v.status == "stalled" and "within its own noise" in v.status_reason
-    v, _ = verdict_of(t, 4.0 * (1 - 0.3 * t / 40) * np.exp(0.01 * rng.standard_normal(40)), np.ones(40), floor=math.nan)
+    v, _ = status_of(t, 4.0 * (1 - 0.3 * t / 40) * np.exp(0.01 * rng.standard_normal(40)), np.ones(40), floor=math.nan)
     assert v.status == "converged"
 
 
@@ -379,7 +380,7 @@ def test_a_blatant_gradient_spike_in_heavy_tailed_noise_is_found_by_the_recent_r
     grad = np.exp(0.45 * rng.standard_t(3, 300) / math.sqrt(3)) * np.where(rng.random(300) < 0.08, 3.0, 1.0)
     k = 200
     grad[k - 1] = grad[k - 21:k - 1].max() * 8
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     (spike,) = [e for e in events if e.kind == "grad_spike" and e.step == k]
     assert v.status == "converged"
     off = classify(rows(steps, loss, grad), Thresholds(spike_range_factor=1e9), loss_floor=FLOOR)[1]
@@ -387,7 +388,7 @@ def test_a_blatant_gradient_spike_in_heavy_tailed_noise_is_found_by_the_recent_r
     assert k not in [e.step for e in off if e.kind == "grad_spike"]  # ... and not without it
     # the same trace without the spike: nothing near it
     grad[k - 1] = np.median(grad)
-    _, events = verdict_of(steps, loss, grad)
+    _, events = status_of(steps, loss, grad)
     assert not [e for e in events if e.kind == "grad_spike" and abs(e.step - k) <= 2]
 
 
@@ -409,13 +410,13 @@ def wandering_high(n=300, rise_at=40, factor=6.0, seed=0):
 def test_a_loss_that_rose_far_and_stayed_up_is_exploded_not_stalled():
     steps, loss, grad = wandering_high()
     assert (loss[39:] < 3 * loss[0]).any()  # the streaming 3x line is crossed back and forth
-    v, events = verdict_of(steps, loss, grad, floor=float("nan"))
+    v, events = status_of(steps, loss, grad, floor=float("nan"))
     assert v.status == "diverged_exploded" and abs(v.divergence_step - 40) <= 2, v
     assert "stayed up" in v.status_reason
     # a run that stalls near its start, or rose only a little, is not one
     flat = np.full(300, 3.4) * np.exp(0.02 * np.random.default_rng(1).standard_normal(300))
-    assert verdict_of(steps, flat, grad, floor=float("nan"))[0].status == "stalled"
-    assert verdict_of(steps, flat * np.where(steps > 100, 1.3, 1.0), grad, floor=float("nan"))[0].status == "stalled"
+    assert status_of(steps, flat, grad, floor=float("nan"))[0].status == "stalled"
+    assert status_of(steps, flat * np.where(steps > 100, 1.3, 1.0), grad, floor=float("nan"))[0].status == "stalled"
 
 
 def spiky(n=600, spikes=(80, 140, 200, 260, 320, 380, 440, 500), size=200.0, width=2):
@@ -427,25 +428,25 @@ def spiky(n=600, spikes=(80, 140, 200, 260, 320, 380, 440, 500), size=200.0, wid
 
 
 def test_excursions_that_come_back_are_spikes_however_large_and_many_make_it_unstable():
-    v, events = verdict_of(*spiky())
+    v, events = status_of(*spiky())
     assert not v.status.startswith("diverged") and v.status == "unstable", v
     assert len([e for e in events if e.kind in ("loss_spike", "loss_shift")]) >= 8
     # one that lasts long enough to trip the explosion rule, then comes back: a shift, not a divergence
     steps, loss, grad = healthy(n=600)
     loss[299:340] *= 20
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert not v.status.startswith("diverged"), v
     assert any(e.kind in ("loss_spike", "loss_shift") and 298 <= e.step <= 302 for e in events)
     # ... while the same excursion that never comes back is a divergence at its start
     loss[299:] = loss[299:] * 20
-    v, _ = verdict_of(steps, loss, grad)
+    v, _ = status_of(steps, loss, grad)
     assert v.status == "diverged_exploded" and v.divergence_step == 300
 
 
 def test_weights_reset_to_their_start_learn_again_and_did_not_diverge():
     steps, loss, grad = healthy(n=600)
     loss[300:] = loss[:300]  # reset at step 301: back to the untrained loss, learning again as before
-    v, events = verdict_of(steps, loss, grad, floor=float("nan"))
+    v, events = status_of(steps, loss, grad, floor=float("nan"))
     assert not v.status.startswith("diverged"), v
     assert any(e.signal == "loss" and 299 <= e.step <= 303 for e in events if e.kind not in COURSE_EVENTS)
 
@@ -454,7 +455,7 @@ def test_a_divergence_is_placed_where_the_gradient_norm_left_its_level_and_the_f
     steps, loss, grad = healthy(n=400)
     grad[149:] *= np.minimum(1.2 ** np.arange(251), 1e19)  # runs away from step 150, loss unmoved
     loss[249:] = math.nan  # the loss goes NaN 100 points later
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.status == "diverged_nonfinite" and abs(v.divergence_step - 150) <= 2, v
     assert "left its level for good" in v.status_reason
     assert [e.step for e in events if e.kind == "nonfinite"] == [250]
@@ -462,13 +463,13 @@ def test_a_divergence_is_placed_where_the_gradient_norm_left_its_level_and_the_f
     steps, loss, grad = healthy(n=400)
     grad[149:152] *= 50
     loss[249:] = math.nan
-    v, _ = verdict_of(steps, loss, grad)
+    v, _ = status_of(steps, loss, grad)
     assert v.divergence_step == 250
     # an explosion whose log goes on to a NaN keeps its onset and records that NaN as its own event
     steps, loss, grad = healthy(n=400)
     loss[149:] = 30.0 * 1.1 ** np.arange(251)
     loss[300:] = math.inf
-    v, events = verdict_of(steps, loss, grad)
+    v, events = status_of(steps, loss, grad)
     assert v.divergence_step == 150 and [e.step for e in events if e.kind == "first_nonfinite"] == [301]
 
 

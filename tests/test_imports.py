@@ -1,5 +1,6 @@
 """The package's modules import one another without a cycle: every import counts, a function's
-lazy one included (a lazy import hides a cycle from Python, not from the reader)."""
+lazy one included (a lazy import hides a cycle from Python, not from the reader); only an import
+under ``if TYPE_CHECKING:`` is none (it never runs: annotations name the type)."""
 
 import ast
 from pathlib import Path
@@ -22,7 +23,12 @@ def imported_modules(path: Path) -> set[str]:
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test) ==
+                   "TYPE_CHECKING" for n in ast.walk(block)}  # never imported: a type named in annotations
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[:len(package) - (node.level - 1)] + ([node.module] if node.module else [])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from diagnostics.detect import logs
-from tests.conftest import diagnostics
+from tests.conftest import cli
 from tests.traces import healthy
 
 
@@ -109,7 +109,7 @@ def test_detect_on_a_loss_only_log_every_50_steps(tmp_path):
     loss = loss[keep].copy()
     loss[-20:] = math.nan  # the run died
     pd.DataFrame({"step": steps[keep], "loss": loss}).to_csv(tmp_path / "daily.csv", index=False, na_rep="nan")
-    proc = diagnostics("detect", str(tmp_path / "daily.csv"), "--out", str(tmp_path / "out"))
+    proc = cli("detect", str(tmp_path / "daily.csv"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert "no gradient norm or LR logged" in proc.stdout
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
@@ -117,7 +117,7 @@ def test_detect_on_a_loss_only_log_every_50_steps(tmp_path):
 
 
 def test_detect_bad_log_is_one_line(tmp_path):
-    proc = diagnostics("detect", str(write(tmp_path / "x.csv", "a,b\n1,2\n")))
+    proc = cli("detect", str(write(tmp_path / "x.csv", "a,b\n1,2\n")))
     assert proc.returncode == 2 and "no step column" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -1,5 +1,5 @@
 """The numerics trace and ``explain``: a control finds nothing, an op changed under a stand-in
-environment is named alone, and the alignment's verdicts on hand-made traces."""
+environment is named alone, and the alignment's findings on hand-made traces."""
 
 import math
 import subprocess
@@ -82,10 +82,10 @@ def test_a_control_finds_no_op_changed(reference, tmp_path):
 def test_an_op_changed_in_a_stand_in_environment_is_named_alone(reference, tmp_path, patch, op, phase, where):
     changed = trace_in(tmp_path / patch, "--models", "resnet", "--optimizers", "adamw", patch=patch)
     table = explain.explain(reference, changed)
-    roots = table[table["verdict"].isin(explain.ROOTS)]
-    assert list(zip(roots["op"], roots["verdict"], roots["phase"])) == [(op, explain.CHANGED_KERNEL, phase)]
+    roots = table[table["finding"].isin(explain.ROOTS)]
+    assert list(zip(roots["op"], roots["finding"], roots["phase"])) == [(op, explain.CHANGED_KERNEL, phase)]
     assert roots["first_step"].tolist() == [1]
-    assert set(table.loc[~table["verdict"].isin(explain.ROOTS), "verdict"]) <= {explain.DOWNSTREAM}
+    assert set(table.loc[~table["finding"].isin(explain.ROOTS), "finding"]) <= {explain.DOWNSTREAM}
     step_name = explain.PHASE_WORDS.get(phase, phase)
     # the module it ran in (the optimizer step runs in none), as the trace recorded it
     assert explain.summary(table).startswith(f"changed kernels: {op} ({step_name}{where})")
@@ -97,8 +97,8 @@ def test_state_written_behind_the_schema_s_back_is_seen(tmp_path):
     changed = trace_in(tmp_path / "stats", "--models", "resnet", "--optimizers", "sgd", "--steps", "2",
                        patch="running_stats")
     table = explain.explain(ref, changed)
-    roots = table[table["verdict"].isin(explain.ROOTS)]
-    assert set(zip(roots["op"], roots["verdict"], roots["phase"])) == {
+    roots = table[table["finding"].isin(explain.ROOTS)]
+    assert set(zip(roots["op"], roots["finding"], roots["phase"])) == {
         ("aten::native_batch_norm", explain.CHANGED_KERNEL, "forward")}
     assert roots["first_step"].min() == 1 and roots["module"].tolist() == ["net.stem.1"]  # the first BatchNorm
     rows = numerics.read(changed / numerics.TRACE)
@@ -110,9 +110,9 @@ def test_a_cast_before_a_kernel_is_recorded_and_named(tmp_path):
     ref = trace_in(tmp_path / "ref", "--models", "gpt", "--optimizers", "sgd", "--steps", "2")
     changed = trace_in(tmp_path / "cast", "--models", "gpt", "--optimizers", "sgd", "--steps", "2", patch="cast")
     table = explain.explain(ref, changed)
-    roots = table[table["verdict"].isin(explain.ROOTS)]
+    roots = table[table["finding"].isin(explain.ROOTS)]
     first = roots[roots["first_step"] == 1].iloc[0]
-    assert first["phase"] == "forward" and first["verdict"] == explain.CHANGED_DECOMPOSITION
+    assert first["phase"] == "forward" and first["finding"] == explain.CHANGED_DECOMPOSITION
     assert "+aten::_to_copy" in first["detail"] and first["module"] == "blocks.0.mlp"
     assert "<string>" in first["frames"] and "diagnostics/grid/models.py" in first["frames"]  # the patch, called by the model
 
@@ -121,10 +121,10 @@ def test_ops_only_removed_are_named_alone():
     update = [row("aten::add_.Tensor", inputs=f"p{i}", output=f"w{i}", signature="u") for i in range(4)]
     a = trace(*update[:2], row("aten::mul_.Tensor", inputs="p", output="q", signature="m"), *update[2:])
     t = explain.explain_traces(a, trace(*update))
-    assert t[["op", "verdict", "detail"]].values.tolist() == [
+    assert t[["op", "finding", "detail"]].values.tolist() == [
         ["aten::mul_.Tensor", explain.CHANGED_DECOMPOSITION, "-aten::mul_.Tensor"]]
     t = explain.explain_traces(trace(*update), a)  # and only added
-    assert t[["op", "verdict", "detail"]].values.tolist() == [
+    assert t[["op", "finding", "detail"]].values.tolist() == [
         ["aten::mul_.Tensor", explain.CHANGED_DECOMPOSITION, "+aten::mul_.Tensor"]]
 
 
@@ -153,7 +153,7 @@ def test_a_fused_kernel_for_a_decomposition_is_a_changed_decomposition_and_what_
     b = trace(row("aten::mm", output="x"), row("aten::lerp_.Scalar", inputs="x", output="y2"),
               row("aten::relu", inputs="y2", output="r2"))
     t = explain.explain_traces(a, b)
-    assert t["verdict"].tolist() == [explain.CHANGED_DECOMPOSITION, explain.DOWNSTREAM]
+    assert t["finding"].tolist() == [explain.CHANGED_DECOMPOSITION, explain.DOWNSTREAM]
     assert t.loc[0, "op"] == "aten::lerp_.Scalar" and t.loc[0, "detail"] == \
         "-aten::mul_.Tensor, aten::add_.Tensor; +aten::lerp_.Scalar"
 
@@ -162,23 +162,23 @@ def test_a_renamed_op_is_judged_by_its_output():
     a = trace(row("aten::_flash", output="x"), row("aten::relu", inputs="x", output="r"))
     changed = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", output="x2"),
                                               row("aten::relu", inputs="x2", output="r2")))
-    assert changed[["op", "verdict", "detail"]].values.tolist() == [
+    assert changed[["op", "finding", "detail"]].values.tolist() == [
         ["aten::_flash_for_cpu", explain.CHANGED_KERNEL, "renamed from aten::_flash"],
         ["", explain.DOWNSTREAM, "first: aten::relu; from aten::_flash_for_cpu (forward)"]]
     kept = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", output="x"), row("aten::relu", inputs="x", output="r")))
     assert kept.empty  # a rename that kept the bits explains nothing
     fed_other_bits = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", inputs="j", output="x2"),
                                                      row("aten::relu", inputs="x2", output="r2")))
-    assert fed_other_bits["verdict"].tolist() == [explain.DOWNSTREAM]
+    assert fed_other_bits["finding"].tolist() == [explain.DOWNSTREAM]
     other_shapes = explain.explain_traces(a, trace(row("aten::_flash_for_cpu", signature="t", output="x")))
-    assert other_shapes["verdict"].tolist() == [explain.CHANGED_DECOMPOSITION]
+    assert other_shapes["finding"].tolist() == [explain.CHANGED_DECOMPOSITION]
 
 
 def test_equal_inputs_with_other_arguments_are_changed_arguments_and_an_equal_output_is_no_finding():
     a = trace(row("aten::add_.Tensor", args="lr1", output="w1"), row("aten::ones_like", args="x", output="1"))
     b = trace(row("aten::add_.Tensor", args="lr2", output="w2"), row("aten::ones_like", args="y", output="1"))
     t = explain.explain_traces(a, b)
-    assert t[["op", "verdict"]].values.tolist() == [["aten::add_.Tensor", explain.CHANGED_ARGUMENTS]]
+    assert t[["op", "finding"]].values.tolist() == [["aten::add_.Tensor", explain.CHANGED_ARGUMENTS]]
 
 
 def test_schedules_generated_code_and_untraced_families():
@@ -189,9 +189,9 @@ def test_schedules_generated_code_and_untraced_families():
               row("compiled.code", phase="compile", step=0, output="c2"),
               row("RuntimeError", phase="error", step=0, family="g"))
     t = explain.explain_traces(a, b).set_index("family")
-    assert t.loc["schedule:x", "verdict"] == explain.CHANGED_SCHEDULE and t.loc["schedule:x", "first_step"] == 2
-    assert t.loc["f", "verdict"] == explain.CHANGED_CODE
-    assert t.loc["g", "verdict"] == explain.NOT_TRACED and "second side" in t.loc["g", "detail"]
+    assert t.loc["schedule:x", "finding"] == explain.CHANGED_SCHEDULE and t.loc["schedule:x", "first_step"] == 2
+    assert t.loc["f", "finding"] == explain.CHANGED_CODE
+    assert t.loc["g", "finding"] == explain.NOT_TRACED and "second side" in t.loc["g", "detail"]
 
 
 def test_a_change_gone_under_one_capability_is_the_dispatch(tmp_path):
@@ -204,7 +204,7 @@ def test_a_change_gone_under_one_capability_is_the_dispatch(tmp_path):
         pd.DataFrame(dict(key=["cpu_capability"], value=["AVX2" if side == "a" else "AVX512"])).to_csv(
             d / "env.csv", index=False)
     t = explain.explain(tmp_path / "a", tmp_path / "b")
-    assert t["verdict"].tolist() == [explain.CHANGED_DISPATCH]
+    assert t["finding"].tolist() == [explain.CHANGED_DISPATCH]
     assert explain.summary(t).startswith("CPU capability differs (AVX2 vs AVX512): explained under AVX2 too; "
                                          "changed dispatch: aten::_log_softmax")
     (tmp_path / "b" / explain.pinned_name(explain.PINNED)).unlink()  # no common capability: said so

@@ -11,12 +11,12 @@ from matplotlib import image
 from diagnostics import report
 from diagnostics.grid import recipes
 from diagnostics.present import plots
-from tests.conftest import diagnostics
+from tests.conftest import cli
 
 
 def test_default_lr_plot_shows_onecycle_and_cosine_on_one_axes(tmp_path):
     out = tmp_path / "lr.png"
-    proc = diagnostics("plot", "lr", "--out", str(out))
+    proc = cli("plot", "lr", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and image.imread(out).std() > 0.01  # not blank
 
@@ -26,7 +26,7 @@ def test_plotted_lr_is_what_training_records(smoke_reports):
     steps = report.read(d / "steps.csv")
     rid = "gpt-adamw-cosine-linear-cpu-fp32-s0"
     recorded = steps[steps.run_id == rid].sort_values("step")["lr"].tolist()
-    plotted = plots.lr_traces(["cosine"], "adamw", ["linear"], 20)[("cosine", "linear")]
+    plotted = plots.lr_curves(["cosine"], "adamw", ["linear"], 20)[("cosine", "linear")]
     assert plotted == recorded
 
 
@@ -37,19 +37,19 @@ def test_lr_plot_draws_the_traces_it_is_given(tmp_path, monkeypatch):
     orig = matplotlib.axes.Axes.plot
     monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(list(a[1])) or orig(self, *a, **k))
     plots.plot_lr(["onecycle", "cosine"], "adamw", ["none"], 50, tmp_path / "x.png")
-    assert drawn == [recipes.lr_trace("adamw", "onecycle", "none", 50), recipes.lr_trace("adamw", "cosine", "none", 50)]
+    assert drawn == [recipes.lr_curve("adamw", "onecycle", "none", 50), recipes.lr_curve("adamw", "cosine", "none", 50)]
 
 
 def test_plot_lr_all_and_bad_names(tmp_path):
-    assert diagnostics("plot", "lr", "--all", "--steps", "50", "--out", str(tmp_path / "all.png")).returncode == 0
-    proc = diagnostics("plot", "lr", "--schedulers", "poly", "--out", str(tmp_path / "x.png"))
+    assert cli("plot", "lr", "--all", "--steps", "50", "--out", str(tmp_path / "all.png")).returncode == 0
+    proc = cli("plot", "lr", "--schedulers", "poly", "--out", str(tmp_path / "x.png"))
     assert proc.returncode == 2 and "unknown value 'poly'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
 def test_plot_runs_and_compare(smoke_reports, tmp_path):
     d, _ = smoke_reports["0"]
-    proc = diagnostics("plot", "runs", str(d), "--out", str(tmp_path / "runs"))
+    proc = cli("plot", "runs", str(d), "--out", str(tmp_path / "runs"))
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in (tmp_path / "runs").glob("*.png"))
     assert "curves-gpt-cpu-fp32-s0-lrx1.png" in names and "curves-resnet-cpu-fp32-s0-lrx1.png" in names
@@ -61,12 +61,12 @@ def test_plot_runs_and_compare(smoke_reports, tmp_path):
     report.write_atomic(cand / "runs.csv", runs)
     assert [c["run_id"] for _, c in plots.changed_configs(report.read(d / "runs.csv"), runs)] == \
         ["gpt-sgd-cosine-linear-cpu-fp32-s0"]
-    proc = diagnostics("plot", "compare", str(d), str(cand), "--out", str(tmp_path / "cmp"))
+    proc = cli("plot", "compare", str(d), str(cand), "--out", str(tmp_path / "cmp"))
     assert proc.returncode == 0 and (tmp_path / "cmp" / "compare.png").is_file()
 
 
 def test_plot_of_a_folder_without_reports_is_one_line(tmp_path):
-    proc = diagnostics("plot", "runs", str(tmp_path), "--out", str(tmp_path / "o"))
+    proc = cli("plot", "runs", str(tmp_path), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "not a report directory" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -81,7 +81,7 @@ def test_report_page_lists_every_run(smoke_reports, tmp_path):
     src, _ = smoke_reports["0"]
     d = tmp_path / "rep"
     shutil.copytree(src, d, ignore=shutil.ignore_patterns("data"))
-    proc = diagnostics("report", str(d))
+    proc = cli("report", str(d))
     assert proc.returncode == 0, proc.stderr
     page = (d / "index.html").read_text()
     runs = report.read(d / "runs.csv")
@@ -95,7 +95,7 @@ def test_report_page_lists_every_run(smoke_reports, tmp_path):
     compared = pd.DataFrame(dict(run_id=list(runs.run_id), verdict="equivalent", failure="", n_seeds_judged=1,
                                  mde=[0.2, 0.01, 0.01, 0.01], seeds_missing="", detail="within noise"))
     compared.to_csv(d / "compare.csv", index=False)
-    assert diagnostics("report", str(d)).returncode == 0
+    assert cli("report", str(d)).returncode == 0
     page = (d / "index.html").read_text()
     assert "4 equivalent" in page and "1 judged config(s) could not see a 5% change" in page
 
@@ -106,7 +106,7 @@ def test_report_page_renders_in_headless_chromium(smoke_reports, tmp_path):
     src, _ = smoke_reports["0"]
     d = tmp_path / "rep"
     shutil.copytree(src, d, ignore=shutil.ignore_patterns("data"))
-    assert diagnostics("report", str(d)).returncode == 0
+    assert cli("report", str(d)).returncode == 0
     url = (d / "index.html").resolve().as_uri()
     profile = tmp_path / "profile"
     shot = tmp_path / "shot.png"

@@ -79,7 +79,7 @@ def test_missing_fields_lists_empty_required_columns():
 
 def test_merge_keeps_repro_results_and_recomputes_the_seed_table(tmp_path):
     from diagnostics.judge import repro
-    from tests.conftest import diagnostics
+    from tests.conftest import cli
 
     base = dict(suite="convergence", model="gpt", optimizer="adamw", scheduler="cosine", warmup="none", device="cpu",
                 precision="fp32", lr_scale=1.0, steps=200, model_size="tiny", status="converged")
@@ -89,7 +89,7 @@ def test_merge_keeps_repro_results_and_recomputes_the_seed_table(tmp_path):
         report.write_atomic(d / report.RUNS, report.frame(rows, report.RUNS_COLUMNS))
         report.write_atomic(d / repro.REPRO, report.frame([dict(run_id=f"gpt-s{seeds[0]}", check="twice_same",
                                                                 result="identical")], repro.REPRO_COLUMNS))
-    proc = diagnostics("merge", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "m"))
+    proc = cli("merge", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "m"))
     assert proc.returncode == 0, proc.stderr
     assert len(report.read_csv(tmp_path / "m" / repro.REPRO)) == 2
     seeds = report.read_csv(tmp_path / "m" / repro.SEEDS)

@@ -9,6 +9,7 @@ from diagnostics.grid.spec import RunSpec
 from diagnostics.judge import repro
 from diagnostics.judge.ddp import ddp_check
 from diagnostics.run import checkpoint, train
+from tests import rows
 from tests.conftest import diagnostics
 
 
@@ -26,11 +27,9 @@ def test_first_difference():
 
 
 def test_seed_table_mean_std_and_ci():
-    base = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="none", device="cpu", precision="fp32",
-                lr_scale=1.0, steps=200, model_size="tiny")
     losses = [1.80, 1.82, 1.79, 1.81, 1.83]
-    runs = pd.DataFrame([dict(base, seed=s, final_loss=v, val_loss=v - 0.02) for s, v in enumerate(losses)]
-                        + [dict(base, optimizer="sgd", seed=0, final_loss=1.7, val_loss=1.7)])  # one seed: no row
+    runs = rows.frame([dict(seed=s, final_loss=v, val_loss=v - 0.02) for s, v in enumerate(losses)]
+                      + [dict(optimizer="sgd", seed=0, final_loss=1.7, val_loss=1.7)])  # one seed: no row
     t = repro.seed_table(runs)
     assert len(t) == 1 and t.iloc[0]["n_seeds"] == 5 and t.iloc[0]["seeds"] == "0,1,2,3,4"
     assert t.iloc[0]["final_loss_mean"] == pytest.approx(np.mean(losses))

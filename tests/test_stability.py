@@ -1,9 +1,9 @@
 import math
 
-import pandas as pd
 import pytest
 
 from diagnostics.judge import stability
+from tests import rows as rows_factory
 
 
 def test_edge_is_the_largest_multiplier_that_converged():
@@ -19,12 +19,11 @@ def test_lr_sensitivity_caps_at_the_initial_loss():
 
 
 def test_table_only_for_configs_swept_over_several_multipliers():
-    base = dict(model="gpt", optimizer="sgd", scheduler="cosine", device="cpu", precision="fp32", seed=0,
-                steps=200, model_size="tiny", initial_loss=3.4)
+    base = dict(optimizer="sgd", seed=0, initial_loss=3.4)
     rows = [dict(base, warmup="none", lr_scale=s, status=st, val_loss=v)
             for s, st, v in ((1, "converged", 1.8), (3, "converged", 1.9), (10, "diverged_nonfinite", math.nan))]
     rows.append(dict(base, warmup="linear", lr_scale=1, status="converged", val_loss=1.8))  # one multiplier only
-    t = stability.table(pd.DataFrame(rows))
+    t = stability.table(rows_factory.frame(rows))
     assert len(t) == 1
     r = t.iloc[0]
     assert r["warmup"] == "none" and r["stability_edge"] == 3 and r["best_lr_scale"] == 1

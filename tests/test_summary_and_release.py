@@ -11,7 +11,7 @@ from diagnostics import release, report
 from diagnostics.judge import compare
 from diagnostics.judge.compare import Policy
 from diagnostics.present import summary
-from tests.conftest import diagnostics
+from tests.conftest import cli, diagnostics
 
 
 def runs(**statuses):
@@ -48,7 +48,7 @@ def test_summary_with_a_compare_csv_uses_its_verdicts_and_policy():
 
 def test_summary_command_reads_a_report_and_rejects_bad_input(smoke_reports, tmp_path):
     d, _ = smoke_reports["0"]
-    proc = diagnostics("summary", str(d), "--allow-no-baseline")
+    proc = cli("summary", str(d), "--allow-no-baseline")
     assert proc.returncode == 0 and "**4 runs**" in proc.stdout and "### Every run (4)" in proc.stdout
     bad = diagnostics("summary", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs.csv" in bad.stderr
@@ -65,15 +65,15 @@ def test_release_refuses_versions_it_cannot_run(tmp_path):
     assert nightly.label == "2.16.0.dev20261130+cpu" and len(nightly.wheels) == 2
     assert nightly.is_torch("2.16.0.dev20261130+cpu") and not nightly.is_torch("2.16.0")  # a wheel is exact
     assert release.candidate("2.14.1").is_torch("2.14.1+cu128")  # a release ignores the build tag
-    proc = diagnostics("release", "2.14.1", "1.13.1", "--out", str(tmp_path / "out"))
+    proc = cli("release", "2.14.1", "1.13.1", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "older than 2.0" in proc.stderr
-    proc = diagnostics("release", "2.14.1", "2.14.1", "--out", "unused")
+    proc = cli("release", "2.14.1", "2.14.1", "--out", "unused")
     assert proc.returncode == 2 and "one version twice" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def noise_for(report_dir, relative=1e-2):
     """A tolerances table for a report's configs: every value's noise ``relative`` of it, 10 df."""
-    runs = report.with_axis_defaults(report.read(Path(report_dir) / "runs.csv"))
+    runs = report.read(Path(report_dir) / "runs.csv")
     tol = runs[compare.CONFIG].assign(run_id=runs["run_id"], statuses_seen="converged", status_flips=0, status_runs=10)
     for v in ("final_loss", "val_loss", "val_metric"):
         tol[f"{v}_noise"], tol[f"{v}_df"] = relative * runs[v].abs(), 10

@@ -7,7 +7,7 @@ import torch
 
 from diagnostics import detect, report
 from diagnostics.grid import data
-from diagnostics.grid.recipes import lr_trace
+from diagnostics.grid.recipes import lr_curve
 from diagnostics.grid.spec import RunSpec
 from diagnostics.run import train
 from tests.imagesets import write_imagefolder, write_mnist
@@ -39,7 +39,7 @@ def test_a_run_leaves_a_full_record(model, data_dir):
 
 def test_recorded_lr_is_the_schedule(data_dir):
     r = train.run(spec("gpt", "sgd", "onecycle", "linear"), data_dir)
-    assert [s["lr"] for s in r.steps] == lr_trace("sgd", "onecycle", "linear", 30)
+    assert [s["lr"] for s in r.steps] == lr_curve("sgd", "onecycle", "linear", 30)
 
 
 def test_same_config_twice_is_bitwise_identical(data_dir):

@@ -211,7 +211,7 @@ def after_optimizer_step(scheduler, step: int, total_steps: int) -> None:
         scheduler.step()
 
 
-def lr_trace(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_scale: float = 1.0) -> list[float]:
+def lr_curve(optimizer: str, scheduler: str, warmup: str, total_steps: int, lr_scale: float = 1.0) -> list[float]:
     """The LR of every optimizer step 1..total_steps of a recipe, obtained by driving the very
     optimizer and schedule objects the grid trains with (on a stand-in two-layer model), per the
     calling contract above. For plots and checks: no second implementation of any schedule."""

@@ -45,30 +45,36 @@ class RunSpec:
     seed: int = 0  # model init and data order
     steps: int = 200  # optimizer steps
     lr_scale: float = 1.0  # multiplies the recipe's LR
-    size: str = "tiny"  # model size preset
+    model_size: str = "tiny"  # model size preset (models.SIZES; runs.csv's ``model_size``)
     suite: str = "convergence"  # the suite that runs it
     grid: str = "default"  # the grid preset it belongs to (names its baseline)
-    impl: str = "default"  # one of IMPLS: the optimizer implementation
-    compile: str = "none"  # one of COMPILE_BACKENDS: torch.compile backend of the model
-    attention: str = "default"  # one of attention.ATTENTIONS: the SDPA kernel asked for
-    layout: str = "full"  # one of layout.LAYOUTS: how an LM batch's rows are laid out (full: a model without attention)
-    context: int = 0  # LM context length in tokens (0: the model preset's; image models: always 0)
-    clip: str = "none"  # "none", or the max norm of clip_grad_norm_ before each optimizer step ("1")
-    accumulation: int = 1  # micro-batches per optimizer step (the batch split: the effective batch is kept)
+    impl: str = AXIS_DEFAULTS["impl"]  # one of IMPLS: the optimizer implementation
+    compile: str = AXIS_DEFAULTS["compile"]  # one of COMPILE_BACKENDS: torch.compile backend of the model
+    attention: str = AXIS_DEFAULTS["attention"]  # one of attention.ATTENTIONS: the SDPA kernel asked for
+    # one of layout.LAYOUTS: how an LM batch's rows are laid out (full: a model without attention)
+    layout: str = AXIS_DEFAULTS["layout"]
+    context: int = AXIS_DEFAULTS["context"]  # LM context length in tokens (0: the model preset's; image models: always 0)
+    clip: str = AXIS_DEFAULTS["clip"]  # "none", or the max norm of clip_grad_norm_ before each optimizer step ("1")
+    # micro-batches per optimizer step (the batch split: the effective batch is kept)
+    accumulation: int = AXIS_DEFAULTS["accumulation"]
+
+    @property
+    def axes(self) -> str:
+        """The precision, then every axis off its default, as ids name them
+        (``fp32-fused-inductor-math-left-ctx100-clip1-acc4``; ``fp32`` with every axis at its default)."""
+        named = (("impl", self.impl, ""), ("compile", self.compile, ""), ("attention", self.attention, ""),
+                 ("layout", self.layout, ""), ("context", self.context, "ctx"),
+                 ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"))
+        return self.precision + "".join(f"-{prefix}{v}" for k, v, prefix in named if v != AXIS_DEFAULTS[k])
 
     @property
     def id(self) -> str:
         """Stable, readable id: ``gpt-adamw-onecycle-linear-cpu-fp32-s0``; a non-default
         implementation, compile backend, attention kernel, batch layout, context length, clipping
-        norm or accumulation follows the precision
-        (``-fp32-fused-inductor-math-left-ctx100-clip1-acc4-s0``),
+        norm or accumulation follows the precision (``axes``:
+        ``-fp32-fused-inductor-math-left-ctx100-clip1-acc4-s0``),
         ``-lrx3`` ends it when the LR is scaled. Ids of default-axis runs never change."""
-        named = (("impl", self.impl, ""), ("compile", self.compile, ""), ("attention", self.attention, ""),
-                 ("layout", self.layout, ""), ("context", self.context, "ctx"),
-                 ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"))
-        axes = "".join(f"-{prefix}{v}" for k, v, prefix in named if v != AXIS_DEFAULTS[k])
-        base = (f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.precision}{axes}"
-                f"-s{self.seed}")
+        base = f"{self.model}-{self.optimizer}-{self.scheduler}-{self.warmup}-{self.device}-{self.axes}-s{self.seed}"
         return base if self.lr_scale == 1.0 else f"{base}-lrx{self.lr_scale:g}"
 
     def to_dict(self) -> dict:
@@ -96,7 +102,7 @@ class Grid:
     seeds: tuple[int, ...] = (0,)
     lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
-    size: str = "tiny"  # model size preset
+    model_size: str = "tiny"  # model size preset of every run (models.SIZES)
     devices: tuple[str, ...] = ()  # () = every available device type
     # further products of the same preset (their own axes and steps; the command line's
     # overrides apply to each): a preset can cover the recipe grid and the release axes
@@ -108,9 +114,9 @@ class Grid:
         part's, a point already listed dropped."""
         specs = [
             RunSpec(model=m, optimizer=o, scheduler=s, warmup=w, device=d, precision=p, seed=seed, steps=self.steps,
-                    lr_scale=lr, size=self.size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
+                    lr_scale=lr, model_size=self.model_size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
                     attention=att if MODELS[m].has_attention else "default",
-                    layout=lay if lay in MODELS[m].layouts else "full", context=own_context(m, self.size, ctx),
+                    layout=lay if lay in MODELS[m].layouts else "full", context=own_context(m, self.model_size, ctx),
                     clip=clip, accumulation=acc)
             for d, m, o, s, w, p, impl, comp, att, lay, ctx, clip, acc, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
@@ -118,7 +124,7 @@ class Grid:
                 self.seeds, self.lr_scales)
         ]
         specs += [s for part in self.parts for s in part.specs()]
-        return list({(s.id, s.steps, s.size): s for s in specs}.values())
+        return list({(s.id, s.steps, s.model_size): s for s in specs}.values())
 
 
 def layout_parts(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
@@ -143,25 +149,25 @@ GRIDS: dict[str, Grid] = {
     # recipe grid on the larger presets and torchvision's resnet18 (3 x 3 x 5 x 2 = 90 runs of
     # 500 steps), and the release axes on gpt-small and ResNet-20 with AdamW: for-loop / foreach /
     # fused x eager / inductor x fp32 / tf32 / bf16 / fp16 (2 x 3 x 2 x 4 = 48 runs of 200 steps)
-    "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), steps=500, size="small",
+    "nightly": Grid("nightly", "convergence", models=("gpt", "resnet", "resnet18"), steps=500, model_size="small",
                     parts=(Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=PRECISIONS,
                                 impls=("forloop", "foreach", "fused"), compiles=("none", "inductor"), steps=200,
-                                size="small"),
+                                model_size="small"),
                            # the attention kernels users train with (default: torch's choice) and each alone
                            Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
-                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
+                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, model_size="small",
                                 attentions=("math", "flash", "efficient", "cudnn")),
                            # the paths people train with: clipping at norm 1 (with fp16: after unscale_) and
                            # 4 micro-batches per step
                            Grid("nightly", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
-                                clips=("1",), accumulations=(1, 4), steps=200, size="small"),
+                                clips=("1",), accumulations=(1, 4), steps=200, model_size="small"),
                            # padded and packed batches x odd lengths (192: 128 + 64, the tile case of
                            # pytorch#196678) x every CUDA kernel that takes a mask (flash takes none: its
                            # rows say so) x fp32 / bf16: 4 x 3 x 4 x 2 = 96 runs
                            Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
-                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, size="small",
+                                warmups=("linear",), precisions=("fp32", "bf16"), steps=200, model_size="small",
                                 attentions=("default", "math", "efficient", "cudnn"), layouts=LAYOUTS,
                                 contexts=(100, 192, 256)),)),
     # release: the paths torch releases change (docs/concepts/releases.md), ~8 min on 2 CPU cores. gpt and
@@ -328,7 +334,7 @@ def shard(specs: list[RunSpec], i: int, n: int) -> list[RunSpec]:
     2 values put all compiled runs in half the shards.)"""
     def cost_group(k: int):
         s = specs[k]
-        return (s.model, s.size, s.steps, s.compile, s.precision, s.optimizer,
+        return (s.model, s.model_size, s.steps, s.compile, s.precision, s.optimizer,
                 hashlib.sha256(f"{s.id}|{s.steps}".encode()).digest())
 
     order = sorted(range(len(specs)), key=cost_group)
@@ -387,7 +393,7 @@ def resolve_grid(opts: GridOptions) -> Grid:
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,
-        size=parse_names(opts.size, SIZES, "size")[0] if opts.size else None,
+        model_size=parse_names(opts.size, SIZES, "size")[0] if opts.size else None,
         devices=opts.devices or None,
     )
     given = {k: v for k, v in overrides.items() if v is not None}

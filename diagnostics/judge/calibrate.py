@@ -35,7 +35,6 @@ from diagnostics.judge import stats
 from diagnostics.paths import ENVELOPE as ENVELOPE  # re-exported: paths is their home
 from diagnostics.paths import SEEDS
 from diagnostics.paths import TOLERANCES as TOLERANCES
-from diagnostics.report import with_axis_defaults
 
 # The smallest noise of a loss, relative to it: 4 float32 units in the last place. A config's
 # perturbations can agree by chance (on gpt-lion-step-linear all five moved the final loss by
@@ -94,7 +93,7 @@ def tolerances(reference: pd.DataFrame, perturbed: dict[str, pd.DataFrame], conf
     """One row per config that has perturbed runs: its measured noise (module docs). ``reference``
     and each ``perturbed[name]`` are runs.csv frames of the same grid (perturbed runs carry the
     reference's run_id); a reference seed with no perturbed rerun adds nothing."""
-    ref = with_axis_defaults(reference)
+    ref = reference
     by_name = {name: df.set_index("run_id").to_dict("index") for name, df in perturbed.items()}
     rows = []
     for key, group in ref.groupby(config, dropna=False, sort=True):
@@ -131,8 +130,7 @@ def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFr
     reruns = [s.set_index(["run_id", "step"])["loss"].rename(n) for n, s in perturbed_steps.items()]
     wide = pd.concat([ref_loss.rename("reference"), *reruns], axis=1, join="inner").sort_index()
     calibrated = set(wide.index.get_level_values("run_id"))
-    ref = with_axis_defaults(reference)
-    ref = ref[ref["run_id"].isin(calibrated)]
+    ref = reference[reference["run_id"].isin(calibrated)]
     out = []
     for _, group in ref.groupby(config, dropna=False, sort=True):
         ids = list(group["run_id"])
@@ -146,8 +144,7 @@ def envelope(reference_steps: pd.DataFrame, perturbed_steps: dict[str, pd.DataFr
             ss = np.nansum((x - np.nanmean(x, axis=2, keepdims=True)) ** 2, axis=2)  # (runs, steps)
         dof = np.clip(count - 1, 0, None)
         ss, dof = np.where(dof > 0, ss, 0).sum(axis=0), dof.sum(axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            noise = np.where(dof > 0, np.sqrt(2 * ss / np.maximum(dof, 1)), np.nan)
+        noise = stats.difference_sd(ss, dof)
         for i, w in zip(ids, per_run):
             loss = w.loc[steps, "reference"].to_numpy()
             floor = ULP_NOISE_FLOOR * np.abs(loss)
@@ -225,7 +222,7 @@ def extended(path: Path, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     a calibration of some configs extends a baseline's noise, it never drops the others'."""
     if not path.exists() or new.empty:
         return new
-    old = report.with_axis_defaults(report.read_csv(path))
+    old = report.read_csv(path)
     replaced = {report.config_key(r) for r in new[key].itertuples(index=False)}
     kept = old[[report.config_key(r) not in replaced for r in old[key].itertuples(index=False)]]
     return pd.concat([kept, new], ignore_index=True) if len(kept) else new

@@ -29,7 +29,7 @@ where both recorded one); otherwise the baseline seed is missing and the candida
 the divergence step where both runs diverged; the loss curve) is tested on its own: the paired
 differences against the config's calibrated noise (calibrate.py), pooled with their own spread.
 One seed and several go through the same test, and its power grows with seeds. All the tests of a
-comparison form one family: Holm's step-down holds its family-wise error at ALPHA. A value beyond
+comparison are corrected together: Holm's step-down holds their family-wise error at ALPHA. A value beyond
 noise is then ``regressed``/``improved`` if its mean relative change is beyond the margin in that
 direction, else ``changed``. The curve is tested step by step against the per-step noise
 (Bonferroni over steps). A value or curve with no calibrated noise is not tested: a difference
@@ -39,7 +39,7 @@ noise measured for any of its values is ``unjudged`` (a check that checked nothi
 **Statuses** are compared seed by seed. A flip among the threshold statuses (converged, unstable,
 stalled: SOFT_STATUSES) or between two statuses the config took under calibration's perturbations
 is noise-like: the number of such flips is tested against the calibrated flip rate (a binomial
-test in the same family, the rate estimated by Laplace's rule so a flip never seen in calibration
+test corrected with the others, the rate estimated by Laplace's rule so a flip never seen in calibration
 still has a rate). A flip to or from a divergence or an error that calibration never saw is
 ``status_changed`` outright.
 
@@ -49,7 +49,7 @@ What fails a check is ``Policy.failure``: a pass that checked nothing never pass
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -248,8 +248,8 @@ def seeded_init(row: dict) -> str:
 def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
     """(``init_same`` / ``init_changed`` / "" where no seed on both sides recorded one, what
     changed) over the seeds present on both sides."""
-    bs = {int(r["seed"]): seeded_init(r) for r in b.to_dict("records")}
-    cs = {int(r["seed"]): seeded_init(r) for r in c.to_dict("records")}
+    bs = {int(r["seed"]): seeded_init(r) for r in report.records(b)}
+    cs = {int(r["seed"]): seeded_init(r) for r in report.records(c)}
     seeds = sorted(s for s in set(bs) & set(cs) if bs[s] and cs[s])
     if not seeds:
         return "", ""
@@ -284,8 +284,8 @@ class Pairing:
 
 def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
     """Pair the runs of one config by seed (module docs: pairs are checked)."""
-    bs = {int(r["seed"]): r for r in b.to_dict("records")}
-    cs = {int(r["seed"]): r for r in c.to_dict("records")}
+    bs = {int(r["seed"]): r for r in report.records(b)}
+    cs = {int(r["seed"]): r for r in report.records(c)}
     out = Pairing({}, sorted(set(bs) - set(cs)), sorted(set(cs) - set(bs)), [], [])
     for seed in sorted(set(bs) & set(cs)):
         rb, rc = bs[seed], cs[seed]
@@ -301,12 +301,80 @@ def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
 
 
 # ------------------------------------------------------------------------------------------
-# one config: its tests (raw p-values), then its verdict once the family's p-values are adjusted
+# one config: its tests (raw p-values), then its verdict once the comparison's p-values are adjusted
 # ------------------------------------------------------------------------------------------
 
 
+CALIBRATED, PAIRED_SEEDS, NO_NOISE = "calibrated", "paired seeds", "none"  # compare.csv's noise_source
+
+
+@dataclass
+class ValueTest:
+    """The test of one judged value (or of the loss curve, ``name`` "curve") of one config: what
+    ``verdict_of`` reads once the comparison set ``p_adj``."""
+
+    name: str  # final_loss, val_loss, val_metric, divergence_step, curve
+    n: int  # paired seeds with the value on both sides
+    sign: int = 1  # +1: a rise is worse (a loss); -1: a rise is better (an accuracy, a later divergence)
+    empty: list = field(default_factory=list)  # candidate seeds whose value is empty where the baseline's is not
+    sigma: float = math.nan  # the noise: sd of one difference (calibrated, or the paired seeds' spread)
+    df: float = 0  # its degrees of freedom (0: the paired seeds' own)
+    one_df: float = stats.SINGLE_TAIL_DF  # the df one difference is judged with (stats.single_df)
+    noise: str = NO_NOISE  # CALIBRATED, PAIRED_SEEDS or NO_NOISE
+    scale: float = math.nan  # what ``rel`` is relative to
+    delta: float = math.nan  # the mean paired difference (or the far seed's)
+    mean: float = math.nan  # the mean paired difference
+    rel: float = math.nan  # ``delta`` relative to ``scale``, signed so that + is worse
+    seed: int | None = None  # the seed ``delta`` is of, when one seed far outside the noise decided
+    unmeasured: bool = False  # bits moved where no noise judges them
+    exit_step: float = math.nan  # curve: the first step beyond noise
+    p: float = math.nan  # raw p-value (NaN: nothing tested)
+    p_adj: float = math.nan  # after the comparison's correction (Holm; Bonferroni in a run's check)
+
+
+@dataclass
+class StatusTest:
+    """The seed-by-seed status comparison of one config (``status_test``)."""
+
+    real: list  # (seed, base status, candidate status): flips noise does not explain
+    noisy: list  # flips noise can explain, tested against the calibrated flip rate
+    unmeasured: list  # threshold flips with no flip rate to judge them by
+    notes: list = field(default_factory=list)
+    p: float = math.nan  # the binomial test of ``noisy`` (NaN: none)
+    p_adj: float = math.nan
+    name: str = "status"
+
+
+@dataclass
+class TogetherTest:
+    """Configs sharing a path that moved together (``together_tests``)."""
+
+    axis: str  # optimizer, scheduler or precision
+    value: str  # its value: adamw, ...
+    n: int  # configs judged on calibrated noise
+    up: int  # of them, moved up
+    median: float  # median standardised difference (calibrated sigmas)
+    configs: list  # their run ids
+    p: float = math.nan
+    p_adj: float = math.nan
+    name: str = "together"
+
+
+@dataclass
+class Judgement:
+    """Everything about one config before the comparison's p-values are adjusted (``config_tests``)."""
+
+    pairing: Pairing
+    statuses: StatusTest
+    tests: list  # ValueTest: the values', then the curve's
+    identical: bool  # every pair: same weights and status
+    n_pairs: int
+    errors_both: int  # pairs that errored on both sides
+    sides: tuple | None = None  # (baseline rows, candidate rows), set by compare_reports
+
+
 def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign: int, scale_of,
-               margin: float) -> dict | None:
+               margin: float) -> ValueTest | None:
     """The test of one value over the pairs that have it in the baseline; None when no pair has
     it. Two statistics, Bonferroni-combined when there are several seeds: the mean of the paired
     differences (stats.noise_test), and the largest single seed among those beyond the margin
@@ -325,22 +393,22 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
     both = [(float(b[name]), float(c[name]), int(c["seed"])) for b, c in have if np.isfinite(float(c.get(name, math.nan)))]
     sigma, df = noise_of(tol, name)
     one_df = stats.single_df(df, float((tol or {}).get(f"{name}_tail", math.nan)))  # this config's tail
-    out = dict(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign, one_df=one_df,
-               noise=CALIBRATED if np.isfinite(sigma) else NO_NOISE)
+    out = ValueTest(name=name, empty=empty, n=len(both), sigma=sigma, df=df, sign=sign, one_df=one_df,
+                    noise=CALIBRATED if np.isfinite(sigma) else NO_NOISE)
     if not both:
-        return dict(out, p=math.nan)
+        return out
     base = np.array([x for x, _, _ in both])
     d = np.array([y - x for x, y, _ in both])
     scale = max(abs(scale_of(base)), 1e-12)
-    out.update(scale=scale, delta=float(d.mean()), mean=float(d.mean()), rel=float(sign * d.mean() / scale))
+    out = replace(out, scale=scale, delta=float(d.mean()), mean=float(d.mean()), rel=float(sign * d.mean() / scale))
     if not np.isfinite(sigma) and len(d) >= MIN_PAIRED_SEEDS:  # the paired seeds are the noise
         _, p_mean, _ = stats.noise_test(d, math.nan, 0)
-        return dict(out, p=float(p_mean), noise=PAIRED_SEEDS, sigma=float(np.std(d, ddof=1)), df=0)
+        return replace(out, p=float(p_mean), noise=PAIRED_SEEDS, sigma=float(np.std(d, ddof=1)), df=0)
     if not np.isfinite(sigma):  # too few seeds for their spread to be a noise, and none calibrated
-        return dict(out, p=math.nan, unmeasured=bool(np.any(d != 0)))
+        return replace(out, unmeasured=bool(np.any(d != 0)))
     _, p_mean, _ = stats.noise_test(d, sigma, df, one_df)
     if len(d) == 1:
-        return dict(out, p=float(p_mean))
+        return replace(out, p=float(p_mean))
     p_any, i = 1.0, None
     far = np.flatnonzero(np.abs(d) / scale > margin)
     if len(far):  # each far seed alone against the calibrated noise
@@ -348,8 +416,8 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
         i = int(far[np.argmin(p_seed)])
         p_any = 1 - (1 - float(np.min(p_seed))) ** len(d)
     if p_any < p_mean:
-        return dict(out, p=min(1.0, 2 * p_any), delta=float(d[i]), rel=float(sign * d[i] / scale), seed=both[i][2])
-    return dict(out, p=min(1.0, 2 * float(p_mean)))
+        return replace(out, p=min(1.0, 2 * p_any), delta=float(d[i]), rel=float(sign * d[i] / scale), seed=both[i][2])
+    return replace(out, p=min(1.0, 2 * float(p_mean)))
 
 
 # Where a value has no calibrated noise, this many paired seeds are their own: the spread of their
@@ -358,7 +426,6 @@ def value_test(name: str, pairs: list[tuple[dict, dict]], tol: dict | None, sign
 # of about 11 spreads at the comparison's alpha; at 2 (1 df) the critical t at 0.01 is 64 and the
 # test finds nothing a reader would not see unaided, so fewer seeds judge nothing.
 MIN_PAIRED_SEEDS = 3
-CALIBRATED, PAIRED_SEEDS, NO_NOISE = "calibrated", "paired seeds", "none"  # compare.csv's noise_source
 
 
 # Statuses decided by a threshold on a continuous quantity (progress, spike rate): noise can push a
@@ -369,7 +436,7 @@ CALIBRATED, PAIRED_SEEDS, NO_NOISE = "calibrated", "paired seeds", "none"  # com
 SOFT_STATUSES = BY_THRESHOLD  # detect.STATUS_TABLE's statuses decided by a threshold
 
 
-def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
+def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> StatusTest:
     """Seed-by-seed status comparison: flips that noise does not explain (``real``: to or from a
     divergence or an error that calibration never saw), and the binomial test of the noise-like
     ones (among SOFT_STATUSES, or seen in calibration) against the calibrated flip rate; without a
@@ -377,7 +444,7 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
     values are judged as well."""
     seen = set(str(tol.get("statuses_seen", "")).split(",")) if tol else set()
     flips, runs = (int(tol.get("status_flips", 0) or 0), int(tol.get("status_runs", 0) or 0)) if tol else (0, 0)
-    real, noisy, unmeasured, notes = [], [], [], []
+    real, noisy, unmeasured = [], [], []
     for b, c in pairs:
         bs, cs = str(b["status"]), str(c["status"])
         if bs == cs:
@@ -390,7 +457,7 @@ def status_test(pairs: list[tuple[dict, dict]], tol: dict | None) -> dict:
         else:  # to or from a divergence or an error that calibration never saw (or with no calibration)
             real.append(flip)
     p = stats.flip_pvalue(len(noisy), len(pairs), flips, runs) if noisy else math.nan
-    return dict(name="status", real=real, noisy=noisy, unmeasured=unmeasured, p=p, notes=notes)
+    return StatusTest(real=real, noisy=noisy, unmeasured=unmeasured, p=p)
 
 
 # Rounding noise grows from an ulp at its own pace, and a rounding change that is not a random
@@ -414,20 +481,20 @@ def later_noise(noise: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env: pd.DataFrame | None,
-               ref_traces: dict) -> dict | None:
+def curve_test(pairs: list[tuple[dict, dict]], b_curves: dict, c_curves: dict, env: pd.DataFrame | None,
+               ref_traces: dict) -> ValueTest | None:
     """The loss curve, step by step: per step the paired differences over the seeds with traces
     on both sides (the baseline's from its steps.csv, else the calibrated reference's), against
     that step's calibrated noise; p = the smallest step p-value times the steps tested. None
-    without a calibrated per-step noise or without a paired trace."""
+    without a calibrated per-step noise or without a paired loss curve."""
     if env is None or env.empty:
         return None
     noise = later_noise(env.drop_duplicates("step").set_index("step")[["loss_noise", "loss_df"]].sort_index())
     cols = []
     for b, c in pairs:
-        tb = b_trace.get(b["run_id"])
+        tb = b_curves.get(b["run_id"])
         tb = tb if tb is not None else ref_traces.get(b["run_id"])
-        tc = c_trace.get(c["run_id"])
+        tc = c_curves.get(c["run_id"])
         if tb is not None and tc is not None:
             cols.append((tb, tc))
     if not cols:
@@ -444,28 +511,26 @@ def curve_test(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict, env
     beyond = p * n_steps < ALPHA
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.nanmean(d, axis=1) / np.abs(np.nanmean(base, axis=1))
-    out = dict(name="curve", n=len(cols), p=float(min(1.0, p.min() * n_steps)), sign=1, empty=[],
-               exit_step=float(steps[int(np.argmax(beyond))]) if beyond.any() else math.nan)
     shown = rel[beyond] if beyond.any() else rel[[int(np.argmin(p))]]
-    return dict(out, rel=float(np.nanmean(shown)), delta=math.nan)
+    return ValueTest(name="curve", n=len(cols), p=float(min(1.0, p.min() * n_steps)), rel=float(np.nanmean(shown)),
+                     exit_step=float(steps[int(np.argmax(beyond))]) if beyond.any() else math.nan)
 
 
-def mde_of(test: dict | None, n_tests: int, alpha: float = ALPHA) -> float:
+def mde_of(test: ValueTest | None, n_tests: int, alpha: float = ALPHA) -> float:
     """The relative shift of a value this comparison would find with 80% power (Bonferroni's
     bound on Holm over ``n_tests`` tests, and over value_test's two statistics when there are
     several seeds and calibrated noise), at the seeds it judged; NaN without a noise (calibrated
     or paired seeds)."""
-    if test is None or not np.isfinite(test.get("sigma", math.nan)) or test["n"] < 1:
+    if test is None or not np.isfinite(test.sigma) or test.n < 1:
         return math.nan
     level = alpha / max(n_tests, 1)  # paired seeds: the mean's test alone
-    level = level if test.get("noise") == PAIRED_SEEDS else stats.value_level(level, test["n"])
-    return stats.mde(test["sigma"], test["df"], test["n"], level, one_df=test.get("one_df", stats.SINGLE_TAIL_DF)) \
-        / test["scale"]
+    level = level if test.noise == PAIRED_SEEDS else stats.value_level(level, test.n)
+    return stats.mde(test.sigma, test.df, test.n, level, one_df=test.one_df) / test.scale
 
 
-def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: dict, c_trace: dict,
-                 env: pd.DataFrame | None, ref_traces: dict, margin: float = MARGIN) -> dict:
-    """Everything about one config before the family's p-values are adjusted: its pairing, its
+def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_curves: dict, c_curves: dict,
+                 env: pd.DataFrame | None, ref_traces: dict, margin: float = MARGIN) -> Judgement:
+    """Everything about one config before the comparison's p-values are adjusted: its pairing, its
     bitwise identity, its status comparison and its tests (each with a raw ``p``)."""
     pairing = pair(b, c)
     pairs = list(pairing.pairs.values())
@@ -478,11 +543,12 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
     tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(names)]
     tests.append(value_test("divergence_step", diverged, tol, -1, lambda x: steps, margin))
     tests = [t for t in tests if t is not None]
-    curve = curve_test(ran, b_trace, c_trace, env, ref_traces)
+    curve = curve_test(ran, b_curves, c_curves, env, ref_traces)
     identical = bool(pairs) and all(rb.get("weights_sha256") == rc.get("weights_sha256") and pd.notna(rb.get("weights_sha256"))
                                     and rb["status"] == rc["status"] for rb, rc in pairs)
-    return dict(pairing=pairing, statuses=statuses, tests=tests + ([curve] if curve else []), identical=identical,
-                n_pairs=len(pairs), errors_both=sum(rb["status"] == "error" and rc["status"] == "error" for rb, rc in pairs))
+    return Judgement(pairing=pairing, statuses=statuses, tests=tests + ([curve] if curve else []), identical=identical,
+                     n_pairs=len(pairs),
+                     errors_both=sum(rb["status"] == "error" and rc["status"] == "error" for rb, rc in pairs))
 
 
 # Configs that share a path (an optimizer, a schedule, a precision) and moved the same way beyond
@@ -492,7 +558,7 @@ def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_trace: di
 # MIN_TOGETHER configs judged on calibrated noise, their final losses' standardised differences
 # (mean paired difference over its calibrated noise / sqrt n) are tested for mean zero (Student's
 # t, n - 1 degrees of freedom: under a rounding change they scatter about zero). These tests are
-# a Holm family of their own at the comparison's alpha, beside the configs' (which they leave
+# corrected among themselves (Holm) at the comparison's alpha, beside the configs' (which they leave
 # exactly as they were): the comparison's false alarms are at most alpha among its configs'
 # verdicts and alpha among its path findings. 8 configs at least: a t with fewer degrees of
 # freedom says little about "together".
@@ -500,19 +566,18 @@ TOGETHER_AXES = ("optimizer", "scheduler", "precision")
 MIN_TOGETHER = 8
 
 
-def together_tests(rows: list[dict], judgements: list) -> list[dict]:
+def together_tests(rows: list[dict], judgements: list[Judgement | None]) -> list[TogetherTest]:
     """One test per path shared by at least MIN_TOGETHER configs whose final loss was judged on
-    calibrated noise and whose bits changed (``name`` "together", ``axis``, ``value``, ``n``,
-    ``up``, ``median`` standardised difference, raw ``p``)."""
+    calibrated noise and whose bits changed (raw ``p``)."""
     groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for row, j in zip(rows, judgements):
-        if j is None or j["identical"]:
+        if j is None or j.identical:
             continue
-        t = next((t for t in j["tests"] if t["name"] == "final_loss" and t.get("noise") == CALIBRATED
-                  and t["n"] and np.isfinite(t.get("mean", math.nan)) and t["sigma"] > 0), None)
+        t = next((t for t in j.tests if t.name == "final_loss" and t.noise == CALIBRATED
+                  and t.n and np.isfinite(t.mean) and t.sigma > 0), None)
         if t is None:
             continue
-        z = t["mean"] / (t["sigma"] / math.sqrt(t["n"]))
+        z = t.mean / (t.sigma / math.sqrt(t.n))
         for axis in TOGETHER_AXES:
             groups.setdefault((axis, str(row[axis])), []).append((row["run_id"], z))
     tests = []
@@ -521,71 +586,71 @@ def together_tests(rows: list[dict], judgements: list) -> list[dict]:
         if len(z) < MIN_TOGETHER or not np.any(z != 0):
             continue
         _, p, _ = stats.noise_test(z, math.nan, 0)
-        tests.append(dict(name="together", axis=axis, value=value, n=len(z), up=int((z > 0).sum()),
-                          median=float(np.median(z)), p=float(p), configs=[r for r, _ in zs]))
+        tests.append(TogetherTest(axis=axis, value=value, n=len(z), up=int((z > 0).sum()), median=float(np.median(z)),
+                                  configs=[r for r, _ in zs], p=float(p)))
     return tests
 
 
-def together_line(t: dict) -> str:
+def together_line(t: TogetherTest) -> str:
     """"optimizer=adamw: 10 configs moved together, 10 of 10 up (worse), median +26.0 calibrated
     sigmas (p_holm 2e-05)"."""
-    way = "up (worse)" if t["median"] > 0 else "down (better)"
-    same = t["up"] if t["median"] > 0 else t["n"] - t["up"]
-    return (f"{t['axis']}={t['value']}: {t['n']} configs moved together, {same} of {t['n']} {way}, median "
-            f"{t['median']:+.1f} calibrated sigmas of final loss (p_holm {t['p_adj']:.2g})")
+    way = "up (worse)" if t.median > 0 else "down (better)"
+    same = t.up if t.median > 0 else t.n - t.up
+    return (f"{t.axis}={t.value}: {t.n} configs moved together, {same} of {t.n} {way}, median "
+            f"{t.median:+.1f} calibrated sigmas of final loss (p_holm {t.p_adj:.2g})")
 
 
-def family(judgements: list[dict]) -> list[dict]:
+def p_valued(judgements: list[Judgement]) -> list[ValueTest | StatusTest]:
     """Every test of a comparison that has a p-value (values, curves, status flips), in order."""
     out = []
     for j in judgements:
-        out += [t for t in j["tests"] if np.isfinite(t.get("p", math.nan))]
-        if np.isfinite(j["statuses"]["p"]):
-            out.append(j["statuses"])
+        out += [t for t in j.tests if np.isfinite(t.p)]
+        if np.isfinite(j.statuses.p):
+            out.append(j.statuses)
     return out
 
 
-def describe(t: dict) -> str:
+def describe(t: ValueTest) -> str:
     """``final_loss +0.012 (0.61% worse, p 3e-05)``: the change, its direction in words (an
     accuracy that rose is better) and its adjusted p-value."""
-    rel = t.get("rel", math.nan)
+    rel = t.rel
     way = "worse" if rel > 0 else "better" if rel < 0 else "no change"
-    delta = "" if not np.isfinite(t.get("delta", math.nan)) else f" {t['delta']:+.4g}"
-    where = f" from step {t['exit_step']:.0f}" if np.isfinite(t.get("exit_step", math.nan)) else ""
-    seed = f" on seed {t['seed']}" if "seed" in t else ""
-    return f"{t['name']}{delta} ({abs(rel):.2%} {way}{seed}{where}, p {t.get('p_adj', t['p']):.2g})"
+    delta = "" if not np.isfinite(t.delta) else f" {t.delta:+.4g}"
+    where = f" from step {t.exit_step:.0f}" if np.isfinite(t.exit_step) else ""
+    seed = f" on seed {t.seed}" if t.seed is not None else ""
+    return f"{t.name}{delta} ({abs(rel):.2%} {way}{seed}{where}, p {t.p_adj if np.isfinite(t.p_adj) else t.p:.2g})"
 
 
-def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
-    """The verdict of one config from its tests once their ``p_adj`` (family-adjusted) is set."""
-    pg, st = j["pairing"], j["statuses"]
-    tests = j["tests"]
-    value_tests = [t for t in tests if t["name"] != "curve"]
-    primary = next((t for t in value_tests if t["name"] in ("final_loss", "divergence_step") and t["n"]), None)
-    sources = {t.get("noise") for t in value_tests}
-    out = dict(n_seeds_judged=max((t["n"] for t in tests), default=0), mde=mde_of(primary, n_tests),
+def verdict_of(j: Judgement, margin: float, alpha: float, n_tests: int) -> dict:
+    """The verdict of one config from its tests once their ``p_adj`` (Holm-adjusted) is set."""
+    pg, st = j.pairing, j.statuses
+    tests = j.tests
+    value_tests = [t for t in tests if t.name != "curve"]
+    primary = next((t for t in value_tests if t.name in ("final_loss", "divergence_step") and t.n), None)
+    sources = {t.noise for t in value_tests}
+    out = dict(n_seeds_judged=max((t.n for t in tests), default=0), mde=mde_of(primary, n_tests),
                noise_source=next((s for s in (CALIBRATED, PAIRED_SEEDS) if s in sources), NO_NOISE),
-               p_value=min((t["p"] for t in tests + [st] if np.isfinite(t.get("p", math.nan))), default=math.nan),
-               p_holm=min((t["p_adj"] for t in tests + [st] if np.isfinite(t.get("p_adj", math.nan))), default=math.nan),
-               curve_exit_step=next((t["exit_step"] for t in tests if t["name"] == "curve"), math.nan),
+               p_value=min((t.p for t in tests + [st] if np.isfinite(t.p)), default=math.nan),
+               p_holm=min((t.p_adj for t in tests + [st] if np.isfinite(t.p_adj)), default=math.nan),
+               curve_exit_step=next((t.exit_step for t in tests if t.name == "curve"), math.nan),
                seeds_new=",".join(map(str, pg.new)),
                seeds_skipped=",".join(map(str, pg.skipped)))
-    notes = list(pg.unpaired) + st["notes"]
+    notes = list(pg.unpaired) + st.notes
     if pg.missing:
         notes.append(f"baseline seeds {','.join(map(str, pg.missing))} not in the candidate")
     if pg.new:
         notes.append(f"candidate seeds {','.join(map(str, pg.new))} have no baseline partner")
     if pg.skipped:
         notes.append(f"seeds {','.join(map(str, pg.skipped))} skipped")
-    empty = sorted({s for t in value_tests for s in t["empty"]})
+    empty = sorted({s for t in value_tests for s in t.empty})
     out["seeds_missing"] = ",".join(map(str, sorted(set(pg.missing) | set(empty))))
     if empty:
         notes.append("empty values in the candidate: " + "; ".join(
-            f"{t['name']} seeds {','.join(map(str, t['empty']))}" for t in value_tests if t["empty"]))
-    beyond = [t for t in tests if np.isfinite(t.get("p_adj", math.nan)) and t["p_adj"] < alpha]
-    kind = lambda t: "worse" if t["rel"] > margin else "better" if t["rel"] < -margin else "changed"  # noqa: E731
+            f"{t.name} seeds {','.join(map(str, t.empty))}" for t in value_tests if t.empty))
+    beyond = [t for t in tests if np.isfinite(t.p_adj) and t.p_adj < alpha]
+    kind = lambda t: "worse" if t.rel > margin else "better" if t.rel < -margin else "changed"  # noqa: E731
     kinds = [kind(t) for t in beyond]
-    flips = st["real"] + (st["noisy"] if np.isfinite(st.get("p_adj", math.nan)) and st["p_adj"] < alpha else [])
+    flips = st.real + (st.noisy if np.isfinite(st.p_adj) and st.p_adj < alpha else [])
     flip_text = ", ".join(f"seed {s} {x} -> {y}" for s, x, y in flips)
     worse_flip = any(STATUS_RANK.get(y, 99) > STATUS_RANK.get(x, 99) for _, x, y in flips)
     found = "; ".join(describe(t) for t in beyond)
@@ -611,24 +676,24 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
         return done("skipped", detail="every seed skipped on a side")
     if pg.new:
         return done("new", detail="the paired seeds are within noise")
-    if j["identical"]:
+    if j.identical:
         return done("identical", detail="same weights (sha256) and status for every seed")
-    measured = [t for t in value_tests if np.isfinite(t.get("sigma", math.nan))] + [t for t in tests if t["name"] == "curve"]
-    if not measured and (any(t.get("unmeasured") for t in value_tests) or st.get("unmeasured")):
-        moved = [f"{t['name']} {t['rel']:+.2%}" for t in value_tests if t.get("unmeasured")]
-        moved += [f"seed {s} {x} -> {y}" for s, x, y in st.get("unmeasured", [])]
-        more = MIN_PAIRED_SEEDS - max((t["n"] for t in value_tests), default=0)
+    measured = [t for t in value_tests if np.isfinite(t.sigma)] + [t for t in tests if t.name == "curve"]
+    if not measured and (any(t.unmeasured for t in value_tests) or st.unmeasured):
+        moved = [f"{t.name} {t.rel:+.2%}" for t in value_tests if t.unmeasured]
+        moved += [f"seed {s} {x} -> {y}" for s, x, y in st.unmeasured]
+        more = MIN_PAIRED_SEEDS - max((t.n for t in value_tests), default=0)
         return done("unjudged", detail=f"bits changed, and no noise to judge the difference against: no calibration "
                                        f"for this config and fewer than {MIN_PAIRED_SEEDS} paired seeds ("
                                        + ", ".join(moved) + f"); {more} more paired seed{'s' * (more != 1)}, or "
                                        "calibrate (or give --tolerances), would let it judge")
-    if not tests and not st["noisy"]:
-        why = "errors on both sides" if j["errors_both"] else "no value to judge"
+    if not tests and not st.noisy:
+        why = "errors on both sides" if j.errors_both else "no value to judge"
         return done("unjudged", detail=why)
     shown = "" if not np.isfinite(out["mde"]) else f"would have found a {out['mde']:.2%} final-loss shift"
     return done("equivalent", detail="within noise" + (f" ({shown})" if shown else "") + (
-        "; " + ", ".join(f"seed {s} {x} -> {y} within the calibrated flip rate" for s, x, y in st["noisy"])
-        if st["noisy"] else ""))
+        "; " + ", ".join(f"seed {s} {x} -> {y} within the calibrated flip rate" for s, x, y in st.noisy)
+        if st.noisy else ""))
 
 
 # ------------------------------------------------------------------------------------------
@@ -637,22 +702,22 @@ def verdict_of(j: dict, margin: float, alpha: float, n_tests: int) -> dict:
 
 
 def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: float = MARGIN,
-              trace: list[dict] | None = None, envelope: pd.DataFrame | None = None, family_size: int = 1) -> dict:
+              steps: list[dict] | None = None, envelope: pd.DataFrame | None = None, runs_judged: int = 1) -> dict:
     """The suite's check of one run against its baseline row (None: there is none): a verdict
     row (``verdict``, ``direction``, ``detail``, ``mde``) to hand to ``Policy.failure``. The run's
-    tests join a family of ``family_size`` runs (the session's grid): Bonferroni over all of them
-    holds the session's family-wise error at ALPHA. With the run's ``trace`` (steps rows) and its
+    tests join those of ``runs_judged`` runs (the session's grid): Bonferroni over all of them
+    holds the session's family-wise error at ALPHA. With the run's ``steps`` (its steps.csv rows) and its
     calibrated ``envelope``, the curve is judged too."""
     if base is None:
         return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
     b, c = pd.DataFrame([base]).assign(seed=0), pd.DataFrame([row]).assign(seed=0)
-    c_trace = {row["run_id"]: pd.DataFrame(trace).set_index("step")["loss"]} if trace else {}
+    c_curves = {row["run_id"]: pd.DataFrame(steps).set_index("step")["loss"]} if steps else {}
     ref = {base["run_id"]: envelope.set_index("step")["loss_reference"]} if envelope is not None and len(envelope) else {}
-    j = config_tests(b, c, tol, {}, c_trace, envelope, ref, margin)
-    tests = family([j])
-    n = max(len(tests), 1) * max(family_size, 1)
+    j = config_tests(b, c, tol, {}, c_curves, envelope, ref, margin)
+    tests = p_valued([j])
+    n = max(len(tests), 1) * max(runs_judged, 1)
     for t in tests:
-        t["p_adj"] = min(1.0, t["p"] * n)
+        t.p_adj = min(1.0, t.p * n)
     return with_init(verdict_of(j, margin, ALPHA, n), b, c)
 
 
@@ -679,10 +744,10 @@ def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[fl
             float(apart[0]) if len(apart) else math.nan)
 
 
-def curve_distances(pairs: list[tuple[dict, dict]], b_trace: dict, c_trace: dict) -> dict:
+def curve_distances(pairs: list[tuple[dict, dict]], b_curves: dict, c_curves: dict) -> dict:
     """Descriptive curve columns over the paired seeds whose traces both reports have."""
-    dists = [curve_distance(b_trace[rb["run_id"]], c_trace[rc["run_id"]], rb["initial_loss"])
-             for rb, rc in pairs if rb["run_id"] in b_trace and rc["run_id"] in c_trace]
+    dists = [curve_distance(b_curves[rb["run_id"]], c_curves[rc["run_id"]], rb["initial_loss"])
+             for rb, rc in pairs if rb["run_id"] in b_curves and rc["run_id"] in c_curves]
     if not dists:
         return {}
     return dict(first_diff_step=min((d[0] for d in dists if not math.isnan(d[0])), default=math.nan),
@@ -711,10 +776,11 @@ COMPARE_COLUMNS = (CONFIG + ["run_id", "verdict", "direction", "failure", "detai
 
 
 def index_by_config(df: pd.DataFrame | None) -> dict[tuple, dict]:
-    """tolerances.csv rows by normalised config key."""
+    """tolerances.csv rows by normalised config key (a frame built by a caller, not read, may
+    lack an axis that did not exist when it was measured: read as its default)."""
     if df is None or df.empty:
         return {}
-    return {config_key(r[c] for c in CONFIG): r for r in report.with_axis_defaults(df).to_dict("records")}
+    return {config_key(r[c] for c in CONFIG): r for r in report.records(report.with_axis_defaults(df))}
 
 
 def check_unique(runs: pd.DataFrame, side: str) -> None:
@@ -727,7 +793,7 @@ def check_unique(runs: pd.DataFrame, side: str) -> None:
                                      f"{int(dup.sum())} times: a report holds each run once (merged twice?)")
 
 
-def traces(steps: pd.DataFrame | None) -> dict:
+def loss_curves(steps: pd.DataFrame | None) -> dict:
     """run_id -> its loss by step."""
     if steps is None or steps.empty:
         return {}
@@ -750,7 +816,8 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
                     envelope: pd.DataFrame | None = None, margin: float = MARGIN,
                     policy: Policy | None = None, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per config on either side, with its verdict and whether it fails ``policy``.
-    Raises report.ReportError on a report that holds a run twice."""
+    Raises report.ReportError on a report that holds a run twice. Frames read from a report
+    (report.read) hold every axis; one built by a caller may lack one: read as its default."""
     policy = policy or Policy()
     base_runs, cand_runs = (slim(report.with_axis_defaults(df)) for df in (base_runs, cand_runs))
     check_unique(base_runs, "baseline")
@@ -760,7 +827,7 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
     ref_traces = {rid: e.set_index("step")["loss_reference"] for rid, e in env_by_run.items()}
     b_groups = {config_key(k): g for k, g in base_runs.groupby(CONFIG, dropna=False, sort=True)}
     c_groups = {config_key(k): g for k, g in cand_runs.groupby(CONFIG, dropna=False, sort=True)}
-    b_trace, c_trace = traces(base_steps), traces(cand_steps)
+    b_curves, c_curves = loss_curves(base_steps), loss_curves(cand_steps)
     rows, judgements = [], []
     for key in sorted(set(b_groups) | set(c_groups), key=str):
         b, c = b_groups.get(key), c_groups.get(key)
@@ -774,29 +841,29 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
             continue
         tol = tols.get(key)
         env = next((env_by_run[r] for r in b["run_id"] if r in env_by_run), None)
-        j = config_tests(b, c, tol, b_trace, c_trace, env, ref_traces, margin)
-        j["sides"] = (b, c)
+        j = config_tests(b, c, tol, b_curves, c_curves, env, ref_traces, margin)
+        j.sides = (b, c)
         judgements.append(j)
         rows.append(dict(head, base_status=worst(b["status"]), candidate_status=worst(c["status"]),
                          n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=b["final_loss"].mean(),
                          candidate_final_loss=c["final_loss"].mean(),
                          noise_final_loss=noise_of(tol, "final_loss")[0],
-                         **cost_flags(b, c), **curve_distances(list(j["pairing"].pairs.values()), b_trace, c_trace)))
-    tests = family([j for j in judgements if j is not None])
-    together = together_tests(rows, judgements)  # a family of its own (TOGETHER_AXES)
+                         **cost_flags(b, c), **curve_distances(list(j.pairing.pairs.values()), b_curves, c_curves)))
+    tests = p_valued([j for j in judgements if j is not None])
+    together = together_tests(rows, judgements)  # corrected among themselves (TOGETHER_AXES)
     for group in (tests, together):
-        for t, p in zip(group, stats.holm([t["p"] for t in group])):
-            t["p_adj"] = p
+        for t, p in zip(group, stats.holm([t.p for t in group])):
+            t.p_adj = p
     for row, j in zip(rows, judgements):
         if j is not None:
             row.update(verdict_of(j, margin, alpha, len(tests)))
-            with_init(row, *j["sides"])
+            with_init(row, *j.sides)
     df = pd.DataFrame(rows, columns=COMPARE_COLUMNS)
     df["delta_final_loss"] = df["candidate_final_loss"] - df["base_final_loss"]
-    df["failure"] = [policy.failure(r) or "" for r in df.to_dict("records")]
+    df["failure"] = [policy.failure(r) or "" for r in report.records(df)]
     df = df[COMPARE_COLUMNS]
     # paths that moved together (together_tests): a finding of the comparison as a whole
-    df.attrs["together"] = [together_line(t) for t in together if t["p_adj"] < alpha]
+    df.attrs["together"] = [together_line(t) for t in together if t.p_adj < alpha]
     return df
 
 

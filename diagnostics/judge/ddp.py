@@ -82,7 +82,7 @@ def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out:
         s = train.setup(spec, device, Path(data_dir), None)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model) if device.type == "cuda" else s.model
         ddp = nn.parallel.DistributedDataParallel(LossModule(model, s.ds.task))  # SyncBatchNorm keeps the same Parameters
-        trace = []
+        steps = []
         for step in range(1, spec.steps + 1):
             inputs, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, device)
             lr = s.opt.param_groups[0]["lr"]
@@ -97,22 +97,22 @@ def _worker(rank: int, world: int, port: int, spec: RunSpec, data_dir: str, out:
             after_optimizer_step(s.sched, step, spec.steps)
             mean_loss = loss.detach().float().clone()
             dist.all_reduce(mean_loss)  # equal shards: the mean of the shard means is the batch mean
-            trace.append(dict(step=step, lr=lr, loss=float(mean_loss) / world, grad_norm=float(grad_norm)))
+            steps.append(dict(step=step, lr=lr, loss=float(mean_loss) / world, grad_norm=float(grad_norm)))
         if rank == 0:
-            Path(out).write_text(json.dumps(dict(trace=trace, weights_sha256=train.weights_sha256(model))))
+            Path(out).write_text(json.dumps(dict(steps=steps, weights_sha256=train.weights_sha256(model))))
     finally:
         dist.destroy_process_group()
 
 
-def ddp_trace(spec: RunSpec, data_dir: Path, world_size: int = 2) -> tuple[list[dict], str]:
+def ddp_steps(spec: RunSpec, data_dir: Path, world_size: int = 2) -> tuple[list[dict], str]:
     """(rank 0's per-step lr / batch-mean loss / grad norm, final weights hash) of a DDP run."""
-    data.for_model(spec.model, spec.size, data_dir)  # written once, here
+    data.for_model(spec.model, spec.model_size, data_dir)  # written once, here
     with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "trace.json"
+        out = Path(d) / "steps.json"
         mp.start_processes(_worker, args=(world_size, free_port(), spec, str(data_dir), str(out)),
                            nprocs=world_size, start_method="spawn")
         result = json.loads(out.read_text())
-    return result["trace"], result["weights_sha256"]
+    return result["steps"], result["weights_sha256"]
 
 
 def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | None = None) -> dict:
@@ -126,20 +126,20 @@ def ddp_check(spec: RunSpec, data_dir: Path, world_size: int = 2, tol: float | N
     if spec.layout != "full":  # shards of unequal real tokens: the mean of shard means is not the batch's
         return row(spec, "ddp", "skipped", detail=f"the DDP check trains full batches; {spec.layout} is not checked")
     single = train.run(spec, data_dir)
-    trace, _ = ddp_trace(spec, data_dir, world_size)
+    steps, _ = ddp_steps(spec, data_dir, world_size)
     ref = {s["step"]: s["loss"] for s in single.steps}
-    diffs = [abs(s["loss"] - ref[s["step"]]) for s in trace if s["step"] in ref]
+    diffs = [abs(s["loss"] - ref[s["step"]]) for s in steps if s["step"] in ref]
     k = min(DDP_STEPS, len(diffs))
-    first_rel = max((abs(s["loss"] - ref[s["step"]]) / abs(ref[s["step"]]) for s in trace[:k]), default=math.nan)
-    tail = max(1, round(0.1 * len(trace)))
-    ddp_final = sum(s["loss"] for s in trace[-tail:]) / tail
-    info = data.for_model(spec.model, spec.size, data_dir).info
-    bn = has_batchnorm(build_model(spec.model, spec.size, info))
+    first_rel = max((abs(s["loss"] - ref[s["step"]]) / abs(ref[s["step"]]) for s in steps[:k]), default=math.nan)
+    tail = max(1, round(0.1 * len(steps)))
+    ddp_final = sum(s["loss"] for s in steps[-tail:]) / tail
+    info = data.for_model(spec.model, spec.model_size, data_dir).info
+    bn = has_batchnorm(build_model(spec.model, spec.model_size, info))
     per_rank_bn = bn and spec.device == "cpu"
     final_ok, how = final_loss_agrees(single.row["final_loss"], ddp_final, tol)
     detail = (f"{world_size} processes ({backend(spec.device)}): final loss {ddp_final:.4g} vs "
               f"{single.row['final_loss']:.4g} ({how}); first {k} steps max rel diff {first_rel:.2g} (tolerance {DDP_RTOL:g})")
-    first_diff = next((float(s["step"]) for s in trace if s["step"] in ref and s["loss"] != ref[s["step"]]), math.nan)
+    first_diff = next((float(s["step"]) for s in steps if s["step"] in ref and s["loss"] != ref[s["step"]]), math.nan)
     if per_rank_bn:
         result = "skipped"
         detail = "per-rank BatchNorm on CPU (no SyncBatchNorm) trains another function: not comparable; " + detail

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diagnostics import report
 from diagnostics.grid.spec import RunSpec
 from diagnostics.judge import compare
 from diagnostics.paths import REPRO as REPRO  # re-exported: paths is their home
@@ -98,7 +97,6 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per config with >= 2 seeds: mean, std and a 95% bootstrap CI (scipy) of the final and
     held-out losses: the noise floor of comparisons."""
     rows = []
-    runs = report.with_axis_defaults(runs)
     for key, g in runs.groupby(compare.CONFIG, dropna=False, sort=True):
         if g["seed"].nunique() < 2:
             continue

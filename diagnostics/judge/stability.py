@@ -49,7 +49,6 @@ def lr_sensitivity(losses, initial: float) -> float:
 def table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per config that was run at two or more LR multipliers."""
     rows = []
-    runs = report.with_axis_defaults(runs)
     for key, g in runs.groupby(CONFIG, dropna=False, sort=True):
         if g["lr_scale"].nunique() < 2:
             continue

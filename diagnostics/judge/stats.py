@@ -76,6 +76,15 @@ def single_df(df: int, tail: float) -> int:
     return int(df) if np.isfinite(tail) and tail <= LIGHT_TAIL else min(int(df), SINGLE_TAIL_DF)
 
 
+def difference_sd(ss, df):
+    """The sd of the difference of two runs from a pooled within-group sum of squares ``ss`` on
+    ``df`` degrees of freedom: ss / df estimates one run's variance, a difference has twice it.
+    Scalars or arrays (elementwise; NaN where ``df`` is 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(np.asarray(df) > 0, np.sqrt(2.0 * np.asarray(ss, float) / np.maximum(df, 1)), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
 def pooled_noise(groups) -> tuple[float, int]:
     """(sd of the difference of two runs, degrees of freedom) from groups of runs that differ
     only in rounding (each group: one seed's reference and its reruns; NaNs dropped, groups of
@@ -87,7 +96,7 @@ def pooled_noise(groups) -> tuple[float, int]:
         if len(x) >= 2:
             ss += float(((x - x.mean()) ** 2).sum())
             df += len(x) - 1
-    return (math.sqrt(2.0 * ss / df), df) if df else (math.nan, 0)
+    return (difference_sd(ss, df), df) if df else (math.nan, 0)
 
 
 # The distributions the tests need, as the special functions scipy.stats itself evaluates them

@@ -55,7 +55,6 @@ def extend(committed: pd.DataFrame | None, table: pd.DataFrame) -> pd.DataFrame:
     Rows ordered by (from, to) release; the releases covered never shrink."""
     if committed is None or committed.empty:
         return table.reset_index(drop=True)
-    committed = report.with_axis_defaults(committed)  # rows judged before an axis existed: its default
     covered = set(releases_of(table))
     standing = [not (a in covered and b in covered) for a, b in transitions_of(committed)]
     merged = pd.concat([committed[standing], table], ignore_index=True)
@@ -180,7 +179,6 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
     came from) and why (explain's findings in that layout's families)."""
     from diagnostics.release import explain
 
-    table = report.with_axis_defaults(table)
     part = table[(table["layout"].astype(str) != "full") | (table["context"].astype(float) != 0)]
     rows = []
     for name, t in part.groupby(part["layout"].astype(str), sort=False):
@@ -290,9 +288,12 @@ def read(out: Path) -> pd.DataFrame:
 
 
 def read_explained(out: Path) -> pd.DataFrame | None:
-    """``out/explain.csv`` as text (None where absent)."""
+    """``out/explain.csv`` as text (None where absent); a file written before explain's column
+    was named ``finding`` (it was ``verdict``) reads the same."""
     path = Path(out) / paths.EXPLAIN
-    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+    if not path.exists():
+        return None
+    return pd.read_csv(path, dtype=str, keep_default_na=False).rename(columns={"verdict": "finding"})
 
 
 def render(out: Path) -> str:

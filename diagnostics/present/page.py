@@ -186,7 +186,7 @@ def write(report_dir: Path) -> Path:
 
 
 # explain's findings (explain.csv) as HTML: the release and changelog pages, and explain.html
-EXPLAIN_COLUMNS = [("family", "family"), ("phase", "phase"), ("op", "op"), ("verdict", "verdict"), ("step", "first_step"),
+EXPLAIN_COLUMNS = [("family", "family"), ("phase", "phase"), ("op", "op"), ("finding", "finding"), ("step", "first_step"),
                 ("module", "module"), ("frames", "frames"), ("reproducer", "repro"), ("detail", "detail")]
 
 
@@ -197,14 +197,14 @@ def explain_section(table: pd.DataFrame) -> list[str]:
 
     out = []
     for transition, t in table.groupby("transition", sort=False):
-        roots = t[t["verdict"].isin(ROOTS)]
+        roots = t[t["finding"].isin(ROOTS)]
         out.append(f"<h3>{html.escape(str(transition) or 'explain')}</h3><p>{html.escape(summary(t))}</p>")
         if len(roots):
             head = "".join(f"<th>{html.escape(k)}</th>" for k, _ in EXPLAIN_COLUMNS)
             body = "".join("<tr>" + "".join(cell(r.get(c, "")) for _, c in EXPLAIN_COLUMNS) + "</tr>"
                            for r in roots.to_dict("records"))
             out.append(f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-        downstream = t[t["verdict"] == DOWNSTREAM]
+        downstream = t[t["finding"] == DOWNSTREAM]
         if len(downstream):
             out.append(f"<p>{len(downstream)} downstream rows in {downstream['family'].nunique()} families "
                        "(the ops each root's change reached; explain.csv).</p>")

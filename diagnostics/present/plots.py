@@ -1,6 +1,6 @@
 """Figures: LR schedules, loss curves, OneCycle vs Cosine, baseline vs candidate.
 
-Schedules are drawn from ``recipes.lr_trace`` (the grid's own optimizer and scheduler objects);
+Schedules are drawn from ``recipes.lr_curve`` (the grid's own optimizer and scheduler objects);
 curves from a report directory's ``steps.csv`` / ``runs.csv`` / ``events.csv``. Everything
 renders headless (Agg) to PNG files and returns their paths.
 """
@@ -33,14 +33,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def lr_traces(schedulers, optimizer: str, warmups, steps: int) -> dict[tuple[str, str], list[float]]:
-    return {(s, w): recipes.lr_trace(optimizer, s, w, steps) for s in schedulers for w in warmups}
+def lr_curves(schedulers, optimizer: str, warmups, steps: int) -> dict[tuple[str, str], list[float]]:
+    return {(s, w): recipes.lr_curve(optimizer, s, w, steps) for s in schedulers for w in warmups}
 
 
 def plot_lr(schedulers, optimizer: str, warmups, steps: int, out: Path) -> Path:
     """LR vs step for the given schedulers x warmups on one axes (the chapter's exercise)."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (s, w), lrs in lr_traces(schedulers, optimizer, warmups, steps).items():
+    for (s, w), lrs in lr_curves(schedulers, optimizer, warmups, steps).items():
         ax.plot(range(1, steps + 1), lrs, WARMUP_STYLE.get(w, "-"), label=f"{s} (warmup {w})")
     ax.set(xlabel="optimizer step", ylabel="learning rate",
            title=f"LR vs step: {', '.join(schedulers)} ({optimizer}, {steps} steps)")
@@ -54,7 +54,7 @@ def plot_lr_all(optimizer: str, steps: int, out: Path) -> Path:
     schedulers, warmups = list(recipes.SCHEDULERS), list(recipes.WARMUPS)
     fig, axes = plt.subplots(len(warmups), len(schedulers), figsize=(3.2 * len(schedulers), 2.6 * len(warmups)),
                              sharex=True, sharey=True, squeeze=False)
-    for (s, w), lrs in lr_traces(schedulers, optimizer, warmups, steps).items():
+    for (s, w), lrs in lr_curves(schedulers, optimizer, warmups, steps).items():
         ax = axes[warmups.index(w)][schedulers.index(s)]
         ax.plot(range(1, steps + 1), lrs)
         ax.set_title(f"{s}, warmup {w}", fontsize=9)

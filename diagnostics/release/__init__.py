@@ -307,7 +307,6 @@ def grid_configs(specs) -> set[tuple]:
     out = set()
     for s in specs:
         row = s.to_dict()
-        row["model_size"] = row.pop("size")
         out.add(compare.config_key(row[c] for c in compare.CONFIG))
     return out
 
@@ -471,7 +470,7 @@ def explained(a: Path, b: Path, transition: str, sessions: Sessions | None = Non
     try:
         table = explain.explain(a, b, transition)
     except explain.ExplainError as e:
-        return pd.DataFrame([dict(transition=transition, family="", phase="", op="", verdict=explain.NOT_TRACED,
+        return pd.DataFrame([dict(transition=transition, family="", phase="", op="", finding=explain.NOT_TRACED,
                                   first_step=0, count=0, capability="", detail=str(e), module="", frames="", seq=0,
                                   signature="", repro="")], columns=explain.EXPLAIN_COLUMNS)
     if sessions is not None and versions is not None:
@@ -494,7 +493,7 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
 
     table = table.copy()
     pinned = table["capability"].astype(str) == f"{explain.PINNED.upper()} (both)"  # the pinned pair's own rows
-    roots = table[(table["verdict"] == explain.CHANGED_KERNEL) & ~pinned]
+    roots = table[(table["finding"] == explain.CHANGED_KERNEL) & ~pinned]
     if roots.empty:
         return table
     out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
@@ -512,8 +511,8 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
             result = f"{reproducer.NOT_RUN}: inputs not captured ({why})"
         else:
             script = Path(lines[-1]) if Path(lines[-1]).is_absolute() else ROOT / lines[-1]
-            verdict, detail = reproducer.confirm(script, sessions.envs.python(base), sessions.envs.python(cand))
-            result = f"{verdict}: {detail}; {script}"
+            outcome, detail = reproducer.confirm(script, sessions.envs.python(base), sessions.envs.python(cand))
+            result = f"{outcome}: {detail}; {script}"
         table.loc[(table["op"] == op) & (table["signature"] == sig), "repro"] = result
     return table
 

@@ -4,7 +4,7 @@ numerics traces (``numerics``) phase by phase and names the ops where they part.
 Within each family, step and phase, the two op sequences are aligned by op name and input
 signature (``difflib.SequenceMatcher``: the longest matching blocks, so a region one release
 computes with other ops, a decomposition swapped for a fused kernel, leaves the ops around it
-matched). Each matched op gets one verdict (``VERDICTS``):
+matched). Each matched op gets one finding (``FINDINGS``):
 
 - ``changed kernel``: its tensor inputs and its other arguments are bitwise equal and its output
   differs: this op computes differently (the op to name upstream);
@@ -19,7 +19,7 @@ and each unmatched region is a ``changed decomposition``: ops one side runs and 
 not (or with other input shapes), named with what replaced what; a region that is the same ops
 renamed, with the same input signatures, is judged op by op as matched ops are (``renamed``). A
 schedule whose LRs differ is ``changed schedule`` (first step: the first LR that differs), generated code that differs is
-``changed generated code``, a family only one side traced is ``not traced``. The *root* verdicts
+``changed generated code``, a family only one side traced is ``not traced``. The *root* findings
 (every one but ``downstream``) are what a transition's line names; ops whose bits agree are not
 written.
 
@@ -48,10 +48,10 @@ CHANGED_KERNEL, CHANGED_ARGUMENTS, DOWNSTREAM = "changed kernel", "changed argum
 CHANGED_DECOMPOSITION, CHANGED_SCHEDULE, CHANGED_CODE = "changed decomposition", "changed schedule", \
     "changed generated code"
 CHANGED_DISPATCH, NOT_TRACED = "changed dispatch", "not traced"
-VERDICTS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SCHEDULE, CHANGED_CODE,
+FINDINGS = (CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION, CHANGED_SCHEDULE, CHANGED_CODE,
             CHANGED_DISPATCH, DOWNSTREAM, NOT_TRACED)
-ROOTS = tuple(v for v in VERDICTS if v not in (DOWNSTREAM, NOT_TRACED))
-EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "verdict", "first_step", "count", "capability", "detail",
+ROOTS = tuple(v for v in FINDINGS if v not in (DOWNSTREAM, NOT_TRACED))
+EXPLAIN_COLUMNS = ["transition", "family", "phase", "op", "finding", "first_step", "count", "capability", "detail",
                    "module", "frames",  # where the op ran: the module path, torch's frame and the model's
                    "seq", "signature",  # its place in the first trace's step and phase, its input signature
                    "repro"]  # its reproducer's result, the two hashes and the script
@@ -74,8 +74,8 @@ def key(row: dict) -> str:
     return f"{row['op']}|{row['signature']}"
 
 
-def matched_verdict(a: dict, b: dict) -> str | None:
-    """The verdict of an op both sides ran with the same name and signature (None: its output
+def matched_finding(a: dict, b: dict) -> str | None:
+    """The finding of an op both sides ran with the same name and signature (None: its output
     kept its bits, whatever its inputs or arguments: ``ones_like`` given another spelling of its
     defaults computes the same ones)."""
     if a["output_hash"] == b["output_hash"]:
@@ -93,7 +93,7 @@ def renamed(gone: list[dict], added: list[dict]) -> bool:
     """An unmatched region that is the same ops under other names: as many ops on each side, each
     called with the same input signature as its counterpart (2.3 renamed the CPU flash-attention
     kernel ``_scaled_dot_product_flash_attention_for_cpu``). Its ops are judged as matched ones
-    (``matched_verdict``): a renamed op fed the same bits that gives other bits is a ``changed
+    (``matched_finding``): a renamed op fed the same bits that gives other bits is a ``changed
     kernel``, one that kept its bits no finding."""
     return bool(gone) and len(gone) == len(added) and all(x["signature"] == y["signature"] for x, y in zip(gone, added))
 
@@ -127,7 +127,7 @@ def located(row: dict) -> dict:
 
 
 def align(a: list[dict], b: list[dict]) -> list[dict]:
-    """The findings of one phase of one step: a list of (op, verdict, detail, module, frames)
+    """The findings of one phase of one step: a list of (op, finding, detail, module, frames)
     dicts, each located where the second side ran it (the first, for what it alone ran)."""
     out = []
     ka, kb = [key(r) for r in a], [key(r) for r in b]
@@ -140,16 +140,16 @@ def align(a: list[dict], b: list[dict]) -> list[dict]:
     for tag, i1, i2, j1, j2 in opcodes:
         if tag == "equal" or renamed(a[i1:i2], b[j1:j2]):
             for x, y in zip(a[i1:i2], b[j1:j2]):
-                verdict = matched_verdict(x, y)
-                if verdict is not None:
-                    same_name = verdict == DOWNSTREAM or x["op"] == y["op"]
-                    out.append(dict(op=y["op"], verdict=verdict, detail="" if same_name else f"renamed from {x['op']}",
+                finding = matched_finding(x, y)
+                if finding is not None:
+                    same_name = finding == DOWNSTREAM or x["op"] == y["op"]
+                    out.append(dict(op=y["op"], finding=finding, detail="" if same_name else f"renamed from {x['op']}",
                                     **located(y)))
             continue
         gone, added = [r["op"] for r in a[i1:i2]], [r["op"] for r in b[j1:j2]]
         op = (added or gone)[0] if len(set(added or gone)) == 1 else ", ".join(dict.fromkeys(added or gone))
         parts = ([f"-{counted(gone)}"] if gone else []) + ([f"+{counted(added)}"] if added else [])
-        out.append(dict(op=op, verdict=CHANGED_DECOMPOSITION, detail="; ".join(parts),
+        out.append(dict(op=op, finding=CHANGED_DECOMPOSITION, detail="; ".join(parts),
                         **located((b[j1:j2] or a[i1:i2])[0])))
     return out
 
@@ -166,7 +166,7 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         side = "the first" if a.empty or "error" in set(a["phase"]) else "the second"
         err = (a if side == "the first" else b)
         why = "; ".join(err.loc[err["phase"] == "error", "detail"]) if not err.empty else "no rows"
-        return [dict(family=family, phase="", op="", verdict=NOT_TRACED, first_step=0, count=1,
+        return [dict(family=family, phase="", op="", finding=NOT_TRACED, first_step=0, count=1,
                      detail=f"{side} side traced nothing ({why})", module="", frames="", seq=0, signature="",
                      repro="")]
     found = []
@@ -175,13 +175,13 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         xs, ys = x.sort_values("seq").to_dict("records"), y.sort_values("seq").to_dict("records")
         if phase == "schedule":
             if xs[0]["output_hash"] != (ys[0]["output_hash"] if ys else None):
-                found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_SCHEDULE,
+                found.append(dict(phase=phase, op=xs[0]["op"], finding=CHANGED_SCHEDULE,
                                   step=schedule_step(xs[0], ys[0]) if ys else 0, detail="", module="", frames="", seq=0,
                                   signature=""))
             continue
         if phase == "compile":
             if not ys or xs[0]["output_hash"] != ys[0]["output_hash"]:
-                found.append(dict(phase=phase, op=xs[0]["op"], verdict=CHANGED_CODE, step=0,
+                found.append(dict(phase=phase, op=xs[0]["op"], finding=CHANGED_CODE, step=0,
                                   detail=f"{xs[0]['signature']} vs {ys[0]['signature'] if ys else 'none'}",
                                   module="", frames="", seq=0, signature=""))
             continue
@@ -192,22 +192,22 @@ def explain_family(family: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     rows = []
     if found:
         df = pd.DataFrame(found)
-        downstream = df["verdict"] == DOWNSTREAM
+        downstream = df["finding"] == DOWNSTREAM
         first_op = df[downstream].groupby(["phase"], sort=False)["op"].first()  # each phase's first downstream op
         df.loc[downstream, "op"] = ""  # downstream: one row per phase, not per op
         roots: list[str] = []  # the roots met so far, in the order of the steps and phases
-        order = sorted(df.groupby(["phase", "op", "verdict"], sort=False),
+        order = sorted(df.groupby(["phase", "op", "finding"], sort=False),
                        key=lambda kv: (int(kv[1]["step"].min()), PHASE_ORDER.get(kv[0][0], 99), kv[0][2] == DOWNSTREAM))
-        for (phase, op, verdict), g in order:
+        for (phase, op, finding), g in order:
             detail = "; ".join(dict.fromkeys(d for d in g["detail"] if d))
             where = g.iloc[0]
-            if verdict == DOWNSTREAM:
+            if finding == DOWNSTREAM:
                 origin = f"from {roots[0]}" if roots else "from a difference before the traced ops (the inputs or init)"
                 detail = f"first: {first_op[phase]}; {origin}"
-            elif verdict in ROOTS:
+            elif finding in ROOTS:
                 roots.append(f"{op} ({phase}{', ' + where['module'] if where['module'] else ''})")
             first = g[g["step"] == g["step"].min()].iloc[0]
-            rows.append(dict(family=family, phase=phase, op=op, verdict=verdict, first_step=int(first["step"]),
+            rows.append(dict(family=family, phase=phase, op=op, finding=finding, first_step=int(first["step"]),
                              count=len(g), detail=detail[:500], module=where["module"], frames=where["frames"],
                              seq=int(first["seq"]), signature=first["signature"], repro=""))
     return rows
@@ -286,12 +286,12 @@ def with_dispatch(native: pd.DataFrame, pinned: pd.DataFrame, detail: str, trace
     """Native findings, relabelled where the pinned pair (which traced the families ``traced``)
     does not find them: a root that is gone under one capability was the dispatch's
     (``changed dispatch``); the pinned pair's own rows follow."""
-    keep = {(r["family"], r["phase"], r["op"]) for r in pinned.to_dict("records") if r["verdict"] in ROOTS}
+    keep = {(r["family"], r["phase"], r["op"]) for r in pinned.to_dict("records") if r["finding"] in ROOTS}
     native = native.copy()
-    roots = native["verdict"].isin((CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION)) & \
+    roots = native["finding"].isin((CHANGED_KERNEL, CHANGED_ARGUMENTS, CHANGED_DECOMPOSITION)) & \
         native["family"].isin(traced)
     gone = roots & ~native.apply(lambda r: (r["family"], r["phase"], r["op"]) in keep, axis=1)
-    native.loc[gone, "verdict"] = CHANGED_DISPATCH
+    native.loc[gone, "finding"] = CHANGED_DISPATCH
     native.loc[gone, "detail"] = detail + "; equal under one capability"
     return pd.concat([native, pinned], ignore_index=True)
 
@@ -308,14 +308,14 @@ def summary(table: pd.DataFrame, bits_changed: bool | None = None) -> str:
         cap = differ.iloc[0]
         parts.append(f"CPU capability differs ({cap})" if UNPINNED in cap else
                      f"CPU capability differs ({cap}): explained under {PINNED.upper()} too")
-    for verdict, words in ((CHANGED_DISPATCH, "changed dispatch"), (CHANGED_KERNEL, "changed kernels"),
+    for finding, words in ((CHANGED_DISPATCH, "changed dispatch"), (CHANGED_KERNEL, "changed kernels"),
                            (CHANGED_DECOMPOSITION, "changed decompositions"), (CHANGED_ARGUMENTS, "changed arguments"),
                            (CHANGED_SCHEDULE, "changed schedules"), (CHANGED_CODE, "changed generated code")):
-        rows = table[table["verdict"] == verdict]
+        rows = table[table["finding"] == finding]
         if not rows.empty:
-            parts.append(f"{words}: {ops_in(rows) if verdict != CHANGED_SCHEDULE else schedules_in(rows)}")
-    if not table["verdict"].isin(ROOTS).any():
-        differ = table.loc[table["verdict"] == DOWNSTREAM, "family"].nunique()
+            parts.append(f"{words}: {ops_in(rows) if finding != CHANGED_SCHEDULE else schedules_in(rows)}")
+    if not table["finding"].isin(ROOTS).any():
+        differ = table.loc[table["finding"] == DOWNSTREAM, "family"].nunique()
         if differ:
             parts.append(f"{differ} families differ but no traced op changed (the difference came in before "
                          "the traced ops: their inputs or initial weights)")
@@ -323,7 +323,7 @@ def summary(table: pd.DataFrame, bits_changed: bool | None = None) -> str:
             parts.append("bits changed but no family's trace differs (the change is outside the traced steps)")
         else:
             parts.append("no family differs")
-    untraced = table[table["verdict"] == NOT_TRACED]
+    untraced = table[table["finding"] == NOT_TRACED]
     if len(untraced):
         parts.append(f"not traced: {untraced['family'].replace('', 'every family').nunique()} families")
     return "; ".join(parts)

@@ -54,9 +54,6 @@ TRACE_COLUMNS = ["family", "step", "phase", "seq", "op", "signature", "input_has
                  "detail", "module", "frames"]
 # columns a trace written before they existed reads as empty
 LATER_COLUMNS = ("module", "frames")
-# the fields of a RunSpec that make a family: every axis that changes the ops of a step
-FAMILY_FIELDS = ("model", "size", "optimizer", "impl", "precision", "attention", "layout", "context", "compile", "clip",
-                 "accumulation", "device")
 # ops that move no value: leaving them out keeps two releases' traces aligned where one reorders
 # views or adds a copy (a copy between dtypes converts, and is kept: see ``moves_no_value``)
 VALUE_PRESERVING = {"aten::clone", "aten::contiguous", "aten::alias", "aten::lift_fresh", "aten::lift_fresh_copy",
@@ -274,11 +271,12 @@ def frames() -> str:
 
 
 def family_of(spec: RunSpec) -> str:
-    """A family's name: the run id without schedule, warmup and seed
-    (``gpt-adamw-cpu-fp32-fused-clip1``; size when not the tiny preset)."""
-    rest = spec.id.split(f"-{spec.device}-", 1)[1].rsplit("-s", 1)[0]
-    size = "" if spec.size == "tiny" else f"-{spec.size}"
-    return f"{spec.model}{size}-{spec.optimizer}-{spec.device}-{rest}"
+    """A family's name: every field that changes the ops of a step (the model and its size,
+    the optimizer, the device, the precision and the other axes), none that only changes values
+    (schedule, warmup, seed, LR scale): ``gpt-adamw-cpu-fp32-fused-clip1``, the size named when
+    not the tiny preset."""
+    size = "" if spec.model_size == "tiny" else f"-{spec.model_size}"
+    return f"{spec.model}{size}-{spec.optimizer}-{spec.device}-{spec.axes}"
 
 
 def spec_of_row(row: dict) -> RunSpec:
@@ -291,7 +289,7 @@ def spec_of_row(row: dict) -> RunSpec:
     numbers = {k: row[k] for k in ("steps", "seed", "lr_scale") if k in row and str(row[k]) not in ("", "nan")}
     return RunSpec(model=row["model"], optimizer=row["optimizer"], scheduler=row["scheduler"],
                    warmup=row["warmup"], device=row["device"], precision=row["precision"],
-                   size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
+                   model_size=row.get("model_size") or "tiny", clip=clip, accumulation=accumulation, context=context,
                    **{k: str(v) for k, v in axes.items()},
                    **{k: (float(v) if k == "lr_scale" else int(float(v))) for k, v in numbers.items()})
 
@@ -316,8 +314,8 @@ def schedule_name(optimizer: str, scheduler: str, warmup: str, steps, lr_scale) 
 
 def schedule_rows(specs: list[RunSpec]) -> list[dict]:
     """One ``schedule`` row per distinct schedule of the grid: the hash of its LR at every step
-    of the run (``recipes.lr_trace``: torch's own scheduler objects), the values in ``detail``."""
-    from diagnostics.grid.recipes import lr_trace
+    of the run (``recipes.lr_curve``: torch's own scheduler objects), the values in ``detail``."""
+    from diagnostics.grid.recipes import lr_curve
 
     rows, seen = [], set()
     for s in specs:
@@ -325,7 +323,7 @@ def schedule_rows(specs: list[RunSpec]) -> list[dict]:
         if key in seen:
             continue
         seen.add(key)
-        lrs = lr_trace(*key[:4], lr_scale=s.lr_scale)
+        lrs = lr_curve(*key[:4], lr_scale=s.lr_scale)
         rows.append(dict(family=schedule_name(*key),
                          step=0, phase="schedule", seq=0, op="lr_schedule", signature=f"{len(lrs)} steps",
                          input_hash="", args_hash="", output_hash=digest(repr([x.hex() for x in lrs]).encode()),

@@ -25,7 +25,7 @@ import psutil
 import torch
 
 from diagnostics import paths
-from diagnostics.detect import VERDICT_FIELDS, Monitor, Thresholds
+from diagnostics.detect import STATUS_FIELDS, Monitor, Thresholds
 from diagnostics.grid import attention, compat, data, precision
 from diagnostics.grid.layout import FULL, IGNORE
 from diagnostics.grid.models import MODELS, build_model, count_params, logits_loss
@@ -61,7 +61,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class Trace:
+class StepLog:
     """Per-step values kept on the device and read to the host in one synchronisation per
     ``read`` (every SYNC_EVERY steps): they become steps.csv rows and feed the Monitor. With fp16
     loss scaling each step also carries its scale; a step whose gradients overflowed (the scaler
@@ -151,10 +151,9 @@ def utc_now() -> str:
 
 
 def identity(spec: RunSpec) -> dict:
-    """A row's identity: the run id and every field of its RunSpec, by the field's name (``size``
-    is the report's ``model_size``), so an axis added to RunSpec reaches the row by itself."""
-    fields = spec.to_dict()
-    return dict(run_id=spec.id, model_size=fields.pop("size"), **fields)
+    """A row's identity: the run id and every field of its RunSpec, by the field's name, so an
+    axis added to RunSpec reaches the row by itself."""
+    return dict(run_id=spec.id, **spec.to_dict())
 
 
 def provenance(spec: RunSpec, worker: str) -> dict:
@@ -232,7 +231,7 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
     gpt's attention-logit and output log-partition probes on every read step (one extra forward
     pass each). ``stop_after=k`` with ``checkpoint_path`` trains steps 1..k and saves a
-    checkpoint; ``resume_from`` loads one and trains the remaining steps (the trace then starts
+    checkpoint; ``resume_from`` loads one and trains the remaining steps (the step log then starts
     after the checkpoint's step). A resumed run's Monitor starts afresh. ``perturbation`` (a name
     in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration. ``init_dir``:
     the initial weights of (model, size, seed) are saved there by the first run and loaded by
@@ -283,7 +282,7 @@ def initial_weights(model: torch.nn.Module, init_dir, spec: RunSpec) -> None:
     seeds = checkpoint.seed_checkpoints(init_dir)
     if seeds is None:
         return
-    path = seeds.path(spec.model, spec.size, spec.seed, spec.context)
+    path = seeds.path(spec.model, spec.model_size, spec.seed, spec.context)
     if path.exists():
         checkpoint.load_weights(path, model)
     elif seeds.write:
@@ -316,9 +315,9 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
     records the seeded initialisation as the ``init`` phase)."""
     entry = MODELS[spec.model]
     numerics = precision.set_float32_matmul(spec.precision)
-    ds = data.for_model(spec.model, spec.size, data_dir, data_root, spec.context)
+    ds = data.for_model(spec.model, spec.model_size, data_dir, data_root, spec.context)
     with (phase or no_phase)("init"):
-        model = build_model(spec.model, spec.size, ds.info)
+        model = build_model(spec.model, spec.model_size, ds.info)
     seeded_sha = weights_sha256(model)  # torch's own seeded init, before a seed checkpoint replaces it
     initial_weights(model, init_dir, spec)
     model = model.to(device)
@@ -331,7 +330,7 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
         torch._dynamo.reset()  # a fresh model: no guards or recompile budget left from earlier runs
         model.compile(backend=spec.compile)  # in place: state-dict keys and the loss method unchanged
     return Setup(model, opt, sched, opt_kw, sched_kw, data.on_device(ds, device),
-                 [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.size],
+                 [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.model_size],
                  precision.autocast(spec.precision, device.type), precision.grad_scaler(spec.precision, device.type),
                  numerics, init_sha, seeded_sha)
 
@@ -354,19 +353,19 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
 
     layer_names, layer_assign = layers_of(s.model, s.params)
     layer_assign = layer_assign.to(device)
-    trace = Trace(spec.id, layer_names, monitor, scaled=s.scaler is not None)
+    step_log = StepLog(spec.id, layer_names, monitor, scaled=s.scaler is not None)
     t0 = time.perf_counter()
     for step in range(first_step, last_step + 1):
         read = step % SYNC_EVERY == 0 or step == last_step  # values reach the host on these steps
         out = train_step(s, spec, step, fault, perturbation, keep_weights=read)
-        trace.add(step, out.lr, out.loss, out.grad_norm, layer_norms(out.param_norms, layer_assign),
+        step_log.add(step, out.lr, out.loss, out.grad_norm, layer_norms(out.param_norms, layer_assign),
                   time.perf_counter() - t0, out.grad_scale)
         if read:
             sampled = dict(update_ratio=update_ratio(s.params, out.before))
             if probes and hasattr(s.model, "probes"):
                 with s.autocast:
                     sampled.update(s.model.probes(*out.x))
-            trace.read(sampled)
+            step_log.read(sampled)
             peak_rss = max(peak_rss, proc.memory_info().rss)
             if monitor.diverged:
                 break
@@ -377,21 +376,21 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         checkpoint.save(checkpoint_path, spec.id, last_step, s.model, s.opt, s.sched, s.scaler)
 
     val_loss, val_metric, metric_name, val_samples = evaluate(s.model, s.ds, device, s.autocast, spec.layout)
-    verdict = monitor.verdict()
+    run_status = monitor.status()
     events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
-    if verdict.status == "diverged_nonfinite":
-        verdict, events = with_origin(spec, verdict, events, trace, data_dir, data_root, init_dir, perturbation,
-                                      fault, resume_from)
-    row = result_row(spec, s, verdict, trace, thresholds)
+    if run_status.status == "diverged_nonfinite":
+        run_status, events = with_origin(spec, run_status, events, step_log, data_dir, data_root, init_dir, perturbation,
+                                             fault, resume_from)
+    row = result_row(spec, s, run_status, step_log, thresholds)
     row["sdpa_backend"] = attention_kernel(s, spec, device)
     row.update(
         val_loss=val_loss, val_metric=val_metric, val_metric_name=metric_name, val_samples=val_samples,
-        runtime_s=runtime, steps_per_s=len(trace.rows) / runtime, samples_per_s=len(trace.rows) * s.batch_size / runtime,
+        runtime_s=runtime, steps_per_s=len(step_log.rows) / runtime, samples_per_s=len(step_log.rows) * s.batch_size / runtime,
         peak_rss_mb=peak_rss / MB, peak_device_mem_mb=torch.cuda.max_memory_allocated() / MB if on_cuda else math.nan,
         deterministic=deterministic, perturbation=perturbation.name if perturbation is not None else "none",
     )
     row.update(provenance(spec, worker))
-    return RunResult(row, trace.rows, events)
+    return RunResult(row, step_log.rows, events)
 
 
 def first_nonfinite_step(rows: list[dict], scaled: bool) -> int | None:
@@ -432,19 +431,19 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
                                                                  keep_weights=False, phase=phase))
 
 
-def with_origin(spec: RunSpec, verdict, events: list[dict], trace: Trace, data_dir, data_root, init_dir,
+def with_origin(spec: RunSpec, run_status, events: list[dict], step_log: StepLog, data_dir, data_root, init_dir,
                 perturbation, fault, resume_from):
-    """A non-finite run's verdict and events with where its first non-finite value came from
+    """A non-finite run's status and events with where its first non-finite value came from
     (``locate``: one step replayed under a dispatch mode) in its reason and an event."""
-    step = first_nonfinite_step(trace.rows, trace.scaled)
+    step = first_nonfinite_step(step_log.rows, step_log.scaled)
     if step is None:
-        return verdict, events
+        return run_status, events
     try:
         found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from)
     except Exception as e:  # the run's row stands whatever the replay meets
         note = f"origin not located ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        return replace(verdict, status_reason=f"{verdict.status_reason}; {note}"), events
-    return (replace(verdict, status_reason=f"{verdict.status_reason}; {found.line()}"),
+        return replace(run_status, status_reason=f"{run_status.status_reason}; {note}"), events
+    return (replace(run_status, status_reason=f"{run_status.status_reason}; {found.line()}"),
             events + [found.event(spec.id)])
 
 
@@ -549,20 +548,20 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
     return StepOutput(x, lr, total, grad_norm, param_norms, before, scale)
 
 
-def result_row(spec: RunSpec, s: Setup, verdict, trace: Trace, thresholds: Thresholds) -> dict:
-    """The runs.csv row: identity, recipe, the verdict's fields, the weights."""
+def result_row(spec: RunSpec, s: Setup, run_status, step_log: StepLog, thresholds: Thresholds) -> dict:
+    """The runs.csv row: identity, recipe, the status's fields, the weights."""
     context = dict(context=s.ds.info.block_size) if s.ds.task == "lm" else {}  # the resolved context length
-    recipe = dict(optimizer=s.opt_kw, schedule=s.sched_kw, batch_size=s.batch_size, model_size=spec.size, **context,
+    recipe = dict(optimizer=s.opt_kw, schedule=s.sched_kw, batch_size=s.batch_size, model_size=spec.model_size, **context,
                   sync_every=SYNC_EVERY, thresholds=thresholds.__dict__)
     row = identity(spec)
     row.update(
         warmup_steps=s.sched_kw["warmup_steps"], lr=s.opt_kw["lr"], batch_size=s.batch_size,
         model_params=count_params(s.model), recipe=json.dumps(recipe, sort_keys=True),
-        **{k: getattr(verdict, k) for k in VERDICT_FIELDS},
-        loss_floor=s.ds.loss_floor, max_grad_norm=trace.max_grad_norm, weights_sha256=weights_sha256(s.model),
+        **{k: getattr(run_status, k) for k in STATUS_FIELDS},
+        loss_floor=s.ds.loss_floor, max_grad_norm=step_log.max_grad_norm, weights_sha256=weights_sha256(s.model),
         data_path=str(s.ds.path.resolve()), data_sha256=s.ds.sha256, data_name=s.ds.name,
-        steps_run=len(trace.rows), impl_resolved=s.opt_kw["impl"], init_sha256=s.init_sha256,
+        steps_run=len(step_log.rows), impl_resolved=s.opt_kw["impl"], init_sha256=s.init_sha256,
         seeded_init_sha256=s.seeded_init_sha256,
-        skipped_steps=trace.skipped_steps if s.scaler is not None else math.nan, **s.numerics,
+        skipped_steps=step_log.skipped_steps if s.scaler is not None else math.nan, **s.numerics,
     )
     return row
