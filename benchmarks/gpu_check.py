@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from diagnostics import report  # noqa: E402
 from diagnostics.grid import spec  # noqa: E402
-from diagnostics.judge.compare import Policy  # noqa: E402
+from diagnostics.judge.verdicts import Policy  # noqa: E402
 from diagnostics.present import summary  # noqa: E402
 
 CUDA = ["--devices", "cuda", "--allow-no-baseline", "--quiet"]  # no CUDA baseline is committed yet

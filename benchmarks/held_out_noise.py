@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from diagnostics import report
-from diagnostics.judge import calibrate, compare
+from diagnostics.judge import calibrate, compare, verdicts
 
 
 def held_out(work: Path, names: list[str], out: str) -> pd.DataFrame:
@@ -49,7 +49,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for out in names:
         t = held_out(work, names, out)
-        flagged = t[t["verdict"].isin(compare.BEYOND_NOISE)]
+        flagged = t[t["verdict"].isin(verdicts.BEYOND_NOISE)]
         counts = ", ".join(f"{n} {v}" for v, n in t["verdict"].value_counts().items())
         print(f"| {out} | {len(t)} | {len(flagged)} | {counts} | {t['mde'].median():.2%} ({t['mde'].max():.2%}) |",
               flush=True)

@@ -29,9 +29,9 @@ import pandas as pd
 
 from diagnostics import report
 from diagnostics.grid.spec import GRIDS
-from diagnostics.judge import baseline, compare
+from diagnostics.judge import baseline, compare, verdicts
 
-BEYOND_NOISE = compare.BEYOND_NOISE
+BEYOND_NOISE = verdicts.BEYOND_NOISE
 
 
 @contextlib.contextmanager

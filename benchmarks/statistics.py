@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from diagnostics import report
-from diagnostics.judge import compare, stats
+from diagnostics.judge import compare, stats, verdicts
 
 N_CONFIGS = 60  # the default grid
 SIGMA = 0.01  # noise of one run, relative to the loss (the difference of two runs has sqrt(2) x that)
@@ -61,7 +61,7 @@ def reports(rng, n_seeds: int, shift: np.ndarray):
 def flagged(table) -> np.ndarray:
     """Per config, in config order: is its verdict beyond noise?"""
     order = np.argsort([int(x[1:]) for x in table["scheduler"]])
-    return table["verdict"].isin(compare.BEYOND_NOISE).to_numpy()[order]
+    return table["verdict"].isin(verdicts.BEYOND_NOISE).to_numpy()[order]
 
 
 def null_comparison(rng, n_seeds: int) -> bool:
@@ -103,7 +103,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     print(f"{N_CONFIGS} configs, noise {SIGMA:.0%} of the loss per run, calibrated on {PERTURBED_SEEDS} seeds x "
-          f"{RERUNS} reruns; alpha {compare.ALPHA} family-wise; {args.reps} simulated comparisons per cell\n")
+          f"{RERUNS} reruns; alpha {verdicts.ALPHA} family-wise; {args.reps} simulated comparisons per cell\n")
     print("| seeds a side | family-wise false alarms | stated mde (median) | found at its stated mde | found at 2x |")
     print("|---|---|---|---|---|")
     for n in (1, 2, 3, 5, 8):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from diagnostics import options, paths
 from diagnostics.errors import DiagnosticsError, UsageError
+from diagnostics.judge import verdicts
 
 SUITES = Path(__file__).resolve().parent.parent / "suites"
 SUITE_FILES = {"convergence": "test_convergence.py", "stability": "test_stability.py",
@@ -133,9 +134,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     ref, perturbed = calibrate.run_sessions(grid, names, Path(args.work_dir) / grid.name, args.perturb_seeds,
                                             args.resume, session_command)
-    tol, env = calibrate.from_sessions(ref, perturbed, compare.CONFIG, compare.MARGIN, compare.ALPHA)
+    tol, env = calibrate.from_sessions(ref, perturbed, compare.CONFIG, verdicts.MARGIN, verdicts.ALPHA)
     calibrate.write(target, ref, tol, env)
-    print("\n".join(calibrate.summary_lines(tol, names, target, compare.MARGIN)))
+    print("\n".join(calibrate.summary_lines(tol, names, target, verdicts.MARGIN)))
     return 0
 
 
@@ -268,14 +269,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = compare.compare_reports(base, cand, *steps, tolerances=tol, envelope=env, margin=margin, policy=policy)
     out = Path(args.out) if args.out else cand_dir
     report.write_atomic(out / paths.COMPARE, table)
-    print(f"noise: {compare.noise_line(table, tol)}; margin {margin:.0%}; family-wise alpha {compare.ALPHA:g}")
+    print(f"noise: {compare.noise_line(table, tol)}; margin {margin:.0%}; family-wise alpha {verdicts.ALPHA:g}")
     counts = table["verdict"].value_counts()
-    print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in compare.VERDICTS if v in counts))
+    print(f"{len(table)} configs: " + ", ".join(f"{counts[v]} {v}" for v in verdicts.VERDICTS if v in counts))
     for r in table[table["verdict"] == "changed"].to_dict("records"):
         print(f"changed {r['run_id']}: {r['detail']}")
     for line in table.attrs.get("together", []):
         print(f"MOVED TOGETHER {line}")
-    init = table[table["init_verdict"] == compare.INIT_CHANGED]
+    init = table[table["init_verdict"] == verdicts.INIT_CHANGED]
     if len(init):
         print(f"INIT_CHANGED: torch's seeded initialisation gives other weights for {len(init)} configs "
               f"({', '.join(sorted(set(init['model'].astype(str) + '-' + init['model_size'].astype(str))))}); "

@@ -27,7 +27,7 @@ from diagnostics.grid.layout import LAYOUTS
 from diagnostics.grid.models import MODELS, SIZES
 from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from diagnostics.grid.spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
-from diagnostics.judge.compare import MARGIN, Policy
+from diagnostics.judge.verdicts import MARGIN, Policy
 from diagnostics.run.train import DEFAULT_DATA_DIR
 
 

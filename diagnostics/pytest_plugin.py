@@ -103,7 +103,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     """The body of every grid test (``session.run_point``: train, judge against the baseline,
     record), as pytest outcomes: a point this stack cannot run is a skip with its reason; a run
-    that raised fails; so does a verdict the session's policy fails (compare.Policy: a
+    that raised fails; so does a verdict the session's policy fails (verdicts.Policy: a
     regression, an improvement, no baseline at all)."""
     result, verdict = session.run_point(spec)
     if result.status == "skipped":  # the row says why; the test is a skip with that reason, never silent

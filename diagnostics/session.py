@@ -13,7 +13,7 @@ import pandas as pd
 
 from diagnostics import report
 from diagnostics.grid.spec import Grid, GridOptions, RunSpec, resolve_grid
-from diagnostics.judge import baseline, compare, repro, stability
+from diagnostics.judge import baseline, compare, repro, stability, verdicts
 from diagnostics.run import env, train
 from diagnostics.run.train import RunResult
 
@@ -40,8 +40,8 @@ class Session:
     worker: str
     probes: bool = False
     shard: tuple[int, int] | None = None
-    policy: compare.Policy = field(default_factory=compare.Policy)  # which verdicts fail a run
-    margin: float = compare.MARGIN
+    policy: verdicts.Policy = field(default_factory=verdicts.Policy)  # which verdicts fail a run
+    margin: float = verdicts.MARGIN
     force: bool = False  # --update-baseline even with errored or skipped runs
     perturbation: str | None = None  # calibration reruns: no baseline judgement
     init_dir: Path | None = None  # seed checkpoint folder (train.initial_weights)

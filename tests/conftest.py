@@ -55,6 +55,13 @@ def write_rounding_noise(runs_csv: Path, rel_noise: float = 1e-4) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One folder of the built-in datasets per test process: each is written once, by the first
+    test that trains on it, and read by every other."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
 def smoke_reports(tmp_path_factory):
     """The smoke grid (20 steps) without and with xdist: {workers: (report dir, process)}."""
     out = {}

@@ -42,26 +42,26 @@ def test_a_grid_sets_the_axis_on_attention_models_only():
 
 
 @pytest.mark.slow
-def test_runs_record_the_kernel_and_a_kernel_torch_cannot_run_is_a_skip(tmp_path, monkeypatch):
+def test_runs_record_the_kernel_and_a_kernel_torch_cannot_run_is_a_skip(monkeypatch, data_dir):
     spec = RunSpec(**GPT_ADAMW, steps=3, attention="math")
-    row = train.run(spec, data_dir=tmp_path).row
+    row = train.run(spec, data_dir=data_dir).row
     assert row["status"] != "error" and row["sdpa_backend"] == "math" and row["attention"] == "math"
     skipped = train.run(RunSpec(**GPT_ADAMW, steps=3, attention="efficient"),
-                        data_dir=tmp_path).row
+                        data_dir=data_dir).row
     assert skipped["status"] == "skipped" and skipped["status_reason"].startswith("efficient attention is a CUDA kernel")
 
     def no_kernel(*args, **kwargs):
         raise RuntimeError("No available kernel. Aborting execution.")
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", no_kernel)
-    row = train.run(RunSpec(**GPT_ADAMW, steps=3, attention="flash"), data_dir=tmp_path).row
+    row = train.run(RunSpec(**GPT_ADAMW, steps=3, attention="flash"), data_dir=data_dir).row
     assert row["status"] == "skipped"
     assert row["status_reason"] == "flash attention: No available kernel. Aborting execution."
 
 
-def test_a_resnet_run_records_no_kernel(tmp_path):
+def test_a_resnet_run_records_no_kernel(data_dir):
     row = train.run(RunSpec(model="resnet", optimizer="sgd", scheduler="constant", warmup="none", device="cpu", steps=2),
-                            data_dir=tmp_path).row
+                            data_dir=data_dir).row
     assert row["status"] != "error" and row["sdpa_backend"] == ""
 
 

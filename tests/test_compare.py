@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from diagnostics import report
-from diagnostics.judge import compare
-from diagnostics.judge.compare import Policy
+from diagnostics.judge import compare, verdicts
+from diagnostics.judge.verdicts import Policy
 from tests import rows
 
 GPT = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="none")
@@ -234,7 +234,7 @@ def test_without_calibrated_noise_or_enough_paired_seeds_a_difference_is_unjudge
     v = judge(b, runs({0: 2.6}))  # +30% on one seed
     assert v["verdict"] == "unjudged" and math.isnan(v["mde"]) and v["noise_source"] == compare.NO_NOISE
     assert "2 more paired seeds, or calibrate" in v["detail"] and "final_loss +30.00%" in v["detail"]
-    assert compare.Policy().failure(v)  # a check that checked nothing fails
+    assert verdicts.Policy().failure(v)  # a check that checked nothing fails
     two = runs({0: 2.0, 1: 2.1})
     assert "1 more paired seed, or calibrate" in judge(two, runs({0: 2.2, 1: 2.3}))["detail"]
     assert judge(b, runs({0: 2.0}))["verdict"] in ("identical", "equivalent")  # no difference: nothing unjudged
@@ -256,14 +256,14 @@ def test_paired_seeds_are_the_noise_where_none_was_calibrated():
         c["val_metric"], c["weights_sha256"] = c["val_loss"], "x"
         table = compare.compare_reports(b, c)
         assert set(table["noise_source"]) == {compare.PAIRED_SEEDS} and table["mde"].notna().all()
-        alarms += table["verdict"].isin(compare.BEYOND_NOISE).any()
+        alarms += table["verdict"].isin(verdicts.BEYOND_NOISE).any()
         shifted = c.copy()
         first6 = shifted["optimizer"].isin([f"o{k}" for k in range(6)])
         shifted.loc[first6, "final_loss"] *= 1.05
-        verdicts = compare.compare_reports(b, shifted).set_index("optimizer")["verdict"]
-        found.append(verdicts[[f"o{k}" for k in range(6)]].isin(compare.BEYOND_NOISE).sum())
-        alarms += verdicts[[f"o{k}" for k in range(6, configs)]].isin(compare.BEYOND_NOISE).any()
-    assert alarms / (2 * reps) <= 3 * compare.ALPHA and min(found) == 6
+        verdict = compare.compare_reports(b, shifted).set_index("optimizer")["verdict"]
+        found.append(verdict[[f"o{k}" for k in range(6)]].isin(verdicts.BEYOND_NOISE).sum())
+        alarms += verdict[[f"o{k}" for k in range(6, configs)]].isin(verdicts.BEYOND_NOISE).any()
+    assert alarms / (2 * reps) <= 3 * verdicts.ALPHA and min(found) == 6
     tol = noise(b[b["optimizer"] == "o0"], final=1e-7)  # one config calibrated: judged with its calibration
     table = compare.compare_reports(b, b.assign(weights_sha256="x"), tolerances=tol)
     assert table.set_index("optimizer").loc["o0", "noise_source"] == compare.CALIBRATED
@@ -289,8 +289,8 @@ def test_family_wise_error_over_many_configs():
             c[col] = b[col] + sigma * rng.standard_normal(len(b))
         c["val_metric"] = c["val_loss"]
         c["weights_sha256"] = "x"
-        alarms += compare.compare_reports(b, c, tolerances=tol)["verdict"].isin(compare.BEYOND_NOISE).any()
-    assert alarms / reps <= 3 * compare.ALPHA
+        alarms += compare.compare_reports(b, c, tolerances=tol)["verdict"].isin(verdicts.BEYOND_NOISE).any()
+    assert alarms / reps <= 3 * verdicts.ALPHA
 
 
 def test_the_curve_is_judged_step_by_step_and_a_spike_does_not_blind_it():
@@ -407,7 +407,7 @@ def test_a_config_s_own_calibrated_tail_decides_how_far_one_seed_may_land():
     heavy = compare.compare_reports(b, c, tolerances=tol)
     assert set(heavy["verdict"]) == {"equivalent"}  # the committed baselines' tolerances have no tail: as before
     light = tol.assign(final_loss_tail=2.0, val_loss_tail=2.0, val_metric_tail=2.0)
-    assert compare.compare_reports(b, c, tolerances=light)["verdict"].isin(compare.BEYOND_NOISE).all()
+    assert compare.compare_reports(b, c, tolerances=light)["verdict"].isin(verdicts.BEYOND_NOISE).all()
     assert compare.compare_reports(b, c, tolerances=light.assign(final_loss_tail=19.0, val_loss_tail=19.0,
                                                                  val_metric_tail=19.0))["verdict"].eq("equivalent").all()
     # a rounding change under one seed (each difference one draw of the noise) flags nothing, light tail or not
@@ -415,7 +415,7 @@ def test_a_config_s_own_calibrated_tail_decides_how_far_one_seed_may_land():
     for _ in range(10):
         r = b.assign(final_loss=b["final_loss"] + 1e-3 * rng.standard_normal(60), weights_sha256="x")
         r["val_loss"] = r["val_metric"] = b["val_loss"] + 1e-3 * rng.standard_normal(60)
-        alarms += compare.compare_reports(b, r, tolerances=light)["verdict"].isin(compare.BEYOND_NOISE).any()
+        alarms += compare.compare_reports(b, r, tolerances=light)["verdict"].isin(verdicts.BEYOND_NOISE).any()
     assert alarms == 0
 
 
@@ -427,7 +427,7 @@ def test_configs_that_share_a_path_and_moved_together_are_a_finding_of_the_compa
     moved = b.assign(weights_sha256="x")
     moved["final_loss"] = b["final_loss"] + np.where(b["optimizer"] == "adamw", 4e-3, 0) + 1e-3 * rng.standard_normal(20)
     table = compare.compare_reports(b, moved, tolerances=tol)
-    assert not table["verdict"].isin(compare.BEYOND_NOISE).any()  # 4 sigmas: no single seed is beyond t(3)
+    assert not table["verdict"].isin(verdicts.BEYOND_NOISE).any()  # 4 sigmas: no single seed is beyond t(3)
     lines = table.attrs["together"]
     assert any(line.startswith("optimizer=adamw: 10 configs moved together, 10 of 10 up (worse)") for line in lines)
     assert not any(line.startswith("optimizer=sgd") for line in lines)  # the path that did not move

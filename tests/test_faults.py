@@ -12,11 +12,6 @@ from diagnostics.run.train import SYNC_EVERY
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 def run(data_dir, model="gpt", optimizer="adamw", scheduler="constant", fault=None, steps=200):
     return train.run(RunSpec(model=model, optimizer=optimizer, scheduler=scheduler, warmup="none", device="cpu",
                              steps=steps), data_dir, fault=fault)

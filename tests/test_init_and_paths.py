@@ -7,14 +7,9 @@ import torch
 
 from diagnostics import release
 from diagnostics.grid.spec import RunSpec, SpecError, parse_accumulations, parse_clips
-from diagnostics.judge import compare
-from diagnostics.judge.compare import Policy
+from diagnostics.judge import compare, pairing, verdicts
+from diagnostics.judge.verdicts import Policy
 from diagnostics.run import checkpoint, train
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
 
 
 def spec(model="resnet", steps=6, **kw):
@@ -43,15 +38,15 @@ def test_a_changed_seeded_init_trains_from_the_baselines_weights_and_fails_on_it
     assert cand.row["seeded_init_sha256"] != base.row["seeded_init_sha256"]
     table = compare.compare_reports(frame(base), frame(cand))
     r = table.iloc[0].to_dict()
-    assert r["verdict"] == "identical" and r["init_verdict"] == compare.INIT_CHANGED  # the training kept its bits
+    assert r["verdict"] == "identical" and r["init_verdict"] == verdicts.INIT_CHANGED  # the training kept its bits
     assert r["failure"].startswith("init_changed") and r["detail"].startswith("seeded init of seeds 0")
     elsewhere = train.run(spec(), data_dir)  # no seed checkpoint: torch's own (changed) init
     r = compare.compare_reports(frame(base), frame(elsewhere)).iloc[0].to_dict()
-    assert r["init_verdict"] == compare.INIT_CHANGED and r["verdict"] in ("new", "missing") and r["failure"]
+    assert r["init_verdict"] == verdicts.INIT_CHANGED and r["verdict"] in ("new", "missing") and r["failure"]
     monkeypatch.undo()
     same = train.run(spec(), data_dir, init_dir=read_only)
     r = compare.compare_reports(frame(base), frame(same)).iloc[0].to_dict()
-    assert r["verdict"] == "identical" and r["init_verdict"] == compare.INIT_SAME and not r["failure"]
+    assert r["verdict"] == "identical" and r["init_verdict"] == verdicts.INIT_SAME and not r["failure"]
     assert sorted(p.name for p in seeds.iterdir()) == ["resnet-tiny-s0.pt"]  # read-only: nothing added
     train.run(spec(seed=3), data_dir, init_dir=read_only)
     assert sorted(p.name for p in seeds.iterdir()) == ["resnet-tiny-s0.pt"]
@@ -59,11 +54,11 @@ def test_a_changed_seeded_init_trains_from_the_baselines_weights_and_fails_on_it
 
 def test_a_baseline_row_from_before_the_seeded_hash_is_judged_by_its_init():
     b = pd.DataFrame([dict(seed=0, init_sha256="aa")])
-    assert compare.init_verdict(b, pd.DataFrame([dict(seed=0, init_sha256="zz", seeded_init_sha256="aa")]))[0] == \
-        compare.INIT_SAME
-    assert compare.init_verdict(b, pd.DataFrame([dict(seed=0, seeded_init_sha256="bb")]))[0] == compare.INIT_CHANGED
-    assert compare.init_verdict(b, pd.DataFrame([dict(seed=1, seeded_init_sha256="bb")]))[0] == ""  # no common seed
-    assert Policy().failure(dict(verdict="identical", init_verdict=compare.INIT_CHANGED))
+    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=0, init_sha256="zz", seeded_init_sha256="aa")]))[0] == \
+        verdicts.INIT_SAME
+    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=0, seeded_init_sha256="bb")]))[0] == verdicts.INIT_CHANGED
+    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=1, seeded_init_sha256="bb")]))[0] == ""  # no common seed
+    assert Policy().failure(dict(verdict="identical", init_verdict=verdicts.INIT_CHANGED))
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def spec(steps=12):
     return RunSpec(model="gpt", optimizer="adamw", scheduler="constant", warmup="none", device="cpu", steps=steps)
 
 
-def test_an_injected_nan_making_op_is_named_with_its_phase_and_module(tmp_path, monkeypatch):
+def test_an_injected_nan_making_op_is_named_with_its_phase_and_module(monkeypatch, data_dir):
     forward = models.MLP.forward
 
     def sick(self, x):  # from step 3 on, blocks.1's MLP takes a square root of negative numbers
@@ -78,14 +78,14 @@ def test_an_injected_nan_making_op_is_named_with_its_phase_and_module(tmp_path, 
         calls["n"] = 0  # a new model (the run, then its replay): count again
 
     monkeypatch.setattr(models.GPT, "__init__", init)
-    r = train.run(spec(), data_dir=tmp_path)
+    r = train.run(spec(), data_dir=data_dir)
     assert r.status == "diverged_nonfinite"
     events = [e for e in r.events if e["kind"] == origin.EVENT]
     assert len(events) == 1 and events[0]["signal"] == "aten::sqrt"
     assert "first NaN at step 3: aten::sqrt (forward, blocks.1.mlp)" in r.row["status_reason"]
 
 
-def test_an_update_that_blew_up_the_weights_is_found_in_the_step_before(tmp_path, monkeypatch):
+def test_an_update_that_blew_up_the_weights_is_found_in_the_step_before(monkeypatch, data_dir):
     # AdamW's 4th update overflows one weight (finite gradients and numbers in, inf out): the loss
     # is first non-finite at step 5, whose replay finds the state already non-finite, so step 4 is
     # the one replayed
@@ -100,21 +100,21 @@ def test_an_update_that_blew_up_the_weights_is_found_in_the_step_before(tmp_path
         return out
 
     monkeypatch.setattr(torch.optim.AdamW, "step", overflowing)
-    r = train.run(spec(), data_dir=tmp_path)
+    r = train.run(spec(), data_dir=data_dir)
     assert r.status == "diverged_nonfinite"
     found = [e for e in r.events if e["kind"] == origin.EVENT][0]
     assert found["step"] == 4 and "first inf at step 4: aten::mul_.Tensor (optimizer)" in found["detail"]
 
 
-def test_a_nan_given_as_an_argument_is_named_as_such(tmp_path):
-    r = train.run(spec(), data_dir=tmp_path, fault=Fault("nan", step=2))
+def test_a_nan_given_as_an_argument_is_named_as_such(data_dir):
+    r = train.run(spec(), data_dir=data_dir, fault=Fault("nan", step=2))
     found = [e for e in r.events if e["kind"] == origin.EVENT][0]
     assert found["step"] == 2 and "(loss" in found["detail"] and "no op made it" in found["detail"]
 
 
-def test_a_healthy_run_replays_nothing(tmp_path, monkeypatch):
+def test_a_healthy_run_replays_nothing(monkeypatch, data_dir):
     monkeypatch.setattr(train, "locate", lambda *a, **k: pytest.fail("a healthy run was replayed"))
-    r = train.run(spec(steps=4), data_dir=tmp_path)
+    r = train.run(spec(steps=4), data_dir=data_dir)
     assert r.status != "diverged_nonfinite" and not [e for e in r.events if e["kind"] == origin.EVENT]
 
 

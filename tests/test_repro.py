@@ -40,16 +40,16 @@ def test_seed_table_mean_std_and_ci():
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer,scheduler,warmup", [("lion", "onecycle", "linear"),
                                                         ("sgd", "cosine_restarts", "none")])
-def test_resume_is_exact(optimizer, scheduler, warmup, tmp_path):
+def test_resume_is_exact(optimizer, scheduler, warmup, data_dir):
     spec = RunSpec(model="gpt", optimizer=optimizer, scheduler=scheduler, warmup=warmup, device="cpu", steps=30)
-    r = repro.resume(spec, data_dir=tmp_path)
+    r = repro.resume(spec, data_dir=data_dir)
     assert r["result"] == "identical", r["detail"]
 
 
 @pytest.mark.slow
-def test_twice_same_and_a_difference_is_located(tmp_path, monkeypatch):
+def test_twice_same_and_a_difference_is_located(monkeypatch, data_dir):
     spec = RunSpec(model="resnet", optimizer="adamw", scheduler="step", warmup="linear", device="cpu", steps=20)
-    assert repro.twice_same(spec, data_dir=tmp_path)["result"] == "identical"
+    assert repro.twice_same(spec, data_dir=data_dir)["result"] == "identical"
     real = train.run
     calls = []
 
@@ -61,7 +61,7 @@ def test_twice_same_and_a_difference_is_located(tmp_path, monkeypatch):
         return r
 
     monkeypatch.setattr(repro.train, "run", nudged)
-    r = repro.twice_same(spec, data_dir=tmp_path)
+    r = repro.twice_same(spec, data_dir=data_dir)
     assert r["result"] == "different" and r["first_diff_step"] == 7 and r["max_abs_diff"] == pytest.approx(1e-6, rel=1e-3)
 
 

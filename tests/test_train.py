@@ -15,11 +15,6 @@ from tests.imagesets import write_imagefolder, write_mnist
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 def spec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", steps=30, **kw):
     return RunSpec(model=model, optimizer=optimizer, scheduler=scheduler, warmup=warmup, device="cpu", steps=steps, **kw)
 

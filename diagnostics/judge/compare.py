@@ -1,6 +1,7 @@
 """Verdicts: one home for every comparison rule, used alike by the suites' baseline check (one
 run against its baseline row) and by ``diagnostics compare`` (one report against another), and
-through it by ``release``, ``bisect`` and ``changelog``.
+through it by ``release``, ``bisect`` and ``changelog``. The verdicts themselves and the policy
+live in verdicts.py, the pairing of seeds in pairing.py; here: the tests and the ladder.
 
 Two questions are kept apart: did the numbers change at all (bits), and is the change beyond
 what numerical noise explains, and beyond a practical margin?
@@ -59,6 +60,8 @@ from diagnostics import report
 from diagnostics.detect import BY_THRESHOLD, NO_RESULT, STATUS_RANK
 from diagnostics.judge import stats
 from diagnostics.judge.calibrate import METRICS
+from diagnostics.judge.pairing import PAIRING, Pairing, init_verdict, pair
+from diagnostics.judge.verdicts import ALPHA, INIT_CHANGED, JUDGED, MARGIN, MEMORY_GROWTH, SLOWDOWN, Policy, is_diverged, worst
 from diagnostics.report import config_key, key_value  # noqa: F401 (their home is the schema's)
 
 # A baseline row is matched on these columns (same config, same run length, same model size).
@@ -68,109 +71,9 @@ BASELINE_KEY = ["run_id", "steps", "model_size"]
 CONFIG = report.CONFIG  # the columns that name a config (report.py, the CSV contract)
 
 
-@dataclass(frozen=True)
-class VerdictKind:
-    """One verdict of compare.csv, declared once: what it says of a config, and how the readers
-    (summary, pictures, bisect) treat it."""
-
-    name: str
-    judged: bool  # something was checked (identical ... status_changed)
-    beyond_noise: bool  # the difference is beyond the measured noise
-    bits_kept: bool  # the same weights on every seed
-    colour: str  # pictures (changelog)
-    look_rank: int | None = None  # among what needs a reader, worst first (summary); None: nothing to read
-
-
-VERDICT_TABLE = (
-    VerdictKind("identical", True, False, True, "#e0e0e0"),
-    VerdictKind("equivalent", True, False, False, "#90caf9"),
-    VerdictKind("changed", True, True, False, "#ffb74d", look_rank=2),
-    VerdictKind("regressed", True, True, False, "#e53935", look_rank=0),
-    VerdictKind("improved", True, True, False, "#81c784", look_rank=3),
-    VerdictKind("status_changed", True, True, False, "#8e24aa", look_rank=1),
-    VerdictKind("missing", False, False, False, "#616161", look_rank=4),
-    VerdictKind("new", False, False, False, "#616161", look_rank=5),
-    VerdictKind("skipped", False, False, False, "#ffffff"),
-    VerdictKind("unjudged", False, False, False, "#212121"),
-)
-VERDICTS = tuple(v.name for v in VERDICT_TABLE)
-JUDGED = tuple(v.name for v in VERDICT_TABLE if v.judged)
-BEYOND_NOISE = tuple(v.name for v in VERDICT_TABLE if v.beyond_noise)
-BITS_KEPT = tuple(v.name for v in VERDICT_TABLE if v.bits_kept)
-WITHIN_NOISE = tuple(v.name for v in VERDICT_TABLE if v.judged and not v.beyond_noise)
-NEEDS_A_LOOK = tuple(v.name for v in sorted((v for v in VERDICT_TABLE if v.look_rank is not None),
-                                            key=lambda v: v.look_rank))
-VERDICT_COLOUR = {v.name: v.colour for v in VERDICT_TABLE}
-# Practical margin: a relative change of 5% in a final or held-out loss (or in the held-out
-# accuracy) is a difference a recipe owner acts on; for a diverged run, 5% of the run's steps
-# earlier or later. ``--margin`` changes it. Each config states the seeds it needs to see it
-# (``tolerances.csv`` seeds_for_margin) and the shift it could see (``compare.csv`` mde).
-MARGIN = 0.05
-# Family-wise error rate over all the tests of one comparison (Holm-Bonferroni): one false alarm
-# in a hundred comparisons of runs that differ only in rounding (benchmarks/statistics.py).
-ALPHA = 0.01
-# Cost thresholds: a 2x slowdown (steps/s) or 1.5x more peak memory is news even when the loss
-# is fine. Within one machine, run-to-run noise of steps/s here was under 10% (docs/measured/index.md).
-SLOWDOWN = 2.0
-MEMORY_GROWTH = 1.5
-# Curves, descriptively: two traces "separate" where their 10-step rolling means differ by more
-# than 5% of the initial loss (``separation_step``; the verdict uses the noise test).
-CURVE_WINDOW = 10
-SEPARATION = 0.05
-# What pairs two runs besides the seed: the same data, the same initial weights (where recorded).
-PAIRING = ("data_sha256", "init_sha256")
 # The environment columns that make two reports "the same environment" (a control, not a release).
 ENVIRONMENT = ("torch_version", "torchvision_version", "cuda_version", "python_version", "platform", "cpu_model",
                "device_name")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Which verdicts fail a check. The defaults fail everything that is not a clean pass:
-    a regression, an improvement beyond the margin (the baseline must be updated to describe
-    what the suite sees, as PyTorch's accuracy CI treats IMPROVED), a baseline seed the
-    candidate lacks, a candidate seed with no baseline, a config where nothing was judged."""
-
-    allow_missing: bool = False  # a baseline seed the candidate lacks passes
-    allow_no_baseline: bool = False  # a candidate seed without a baseline passes
-    allow_improved: bool = False  # an improvement (or a better status) passes
-    fail_on_change: bool = False  # a change beyond noise but within the margin fails
-
-    def failure(self, row: dict) -> str | None:
-        """Why this verdict row fails the check, or None when it passes. A config judged on some
-        seeds while others are missing (or new) fails for those too, whatever its verdict."""
-        v, better = row["verdict"], row.get("direction") == "better"
-        listed = lambda key: row.get(key) if isinstance(row.get(key), str) and row.get(key) else ""  # noqa: E731
-        if row.get("init_verdict") == INIT_CHANGED:
-            return "init_changed: this torch's seeded initialisation gives the same seeds other initial weights"
-        if v == "regressed" or (v == "status_changed" and not better):
-            return "regression"
-        if (v == "improved" or (v == "status_changed" and better)) and not self.allow_improved:
-            return "improvement beyond the margin: update the baseline, or pass --allow-improved"
-        if v == "unjudged":
-            return "nothing could be judged"
-        if v == "new" and not self.allow_no_baseline:
-            return "no baseline to judge it against (--allow-no-baseline to accept)"
-        if (v == "missing" or listed("seeds_missing")) and not self.allow_missing and v != "new":
-            seeds = f" (baseline seeds {listed('seeds_missing')})" if listed("seeds_missing") else ""
-            return f"missing from the candidate{seeds} (--allow-missing to accept)"
-        if listed("seeds_new") and not self.allow_no_baseline:
-            return f"candidate seeds {listed('seeds_new')} have no baseline partner (--allow-no-baseline to accept)"
-        if v == "changed" and self.fail_on_change:
-            return "changed beyond numerical noise (--fail-on-change)"
-        return None
-
-
-def worst(statuses) -> str:
-    return max(statuses, key=lambda s: STATUS_RANK.get(s, 99))
-
-
-def is_skipped(row: dict) -> bool:
-    return row.get("status") == "skipped"
-
-
-def is_diverged(status: str) -> bool:
-    return str(status).startswith("diverged")
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,82 +125,6 @@ def noise_band(tol: dict | None, value: str = "final_loss") -> float | None:
     pair outside a comparison (repro.py: DDP, cross-device)."""
     sigma, df = noise_of(tol, value)
     return None if not np.isfinite(sigma) else float(stats.t_isf(ALPHA / 2, df) * sigma)
-
-
-# ------------------------------------------------------------------------------------------
-# pairing, and torch's seeded initialisation
-# ------------------------------------------------------------------------------------------
-
-# A config's init, judged apart from its training: did torch's seeded initialisation give the
-# same weights on both sides (the runs themselves train from the baseline's seed checkpoints
-# where it has them, so a changed init does not unpair them)? ``init_changed`` fails a check.
-INIT_SAME, INIT_CHANGED = "init_same", "init_changed"
-
-
-def seeded_init(row: dict) -> str:
-    """The hash of the weights torch's seeded init gave a run: ``seeded_init_sha256``, else (a row
-    from before that column, which trained from torch's own init) its ``init_sha256``; "" where
-    neither was recorded (a skipped run)."""
-    for col in ("seeded_init_sha256", "init_sha256"):
-        v = row.get(col)
-        if isinstance(v, str) and v:
-            return v
-    return ""
-
-
-def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
-    """(``init_same`` / ``init_changed`` / "" where no seed on both sides recorded one, what
-    changed) over the seeds present on both sides."""
-    bs = {int(r["seed"]): seeded_init(r) for r in report.records(b)}
-    cs = {int(r["seed"]): seeded_init(r) for r in report.records(c)}
-    seeds = sorted(s for s in set(bs) & set(cs) if bs[s] and cs[s])
-    if not seeds:
-        return "", ""
-    changed = [s for s in seeds if bs[s] != cs[s]]
-    if not changed:
-        return INIT_SAME, ""
-    s0 = changed[0]
-    return INIT_CHANGED, (f"seeded init of seeds {','.join(map(str, changed))}: {cs[s0][:12]}, the baseline's "
-                          f"{bs[s0][:12]}")
-
-
-
-def unpaired_reason(b: dict, c: dict) -> str:
-    """Why a baseline and a candidate run of one seed are not a pair ("" when they are)."""
-    for col in PAIRING:
-        x, y = b.get(col), c.get(col)
-        if isinstance(x, str) and isinstance(y, str) and x and y and x != y:
-            return f"{col} {y[:12]} differs from the baseline's {x[:12]}"
-    return ""
-
-
-@dataclass
-class Pairing:
-    """The seeds of one config on both sides, sorted into pairs and the rest."""
-
-    pairs: dict  # seed -> (baseline row, candidate row): same data, same initial weights
-    missing: list  # baseline seeds with no candidate partner
-    new: list  # candidate seeds with no baseline partner
-    skipped: list  # seeds skipped on either side
-    unpaired: list  # "seed N: why" for seeds present on both sides but not a pair
-
-
-def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
-    """Pair the runs of one config by seed (module docs: pairs are checked)."""
-    bs = {int(r["seed"]): r for r in report.records(b)}
-    cs = {int(r["seed"]): r for r in report.records(c)}
-    out = Pairing({}, sorted(set(bs) - set(cs)), sorted(set(cs) - set(bs)), [], [])
-    for seed in sorted(set(bs) & set(cs)):
-        rb, rc = bs[seed], cs[seed]
-        if is_skipped(rb) or is_skipped(rc):
-            out.skipped.append(seed)
-        elif why := unpaired_reason(rb, rc):
-            out.unpaired.append(f"seed {seed}: {why}")
-            out.missing.append(seed)
-            out.new.append(seed)
-        else:
-            out.pairs[seed] = (rb, rc)
-    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -730,6 +557,12 @@ def with_init(row: dict, b: pd.DataFrame, c: pd.DataFrame) -> dict:
     return row
 
 
+# Curves, descriptively: two loss curves "separate" where their 10-step rolling means differ by more
+# than 5% of the initial loss (``separation_step``; the verdict uses the noise test).
+CURVE_WINDOW = 10
+SEPARATION = 0.05
+
+
 def curve_distance(base: pd.Series, cand: pd.Series, initial: float) -> tuple[float, float, float]:
     """(first step where the losses differ at all, max |difference| of the rolling means over the
     initial loss, first step where that exceeds SEPARATION); NaN where it never happens."""
@@ -808,7 +641,12 @@ VERDICT_COLUMNS = list(dict.fromkeys(CONFIG + ["run_id", "seed", "status", "stat
 
 
 def slim(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[[c for c in VERDICT_COLUMNS if c in runs.columns]]
+    """The columns a verdict reads, text as Python strings (object): a config's rows become dicts
+    (``report.records``) several times over, and a string column converts at each (pandas' own
+    string type to object); once here instead, for the whole report."""
+    runs = runs[[c for c in VERDICT_COLUMNS if c in runs.columns]]
+    text = {c: object for c, t in runs.dtypes.items() if isinstance(t, pd.StringDtype)}
+    return runs.astype(text) if text else runs
 
 
 def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps: pd.DataFrame | None = None,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from diagnostics.grid.spec import RunSpec
-from diagnostics.judge import compare
+from diagnostics.judge import compare, verdicts
 from diagnostics.paths import REPRO as REPRO  # re-exported: paths is their home
 from diagnostics.paths import SEEDS as SEEDS
 from diagnostics.run import train
@@ -37,8 +37,8 @@ N_BOOTSTRAP = 2000  # resamples of the seed table's bootstrap confidence interva
 def final_loss_agrees(a: float, b: float, tol: float | None) -> tuple[bool, str]:
     """Two runs of one config that differ only in arithmetic (processes, devices): their final
     losses agree within the config's calibrated final-loss noise band (compare.noise_band); where
-    none was measured, within the practical margin (compare.MARGIN, relative)."""
-    limit, how = (tol, "calibrated noise band") if tol else (compare.MARGIN * abs(a), f"margin {compare.MARGIN:.0%}")
+    none was measured, within the practical margin (verdicts.MARGIN, relative)."""
+    limit, how = (tol, "calibrated noise band") if tol else (verdicts.MARGIN * abs(a), f"margin {verdicts.MARGIN:.0%}")
     return abs(a - b) <= limit, f"{how} {limit:.3g}"
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from diagnostics import paths, report
-from diagnostics.judge import compare
+from diagnostics.judge import verdicts
 from diagnostics.present import summary
 
 FIGURE, MARKDOWN = paths.CHANGELOG_FIGURE, paths.CHANGELOG_MD
 # verdict colours of the picture: bits kept, bits within noise, beyond noise, nothing judged
-VERDICT_COLOUR = compare.VERDICT_COLOUR
+VERDICT_COLOUR = verdicts.VERDICT_COLOUR
 
 
 def release_key(version: str) -> tuple:
@@ -102,15 +102,15 @@ def counts(table: pd.DataFrame, builds: dict[str, dict] | None = None,
     builds = builds or {}
     out = []
     for (a, b), t in table.groupby(["from_version", "to_version"], sort=False):
-        bits = t[~t["verdict"].isin(compare.BITS_KEPT)]
-        judged_bits = bits[bits["verdict"].isin(compare.JUDGED)]
-        within = t["verdict"].isin(compare.WITHIN_NOISE)
+        bits = t[~t["verdict"].isin(verdicts.BITS_KEPT)]
+        judged_bits = bits[bits["verdict"].isin(verdicts.JUDGED)]
+        within = t["verdict"].isin(verdicts.WITHIN_NOISE)
         out.append(dict(
-            from_version=a, to_version=b, configs=len(t), identical=int(t["verdict"].isin(compare.BITS_KEPT).sum()),
-            equivalent=int((within & ~t["verdict"].isin(compare.BITS_KEPT)).sum()),
-            beyond_noise=int(t["verdict"].isin(compare.BEYOND_NOISE).sum()),
-            not_judged=int((~t["verdict"].isin(compare.JUDGED)).sum()),
-            bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(compare.BEYOND_NOISE)]),
+            from_version=a, to_version=b, configs=len(t), identical=int(t["verdict"].isin(verdicts.BITS_KEPT).sum()),
+            equivalent=int((within & ~t["verdict"].isin(verdicts.BITS_KEPT)).sum()),
+            beyond_noise=int(t["verdict"].isin(verdicts.BEYOND_NOISE).sum()),
+            not_judged=int((~t["verdict"].isin(verdicts.JUDGED)).sum()),
+            bits_changed_in=paths_of(judged_bits), beyond_noise_in=paths_of(t[t["verdict"].isin(verdicts.BEYOND_NOISE)]),
             build_change=build_change(builds.get(str(a), {}), builds.get(str(b), {})),
             cpu_capability=capability_change(builds.get(str(a), {}), builds.get(str(b), {})),
             why="" if explained is None else explain.summary(
@@ -183,7 +183,7 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
     rows = []
     for name, t in part.groupby(part["layout"].astype(str), sort=False):
         for (a, b), u in t.groupby(["from_version", "to_version"], sort=False):
-            bits = u[~u["verdict"].isin(compare.BITS_KEPT) & u["verdict"].isin(compare.JUDGED)]
+            bits = u[~u["verdict"].isin(verdicts.BITS_KEPT) & u["verdict"].isin(verdicts.JUDGED)]
             if bits.empty:
                 continue
             status = []
@@ -230,7 +230,7 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
             ("layout", "layout", ""), ("from", "from_version", ""), ("to", "to_version", ""),
             ("configs judged", "configs", ""), ("bits changed", "bits_changed", ""),
             ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", "")])
-    beyond = table[table["verdict"].isin(compare.BEYOND_NOISE)]
+    beyond = table[table["verdict"].isin(verdicts.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
         lines += summary.table(beyond.to_dict("records"), [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from diagnostics import paths, report
-from diagnostics.judge import compare, stability
+from diagnostics.judge import compare, stability, verdicts
 from diagnostics.present import plots
 
 TABLE_COLUMNS = ["run_id", "status", "baseline_check", "final_loss", "val_loss", "val_metric", "divergence_step",
@@ -80,7 +80,7 @@ def verdicts_section(compared: pd.DataFrame) -> list[str]:
            f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>']
     blind = compare.blind_spots(compared) if "mde" in compared.columns else pd.DataFrame()
     if len(blind):
-        out.append(f"<p>{len(blind)} judged config(s) could not see a {compare.MARGIN:.0%} change at the seeds run "
+        out.append(f"<p>{len(blind)} judged config(s) could not see a {verdicts.MARGIN:.0%} change at the seeds run "
                    "(mde above the margin): " + html.escape(", ".join(
                        f"{r['run_id']} ({r['mde']:.1%})" for r in blind.to_dict("records"))) + "</p>")
     return out
@@ -117,8 +117,8 @@ def attention(runs: pd.DataFrame, mde: dict[str, float]) -> pd.DataFrame:
     rows = []
     for r in runs.to_dict("records"):
         check = str(r.get("baseline_check", "") if pd.notna(r.get("baseline_check")) else "")
-        if r.get("init_check") == compare.INIT_CHANGED:
-            check = f"{check}, {compare.INIT_CHANGED}" if check else compare.INIT_CHANGED
+        if r.get("init_check") == verdicts.INIT_CHANGED:
+            check = f"{check}, {verdicts.INIT_CHANGED}" if check else verdicts.INIT_CHANGED
         elif r["status"] == "converged" and (not check or check in QUIET_CHECKS):
             continue
         rows.append(dict(run_id=r["run_id"], status=r["status"], verdict=check, reason=r.get("status_reason", ""),

@@ -16,7 +16,8 @@ import pandas as pd
 
 from diagnostics import report
 from diagnostics.detect import STATUS_RANK
-from diagnostics.judge.compare import JUDGED, MARGIN, NEEDS_A_LOOK, Policy, blind_spots
+from diagnostics.judge.compare import blind_spots
+from diagnostics.judge.verdicts import JUDGED, MARGIN, NEEDS_A_LOOK, Policy
 
 
 def cell(value, fmt: str = "") -> str:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from diagnostics import paths, report
 from diagnostics.errors import DiagnosticsError
-from diagnostics.judge import compare
+from diagnostics.judge import compare, verdicts
 from diagnostics.paths import TRACE
 from diagnostics.release import explain, numerics
 
@@ -380,7 +380,7 @@ def read_noise(noise: Noise | None):
     return compare.read_tolerances(noise.path, str(noise.path))
 
 
-def judged(base_dir: Path, cand_dir: Path, tolerances, margin: float, policy: compare.Policy) -> pd.DataFrame:
+def judged(base_dir: Path, cand_dir: Path, tolerances, margin: float, policy: verdicts.Policy) -> pd.DataFrame:
     """compare.csv of two report directories (the verdicts of ``diagnostics compare``), judged
     with ``tolerances``: a Noise (its tolerances and envelope), a tolerances table, or None."""
     base, cand, steps, _, envelope = compare.load_pair(base_dir, cand_dir)
@@ -393,10 +393,10 @@ def judged(base_dir: Path, cand_dir: Path, tolerances, margin: float, policy: co
 def changed(verdict: str, equivalent_is_same: bool) -> bool:
     """Whether a config's verdict against the first version says it changed: any verdict but
     the same bits, or, with ``equivalent_is_same``, any but within noise."""
-    return verdict not in (compare.WITHIN_NOISE if equivalent_is_same else compare.BITS_KEPT)
+    return verdict not in (verdicts.WITHIN_NOISE if equivalent_is_same else verdicts.BITS_KEPT)
 
 
-def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,
+def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: float = verdicts.MARGIN,
            equivalent_is_same: bool = True) -> pd.DataFrame:
     """Per config of the grid: the first of ``versions`` (in the given order) whose verdict against
     ``versions[0]`` changed, by binary search between the first and the last (each version is
@@ -405,13 +405,13 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
     reported as skipped, not searched. Assumes a change, once made, stays (a flip back between
     two probes is not seen)."""
     first = sessions.run(versions[0])
-    verdicts: dict[str, dict] = {}
+    at_version: dict[str, dict] = {}
 
     def verdict_at(i: int) -> dict:
-        if versions[i] not in verdicts:
-            table = judged(first, sessions.run(versions[i]), tolerances, margin, compare.Policy())
-            verdicts[versions[i]] = {r["run_id"]: r for r in table.to_dict("records")}
-        return verdicts[versions[i]]
+        if versions[i] not in at_version:
+            table = judged(first, sessions.run(versions[i]), tolerances, margin, verdicts.Policy())
+            at_version[versions[i]] = {r["run_id"]: r for r in table.to_dict("records")}
+        return at_version[versions[i]]
 
     last = verdict_at(len(versions) - 1)
     why_cache: dict = {}
@@ -426,7 +426,7 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
         schedule = numerics.schedule_name(row["optimizer"], row["scheduler"], row["warmup"], row["steps"],
                                           row["lr_scale"])
         own = table[table["family"].isin([family, schedule, ""])]
-        return explain.summary(own, bits_changed=row["verdict"] not in compare.BITS_KEPT)
+        return explain.summary(own, bits_changed=row["verdict"] not in verdicts.BITS_KEPT)
 
     rows = []
     for run_id, end in sorted(last.items()):
@@ -451,7 +451,7 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
     return pd.DataFrame(rows)
 
 
-def failing(table: pd.DataFrame, policy: compare.Policy) -> list[dict]:
+def failing(table: pd.DataFrame, policy: verdicts.Policy) -> list[dict]:
     """The rows of a bisect table whose verdict at the last version fails ``policy`` (bisect
     exits 1 on them, as compare does)."""
     return [r for r in table.to_dict("records") if policy.failure(r)]
@@ -517,7 +517,7 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     return table
 
 
-def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, margin: float = compare.MARGIN,
+def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, margin: float = verdicts.MARGIN,
               on_transition=None, explanations: list | None = None) -> pd.DataFrame:
     """Every consecutive pair of ``versions`` judged (one row per transition and config, as
     ``CHANGELOG_COLUMNS``). Each candidate is trained once (a finished session is reused, so an
@@ -535,7 +535,7 @@ def changelog(versions: list[Candidate], sessions: Sessions, tolerances=None, ma
             sessions.run(a)
         if i + 2 < len(versions) and not sessions.finished(versions[i + 2]):
             sessions.envs.prepare(versions[i + 2])
-        table = judged(sessions.run(a), sessions.run(b), tolerances, margin, compare.Policy())
+        table = judged(sessions.run(a), sessions.run(b), tolerances, margin, verdicts.Policy())
         if explanations is not None:
             explanations.append(explained(sessions.run(a), sessions.run(b), f"{a} -> {b}", sessions, (a, b)))
         # only now may a's environment go: the transition's reproducers run in both (b is the next one's base)
