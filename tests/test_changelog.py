@@ -12,6 +12,7 @@ import pytest
 from diagnostics import release, report
 from diagnostics.judge import compare
 from diagnostics.present import changelog
+from diagnostics.release import environments, questions
 from tests.test_summary_and_release import StandInReleases
 
 
@@ -48,8 +49,8 @@ def test_too_little_disk_removes_unused_environments_then_refuses_in_one_line(tm
         os.remove(Path(path) / release.READY)
         os.rmdir(path)
 
-    monkeypatch.setattr(release.shutil, "disk_usage", usage)
-    monkeypatch.setattr(release.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(environments.shutil, "disk_usage", usage)
+    monkeypatch.setattr(environments.shutil, "rmtree", rmtree)
     envs.make_room("2.6.0")
     assert not unused.exists()  # removed, and that made room
     free["bytes"] = 1024**3
@@ -74,7 +75,7 @@ def test_an_old_torch_gets_the_numpy_of_its_era_and_a_new_one_does_not(tmp_path,
             (tmp_path / "numpy1").write_text("")
         return release.TORCHVISION not in args  # no torchvision installs beside this torch
 
-    monkeypatch.setattr(release, "pip_anywhere", pip_anywhere)
+    monkeypatch.setattr(environments, "pip_anywhere", pip_anywhere)
     envs = release.Environments(tmp_path)
     envs.install(release.Candidate("2.0.1"), fake_python(tmp_path))
     assert calls[0][-1] == release.TORCHVISION and "torch==2.0.1" in calls[0]  # pip pairs the torchvision
@@ -236,8 +237,8 @@ def test_a_transition_s_environments_stay_until_its_reproducers_ran(monkeypatch)
         events.append(("explain", transition))
         return pd.DataFrame()
 
-    monkeypatch.setattr(release, "judged", lambda *a, **k: pd.DataFrame(columns=release.CHANGELOG_COLUMNS[2:]))
-    monkeypatch.setattr(release, "explained", explained_here)
+    monkeypatch.setattr(questions, "judged", lambda *a, **k: pd.DataFrame(columns=release.CHANGELOG_COLUMNS[2:]))
+    monkeypatch.setattr(questions, "explained", explained_here)
     release.changelog(["2.5.1", "2.6.0", "2.7.1", "2.8.0"], Sessions(), explanations=[])
     for a, b in (("2.5.1", "2.6.0"), ("2.6.0", "2.7.1"), ("2.7.1", "2.8.0")):
         explained_at = events.index(("explain", f"{a} -> {b}"))

@@ -9,6 +9,7 @@ from diagnostics import release
 from diagnostics.grid.spec import RunSpec, SpecError, parse_accumulations, parse_clips
 from diagnostics.judge import compare, pairing, verdicts
 from diagnostics.judge.verdicts import Policy
+from diagnostics.release import questions
 from diagnostics.run import checkpoint, train
 
 
@@ -98,11 +99,11 @@ def test_release_verdicts_say_which_noise_they_rest_on(tmp_path, monkeypatch):
     given = release.noise_for(sessions, "2.0.1", "smoke", specs, "x/tolerances.csv")
     assert given.source.startswith("given") and str(given.path) == "x/tolerances.csv"
     assert release.noise_for(sessions, "2.0.1", "smoke", [], None, measure=False).path is None  # covers nothing
-    monkeypatch.setattr(release, "committed_noise", lambda name, s: None)
+    monkeypatch.setattr(questions, "committed_noise", lambda name, s: None)
     none = release.noise_for(sessions, "2.0.1", "smoke", specs, None, measure=False)
     assert none.path is None and "unjudged" in none.source
     measured = []
-    monkeypatch.setattr(release, "measure_noise", lambda *a: measured.append(a) or release.Noise(None, "measured"))
+    monkeypatch.setattr(questions, "measure_noise", lambda *a: measured.append(a) or release.Noise(None, "measured"))
     assert release.noise_for(sessions, "2.0.1", "smoke", specs, None).source == "measured" and measured
 
 
