@@ -62,13 +62,26 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_reports(tmp_path_factory):
-    """The smoke grid (20 steps) without and with xdist: {workers: (report dir, process)}."""
+def smoke_reports(tmp_path_factory, worker_id):
+    """The smoke grid (20 steps) without and with xdist: {workers: (report dir, process)}. Trained
+    once per test session: xdist workers share it through their common temporary root, the first
+    to ask training it under a file lock (pytest-xdist's recipe for a session fixture run once), so
+    its readers never write into it."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if worker_id != "master" else root
     out = {}
-    for workers in ("0", "2"):
-        d = tmp_path_factory.mktemp(f"smoke-n{workers}")
-        proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir", str(d),
-                           "--data-dir", str(d / "data"), "-n", workers, "--allow-no-baseline")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        out[workers] = (d, proc)
+    with FileLock(str(root / "smoke.lock")):
+        for workers in ("0", "2"):
+            d, said = root / f"smoke-n{workers}", root / f"smoke-n{workers}.json"
+            if not said.exists():
+                proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir",
+                                   str(d), "--data-dir", str(d / "data"), "-n", workers, "--allow-no-baseline")
+                said.write_text(json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)))
+            proc = subprocess.CompletedProcess(["run"], **json.loads(said.read_text()))
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            out[workers] = (d, proc)
     return out

@@ -152,7 +152,7 @@ def test_repeats_measure_nondeterministic_kernels_off_the_cpu_only():
 
 @pytest.mark.slow
 def test_calibrate_command_writes_tolerances_and_resumes(tmp_path):
-    from tests.conftest import diagnostics
+    from tests.conftest import cli, diagnostics
 
     args = ["calibrate", "--grid", "smoke", "--steps", "8", "--devices", "cpu", "--perturbations", "threads2,grad1",
             "--baseline", str(tmp_path / "b"), "--work-dir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "data"),
@@ -164,7 +164,7 @@ def test_calibrate_command_writes_tolerances_and_resumes(tmp_path):
     assert (tmp_path / "b" / "runs.csv").exists() and (tmp_path / "b" / calibrate.ENVELOPE).exists()
     again = diagnostics(*args, "--resume")
     assert again.returncode == 0 and again.stdout.count("reusing the complete session") == 3
-    bad = diagnostics(*args[:7], "--perturbations", "shake")
+    bad = cli(*args[:7], "--perturbations", "shake")
     assert bad.returncode == 2 and "valid names are" in bad.stderr
 
 

@@ -46,9 +46,19 @@ ABSENT = next((d for d in devices.DEVICE_TYPES if not devices.is_available(d)), 
     (["--margin", "x"], "--margin 'x' is not a number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, pattern, tmp_path):
-    proc = diagnostics("run", "--report-dir", str(tmp_path / "r"), *args)
+    proc = cli("run", "--report-dir", str(tmp_path / "r"), *args)
     assert_one_line_error(proc, 2, pattern)
     assert not (tmp_path / "r").exists()  # nothing started
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--steps", "0"], "--steps 0: must be at least 2"),  # the command's own check
+    (["--bogus"], "unrecognized arguments: --bogus"),  # argparse's
+])
+def test_bad_input_reaches_the_user_as_one_line_without_a_traceback(args, pattern, tmp_path):
+    """As a user's shell sees it: its own process, one line on stderr, exit 2 (the in-process
+    cases above share main's code path)."""
+    assert_one_line_error(diagnostics("run", "--report-dir", str(tmp_path / "r"), *args), 2, pattern)
 
 
 @pytest.mark.skipif(ABSENT is None, reason="every device type is present")
@@ -189,7 +199,10 @@ def test_detect_classifies_a_users_steps_table(tmp_path):
 def test_detect_bad_tables_are_one_line(tmp_path, content, pattern):
     src = tmp_path / "steps.csv"
     src.write_text(content)
-    assert_one_line_error(diagnostics("detect", str(src)), 2, pattern)
+    assert_one_line_error(cli("detect", str(src)), 2, pattern)
+
+
+def test_a_missing_table_is_one_line_without_a_traceback(tmp_path):
     assert_one_line_error(diagnostics("detect", str(tmp_path / "absent.csv")), 2, "no such file")
 
 
