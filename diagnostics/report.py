@@ -8,6 +8,7 @@ session is over (stable order whatever the worker layout).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -329,9 +330,10 @@ def config_key(values) -> tuple:
 
 
 def key_value(v):
-    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
-        return float(v)
+    """One cell of a config key: a number as a float, anything else as text; a missing number
+    (NaN) as the text "nan", so that keys with one compare equal (NaN is not equal to itself)."""
     try:
-        return float(str(v))
+        x = float(v) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else float(str(v))
     except ValueError:
         return str(v)
+    return "nan" if math.isnan(x) else x

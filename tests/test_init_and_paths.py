@@ -54,11 +54,11 @@ def test_a_changed_seeded_init_trains_from_the_baselines_weights_and_fails_on_it
 
 
 def test_a_baseline_row_from_before_the_seeded_hash_is_judged_by_its_init():
-    b = pd.DataFrame([dict(seed=0, init_sha256="aa")])
-    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=0, init_sha256="zz", seeded_init_sha256="aa")]))[0] == \
+    b = [dict(seed=0, init_sha256="aa")]
+    assert pairing.init_verdict(b, [dict(seed=0, init_sha256="zz", seeded_init_sha256="aa")])[0] == \
         verdicts.INIT_SAME
-    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=0, seeded_init_sha256="bb")]))[0] == verdicts.INIT_CHANGED
-    assert pairing.init_verdict(b, pd.DataFrame([dict(seed=1, seeded_init_sha256="bb")]))[0] == ""  # no common seed
+    assert pairing.init_verdict(b, [dict(seed=0, seeded_init_sha256="bb")])[0] == verdicts.INIT_CHANGED
+    assert pairing.init_verdict(b, [dict(seed=1, seeded_init_sha256="bb")])[0] == ""  # no common seed
     assert Policy().failure(dict(verdict="identical", init_verdict=verdicts.INIT_CHANGED))
 
 

@@ -84,7 +84,7 @@ ENVIRONMENT = ("torch_version", "torchvision_version", "cuda_version", "python_v
 LOSS_AS_METRIC = "val_loss"  # an LM's val_metric before it was the next-token accuracy: the loss again
 
 
-def metric_names(model: str, b: pd.DataFrame, c: pd.DataFrame) -> set:
+def metric_names(model: str, b: list[dict], c: list[dict]) -> set:
     """The held-out metrics a config's two sides measured (``val_metric_name``). A report written
     before that column existed measured what its model's task did then: an image model's
     accuracy, an LM's loss again (``LOSS_AS_METRIC``); a model the registry does not know, nothing
@@ -94,7 +94,7 @@ def metric_names(model: str, b: pd.DataFrame, c: pd.DataFrame) -> set:
     old = {"image": "val_accuracy", "lm": LOSS_AS_METRIC}.get(MODELS[model].task) if model in MODELS else None
     names = set()
     for side in (b, c):
-        named = set(side["val_metric_name"].dropna()) if "val_metric_name" in side else set()
+        named = {r["val_metric_name"] for r in side if present(r.get("val_metric_name"))}
         names |= named or ({old} if old else {None})
     return names
 
@@ -355,18 +355,19 @@ def mde_of(test: ValueTest | None, n_tests: int, alpha: float = ALPHA) -> float:
     return stats.mde(test.sigma, test.df, test.n, level, one_df=test.one_df) / test.scale
 
 
-def config_tests(b: pd.DataFrame, c: pd.DataFrame, tol: dict | None, b_curves: dict, c_curves: dict,
+def config_tests(b: list[dict], c: list[dict], tol: dict | None, b_curves: dict, c_curves: dict,
                  env: pd.DataFrame | None, ref_traces: dict, margin: float = MARGIN) -> Judgement:
     """Everything about one config before the comparison's p-values are adjusted: its pairing, its
-    bitwise identity, its status comparison and its tests (each with a raw ``p``)."""
+    bitwise identity, its status comparison and its tests (each with a raw ``p``). ``b`` and ``c``:
+    the config's runs.csv rows on each side, as dicts (``report.records``)."""
     pairing = pair(b, c)
     pairs = list(pairing.pairs.values())
     statuses = status_test(pairs, tol)
     ended = lambda r: is_diverged(r["status"]) or r["status"] in NO_RESULT  # noqa: E731  (no final values to judge)
     diverged = [(rb, rc) for rb, rc in pairs if is_diverged(rb["status"]) and is_diverged(rc["status"])]
     ran = [(rb, rc) for rb, rc in pairs if not ended(rb) and not ended(rc)]
-    names = metric_names(str(b["model"].iloc[0]), b, c)
-    steps = float(b["steps"].iloc[0])
+    names = metric_names(str(b[0]["model"]), b, c)
+    steps = float(b[0]["steps"])
     tests = [value_test(m, ran, tol, sign, lambda x: x.mean(), margin) for m, sign in judged_values(names)]
     tests.append(value_test("divergence_step", diverged, tol, -1, lambda x: steps, margin))
     tests = [t for t in tests if t is not None]
@@ -537,7 +538,7 @@ def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: flo
     calibrated ``envelope``, the curve is judged too."""
     if base is None:
         return dict(verdict="new", direction="", detail=f"no baseline row for {row['run_id']} ({row['steps']} steps)")
-    b, c = pd.DataFrame([base]).assign(seed=0), pd.DataFrame([row]).assign(seed=0)
+    b, c = [dict(base, seed=0)], [dict(row, seed=0)]
     c_curves = {row["run_id"]: pd.DataFrame(steps).set_index("step")["loss"]} if steps else {}
     ref = {base["run_id"]: envelope.set_index("step")["loss_reference"]} if envelope is not None and len(envelope) else {}
     j = config_tests(b, c, tol, {}, c_curves, envelope, ref, margin)
@@ -548,7 +549,7 @@ def check_run(row: dict, base: dict | None, tol: dict | None = None, margin: flo
     return with_init(verdict_of(j, margin, ALPHA, n), b, c)
 
 
-def with_init(row: dict, b: pd.DataFrame, c: pd.DataFrame) -> dict:
+def with_init(row: dict, b: list[dict], c: list[dict]) -> dict:
     """A verdict row with its ``init_verdict`` (and, where the init changed, that said first in
     its detail)."""
     row["init_verdict"], why = init_verdict(b, c)
@@ -588,11 +589,25 @@ def curve_distances(pairs: list[tuple[dict, dict]], b_curves: dict, c_curves: di
                 separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
 
 
-def cost_flags(b: pd.DataFrame, c: pd.DataFrame) -> dict:
-    speed = b["steps_per_s"].mean() / c["steps_per_s"].mean()
-    mem = c["peak_rss_mb"].mean() / b["peak_rss_mb"].mean()
-    dev = (c["peak_device_mem_mb"].mean() / b["peak_device_mem_mb"].mean()
-           if b["peak_device_mem_mb"].notna().any() and c["peak_device_mem_mb"].notna().any() else math.nan)
+def present(value) -> bool:
+    """A cell that holds a value (not None, NaN or NA)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def side_mean(rows: list[dict], col: str) -> float:
+    """The mean of a column over a config's rows on one side, missing cells left out (NaN when
+    none has it), as pandas' ``mean`` gives it."""
+    values = [float(r[col]) for r in rows if present(r.get(col))]
+    return float(np.mean(values)) if values else math.nan
+
+
+def cost_flags(b: list[dict], c: list[dict]) -> dict:
+    """The cost ratios of a config's two sides (candidate over baseline) and their flags."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        speed = np.float64(side_mean(b, "steps_per_s")) / side_mean(c, "steps_per_s")
+        mem = np.float64(side_mean(c, "peak_rss_mb")) / side_mean(b, "peak_rss_mb")
+        dev = np.float64(side_mean(c, "peak_device_mem_mb")) / side_mean(b, "peak_device_mem_mb")
+    speed, mem, dev = float(speed), float(mem), float(dev)
     flags = (["slower"] if speed >= SLOWDOWN else []) + (["more_memory"] if max(mem, 0 if math.isnan(dev) else dev)
                                                          >= MEMORY_GROWTH else [])
     return dict(slowdown=speed, rss_ratio=mem, device_mem_ratio=dev, cost=",".join(flags) or "ok")
@@ -649,6 +664,15 @@ def slim(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.astype(text) if text else runs
 
 
+def by_config(runs: pd.DataFrame) -> dict[tuple, list[dict]]:
+    """A report's rows as dicts (``report.records``, once for the whole report), by normalised
+    config key (``config_key``), each config's in the report's order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in report.records(runs):
+        groups.setdefault(config_key(r[c] for c in CONFIG), []).append(r)
+    return groups
+
+
 def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps: pd.DataFrame | None = None,
                     cand_steps: pd.DataFrame | None = None, tolerances: pd.DataFrame | None = None,
                     envelope: pd.DataFrame | None = None, margin: float = MARGIN,
@@ -663,14 +687,13 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
     tols = index_by_config(tolerances)
     env_by_run = dict(iter(envelope.groupby("run_id"))) if envelope is not None and not envelope.empty else {}
     ref_traces = {rid: e.set_index("step")["loss_reference"] for rid, e in env_by_run.items()}
-    b_groups = {config_key(k): g for k, g in base_runs.groupby(CONFIG, dropna=False, sort=True)}
-    c_groups = {config_key(k): g for k, g in cand_runs.groupby(CONFIG, dropna=False, sort=True)}
+    b_groups, c_groups = by_config(base_runs), by_config(cand_runs)
     b_curves, c_curves = loss_curves(base_steps), loss_curves(cand_steps)
     rows, judgements = [], []
     for key in sorted(set(b_groups) | set(c_groups), key=str):
         b, c = b_groups.get(key), c_groups.get(key)
         side = b if b is not None else c
-        head = dict({col: side[col].iloc[0] for col in CONFIG}, run_id=side.sort_values("seed")["run_id"].iloc[0])
+        head = dict({col: side[0][col] for col in CONFIG}, run_id=min(side, key=lambda r: r["seed"])["run_id"])
         if b is None or c is None:
             rows.append(dict(head, verdict="new" if b is None else "missing", direction="",
                              detail="only in the " + ("candidate" if b is None else "baseline"),
@@ -678,13 +701,13 @@ def compare_reports(base_runs: pd.DataFrame, cand_runs: pd.DataFrame, base_steps
             judgements.append(None)
             continue
         tol = tols.get(key)
-        env = next((env_by_run[r] for r in b["run_id"] if r in env_by_run), None)
+        env = next((env_by_run[r["run_id"]] for r in b if r["run_id"] in env_by_run), None)
         j = config_tests(b, c, tol, b_curves, c_curves, env, ref_traces, margin)
         j.sides = (b, c)
         judgements.append(j)
-        rows.append(dict(head, base_status=worst(b["status"]), candidate_status=worst(c["status"]),
-                         n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=b["final_loss"].mean(),
-                         candidate_final_loss=c["final_loss"].mean(),
+        rows.append(dict(head, base_status=worst(r["status"] for r in b), candidate_status=worst(r["status"] for r in c),
+                         n_seeds_base=len(b), n_seeds_candidate=len(c), base_final_loss=side_mean(b, "final_loss"),
+                         candidate_final_loss=side_mean(c, "final_loss"),
                          noise_final_loss=noise_of(tol, "final_loss")[0],
                          **cost_flags(b, c), **curve_distances(list(j.pairing.pairs.values()), b_curves, c_curves)))
     tests = p_valued([j for j in judgements if j is not None])

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
-
-from diagnostics import report
 from diagnostics.judge.verdicts import INIT_CHANGED, INIT_SAME, is_skipped
 
 # What pairs two runs besides the seed: the same data, the same initial weights (where recorded).
@@ -26,11 +23,11 @@ def seeded_init(row: dict) -> str:
     return ""
 
 
-def init_verdict(b: pd.DataFrame, c: pd.DataFrame) -> tuple[str, str]:
+def init_verdict(b: list[dict], c: list[dict]) -> tuple[str, str]:
     """(``init_same`` / ``init_changed`` / "" where no seed on both sides recorded one, what
-    changed) over the seeds present on both sides."""
-    bs = {int(r["seed"]): seeded_init(r) for r in report.records(b)}
-    cs = {int(r["seed"]): seeded_init(r) for r in report.records(c)}
+    changed) over the seeds present on both sides of a config (its runs.csv rows as dicts)."""
+    bs = {int(r["seed"]): seeded_init(r) for r in b}
+    cs = {int(r["seed"]): seeded_init(r) for r in c}
     seeds = sorted(s for s in set(bs) & set(cs) if bs[s] and cs[s])
     if not seeds:
         return "", ""
@@ -63,10 +60,11 @@ class Pairing:
     unpaired: list  # "seed N: why" for seeds present on both sides but not a pair
 
 
-def pair(b: pd.DataFrame, c: pd.DataFrame) -> Pairing:
-    """Pair the runs of one config by seed (module docs: pairs are checked)."""
-    bs = {int(r["seed"]): r for r in report.records(b)}
-    cs = {int(r["seed"]): r for r in report.records(c)}
+def pair(b: list[dict], c: list[dict]) -> Pairing:
+    """Pair the runs of one config by seed (module docs: pairs are checked): its runs.csv rows on
+    each side, as dicts."""
+    bs = {int(r["seed"]): r for r in b}
+    cs = {int(r["seed"]): r for r in c}
     out = Pairing({}, sorted(set(bs) - set(cs)), sorted(set(cs) - set(bs)), [], [])
     for seed in sorted(set(bs) & set(cs)):
         rb, rc = bs[seed], cs[seed]
