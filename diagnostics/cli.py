@@ -491,18 +491,21 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def trace_repro(where: str, specs, data_dir: Path, init_dir, out: Path) -> int:
-    """``trace --repro FAMILY:STEP:PHASE:SEQ``: the reproducer of one traced op; prints its path."""
+    """``trace --repro FAMILY:STEP:PHASE:SEQ`` (or ``...:PHASE:OP#K``, the K-th call of OP in that
+    step's phase): the reproducer of one traced op; prints its path."""
     from diagnostics.release import numerics, reproducer
 
     try:
-        family, step, phase, seq = where.rsplit(":", 3)
-        step, seq = int(step), int(seq)
+        family, step, phase, at = where.split(":", 3)
+        op, _, nth = at.rpartition("#") if "#" in at else (None, "", at)
+        step, seq = int(step), int(nth)
     except ValueError:
-        raise UsageError(f"--repro {where!r} is not FAMILY:STEP:PHASE:SEQ (e.g. gpt-adamw-cpu-fp32:1:forward:12)") from None
+        raise UsageError(f"--repro {where!r} is not FAMILY:STEP:PHASE:SEQ or FAMILY:STEP:PHASE:OP#K (e.g. "
+                         "gpt-adamw-cpu-fp32:1:forward:12, gpt-adamw-cpu-fp32:1:forward:aten::addmm#0)") from None
     spec = numerics.families(specs).get(family)
     if spec is None:
         raise UsageError(f"--repro: no family {family!r} in this grid")
-    print(reproducer.capture(spec, data_dir, init_dir, step, phase, seq, out))
+    print(reproducer.capture(spec, data_dir, init_dir, step, phase, seq, out, op=op or None))
     return 0
 
 
@@ -670,7 +673,8 @@ def trace_arguments(p: Parser) -> None:
                    help="training steps traced per family (default: %(default)s: the first creates the optimizer's "
                         "state, the later ones update it)")
     p.add_argument("--repro", metavar="FAMILY:STEP:PHASE:SEQ",
-                   help="instead of the trace: the reproducer of the op at that place of a family's trace "
+                   help="instead of the trace: the reproducer of the op at that place of a family's trace, or "
+                        "of the K-th call of an op in that step's phase (FAMILY:STEP:PHASE:OP#K) "
                         "(OUT/repro_<op>.py and .pt: its inputs, the op alone, the hash of what it gives)")
 
 

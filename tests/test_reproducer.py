@@ -64,6 +64,28 @@ def test_the_masked_attention_kernel_and_an_in_place_optimizer_op_are_reproduced
         assert reproducer.run(sys.executable, script) == (row["output_hash"], "")
 
 
+def test_a_place_from_another_release_s_trace_is_the_op_s_call_number_not_its_seq(traced, tmp_path):
+    """explain names an op where the second release ran it, the reproducer captures it in the
+    first: where the second ran more ops before it (2.5's masked attention added two), its seq
+    there is another op here. The place is the op's call number in its step's phase instead."""
+    from diagnostics.release import questions
+
+    data, trace = traced
+    row = trace[trace["op"].str.contains("flash_attention") & (trace["phase"] == "forward")].iloc[0].to_dict()
+    later = trace.copy()
+    later["seq"] = later["seq"].astype(int) + (later["seq"].astype(int) >= 1).astype(int) * 2  # two ops added early
+    moved = dict(row, first_step=row["step"], seq=int(row["seq"]) + 2)
+    assert trace[trace["seq"].astype(int) == moved["seq"]]["op"].iloc[0] != row["op"]  # the seq alone: another op
+    where = questions.repro_place(moved, [later.astype(str), trace.astype(str)])
+    assert where == f"{row['family']}:{row['step']}:forward:{row['op']}#0"
+    _, step, phase, at = where.split(":", 3)
+    op, _, k = at.rpartition("#")
+    script = reproducer.capture(SPEC, data, None, int(step), phase, int(k), tmp_path, op=op)
+    assert script.name == "repro_scaled_dot_product_flash_attention_for_cpu.py"
+    assert reproducer.run(sys.executable, script) == (row["output_hash"], "")
+    assert questions.repro_place(dict(moved, op="aten::nothing"), [trace.astype(str)]).endswith(f":{moved['seq']}")
+
+
 def test_a_large_input_becomes_a_seeded_recipe():
     tensors, recipes = [], []
     source = reproducer.literal([torch.zeros(3), torch.zeros(reproducer.FULL_ELEMENTS + 1), 2.5, torch.float32],
@@ -80,6 +102,8 @@ def test_a_script_that_cannot_run_says_why(tmp_path):
 
 
 @pytest.mark.parametrize("where, says", [("nonsense", "is not FAMILY:STEP:PHASE:SEQ"),
+                                         ("gpt-adamw-cpu-fp32:1:forward:aten::addmm#x", "is not FAMILY:STEP:PHASE:SEQ"),
+                                         ("gpt-adamw-cpu-fp32:1:forward:aten::nope#0", "call #0 of aten::nope"),
                                          ("gpt-nope:1:forward:0", "no family 'gpt-nope'"),
                                          ("gpt-adamw-cpu-fp32:1:forward:99999", "no op recorded at step 1")])
 def test_trace_repro_refuses_a_place_it_cannot_find_in_one_line(tmp_path, capsys, where, says):

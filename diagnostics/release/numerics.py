@@ -165,11 +165,24 @@ class Recorder(TorchDispatchMode):
         self.step = 0
         self.current: str | None = None
         self.seq = 0
-        self.keep: tuple | None = None  # (step, phase, seq) of an op whose inputs to keep (``reproducer``)
+        # the op whose inputs to keep (``reproducer``): (step, phase, seq), or (step, phase, op, k), the
+        # k-th call of that op in the step's phase: the same call in releases whose other ops differ
+        self.keep: tuple | None = None
         self.kept: tuple | None = None  # (op name, func, args, kwargs): copies of its inputs before it ran
+        self.kept_row: dict = {}  # the trace row of the kept op
+
+    def keeps(self, func) -> bool:
+        """Whether the op dispatched now is the one ``keep`` names (and none was kept yet)."""
+        if self.keep is None or self.kept is not None:
+            return False
+        if len(self.keep) == 3:
+            return (self.step, self.current, self.seq) == self.keep
+        step, phase, op, k = self.keep
+        return (self.step, self.current) == (step, phase) and op_name(func) == op and \
+            sum(r["op"] == op and r["step"] == step and r["phase"] == phase for r in self.rows) == k
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.keep is not None and self.kept is None and (self.step, self.current, self.seq) == self.keep:
+        if self.keeps(func):
             # copies with the very strides the op was given (a kernel's path can depend on them), taken
             # before it ran (an in-place op writes one)
             copies = tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
@@ -177,7 +190,7 @@ class Recorder(TorchDispatchMode):
             n = len(self.rows)
             out = self.record(func, args, kwargs)
             if len(self.rows) > n:  # it was the op recorded there
-                self.kept = (op_name(func), func, *copies)
+                self.kept, self.kept_row = (op_name(func), func, *copies), self.rows[n]
             return out
         return self.record(func, args, kwargs)
 

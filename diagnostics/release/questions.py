@@ -208,6 +208,29 @@ REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py script
 MAX_REPROS = 12  # per transition: the first calls (op x input signature) in the table's order
 
 
+def read_trace(session: Path) -> pd.DataFrame | None:
+    """A session's trace.csv (None where it has none or it cannot be read)."""
+    try:
+        return numerics.read(Path(session) / numerics.TRACE)
+    except numerics.TraceError:
+        return None
+
+
+def repro_place(row: dict, traces: list) -> str:
+    """``trace --repro``'s place of an explain row's op in the first release: the how-manieth call
+    of that op it is in its step's phase (``FAMILY:STEP:PHASE:OP#K``), counted in the trace whose
+    ``seq`` the row carries (the second release's, or the first's for an op only it ran), since
+    the two releases may run other ops in between (2.5's masked attention added two); its bare
+    ``seq`` where neither trace holds the op there."""
+    family, step, phase, op, seq = row["family"], int(row["first_step"]), row["phase"], row["op"], int(row["seq"])
+    for trace in (t for t in traces if t is not None):
+        here = trace[(trace["family"] == family) & (trace["step"].astype(int) == step) & (trace["phase"] == phase)]
+        seqs = here["seq"].astype(int)
+        if ((seqs == seq) & (here["op"] == op)).any():
+            return f"{family}:{step}:{phase}:{op}#{int(((seqs < seq) & (here['op'] == op)).sum())}"
+    return f"{family}:{step}:{phase}:{seq}"
+
+
 def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd.DataFrame:
     """Each changed kernel of a transition (its first family) reproduced alone
     (``reproducer``): its inputs captured in the first release's environment, the script run in
@@ -223,11 +246,12 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     if roots.empty:
         return table
     out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
+    traces = [read_trace(sessions.report_dir(v)) for v in (cand, base)]  # a row's seq is where the second ran it
     for n, ((op, sig), rows) in enumerate(roots.groupby(["op", "signature"], sort=False)):
         if n == MAX_REPROS:
             break
         first = rows.sort_values(["first_step"], kind="stable").iloc[0]
-        where = f"{first['family']}:{int(first['first_step'])}:{first['phase']}:{int(first['seq'])}"
+        where = repro_place(first, traces)
         cmd = [*sessions.envs.command(base), "trace", *sessions.grid_args, "--out", str(out / f"call{n}"),
                "--init-dir", str(Path(sessions.out) / "init"), "--repro", where]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

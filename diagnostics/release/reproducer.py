@@ -121,19 +121,22 @@ def write(found, out_dir: Path, meta: dict) -> Path:
     return path
 
 
-def capture(spec, data_dir: Path, init_dir: Path | None, step: int, phase: str, seq: int, out_dir: Path) -> Path:
+def capture(spec, data_dir: Path, init_dir: Path | None, step: int, phase: str, seq: int, out_dir: Path,
+            op: str | None = None) -> Path:
     """Replay ``spec``'s family as the trace did and write the reproducer of its op at (step,
-    phase, seq); raises numerics.TraceError where no op was recorded there."""
+    phase, seq), or, with ``op``, of the ``seq``-th call of ``op`` in that step's phase (the place
+    to give where the trace that named the op came from another release, whose other ops may
+    differ in number); raises numerics.TraceError where no op was recorded there."""
     from diagnostics.release.numerics import Recorder, TraceError, family_of, trace_family
 
     rec = Recorder(family_of(spec))
-    rec.keep = (step, phase, seq)
+    rec.keep = (step, phase, op, seq) if op else (step, phase, seq)
     trace_family(spec, Path(data_dir), init_dir, step, rec)  # the family's steps up to this one, as traced
     if rec.kept is None:
-        raise TraceError(f"no op recorded at step {step}, {phase} #{seq} of {family_of(spec)}")
-    where = next((r for r in rec.rows if r["step"] == step and r["phase"] == phase and r["seq"] == seq), {})
+        what = f"call #{seq} of {op}" if op else f"#{seq}"
+        raise TraceError(f"no op recorded at step {step}, {phase} {what} of {family_of(spec)}")
     return write(rec.kept, out_dir, dict(family=family_of(spec), step=step, threads=torch.get_num_threads(),
-                                          where=", ".join(x for x in (phase, where.get("module", "")) if x)))
+                                          where=", ".join(x for x in (phase, rec.kept_row.get("module", "")) if x)))
 
 
 def run(python: str | Path, script: Path) -> tuple[str, str]:
