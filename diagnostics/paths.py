@@ -33,3 +33,5 @@ TOLERANCES, ENVELOPE = "tolerances.csv", "envelope.csv"
 COMPARE = "compare.csv"
 BISECT = "bisect.csv"
 CHANGELOG, CHANGELOG_MD, CHANGELOG_FIGURE = "changelog.csv", "changelog.md", "changelog.png"
+# beside a changelog, written by hand: what torch's pull requests and release notes say caused a change
+CITATIONS = "citations.csv"

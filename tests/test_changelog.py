@@ -170,14 +170,18 @@ def test_each_layout_lists_the_transitions_that_changed_its_bits_or_status_with_
     right = transitions("2.4.1", "2.5.1", "2.6.0", verdict="identical", layout="right", context=100)
     full = transitions("2.4.1", "2.5.1", verdict="equivalent", layout="full", context=0)  # not the layout part
     table = pd.concat([left, right, full], ignore_index=True)
-    (tmp_path / "torch-2.4.1").mkdir()
-    report.write_atomic(tmp_path / "torch-2.4.1" / report.RUNS, pd.DataFrame(dict(
-        run_id=["gpt-left-s0"], status_reason=["loss is nan at step 1; first non-finite value made by "
-                                               "aten::_softmax (forward, blocks.0.attn)"])))
+    for version, reason in (("2.4.1", "non-finite loss (nan) at step 1; first NaN at step 1: aten::_softmax (forward, "
+                                      "blocks.0.attn)"), ("2.5.1", "learned: closed 61% of the gap to the floor 1.7")):
+        (tmp_path / f"torch-{version}").mkdir()
+        report.write_atomic(tmp_path / f"torch-{version}" / report.RUNS,
+                            pd.DataFrame(dict(run_id=["gpt-left-s0"], status_reason=[reason])))
     rows = changelog.by_layout(table, reasons=changelog.status_reasons(tmp_path, table))
     assert rows["layout"].tolist() == ["left"]  # right kept its bits; full at the model's length is the recipe grid
     assert "diverged_nonfinite -> converged" in rows.loc[0, "status_changed"]
-    assert "aten::_softmax (forward, blocks.0.attn)" in rows.loc[0, "status_changed"]
+    # the diverged side's reason (the older release's here), word for word
+    assert "(non-finite loss (nan) at step 1; first NaN at step 1: aten::_softmax (forward, blocks.0.attn))" in \
+        rows.loc[0, "status_changed"]
+    assert "learned" not in rows.loc[0, "status_changed"]
     md = changelog.markdown(table, reasons=changelog.status_reasons(tmp_path, table))
     assert "### By batch layout" in md and "| left | 2.4.1 | 2.5.1 | 1 | 1 |" in md
     assert "3 releases, 2 transitions" in md

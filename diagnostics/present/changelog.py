@@ -12,6 +12,7 @@ run over fewer releases never shrinks the committed artefact.
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -166,7 +167,8 @@ def status_reasons(out: Path, table: pd.DataFrame) -> dict[tuple[str, str], str]
         if path.exists():
             runs = report.read_csv(path)
             for r in runs[runs["run_id"].isin(ids)].to_dict("records"):
-                found.setdefault((v, r["run_id"]), str(r.get("status_reason") or "").replace("nan", ""))
+                reason = r.get("status_reason")
+                found.setdefault((v, r["run_id"]), reason if isinstance(reason, str) else "")
     return found
 
 
@@ -188,7 +190,10 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
                 continue
             status = []
             for r in u[u["verdict"] == "status_changed"].to_dict("records"):
-                why = next((w for w in ((reasons or {}).get((str(v), r["run_id"]), "") for v in (b, a)) if w), "")
+                # the diverged side's reason first (its NaN origin), whichever release it ran on
+                sides = sorted(((a, r["base_status"]), (b, r["candidate_status"])),
+                               key=lambda side: not verdicts.is_diverged(str(side[1])))
+                why = next((w for w in ((reasons or {}).get((str(v), r["run_id"]), "") for v, _ in sides) if w), "")
                 status.append(f"{r['run_id']}: {r['base_status']} -> {r['candidate_status']}"
                               + (f" ({why})" if why else ""))
             why = ""
@@ -205,9 +210,11 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
 
 
 def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
-             explained: pd.DataFrame | None = None, reasons: dict[tuple[str, str], str] | None = None) -> str:
+             explained: pd.DataFrame | None = None, reasons: dict[tuple[str, str], str] | None = None,
+             citations: pd.DataFrame | None = None) -> str:
     """The changelog as Markdown: the machine, the transitions table (with why, where traced),
-    the spans an earlier run left, each batch layout's changes, then each config beyond noise."""
+    the spans an earlier run left, each batch layout's changes (with the causes torch's pull
+    requests name, ``read_citations``), then each config beyond noise."""
     c = counts(table, builds, explained)
     releases = releases_of(table)
     lines = [f"## Convergence changelog: {len(releases)} releases, {len(c)} transitions, "
@@ -225,11 +232,14 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
                       "one run covers both its ends): " + "; ".join(spans(table)) + "."]
     layouts = by_layout(table, explained, reasons)
     if len(layouts):
+        layouts["cited"] = [cited(citations, f"{r['from_version']} -> {r['to_version']}",
+                                  f"{r['why']} {r['status_changed']}") for r in layouts.to_dict("records")]
         lines += ["", "### By batch layout: every transition that changed a layout's bits or status", ""]
         lines += summary.table(layouts.to_dict("records"), [
             ("layout", "layout", ""), ("from", "from_version", ""), ("to", "to_version", ""),
             ("configs judged", "configs", ""), ("bits changed", "bits_changed", ""),
-            ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", "")])
+            ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", ""),
+            ("what torch's pull requests say", "cited", "")])
     beyond = table[table["verdict"].isin(verdicts.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -296,11 +306,37 @@ def read_explained(out: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, dtype=str, keep_default_na=False).rename(columns={"verdict": "finding"})
 
 
+CITATION_COLUMNS = ["transition", "op", "source", "says"]
+
+
+def read_citations(out: Path) -> pd.DataFrame | None:
+    """``out/citations.csv`` (``paths.CITATIONS``; None where absent): causes torch's own pull
+    requests or release notes name, one row per (transition "2.4.1 -> 2.5.1", op as explain names
+    it, ``source`` a URL, ``says`` what that source states). Written by hand, never inferred: a
+    row is shown only beside a transition where the op it names changed (``cited``). A file
+    without those columns is a ReportError (one line)."""
+    path = Path(out) / paths.CITATIONS
+    if not path.exists():
+        return None
+    return report.read(path, CITATION_COLUMNS)[CITATION_COLUMNS].astype(str)
+
+
+def cited(citations: pd.DataFrame | None, transition: str, text: str) -> str:
+    """The citations of one transition whose op the given text (its why, its NaN origins) names:
+    "aten::_softmax: SOURCE (what it says)", joined; "" where none."""
+    if citations is None or citations.empty:
+        return ""
+    own = citations[(citations["transition"] == transition)]
+    return "; ".join(f"{r['op']}: {r['source']} ({r['says']})" for r in own.to_dict("records")
+                     if re.search(re.escape(r["op"]) + r"(?![\w.])", text))  # aten::_softmax is not _softmax_backward
+
+
 def render(out: Path) -> str:
     """The Markdown of the changelog a folder holds (changelog.csv, explain.csv, each release's
     env.csv and runs.csv), as ``write`` writes it: the docs build renders the committed one with it."""
     table = read(out)
-    return markdown(table, builds_of(out, releases_of(table)), read_explained(out), status_reasons(out, table))
+    return markdown(table, builds_of(out, releases_of(table)), read_explained(out), status_reasons(out, table),
+                    read_citations(out))
 
 
 def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None) -> Path:
@@ -312,7 +348,8 @@ def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None)
     if explained is None:
         explained = read_explained(out)
     builds = builds_of(out, releases_of(table))
-    (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table)), encoding="utf-8")
+    (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table), read_citations(out)),
+                                encoding="utf-8")
     figure(table, out / FIGURE)
     c = counts(table, builds, explained)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
