@@ -249,3 +249,29 @@ def test_a_transition_s_environments_stay_until_its_reproducers_ran(monkeypatch)
         for v in (a, b):  # neither side released before its transition's reproducers ran
             assert ("release", v) not in events[:explained_at]
     assert {e for e in events if e[0] == "release"} == {("release", v) for v in ("2.5.1", "2.6.0", "2.7.1", "2.8.0")}
+
+
+def test_a_cited_cause_is_shown_where_its_op_changed_or_made_the_nan_and_nowhere_else(tmp_path):
+    citations = pd.DataFrame([
+        dict(transition="2.4.1 -> 2.5.1", op="aten::_softmax", source="https://example.org/pr/1", says="rows of NaN"),
+        dict(transition="2.5.1 -> 2.6.0", op="aten::_softmax", source="https://example.org/pr/2", says="elsewhere")])
+    text = "x: diverged_nonfinite -> converged (first NaN at step 1: aten::_softmax (forward, blocks.0.attn))"
+    assert changelog.cited(citations, "2.4.1 -> 2.5.1", text) == "aten::_softmax: https://example.org/pr/1 (rows of NaN)"
+    assert changelog.cited(citations, "2.4.1 -> 2.5.1", "aten::_softmax_backward_data (backward)") == ""  # another op
+    assert changelog.cited(citations, "2.6.0 -> 2.7.1", text) == "" and changelog.cited(None, "2.4.1 -> 2.5.1", text) == ""
+    citations.to_csv(tmp_path / "citations.csv", index=False)
+    assert changelog.read_citations(tmp_path).equals(citations)
+    (tmp_path / "citations.csv").write_text("transition,op\n2.4.1 -> 2.5.1,aten::mm\n")
+    with pytest.raises(report.ReportError, match="source"):
+        changelog.read_citations(tmp_path)
+
+
+def test_the_committed_citations_each_name_an_op_their_transition_changed_or_failed_in():
+    """Every committed citation is shown: its transition is in the changelog and its op is among
+    what that transition's explain rows or its diverged runs' NaN origins name."""
+    out = Path(__file__).resolve().parent.parent / "reports" / "releases"
+    citations = changelog.read_citations(out)
+    assert citations is not None and len(citations)
+    md = (out / changelog.MARKDOWN).read_text()
+    for r in citations.to_dict("records"):
+        assert r["source"].startswith("https://github.com/pytorch/pytorch/") and f"{r['op']}: {r['source']}" in md
