@@ -113,3 +113,15 @@ def test_trace_repro_refuses_a_place_it_cannot_find_in_one_line(tmp_path, capsys
                  "--out", str(tmp_path), "--data-dir", str(tmp_path / "data"), "--repro", where])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and says in err[0]
+
+
+def test_a_compiled_graph_gets_no_single_op_reproducer():
+    """A compiled family's changed forward or backward is a graph boundary, not one op: its
+    reproducer is 'not run' and says why (the replay's op at that place is another op)."""
+    from diagnostics.release import explain, questions
+
+    row = {c: "" for c in explain.EXPLAIN_COLUMNS} | dict(
+        transition="2.9.1 -> 2.10.0", family="gpt-adamw-cpu-fp32-inductor", phase="forward", op="compiled.forward",
+        finding=explain.CHANGED_KERNEL, first_step=1, count=1, seq=0)
+    table = questions.confirmed_kernels(pd.DataFrame([row]), None, "2.9.1", "2.10.0")
+    assert table.loc[0, "repro"] == questions.NO_GRAPH_REPRO and table.loc[0, "repro"].startswith(reproducer.NOT_RUN)

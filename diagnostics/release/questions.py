@@ -208,6 +208,11 @@ REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py script
 MAX_REPROS = 12  # per transition: the first calls (op x input signature) in the table's order
 
 
+COMPILED = "compiled."  # a compiled graph's boundary rows (compiled.forward, compiled.backward): no one op
+NO_GRAPH_REPRO = ("not run: a compiled graph is not one op (its generated code is compared by the family's "
+                  "compiled.code row)")
+
+
 def read_trace(session: Path) -> pd.DataFrame | None:
     """A session's trace.csv (None where it has none or it cannot be read)."""
     try:
@@ -237,12 +242,15 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     both; ``repro`` says ``confirmed``, ``not confirmed`` or ``not run``, the two hashes and the
     script. One reproducer per op and input signature (a masked call of a kernel is not its
     unmasked call), at most ``MAX_REPROS`` a transition; every row of that op and signature gets
-    its result."""
+    its result. A compiled graph (``compiled.forward``/``backward``) is no single op: ``not run``."""
     from diagnostics.release import reproducer
 
     table = table.copy()
     pinned = table["capability"].astype(str) == f"{explain.PINNED.upper()} (both)"  # the pinned pair's own rows
     roots = table[(table["finding"] == explain.CHANGED_KERNEL) & ~pinned]
+    graphs = roots["op"].astype(str).str.startswith(COMPILED)
+    table.loc[graphs[graphs].index, "repro"] = NO_GRAPH_REPRO
+    roots = roots[~graphs]
     if roots.empty:
         return table
     out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
