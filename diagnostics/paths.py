@@ -35,3 +35,4 @@ BISECT = "bisect.csv"
 CHANGELOG, CHANGELOG_MD, CHANGELOG_FIGURE = "changelog.csv", "changelog.md", "changelog.png"
 # beside a changelog, written by hand: what torch's pull requests and release notes say caused a change
 CITATIONS = "citations.csv"
+FIRST_CHANGES = "first-changes.csv"  # beside a changelog: each config's first change, from its transitions

@@ -275,3 +275,23 @@ def test_the_committed_citations_each_name_an_op_their_transition_changed_or_fai
     md = (out / changelog.MARKDOWN).read_text()
     for r in citations.to_dict("records"):
         assert r["source"].startswith("https://github.com/pytorch/pytorch/") and f"{r['op']}: {r['source']}" in md
+
+
+def test_each_config_s_first_change_comes_from_its_chain_of_transitions_a_change_back_counted():
+    a = pd.concat([transitions("2.0.1", "2.1.2", verdict="identical"),
+                   transitions("2.1.2", "2.2.2", verdict="equivalent"),
+                   transitions("2.2.2", "2.3.1", verdict="status_changed").assign(base_status="converged",
+                                                                                 candidate_status="diverged_nonfinite"),
+                   transitions("2.3.1", "2.4.1", verdict="status_changed").assign(base_status="diverged_nonfinite"),
+                   transitions("2.0.1", "2.4.1", verdict="identical")],  # a span over judged releases: left out
+                  ignore_index=True)
+    b = pd.concat([transitions("2.0.1", "2.1.2", verdict="status_changed"),  # before the gap: not in its chain
+                   transitions("2.2.2", "2.3.1", "2.4.1", verdict="identical", layout="left")],
+                  ignore_index=True).assign(run_id="gpt-left-s0")
+    first = changelog.first_changes(pd.concat([a, b], ignore_index=True)).set_index("run_id")
+    assert first.loc["gpt-cfg-s0", ["judged_from", "judged_to", "first_bits_change", "bits_verdict"]].tolist() == \
+        ["2.0.1", "2.4.1", "2.1.2 -> 2.2.2", "equivalent"]
+    assert first.loc["gpt-cfg-s0", ["first_status_change", "status_change", "status_changes"]].tolist() == \
+        ["2.2.2 -> 2.3.1", "converged -> diverged_nonfinite", 2]
+    assert first.loc["gpt-left-s0", ["judged_from", "first_bits_change", "first_status_change", "status_changes"]].tolist() \
+        == ["2.2.2", "", "", 0]

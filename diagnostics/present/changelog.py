@@ -76,6 +76,39 @@ def spans(table: pd.DataFrame) -> list[str]:
     return out
 
 
+FIRST_CHANGE_COLUMNS = ["run_id", "layout", "context", "judged_from", "judged_to", "first_bits_change", "bits_verdict",
+                        "first_status_change", "status_change", "status_changes"]
+
+
+def first_changes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per config, what its consecutive transitions alone say (nothing trained, no binary
+    search): ``judged_from`` .. ``judged_to``, the unbroken chain of transitions that judged it up
+    to the newest; the first of them that changed its bits (with its verdict) and the first that
+    changed its status (with the change), "" where none; how many changed its status. Exact where
+    ``bisect`` assumes: the bits stay the chain's first release's until a transition changes them,
+    and a status that changes back is counted (a binary search would miss it). Spans that step
+    over a judged release are left out."""
+    releases = releases_of(table)
+    step = [not any(release_key(a) < release_key(v) < release_key(b) for v in releases) for a, b in transitions_of(table)]
+    rows = []
+    for run_id, g in table[step].groupby("run_id", sort=True):
+        chain = sorted(g.to_dict("records"), key=lambda r: release_key(str(r["from_version"])))
+        start = len(chain) - 1
+        while start > 0 and str(chain[start - 1]["to_version"]) == str(chain[start]["from_version"]):
+            start -= 1
+        chain = chain[start:]
+        bits = next((r for r in chain if r["verdict"] in verdicts.JUDGED and r["verdict"] not in verdicts.BITS_KEPT), None)
+        status = [r for r in chain if r["verdict"] == "status_changed"]
+        name = lambda r: f"{r['from_version']} -> {r['to_version']}" if r else ""  # noqa: E731
+        rows.append(dict(run_id=run_id, layout=chain[-1]["layout"], context=chain[-1]["context"],
+                         judged_from=chain[0]["from_version"], judged_to=chain[-1]["to_version"],
+                         first_bits_change=name(bits), bits_verdict=bits["verdict"] if bits else "",
+                         first_status_change=name(status[0] if status else None),
+                         status_change=f"{status[0]['base_status']} -> {status[0]['candidate_status']}" if status else "",
+                         status_changes=len(status)))
+    return pd.DataFrame(rows, columns=FIRST_CHANGE_COLUMNS)
+
+
 def build_change(a: dict, b: dict) -> str:
     """What changed in how torch was built between two sessions' env.csv (env.BUILD_LINES),
     e.g. "onednn: Intel(R) MKL-DNN v3.7.1 ... -> ... v3.10.2 ..."; "" when nothing did or
@@ -240,6 +273,16 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
             ("configs judged", "configs", ""), ("bits changed", "bits_changed", ""),
             ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", ""),
             ("what torch's pull requests say", "cited", "")])
+    first = first_changes(table)
+    part = first[(first["layout"].astype(str) != "full") | (pd.to_numeric(first["context"], errors="coerce") != 0)]
+    if len(part):
+        lines += ["", "### Each padded, packed or odd-length config: its first change, from the transitions "
+                      f"(a bisect without a search; `{paths.FIRST_CHANGES}` holds every config)", ""]
+        lines += summary.table(part.to_dict("records"), [
+            ("config", "run_id", ""), ("judged", "judged_from", ""), ("to", "judged_to", ""),
+            ("bits first changed", "first_bits_change", ""), ("verdict", "bits_verdict", ""),
+            ("status first changed", "first_status_change", ""), ("how", "status_change", ""),
+            ("status changes", "status_changes", "")])
     beyond = table[table["verdict"].isin(verdicts.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -348,6 +391,7 @@ def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None)
     if explained is None:
         explained = read_explained(out)
     builds = builds_of(out, releases_of(table))
+    report.write_atomic(out / paths.FIRST_CHANGES, first_changes(table))
     (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table), read_citations(out)),
                                 encoding="utf-8")
     figure(table, out / FIGURE)
