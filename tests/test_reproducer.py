@@ -125,3 +125,11 @@ def test_a_compiled_graph_gets_no_single_op_reproducer():
         finding=explain.CHANGED_KERNEL, first_step=1, count=1, seq=0)
     table = questions.confirmed_kernels(pd.DataFrame([row]), None, "2.9.1", "2.10.0")
     assert table.loc[0, "repro"] == questions.NO_GRAPH_REPRO and table.loc[0, "repro"].startswith(reproducer.NOT_RUN)
+
+
+def test_a_reproducer_s_path_is_said_relative_to_the_changelog_s_folder(tmp_path):
+    from diagnostics.release import questions
+
+    script = tmp_path / "out" / "repro" / "2.4.1-2.5.1" / "call6" / "repro_mm.py"
+    assert questions.shown_path(script, tmp_path / "out") == "repro/2.4.1-2.5.1/call6/repro_mm.py"
+    assert questions.shown_path(script, tmp_path / "elsewhere") == str(script)

@@ -236,6 +236,17 @@ def repro_place(row: dict, traces: list) -> str:
     return f"{family}:{step}:{phase}:{seq}"
 
 
+def shown_path(script: Path, out: Path) -> str:
+    """A reproducer's path as explain.csv says it: relative to the command's ``--out`` where it is
+    inside it (``repro/2.4.1-2.5.1/call6/repro_<op>.py``: the folder travels with the changelog, an
+    absolute path names one machine), else as it is."""
+    out = (ROOT / out) if not Path(out).is_absolute() else Path(out)
+    try:
+        return str(Path(script).resolve().relative_to(out.resolve()))
+    except ValueError:
+        return str(script)
+
+
 def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd.DataFrame:
     """Each changed kernel of a transition (its first family) reproduced alone
     (``reproducer``): its inputs captured in the first release's environment, the script run in
@@ -270,7 +281,7 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
         else:
             script = Path(lines[-1]) if Path(lines[-1]).is_absolute() else ROOT / lines[-1]
             outcome, detail = reproducer.confirm(script, sessions.envs.python(base), sessions.envs.python(cand))
-            result = f"{outcome}: {detail}; {script}"
+            result = f"{outcome}: {detail}; {shown_path(script, sessions.out)}"
         table.loc[(table["op"] == op) & (table["signature"] == sig), "repro"] = result
     return table
 
