@@ -286,6 +286,7 @@ def test_each_config_s_first_change_comes_from_its_chain_of_transitions_a_change
                    transitions("2.0.1", "2.4.1", verdict="identical")],  # a span over judged releases: left out
                   ignore_index=True)
     b = pd.concat([transitions("2.0.1", "2.1.2", verdict="status_changed"),  # before the gap: not in its chain
+                   transitions("2.1.2", "2.2.2", verdict="skipped"),  # one side did not run it: the gap
                    transitions("2.2.2", "2.3.1", "2.4.1", verdict="identical", layout="left")],
                   ignore_index=True).assign(run_id="gpt-left-s0")
     first = changelog.first_changes(pd.concat([a, b], ignore_index=True)).set_index("run_id")

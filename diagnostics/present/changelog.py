@@ -80,24 +80,30 @@ FIRST_CHANGE_COLUMNS = ["run_id", "layout", "context", "judged_from", "judged_to
                         "first_status_change", "status_change", "status_changes"]
 
 
+COMPARED = (*verdicts.JUDGED, "unjudged")  # both sides ran and paired: their bits were compared
+
+
 def first_changes(table: pd.DataFrame) -> pd.DataFrame:
     """Per config, what its consecutive transitions alone say (nothing trained, no binary
-    search): ``judged_from`` .. ``judged_to``, the unbroken chain of transitions that judged it up
-    to the newest; the first of them that changed its bits (with its verdict) and the first that
-    changed its status (with the change), "" where none; how many changed its status. Exact where
+    search): ``judged_from`` .. ``judged_to``, the unbroken chain of transitions that compared it
+    (both sides ran: not skipped, missing or new) up to the last that did; the first of them that
+    changed its bits (with its verdict) and the first that changed its status (with the change),
+    "" where none; how many changed its status. Exact where
     ``bisect`` assumes: the bits stay the chain's first release's until a transition changes them,
     and a status that changes back is counted (a binary search would miss it). Spans that step
     over a judged release are left out."""
     releases = releases_of(table)
-    step = [not any(release_key(a) < release_key(v) < release_key(b) for v in releases) for a, b in transitions_of(table)]
+    step = pd.Series([not any(release_key(a) < release_key(v) < release_key(b) for v in releases)
+                      for a, b in transitions_of(table)], index=table.index)
+    compared = table["verdict"].isin(COMPARED)  # a skipped, missing or new side compared nothing: the chain breaks
     rows = []
-    for run_id, g in table[step].groupby("run_id", sort=True):
+    for run_id, g in table[step & compared].groupby("run_id", sort=True):
         chain = sorted(g.to_dict("records"), key=lambda r: release_key(str(r["from_version"])))
         start = len(chain) - 1
         while start > 0 and str(chain[start - 1]["to_version"]) == str(chain[start]["from_version"]):
             start -= 1
         chain = chain[start:]
-        bits = next((r for r in chain if r["verdict"] in verdicts.JUDGED and r["verdict"] not in verdicts.BITS_KEPT), None)
+        bits = next((r for r in chain if r["verdict"] not in verdicts.BITS_KEPT), None)
         status = [r for r in chain if r["verdict"] == "status_changed"]
         name = lambda r: f"{r['from_version']} -> {r['to_version']}" if r else ""  # noqa: E731
         rows.append(dict(run_id=run_id, layout=chain[-1]["layout"], context=chain[-1]["context"],
