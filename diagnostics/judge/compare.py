@@ -94,7 +94,7 @@ def metric_names(model: str, b: list[dict], c: list[dict]) -> set:
     old = {"image": "val_accuracy", "lm": LOSS_AS_METRIC}.get(MODELS[model].task) if model in MODELS else None
     names = set()
     for side in (b, c):
-        named = {r["val_metric_name"] for r in side if present(r.get("val_metric_name"))}
+        named = {r["val_metric_name"] for r in side if pd.notna(r.get("val_metric_name"))}
         names |= named or ({old} if old else {None})
     return names
 
@@ -589,15 +589,10 @@ def curve_distances(pairs: list[tuple[dict, dict]], b_curves: dict, c_curves: di
                 separation_step=min((d[2] for d in dists if not math.isnan(d[2])), default=math.nan))
 
 
-def present(value) -> bool:
-    """A cell that holds a value (not None, NaN or NA)."""
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
-
-
 def side_mean(rows: list[dict], col: str) -> float:
     """The mean of a column over a config's rows on one side, missing cells left out (NaN when
     none has it), as pandas' ``mean`` gives it."""
-    values = [float(r[col]) for r in rows if present(r.get(col))]
+    values = [float(r[col]) for r in rows if pd.notna(r.get(col))]
     return float(np.mean(values)) if values else math.nan
 
 

@@ -211,6 +211,12 @@ def status_reasons(out: Path, table: pd.DataFrame) -> dict[tuple[str, str], str]
     return found
 
 
+def layout_part(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the grid's layout part: configs with a batch layout or a context length of their
+    own (padded, packed and odd-length batches), not the full batches at the model's length."""
+    return rows[(rows["layout"].astype(str) != "full") | (pd.to_numeric(rows["context"], errors="coerce") != 0)]
+
+
 def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
               reasons: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Per batch layout of the grid's layout part (configs with a layout or a context length of
@@ -220,7 +226,7 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
     came from) and why (explain's findings in that layout's families)."""
     from diagnostics.release import explain
 
-    part = table[(table["layout"].astype(str) != "full") | (table["context"].astype(float) != 0)]
+    part = layout_part(table)
     rows = []
     for name, t in part.groupby(part["layout"].astype(str), sort=False):
         for (a, b), u in t.groupby(["from_version", "to_version"], sort=False):
@@ -280,7 +286,7 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
             ("status changed", "status_changed", ""), ("why (its families' changed ops)", "why", ""),
             ("what torch's pull requests say", "cited", "")])
     first = first_changes(table)
-    part = first[(first["layout"].astype(str) != "full") | (pd.to_numeric(first["context"], errors="coerce") != 0)]
+    part = layout_part(first)
     if len(part):
         lines += ["", "### Each padded, packed or odd-length config: its first change, from the transitions "
                       f"(a bisect without a search; `{paths.FIRST_CHANGES}` holds every config)", ""]

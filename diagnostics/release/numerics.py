@@ -47,6 +47,7 @@ from diagnostics.grid.spec import RunSpec
 from diagnostics.run.dispatch import flat_values, op_name, written_arguments
 
 TRACE = paths.TRACE  # beside a session's runs.csv
+COMPILED = "compiled."  # the ops of a compiled family's rows: its graphs' boundaries (forward, backward) and code
 # the first steps of each family: the first creates the optimizer's state, the later ones update it
 TRACE_STEPS = 3
 PHASES = ("init", "data", "forward", "loss", "backward", "clip", "optimizer", "schedule")
@@ -241,7 +242,7 @@ class Recorder(TorchDispatchMode):
         if self.compiled and name in ("forward", "backward"):
             def boundary(inputs, outputs):
                 self.current = name
-                self.add(f"compiled.{name}", signature(inputs), hash_tensors(inputs), "", hash_tensors(outputs))
+                self.add(f"{COMPILED}{name}", signature(inputs), hash_tensors(inputs), "", hash_tensors(outputs))
                 self.current = None
 
             yield boundary
@@ -394,7 +395,7 @@ def trace_compiled(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: 
             raise TraceError(f"tracing {family_of(spec)} failed: {last}")
         rows = pd.read_csv(out, dtype=str, keep_default_na=False).to_dict("records")
         code, n = generated_code_hash(Path(tmp) / "inductor")
-    rows.append(dict(family=family_of(spec), step=0, phase="compile", seq=0, op="compiled.code", signature=f"{n} files",
+    rows.append(dict(family=family_of(spec), step=0, phase="compile", seq=0, op=f"{COMPILED}code", signature=f"{n} files",
                      input_hash="", args_hash="", output_hash=code, detail=spec.compile))
     return rows
 

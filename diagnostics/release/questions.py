@@ -208,7 +208,6 @@ REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py script
 MAX_REPROS = 12  # per transition: the first calls (op x input signature) in the table's order
 
 
-COMPILED = "compiled."  # a compiled graph's boundary rows (compiled.forward, compiled.backward): no one op
 NO_GRAPH_REPRO = ("not run: a compiled graph is not one op (its generated code is compared by the family's "
                   "compiled.code row)")
 
@@ -259,7 +258,7 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     table = table.copy()
     pinned = table["capability"].astype(str) == f"{explain.PINNED.upper()} (both)"  # the pinned pair's own rows
     roots = table[(table["finding"] == explain.CHANGED_KERNEL) & ~pinned]
-    graphs = roots["op"].astype(str).str.startswith(COMPILED)
+    graphs = roots["op"].astype(str).str.startswith(numerics.COMPILED)  # a graph's boundary: no one op
     table.loc[graphs[graphs].index, "repro"] = NO_GRAPH_REPRO
     roots = roots[~graphs]
     if roots.empty:
