@@ -312,6 +312,28 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
     return release.Sessions(envs, grid_args, Path(args.out), args.workers)
 
 
+def kept_sessions(args: argparse.Namespace):
+    """``bisect --sessions DIR``: the sessions a changelog kept in DIR (each version's runs.csv
+    there, one line where one is missing) and the why of a transition read from DIR/explain.csv;
+    nothing is trained, so no grid option but --grid applies (the grid: the first session's)."""
+    from diagnostics import release, report
+    from diagnostics.release import explain
+
+    given = [o for o in options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
+             if o.startswith("--") and o not in ("--grid", "--devices")]
+    if given:
+        raise UsageError(f"bisect --sessions judges the sessions as they were trained: {', '.join(given)} cannot "
+                         "apply (give only --grid)")
+    sessions = release.KeptSessions(Path(args.sessions))
+    for v in args.versions:
+        sessions.run(v)
+    if not args.grid:
+        grids = report.read(sessions.run(args.versions[0]) / report.RUNS, ["grid"])["grid"].dropna().unique()
+        args.grid = str(grids[0]) if len(grids) else "changelog"
+    args.no_measure_noise = True  # nothing is trained here: committed or given noise, else none
+    return sessions, lambda same, first: explain.of_transition(Path(args.sessions), same, first)
+
+
 def release_noise(args: argparse.Namespace, sessions, base: str):
     """What the release commands judge with (``release.noise_for``), said in one line."""
     from diagnostics import release
@@ -359,11 +381,16 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
     if len(args.versions) < 2:
         raise UsageError("bisect needs at least two torch versions, oldest first")
-    sessions = release_sessions(args, args.versions)
-    noise = release_noise(args, sessions, args.versions[0])
+    why_of = None
+    if args.sessions:
+        sessions, why_of = kept_sessions(args)
+        noise = release_noise(args, sessions, args.versions[0])
+    else:
+        sessions = release_sessions(args, args.versions)
+        noise = release_noise(args, sessions, args.versions[0])
     try:
         policy, margin = options.policy(lambda k: getattr(args, k, None))
-        table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change)
+        table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change, why_of)
     except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     from diagnostics import report
@@ -387,6 +414,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
 
     from diagnostics import release, report
     from diagnostics.present import changelog
+    from diagnostics.release import explain
 
     if len(args.versions) < 2:
         raise UsageError("changelog needs at least two torch versions (or wheels), oldest first")
@@ -400,7 +428,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     for name in (paths.CHANGELOG, paths.EXPLAIN):
         if (out / name).exists():
             try:
-                committed[name] = changelog.read_explained(out) if name == paths.EXPLAIN else changelog.read(out)
+                committed[name] = explain.read(out) if name == paths.EXPLAIN else changelog.read(out)
                 changelog.transitions_of(committed[name])
             except (report.ReportError, ValueError, KeyError, pd.errors.ParserError) as e:
                 raise UsageError(f"{out / name} is not a changelog this command can extend ({e}): move it away or "
@@ -655,6 +683,14 @@ def release_arguments(p: Parser, versions: str) -> None:
     p.add_argument("-n", dest="workers", help="pytest-xdist workers per session (a number or auto)")
 
 
+def bisect_arguments(p: Parser) -> None:
+    release_arguments(p, "many")
+    p.add_argument("--sessions", metavar="DIR",
+                   help="search the sessions a changelog kept in DIR (DIR/torch-VERSION/runs.csv, e.g. "
+                        "reports/releases) instead of training: nothing is built, trained or traced, the why of each "
+                        "first change is read from DIR/explain.csv (a consecutive pair the changelog judged)")
+
+
 def changelog_arguments(p: Parser) -> None:
     release_arguments(p, "many")
     p.add_argument("--keep-envs", type=int_at_least(1), default=4,
@@ -714,7 +750,7 @@ COMMANDS = (
                 "own cached environment, then compare", lambda p: release_arguments(p, "pair"), cmd_release,
      RELEASE_DEFAULTS),
     ("bisect", "the first of the given torch releases at which each config's verdict against the first changed "
-               "(binary search)", lambda p: release_arguments(p, "many"), cmd_bisect, RELEASE_DEFAULTS),
+               "(binary search)", bisect_arguments, cmd_bisect, RELEASE_DEFAULTS),
     ("changelog", "every consecutive pair of the given torch releases judged: DIR/changelog.csv, changelog.md and "
                   "index.html (default grid: changelog)", changelog_arguments, cmd_changelog, RELEASE_DEFAULTS),
     ("trace", "the numerics trace of the grid's config families: every aten op of their first steps, hashed "

@@ -125,3 +125,54 @@ def test_bisect_finds_the_first_release_that_changed_and_trains_each_once(tmp_pa
     other = release.Sessions(envs, [*grid[:-2], "--steps", "13", *grid[-2:]], tmp_path, check_versions=False)
     with pytest.raises(release.ReleaseError, match="trained with .*--steps 12.*delete it or choose another --out"):
         other.run("2.10")  # a cached session is reused only for the same grid and options
+
+
+def kept_changelog(folder: Path, statuses: dict[str, str], losses: dict[str, float]) -> None:
+    """A changelog's kept sessions (``folder/torch-V/runs.csv``, one config, two seeds: the same
+    bits where status and loss are the same) and its explain.csv, a finding for each consecutive pair."""
+    from tests import rows
+
+    versions = list(statuses)
+    for v in versions:
+        d = folder / f"torch-{v}"
+        d.mkdir(parents=True)
+        table = rows.frame([rows.row(run_id=f"gpt-s{s}", seed=s, status=statuses[v], final_loss=losses[v] + s * 1e-3,
+                                     val_loss=losses[v], val_metric=losses[v],
+                                     weights_sha256=f"{statuses[v]}-{losses[v]}-{s}",
+                                     torch_version=v, grid="changelog", initial_loss=3.5, divergence_step=float("nan"),
+                                     steps_per_s=60.0, peak_rss_mb=800.0, peak_device_mem_mb=float("nan"))
+                            for s in (0, 1)])
+        report.write_atomic(d / report.RUNS, table)
+    explain = pd.DataFrame([dict(transition=f"{a} -> {b}", family="gpt-adamw-cpu-fp32", phase="forward",
+                                 op=f"aten::op_{b}", finding="changed kernel", first_step=1, count=1, capability="",
+                                 detail="", module="blocks.0.attn", frames="", seq=1, signature="", repro="")
+                            for a, b in zip(versions, versions[1:])])
+    explain.to_csv(folder / "explain.csv", index=False)
+
+
+def test_bisect_of_a_changelog_s_kept_sessions_trains_nothing_and_reads_why_from_its_explain(tmp_path):
+    statuses = {"2.0": "diverged_nonfinite", "2.1": "diverged_nonfinite", "2.2": "diverged_nonfinite",
+                "2.3": "converged", "2.4": "converged"}
+    kept_changelog(tmp_path / "cl", statuses, {v: 2.0 for v in statuses})
+    out = tmp_path / "out"
+    proc = cli("bisect", *statuses, "--sessions", tmp_path / "cl", "--out", out, "--allow-improved")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = pd.read_csv(out / "bisect.csv", dtype=str, keep_default_na=False).iloc[0]  # versions are text
+    assert (row["first_changed"], row["last_same"], row["verdict"]) == ("2.3", "2.2", "status_changed")
+    assert row["why"].startswith("changed kernels: aten::op_2.3 (forward in blocks.0.attn")  # 2.2 -> 2.3's own
+    assert not (tmp_path / "cl" / "torch-2.0" / "session-complete").exists()  # read, never trained
+    proc = cli("bisect", *statuses, "--sessions", tmp_path / "cl", "--out", out)  # a status change for the better
+    assert proc.returncode == 1 and "improvement beyond the margin" in proc.stdout  # ... is no regression
+    # a release the folder does not hold, and a grid option that cannot apply to kept sessions: one line each
+    proc = cli("bisect", "2.0", "2.9", "--sessions", tmp_path / "cl", "--out", out)
+    assert proc.returncode == 2 and "torch-2.9 holds no runs.csv" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("bisect", "2.0", "2.4", "--layout", "left", "--sessions", tmp_path / "cl", "--out", out)
+    assert proc.returncode == 2 and "--layout cannot apply" in proc.stderr
+
+
+def test_a_bisect_between_releases_the_changelog_never_paired_says_so():
+    from diagnostics.release import explain
+
+    rows = explain.of_transition(Path("reports/releases"), "2.0.1", "2.15.0")
+    assert list(rows["finding"]) == [explain.NOT_TRACED] and "holds no 2.0.1 -> 2.15.0" in rows.loc[0, "detail"]
+    assert len(explain.of_transition(Path("reports/releases"), "2.4.1", "2.5.1")) > 10

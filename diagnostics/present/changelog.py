@@ -352,15 +352,6 @@ def read(out: Path) -> pd.DataFrame:
     return report.read(Path(out) / paths.CHANGELOG, ["from_version", "to_version", "run_id", "verdict"])
 
 
-def read_explained(out: Path) -> pd.DataFrame | None:
-    """``out/explain.csv`` as text (None where absent); a file written before explain's column
-    was named ``finding`` (it was ``verdict``) reads the same."""
-    path = Path(out) / paths.EXPLAIN
-    if not path.exists():
-        return None
-    return pd.read_csv(path, dtype=str, keep_default_na=False).rename(columns={"verdict": "finding"})
-
-
 CITATION_COLUMNS = ["transition", "op", "source", "says"]
 
 
@@ -389,8 +380,10 @@ def cited(citations: pd.DataFrame | None, transition: str, text: str) -> str:
 def render(out: Path) -> str:
     """The Markdown of the changelog a folder holds (changelog.csv, explain.csv, each release's
     env.csv and runs.csv), as ``write`` writes it: the docs build renders the committed one with it."""
+    from diagnostics.release import explain
+
     table = read(out)
-    return markdown(table, builds_of(out, releases_of(table)), read_explained(out), status_reasons(out, table),
+    return markdown(table, builds_of(out, releases_of(table)), explain.read(out), status_reasons(out, table),
                     read_citations(out))
 
 
@@ -398,10 +391,11 @@ def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None)
     """``out/changelog.md``, ``out/changelog.png`` and ``out/index.html`` (with ``explained``,
     or else ``out/explain.csv`` where it exists, the why of each transition); returns the page."""
     from diagnostics.present import page
+    from diagnostics.release import explain
 
     out = Path(out)
     if explained is None:
-        explained = read_explained(out)
+        explained = explain.read(out)
     builds = builds_of(out, releases_of(table))
     report.write_atomic(out / paths.FIRST_CHANGES, first_changes(table))
     (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table), read_citations(out)),

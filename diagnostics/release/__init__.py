@@ -35,8 +35,8 @@ from diagnostics.release.questions import (
                                               judged,
                                               noise_for,
 )
-from diagnostics.release.sessions import COMPLETE, Sessions
+from diagnostics.release.sessions import COMPLETE, KeptSessions, Sessions
 
 __all__ = ["CHANGELOG_COLUMNS", "COMPLETE", "ENV_BYTES", "ERA_NUMPY", "READY", "TORCHVISION", "Candidate",
-           "Environments", "Noise", "ReleaseError", "Sessions", "bisect", "candidate", "changelog", "check_version",
-           "committed_noise", "explained", "failing", "judged", "noise_for"]
+           "Environments", "KeptSessions", "Noise", "ReleaseError", "Sessions", "bisect", "candidate", "changelog",
+           "check_version", "committed_noise", "explained", "failing", "judged", "noise_for"]

@@ -358,3 +358,26 @@ def schedules_in(rows: pd.DataFrame) -> str:
 
 def write(table: pd.DataFrame, path: Path) -> None:
     report.write_atomic(Path(path), table)
+
+
+def read(folder: Path) -> pd.DataFrame | None:
+    """``folder/explain.csv`` as text (None where absent); a file written before the column was
+    named ``finding`` (it was ``verdict``) reads the same."""
+    path = Path(folder) / paths.EXPLAIN
+    if not path.exists():
+        return None
+    return pd.read_csv(path, dtype=str, keep_default_na=False).rename(columns={"verdict": "finding"})
+
+
+def of_transition(folder: Path, same: str, first: str) -> pd.DataFrame:
+    """The rows a changelog's ``folder/explain.csv`` holds for the transition "SAME -> FIRST";
+    one ``not traced`` row saying why where it holds none (the changelog never judged those two
+    releases side by side, or has no explain.csv)."""
+    transition = f"{same} -> {first}"
+    table = read(folder)
+    own = table[table["transition"] == transition] if table is not None else None
+    if own is not None and len(own):
+        return own.reset_index(drop=True)
+    return pd.DataFrame([dict(transition=transition, family="", phase="", op="", finding=NOT_TRACED, first_step=0,
+                              count=0, capability="", detail=f"{Path(folder) / paths.EXPLAIN} holds no {transition}",
+                              module="", frames="", seq=0, signature="", repro="")], columns=EXPLAIN_COLUMNS)

@@ -6,6 +6,7 @@ transition of a list of releases with its explanation (``changelog``)."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from diagnostics import report
 from diagnostics.judge import compare, verdicts
 from diagnostics.release import explain, numerics
 from diagnostics.release.environments import ROOT, Candidate, ReleaseError
-from diagnostics.release.sessions import Sessions
+from diagnostics.release.sessions import KeptSessions, Sessions
 
 NOISE_DIR = "noise"  # in --out: the noise measured in the base environment where none is committed
 
@@ -122,14 +123,25 @@ def changed(verdict: str, equivalent_is_same: bool) -> bool:
     return verdict not in (verdicts.WITHIN_NOISE if equivalent_is_same else verdicts.BITS_KEPT)
 
 
-def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: float = verdicts.MARGIN,
-           equivalent_is_same: bool = True) -> pd.DataFrame:
+POLICED = ("direction", "seeds_missing", "seeds_new", "init_verdict")  # what Policy.failure reads beside the verdict
+
+
+def policed(verdict_row: dict) -> dict:
+    """The columns of a compare.csv row that Policy.failure reads beside its verdict (a status
+    change that is an improvement passes with --allow-improved), "" where absent."""
+    return {k: verdict_row.get(k, "") for k in POLICED}
+
+
+def bisect(versions: list[str], sessions: Sessions | KeptSessions, tolerances=None, margin: float = verdicts.MARGIN,
+           equivalent_is_same: bool = True, why_of: Callable[[str, str], pd.DataFrame] | None = None) -> pd.DataFrame:
     """Per config of the grid: the first of ``versions`` (in the given order) whose verdict against
     ``versions[0]`` changed, by binary search between the first and the last (each version is
     trained at most once, for all configs together). A config whose last version is unchanged
     says so; one skipped on a side at the last version (a release that lacks what it needs) is
     reported as skipped, not searched. Assumes a change, once made, stays (a flip back between
-    two probes is not seen)."""
+    two probes is not seen). The why of a change is ``why_of(last_same, first_changed)``'s
+    explain.csv rows (default: the two sessions' traces explained)."""
+    why_of = why_of or (lambda same, first: explained(sessions.run(same), sessions.run(first), f"{same} -> {first}"))
     first = sessions.run(versions[0])
     at_version: dict[str, dict] = {}
 
@@ -146,7 +158,7 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
         """What the traces of the last same and the first changed release name for this
         config's family (``explain.summary``)."""
         if (same, first) not in why_cache:
-            why_cache[same, first] = explained(sessions.run(same), sessions.run(first), f"{same} -> {first}")
+            why_cache[same, first] = why_of(same, first)
         table = why_cache[same, first]
         family = numerics.family_of_row(row)
         schedule = numerics.schedule_name(row["optimizer"], row["scheduler"], row["warmup"], row["steps"],
@@ -161,8 +173,8 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
             rows.append(row | dict(first_changed="", last_same="", verdict="skipped", detail=end["detail"], why=""))
             continue
         if not changed(end["verdict"], equivalent_is_same):
-            rows.append(row | dict(first_changed="", last_same=versions[-1], verdict=end["verdict"], detail="",
-                                   why=""))
+            rows.append(row | policed(end) | dict(first_changed="", last_same=versions[-1], verdict=end["verdict"],
+                                                  detail="", why=""))
             continue
         lo, hi = 0, len(versions) - 1  # unchanged at lo, changed at hi
         while hi - lo > 1:
@@ -172,8 +184,10 @@ def bisect(versions: list[str], sessions: Sessions, tolerances=None, margin: flo
             else:
                 lo = mid
         at = verdict_at(hi)[run_id]
-        rows.append(row | dict(first_changed=versions[hi], last_same=versions[lo], verdict=at["verdict"],
-                               detail=at["detail"], why=why(versions[lo], versions[hi], at)))
+        absent = at["verdict"] in ("missing", "new")  # a config one side never ran: no ops to name
+        rows.append(row | policed(at) | dict(first_changed=versions[hi], last_same=versions[lo], verdict=at["verdict"],
+                                             detail=at["detail"],
+                                             why="" if absent else why(versions[lo], versions[hi], at)))
     return pd.DataFrame(rows)
 
 

@@ -94,3 +94,22 @@ class Sessions:
         return d
 
 
+
+
+@dataclass(frozen=True)
+class KeptSessions:
+    """Sessions a changelog already made, read and never trained or traced: ``out/torch-VERSION``
+    holding that release's runs.csv (reports/releases keeps one per release). ``bisect
+    --sessions`` searches them."""
+
+    out: Path
+
+    def report_dir(self, version: Candidate | str) -> Path:
+        return Path(self.out) / f"torch-{version}"
+
+    def run(self, version: Candidate | str) -> Path:
+        d = self.report_dir(version)
+        if not (d / report.RUNS).is_file():
+            raise ReleaseError(f"{d} holds no {report.RUNS}: --sessions reads the sessions a changelog kept "
+                               f"({Path(self.out)}/torch-VERSION/{report.RUNS}); give only releases it holds")
+        return d
