@@ -185,6 +185,17 @@ def test_each_layout_lists_the_transitions_that_changed_its_bits_or_status_with_
     md = changelog.markdown(table, reasons=changelog.status_reasons(tmp_path, table))
     assert "### By batch layout" in md and "| left | 2.4.1 | 2.5.1 | 1 | 1 |" in md
     assert "3 releases, 2 transitions" in md
+    assert "bisected" not in md  # no bisect.csv in the folder
+    bisected = pd.DataFrame([dict(run_id=r, layout=lay, context=ctx, last_same=same, first_changed=first, verdict=v,
+                                  detail="", why=why) for r, lay, ctx, same, first, v, why in (
+        ("gpt-left-s0", "left", 100, "2.4.1", "2.5.1", "status_changed", "changed kernels: aten::_softmax"),
+        ("gpt-right-s0", "right", 100, "2.6.0", "", "equivalent", ""),
+        ("gpt-s0", "full", 0, "2.4.1", "2.5.1", "changed", "changed kernels: aten::mm"))])
+    bisected.to_csv(tmp_path / "bisect.csv", index=False)
+    md = changelog.markdown(table, bisected=changelog.read_bisect(tmp_path))
+    assert "bisected against the first release (2.4.1 … 2.6.0;" in md and "1 of 2 not within noise" in md
+    assert "| gpt-left-s0 | 2.4.1 | 2.5.1 | status_changed |  | changed kernels: aten::_softmax |" in md
+    assert "gpt-s0 |" not in md.split("bisected against")[1]  # full batches at the model's length: not the part
 
 
 def test_changelog_refuses_an_out_folder_whose_changelog_it_cannot_extend(tmp_path, capsys):

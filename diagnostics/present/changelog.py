@@ -256,10 +256,12 @@ def by_layout(table: pd.DataFrame, explained: pd.DataFrame | None = None,
 
 def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
              explained: pd.DataFrame | None = None, reasons: dict[tuple[str, str], str] | None = None,
-             citations: pd.DataFrame | None = None) -> str:
+             citations: pd.DataFrame | None = None, bisected: pd.DataFrame | None = None) -> str:
     """The changelog as Markdown: the machine, the transitions table (with why, where traced),
     the spans an earlier run left, each batch layout's changes (with the causes torch's pull
-    requests name, ``read_citations``), then each config beyond noise."""
+    requests name, ``read_citations``; its configs' first changes from the transitions and,
+    given ``bisected`` (``read_bisect``), from a bisect against the first release), then each
+    config beyond noise."""
     c = counts(table, builds, explained)
     releases = releases_of(table)
     lines = [f"## Convergence changelog: {len(releases)} releases, {len(c)} transitions, "
@@ -295,6 +297,15 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
             ("bits first changed", "first_bits_change", ""), ("verdict", "bits_verdict", ""),
             ("status first changed", "first_status_change", ""), ("how", "status_change", ""),
             ("status changes", "status_changes", "")])
+    searched = layout_part(bisected) if bisected is not None and "layout" in bisected else bisected
+    if searched is not None and len(searched):
+        changed = searched[searched["first_changed"] != ""]
+        span = f"{bisected.attrs.get('first', '?')} … {bisected.attrs.get('last', '?')}"
+        lines += ["", f"### The same configs bisected against the first release ({span}; `{paths.BISECT}`, "
+                      f"`diagnostics bisect --sessions`): {len(changed)} of {len(searched)} not within noise", ""]
+        lines += summary.table(changed.to_dict("records"), [
+            ("config", "run_id", ""), ("same at", "last_same", ""), ("first changed at", "first_changed", ""),
+            ("verdict", "verdict", ""), ("detail", "detail", ""), ("why (that transition's changed ops)", "why", "")])
     beyond = table[table["verdict"].isin(verdicts.BEYOND_NOISE)]
     if len(beyond):
         lines += ["", f"### Beyond noise ({len(beyond)})", ""]
@@ -355,6 +366,21 @@ def read(out: Path) -> pd.DataFrame:
 CITATION_COLUMNS = ["transition", "op", "source", "says"]
 
 
+def read_bisect(out: Path) -> pd.DataFrame | None:
+    """``out/bisect.csv`` as text (``paths.BISECT``; None where absent), its first and last
+    releases in ``attrs`` (the releases a row's ``last_same`` and ``first_changed`` span)."""
+    path = Path(out) / paths.BISECT
+    if not path.exists():
+        return None
+    table = report.read(path, ["run_id", "first_changed", "last_same", "verdict"])
+    for c in ("first_changed", "last_same", "detail", "why"):
+        table[c] = table[c].astype(object).where(table[c].notna(), "").astype(str) if c in table else ""
+    ends = sorted((set(table["last_same"]) | set(table["first_changed"])) - {""}, key=release_key)
+    if ends:
+        table.attrs.update(first=ends[0], last=ends[-1])
+    return table
+
+
 def read_citations(out: Path) -> pd.DataFrame | None:
     """``out/citations.csv`` (``paths.CITATIONS``; None where absent): causes torch's own pull
     requests or release notes name, one row per (transition "2.4.1 -> 2.5.1", op as explain names
@@ -384,7 +410,7 @@ def render(out: Path) -> str:
 
     table = read(out)
     return markdown(table, builds_of(out, releases_of(table)), explain.read(out), status_reasons(out, table),
-                    read_citations(out))
+                    read_citations(out), read_bisect(out))
 
 
 def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None) -> Path:
@@ -398,8 +424,8 @@ def write(out: Path, table: pd.DataFrame, explained: pd.DataFrame | None = None)
         explained = explain.read(out)
     builds = builds_of(out, releases_of(table))
     report.write_atomic(out / paths.FIRST_CHANGES, first_changes(table))
-    (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table), read_citations(out)),
-                                encoding="utf-8")
+    (out / MARKDOWN).write_text(markdown(table, builds, explained, status_reasons(out, table), read_citations(out),
+                                         read_bisect(out)), encoding="utf-8")
     figure(table, out / FIGURE)
     c = counts(table, builds, explained)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in c.columns)
