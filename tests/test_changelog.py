@@ -193,7 +193,7 @@ def test_each_layout_lists_the_transitions_that_changed_its_bits_or_status_with_
         ("gpt-s0", "full", 0, "2.4.1", "2.5.1", "changed", "changed kernels: aten::mm"))])
     bisected.to_csv(tmp_path / "bisect.csv", index=False)
     md = changelog.markdown(table, bisected=changelog.read_bisect(tmp_path))
-    assert "bisected against the first release (2.4.1 … 2.6.0;" in md and "1 of 2 not within noise" in md
+    assert "bisected against the first release (2.4.1 … 2.6.0;" in md and "1 of 2 changed beyond noise or in status" in md
     assert "| gpt-left-s0 | 2.4.1 | 2.5.1 | status_changed |  | changed kernels: aten::_softmax |" in md
     assert "gpt-s0 |" not in md.split("bisected against")[1]  # full batches at the model's length: not the part
 

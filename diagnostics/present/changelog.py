@@ -300,9 +300,11 @@ def markdown(table: pd.DataFrame, builds: dict[str, dict] | None = None,
     searched = layout_part(bisected) if bisected is not None and "layout" in bisected else bisected
     if searched is not None and len(searched):
         changed = searched[searched["first_changed"] != ""]
+        skipped = int((searched["verdict"] == "skipped").sum())
         span = f"{bisected.attrs.get('first', '?')} … {bisected.attrs.get('last', '?')}"
         lines += ["", f"### The same configs bisected against the first release ({span}; `{paths.BISECT}`, "
-                      f"`diagnostics bisect --sessions`): {len(changed)} of {len(searched)} not within noise", ""]
+                      f"`diagnostics bisect --sessions`): {len(changed)} of {len(searched)} changed beyond noise "
+                      f"or in status" + (f", {skipped} not judged (skipped on a side)" if skipped else ""), ""]
         lines += summary.table(changed.to_dict("records"), [
             ("config", "run_id", ""), ("same at", "last_same", ""), ("first changed at", "first_changed", ""),
             ("verdict", "verdict", ""), ("detail", "detail", ""), ("why (that transition's changed ops)", "why", "")])
