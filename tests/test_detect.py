@@ -531,3 +531,34 @@ def test_a_sparse_log_s_healthy_noise_and_lr_falls_raise_no_jump():
     flagged = sum(bool([e for e in classify(daily_shift_log(seed=seed))[1] if e.kind in ("loss_spike", "loss_shift")])
                   for seed in range(200))
     assert flagged <= 2  # the benchmark's healthy daily family: 0 of 50
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_spike_of_a_noisy_gradient_norm_is_found_and_its_noise_is_not(seed):
+    """10% noise (normal, in value): at 3x its level a gradient norm is 20 noise sigmas up, about
+    10 of the rule's robust sigmas in log space (its residual's scale is 1.1x the noise, the log
+    compresses the rise); at 1.5x, 5 noise sigmas, it is noise."""
+    steps, loss, _ = healthy(seed=seed)
+    grad = 1.0 + 0.1 * np.random.default_rng(seed).standard_normal(len(steps))
+    _, events = status_of(steps, loss, grad)
+    assert "grad_spike" not in kinds(events)  # the noise alone: nothing
+    grad[149] = 3.0
+    _, events = status_of(steps, loss, grad)
+    assert ("grad_spike", 150) in [(e.kind, e.step) for e in events]
+    grad[149] = 1.5
+    _, events = status_of(steps, loss, grad)
+    assert "grad_spike" not in kinds(events)
+
+
+def test_a_loss_that_stops_falling_after_two_quick_lr_drops_is_no_shift():
+    """Two step decays three epochs apart: the loss falls 33% at each, then sits on its new
+    floor. The smoother's trend carries its level below the flat values for several epochs; the
+    values are not above where the loss was, so there is no spike and no shift."""
+    rng = np.random.default_rng(0)
+    epochs = np.arange(1, 201)
+    clean = 0.8 + 1.2 * np.exp(-epochs / 20)
+    for m in (100, 103):
+        clean = np.where(epochs > m, clean * 0.67, clean)
+    loss = clean * np.exp(0.005 * rng.standard_normal(200))
+    v, events = classify(list(zip(epochs, loss, [None] * 200, [None] * 200)))
+    assert v.status == "converged" and not [e for e in events if e.kind.endswith(("_spike", "_shift"))], events

@@ -122,6 +122,15 @@ class SpikeTracker:
             return math.inf
         return robust_sigma(h, self.t.spike_min_sigma)
 
+    def above_recent(self, x: float) -> float:
+        """How far ``x`` (in the rule's space, already in ``recent_values``) sits above the median
+        of the ``spike_recent_points`` values before it, as a residual is measured."""
+        before = list(self.recent_values)[-1 - self.t.spike_recent_points:-1]
+        if not before:
+            return math.inf
+        was = float(np.median(before))
+        return x - was if self.log_space else (x - was) / self.scale(was)
+
     def limit(self, raise_factor: float) -> float:
         h = self.recent()
         if h is None:
@@ -178,7 +187,10 @@ class SpikeTracker:
                 out = "shift", self.incident
             if self.calm >= t.incident_gap and self.incident_points >= t.shift_points:
                 self.incident = None
-        elif exceeds:
+        elif exceeds and (by_range or self.above_recent(x) > limit):
+            # ... and a new incident rises above the median of the last few values too: where the
+            # smoother's trend carried its level past the values (a step decay's drop, then a flat
+            # loss) the values are not above where the signal was
             self.incident, self.incident_points, self.calm, self.last_start = step, 0, 0, step
             self.before, self.peak = before, value - before
             sigma_line = self.value_at(limit, u)
