@@ -408,6 +408,25 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def rebisect(out: Path, versions: list[str], noise, margin: float) -> None:
+    """OUT/bisect.csv over every release the changelog in OUT holds, searched in the sessions kept
+    there as ``bisect --sessions`` searches them (nothing trained), so a changelog that grows keeps a
+    whole bisect; said and left as it was where a release has no session in OUT."""
+    from diagnostics import release, report
+    from diagnostics.release import explain
+
+    kept = release.KeptSessions(out)
+    absent = [v for v in versions if not (kept.report_dir(v) / report.RUNS).is_file()]
+    if absent:
+        print(f"{paths.BISECT} not rewritten: {out} holds no session of {', '.join(absent)}")
+        return
+    table = release.bisect(versions, kept, noise, margin, True, lambda a, b: explain.of_transition(out, a, b))
+    report.write_atomic(out / paths.BISECT, table)
+    moved = table[table["first_changed"] != ""]
+    print(f"bisected {len(versions)} releases from the kept sessions: {len(moved)} of {len(table)} configs changed "
+          f"beyond noise or in status since {versions[0]} ({out / paths.BISECT})")
+
+
 def cmd_changelog(args: argparse.Namespace) -> int:
     """Every consecutive pair of the given releases judged: DIR/changelog.csv, .md and its page."""
     import pandas as pd
@@ -461,6 +480,7 @@ def cmd_changelog(args: argparse.Namespace) -> int:
     if committed:
         print(f"extended the changelog in {out}: {len(changelog.releases_of(whole))} releases "
               f"({', '.join(changelog.releases_of(whole))})")
+    rebisect(out, changelog.releases_of(whole), tol, margin)
     page = changelog.write(out, whole)
     print(f"wrote {out / paths.CHANGELOG}, {out / paths.EXPLAIN}, {out / paths.CHANGELOG_MD} and {page}")
     return 0

@@ -110,6 +110,16 @@ def test_changelog_judges_each_transition_trains_each_release_once_and_resumes(t
     assert envs.built == ["2.12", "2.12"] and again["verdict"].tolist() == table["verdict"].tolist()
     page = changelog.write(tmp_path, table)
     assert page.exists() and (tmp_path / changelog.FIGURE).stat().st_size > 0
+    # the command rewrites bisect.csv over every release it holds, from the kept sessions
+    from diagnostics.cli import rebisect
+
+    rebisect(tmp_path, ["2.10", "2.11", "2.12"], None, compare.MARGIN)
+    bisected = pd.read_csv(tmp_path / "bisect.csv", dtype=str, keep_default_na=False)
+    assert bisected[["last_same", "first_changed"]].values.tolist() == [["2.12", ""]]  # an ulp: within noise
+    assert bisected["verdict"].tolist() == [verdicts["2.12"]]
+    before = (tmp_path / "bisect.csv").read_bytes()
+    rebisect(tmp_path, ["2.9", "2.10"], None, compare.MARGIN)  # a release without a session here: left
+    assert (tmp_path / "bisect.csv").read_bytes() == before
     md = (tmp_path / changelog.MARKDOWN).read_text()
     assert "| 2.10 | 2.11 | 1 | 0 | 0 | 0 |" in md
 
