@@ -122,7 +122,7 @@ def test_no_hollow_passes(smoke_reports, tmp_path):
     proc = cli("compare", str(d0), str(nan))
     assert proc.returncode == 1 and proc.stdout.count("FAILED MISSING") == 4 and "empty values" in proc.stdout
     twice = edited_copy(d0, tmp_path / "twice", lambda r: pd.concat([r, r.iloc[:1]]))
-    proc = diagnostics("compare", str(d0), str(twice))
+    proc = cli("compare", str(d0), str(twice))
     assert proc.returncode == 2 and "2 times" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     extra = edited_copy(d0, tmp_path / "extra", lambda r: pd.concat([r, r.iloc[:1].assign(optimizer="lion", run_id="x")]))
     assert cli("compare", str(d0), str(extra)).returncode == 1  # a config with no baseline

@@ -11,7 +11,7 @@ from diagnostics import release, report
 from diagnostics.judge import compare, verdicts
 from diagnostics.judge.verdicts import Policy
 from diagnostics.present import summary
-from tests.conftest import cli, diagnostics
+from tests.conftest import cli
 
 
 def runs(**statuses):
@@ -50,7 +50,7 @@ def test_summary_command_reads_a_report_and_rejects_bad_input(smoke_reports, tmp
     d, _ = smoke_reports["0"]
     proc = cli("summary", str(d), "--allow-no-baseline")
     assert proc.returncode == 0 and "**4 runs**" in proc.stdout and "### Every run (4)" in proc.stdout
-    bad = diagnostics("summary", str(tmp_path))
+    bad = cli("summary", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs.csv" in bad.stderr
 
 
