@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diagnostics.detect.robust import centred_median, departure, is_finite, local_trend, progress, robust_sigma
+from diagnostics.detect.robust import centred_median, departure, is_finite, local_trend, median, progress, robust_sigma
 from diagnostics.detect.rules import Point, SpikeTracker, rule_chain
 from diagnostics.detect.statuses import COURSE_EVENTS, STATUS_FIELDS, Event, RunStatus
 from diagnostics.detect.thresholds import Thresholds
@@ -69,7 +69,7 @@ class Monitor:
         if not math.isfinite(self.rules.relapse.best) or len(self.losses) < w:
             return None
         level = self.rules.back_level(self)
-        return self.onset(level) if float(np.median(self.losses[-w:])) > level else None
+        return self.onset(level) if median(self.losses[-w:]) > level else None
 
     def grad_onset(self) -> int | None:
         """Where the gradient norm left its level for good (``departure``), when its last finite
@@ -410,9 +410,9 @@ def came_back(points: list, i: int, m: Monitor) -> int | None:
         recent.append(loss)
         if len(recent) < w:
             continue
-        median = float(np.median(recent))
-        peak = max(peak, median)
-        if median <= level or (math.isfinite(best) and median - best <= t.shift_fraction * (peak - best)):
+        med = median(recent)
+        peak = max(peak, med)
+        if med <= level or (math.isfinite(best) and med - best <= t.shift_fraction * (peak - best)):
             return step
     return None
 

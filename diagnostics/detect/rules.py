@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diagnostics.detect.robust import is_finite, progress, robust_sigma, robust_threshold
+from diagnostics.detect.robust import is_finite, median, progress, robust_sigma
 from diagnostics.detect.statuses import Event
 from diagnostics.detect.thresholds import Thresholds
 
@@ -60,6 +60,8 @@ class SpikeTracker:
         self.calm = 0  # calm points since its last exceedance
         self.before = 0.0  # the level before it
         self.peak = 0.0  # its largest excess over that level
+        self.appended = 0  # residuals ever added to the history (what the location and scale are taken at)
+        self.taken: tuple = (None, None)  # ((appended, residuals), (median, robust sigma)): once per history
 
     def scale(self, base: float) -> float:
         """Linear space only: what a residual is relative to."""
@@ -114,13 +116,23 @@ class SpikeTracker:
         h = list(self.history)[-w:]
         return h if len(h) >= self.t.spike_min_history else None
 
+    def location_scale(self) -> tuple[float, float, int] | None:
+        """(median, robust sigma floored at spike_min_sigma, how many) of the recent residuals,
+        taken once per state of the history (the spike limit and the relapse rule's noise both
+        ask, at every point); None before there are enough of them."""
+        h = self.recent()
+        if h is None:
+            return None
+        key = (self.appended, len(h))
+        if self.taken[0] != key:
+            self.taken = key, (median(h), robust_sigma(h, self.t.spike_min_sigma), len(h))
+        return self.taken[1]
+
     def sigma(self) -> float:
         """Robust sigma of the recent residuals (``robust_sigma``, floored), relative to the level; inf
         before there are enough of them."""
-        h = self.recent()
-        if h is None:
-            return math.inf
-        return robust_sigma(h, self.t.spike_min_sigma)
+        taken = self.location_scale()
+        return math.inf if taken is None else taken[1]
 
     def above_recent(self, x: float) -> float:
         """How far ``x`` (in the rule's space, already in ``recent_values``) sits above the median
@@ -128,15 +140,18 @@ class SpikeTracker:
         before = list(self.recent_values)[-1 - self.t.spike_recent_points:-1]
         if not before:
             return math.inf
-        was = float(np.median(before))
+        was = median(before)
         return x - was if self.log_space else (x - was) / self.scale(was)
 
     def limit(self, raise_factor: float) -> float:
-        h = self.recent()
-        if h is None:
+        """median + k robust sigmas of the recent residuals (``robust_threshold``), k = spike_sigmas x
+        the LR raise x the roughness of a scale from few residuals; inf before there are enough."""
+        taken = self.location_scale()
+        if taken is None:
             return math.inf
-        rough = max(1.0, self.t.spike_full_history / len(h))  # a scale from few residuals is uncertain
-        return robust_threshold(h, self.t.spike_sigmas * raise_factor * rough, self.t.spike_min_sigma)
+        centre, sigma, n = taken
+        rough = max(1.0, self.t.spike_full_history / n)  # a scale from few residuals is uncertain
+        return centre + self.t.spike_sigmas * raise_factor * rough * sigma
 
     def range_limit(self, raise_factor: float) -> float:
         """The recent-range threshold, in the rule's (log) space: spike_range_factor (x the raise)
@@ -201,6 +216,7 @@ class SpikeTracker:
             # the signal's new normal: were it kept out, a scale taken from the few residuals
             # before it would flag every later point and the incident would never close
             self.history.append(residual)
+            self.appended += 1
         self.follow(value, u)
         return out
 
@@ -316,7 +332,7 @@ class RelapseRule:
         self.medians.append(p.loss)
         if len(self.medians) < t.relapse_median_points or p.step <= m.excused_until:
             return False
-        med = float(np.median(self.medians))
+        med = median(self.medians)
         if med < self.best:
             self.best, self.best_step = med, p.step
         best = self.best
