@@ -162,7 +162,9 @@ def write_env(report_dir: Path, env: dict[str, str]) -> None:
 TEXT_COLUMNS = {c: str for c in ("run_id", "weights_sha256", "git_sha", "data_sha256", "torch_version",
                                  "torchvision_version", "lion_pytorch_version", "python_version", "cuda_version",
                                  "cudnn_version", "value", "worker", "driver_version",
-                                 "nccl_version", "init_sha256")}
+                                 "nccl_version", "init_sha256",
+                                 # torch releases in changelog.csv and bisect.csv ("2.10" is no 2.1)
+                                 "from_version", "to_version", "first_changed", "last_same")}
 
 
 def read_csv(path: Path) -> pd.DataFrame:
