@@ -562,3 +562,23 @@ def test_a_loss_that_stops_falling_after_two_quick_lr_drops_is_no_shift():
     loss = clean * np.exp(0.005 * rng.standard_normal(200))
     v, events = classify(list(zip(epochs, loss, [None] * 200, [None] * 200)))
     assert v.status == "converged" and not [e for e in events if e.kind.endswith(("_spike", "_shift"))], events
+
+
+@pytest.mark.parametrize("sigmas,k,found", [(7.9, None, True), (7.1, None, False), (7.9, 8.0, False)])
+def test_a_spike_opens_at_k_robust_sigmas_above_the_predicted_level(sigmas, k, found):
+    """Thresholds.spike_sigmas (7.5, tuned): a gradient norm that many robust sigmas of the recent
+    residuals above the level the smoother predicts opens an incident; 7.1 does not, nor 7.9 at the
+    k = 8 the rule had before."""
+    import math
+
+    from diagnostics.detect.rules import SpikeTracker
+
+    steps, _, grad = healthy(seed=0)
+    t = Thresholds() if k is None else Thresholds(spike_sigmas=k)
+    tracker = SpikeTracker(t)
+    for step, g in zip(steps[:149], grad[:149]):
+        tracker.check(int(step), float(g))
+    centre, sigma, _ = tracker.location_scale()
+    value = math.exp(tracker.predicted(math.log(steps[149] + 1)) + centre + sigmas * sigma)
+    kind, _ = tracker.check(int(steps[149]), value)
+    assert (kind == "new") is found
