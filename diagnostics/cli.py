@@ -314,10 +314,9 @@ def release_sessions(args: argparse.Namespace, versions: list[str]):
 
 def kept_sessions(args: argparse.Namespace):
     """``bisect --sessions DIR``: the sessions a changelog kept in DIR (each version's runs.csv
-    there, one line where one is missing) and the why of a transition read from DIR/explain.csv;
-    nothing is trained, so no grid option but --grid applies (the grid: the first session's)."""
+    there, one line where one is missing; their ``why`` reads DIR/explain.csv); nothing is trained,
+    so no grid option but --grid applies (the grid: the first session's)."""
     from diagnostics import release, report
-    from diagnostics.release import explain
 
     given = [o for o in options.forward(lambda k: getattr(args, k, None), options.GRID_OPTIONS)
              if o.startswith("--") and o not in ("--grid", "--devices")]
@@ -331,7 +330,7 @@ def kept_sessions(args: argparse.Namespace):
         grids = report.read(sessions.run(args.versions[0]) / report.RUNS, ["grid"])["grid"].dropna().unique()
         args.grid = str(grids[0]) if len(grids) else "changelog"
     args.no_measure_noise = True  # nothing is trained here: committed or given noise, else none
-    return sessions, lambda same, first: explain.of_transition(Path(args.sessions), same, first)
+    return sessions
 
 
 def release_noise(args: argparse.Namespace, sessions, base: str):
@@ -381,16 +380,12 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
     if len(args.versions) < 2:
         raise UsageError("bisect needs at least two torch versions, oldest first")
-    why_of = None
-    if args.sessions:
-        sessions, why_of = kept_sessions(args)
-        noise = release_noise(args, sessions, args.versions[0])
-    else:
-        sessions = release_sessions(args, args.versions)
-        noise = release_noise(args, sessions, args.versions[0])
+    sessions = kept_sessions(args) if args.sessions else release_sessions(args, args.versions)
+    noise = release_noise(args, sessions, args.versions[0])
     try:
         policy, margin = options.policy(lambda k: getattr(args, k, None))
-        table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change, why_of)
+        table = release.bisect(args.versions, sessions, noise, margin, not args.fail_on_change,
+                               sessions.why if args.sessions else None)
     except ValueError as e:  # a foreign library's, on bad input
         raise UsageError(str(e)) from None
     from diagnostics import report
@@ -413,14 +408,13 @@ def rebisect(out: Path, versions: list[str], noise, margin: float) -> None:
     there as ``bisect --sessions`` searches them (nothing trained), so a changelog that grows keeps a
     whole bisect; said and left as it was where a release has no session in OUT."""
     from diagnostics import release, report
-    from diagnostics.release import explain
 
     kept = release.KeptSessions(out)
     absent = [v for v in versions if not (kept.report_dir(v) / report.RUNS).is_file()]
     if absent:
         print(f"{paths.BISECT} not rewritten: {out} holds no session of {', '.join(absent)}")
         return
-    table = release.bisect(versions, kept, noise, margin, True, lambda a, b: explain.of_transition(out, a, b))
+    table = release.bisect(versions, kept, noise, margin, True, kept.why)
     report.write_atomic(out / paths.BISECT, table)
     moved = table[table["first_changed"] != ""]
     print(f"bisected {len(versions)} releases from the kept sessions: {len(moved)} of {len(table)} configs changed "

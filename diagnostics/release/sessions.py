@@ -113,3 +113,10 @@ class KeptSessions:
             raise ReleaseError(f"{d} holds no {report.RUNS}: --sessions reads the sessions a changelog kept "
                                f"({Path(self.out)}/torch-VERSION/{report.RUNS}); give only releases it holds")
         return d
+
+    def why(self, same: str, first: str):
+        """explain.csv's rows for "SAME -> FIRST" as the changelog in ``out`` wrote them
+        (``explain.of_transition``): a kept session has no trace to explain afresh."""
+        from diagnostics.release import explain
+
+        return explain.of_transition(Path(self.out), same, first)
