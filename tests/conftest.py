@@ -11,9 +11,10 @@ GPT_ADAMW = dict(model="gpt", optimizer="adamw", scheduler="cosine", warmup="lin
 
 
 def diagnostics(*args, timeout=600):
-    """``python -m diagnostics ARGS`` as a user runs it, in its own process: for the commands
-    that train (run, calibrate, release) and the tests of the one-line-error contract (no
-    traceback reaches the user); every other command test uses ``cli``."""
+    """``python -m diagnostics ARGS`` as a user runs it, in its own process: for what needs one
+    (a session killed, a report folder held by another process, a plugin file its xdist workers
+    load) and a few tests of the one-line-error contract (no traceback reaches the user); every
+    other command test uses ``cli``."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "diagnostics", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
@@ -21,8 +22,9 @@ def diagnostics(*args, timeout=600):
 
 def cli(*args) -> subprocess.CompletedProcess:
     """``diagnostics ARGS`` run in this process, from the checkout as ``diagnostics`` runs: main's
-    exit status (argparse's, for a bad option), its stdout and its stderr. The torch import is
-    paid once per test process instead of once per call (about 3 s each on two cores)."""
+    exit status (argparse's, for a bad option), its stdout and its stderr. The commands that train
+    too: their pytest session runs nested in this one. The torch import is paid once per test
+    process instead of once per call (about 3-4 s each on two cores)."""
     import contextlib
     import io
 
@@ -78,7 +80,7 @@ def smoke_reports(tmp_path_factory, worker_id):
         for workers in ("0", "2"):
             d, said = root / f"smoke-n{workers}", root / f"smoke-n{workers}.json"
             if not said.exists():
-                proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir",
+                proc = cli("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--report-dir",
                                    str(d), "--data-dir", str(d / "data"), "-n", workers, "--allow-no-baseline")
                 said.write_text(json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)))
             proc = subprocess.CompletedProcess(["run"], **json.loads(said.read_text()))

@@ -203,9 +203,9 @@ def test_reports_without_the_axes_read_as_their_defaults():
 
 
 def test_an_init_dir_that_is_a_file_is_one_usage_line(tmp_path):
-    from tests.conftest import diagnostics
+    from tests.conftest import cli
 
     f = tmp_path / "weights.pt"
     f.write_text("x")
-    proc = diagnostics("run", "--grid", "smoke", "--devices", "cpu", "--init-dir", str(f))
+    proc = cli("run", "--grid", "smoke", "--devices", "cpu", "--init-dir", str(f))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not a folder" in proc.stderr

@@ -152,17 +152,17 @@ def test_repeats_measure_nondeterministic_kernels_off_the_cpu_only():
 
 @pytest.mark.slow
 def test_calibrate_command_writes_tolerances_and_resumes(tmp_path):
-    from tests.conftest import cli, diagnostics
+    from tests.conftest import cli
 
     args = ["calibrate", "--grid", "smoke", "--steps", "8", "--devices", "cpu", "--perturbations", "threads2,grad1",
             "--baseline", str(tmp_path / "b"), "--work-dir", str(tmp_path / "w"), "--data-dir", str(tmp_path / "data"),
             "-n", "0"]
-    first = diagnostics(*args)
+    first = cli(*args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr
     tol = report.read(tmp_path / "b" / calibrate.TOLERANCES, required=["run_id"])
     assert len(tol) == 4 and (tol["perturbations"] == "threads2,grad1").all()
     assert (tmp_path / "b" / "runs.csv").exists() and (tmp_path / "b" / calibrate.ENVELOPE).exists()
-    again = diagnostics(*args, "--resume")
+    again = cli(*args, "--resume")
     assert again.returncode == 0 and again.stdout.count("reusing the complete session") == 3
     bad = cli(*args[:7], "--perturbations", "shake")
     assert bad.returncode == 2 and "valid names are" in bad.stderr

@@ -1,4 +1,4 @@
-"""The command line and the suite as users run them (subprocesses)."""
+"""The command line and the suite as users run them: in process, and in a process of their own where that is the point."""
 
 import os
 import subprocess
@@ -63,7 +63,7 @@ def test_bad_input_reaches_the_user_as_one_line_without_a_traceback(args, patter
 
 @pytest.mark.skipif(ABSENT is None, reason="every device type is present")
 def test_absent_device_fails_the_whole_session():
-    proc = diagnostics("run", "--devices", ABSENT)
+    proc = cli("run", "--devices", ABSENT)
     assert_one_line_error(proc, 2, f"requested device {ABSENT} is not available")
     # the suite itself, run by pytest directly, fails the same way (no silent skips)
     proc = run("-m", "pytest", "suites/test_convergence.py", "--devices", ABSENT, "-p", "no:cacheprovider")
@@ -132,11 +132,11 @@ def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
     base = tmp_path / "base" / "runs.csv"
     common = ["run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--data-dir", str(d0 / "data"),
               "--models", "gpt", "--baseline", str(base)]
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r0"))  # nothing to judge against: fails
+    proc = cli(*common, "--report-dir", str(tmp_path / "r0"))  # nothing to judge against: fails
     assert proc.returncode == 1 and "no baseline for grid smoke on cpu" in proc.stdout and "--allow-no-baseline" in proc.stdout
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r1"), "--update-baseline")
+    proc = cli(*common, "--report-dir", str(tmp_path / "r1"), "--update-baseline")
     assert proc.returncode == 0 and base.exists() and "baseline updated" in proc.stdout, proc.stdout[-2000:]
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r2"))
+    proc = cli(*common, "--report-dir", str(tmp_path / "r2"))
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert set(report.read(tmp_path / "r2" / "runs.csv")["baseline_check"]) == {"identical"}
 
@@ -147,28 +147,27 @@ def test_baseline_round_trip_and_failures(smoke_reports, tmp_path):
     df.loc[1, "final_loss"] = df.loc[1, "final_loss"] * 0.8  # the candidate is 25% worse
     df.loc[1, "weights_sha256"] = "y"
     report.write_atomic(base, df)
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r3"))  # no noise measured: nothing to judge by
+    proc = cli(*common, "--report-dir", str(tmp_path / "r3"))  # no noise measured: nothing to judge by
     assert proc.returncode == 1 and "final_loss +25.00%" in proc.stdout
     assert "no noise to judge the difference against" in proc.stdout
     checks = report.read(tmp_path / "r3" / "runs.csv").set_index("run_id")["baseline_check"]
     assert checks[df.loc[1, "run_id"]] == "unjudged", checks
     assert checks[df.loc[0, "run_id"]] == "status_changed", checks  # a flip out of a divergence needs no noise
     noise.rename(base.parent / "tolerances.csv")
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r4"))
+    proc = cli(*common, "--report-dir", str(tmp_path / "r4"))
     assert proc.returncode == 1
     assert "status_changed: improvement beyond the margin" in proc.stdout and "--allow-improved" in proc.stdout
     assert "regressed: regression: final_loss" in proc.stdout
     checks = report.read(tmp_path / "r4" / "runs.csv").set_index("run_id")["baseline_check"]
     assert sorted(checks) == ["regressed", "status_changed"]
-    proc = diagnostics(*common, "--report-dir", str(tmp_path / "r5"), "--allow-improved", "--margin", "0.5")
+    proc = cli(*common, "--report-dir", str(tmp_path / "r5"), "--allow-improved", "--margin", "0.5")
     assert proc.returncode == 0, proc.stdout[-2000:]  # 25% is within a 50% margin: changed, which passes
 
 
 def test_malformed_baseline_is_one_line(tmp_path):
     bad = tmp_path / "runs.csv"
     bad.write_text("not,a\nbaseline,file\n")
-    proc = diagnostics("run", "--grid", "smoke", "--devices", "cpu", "--baseline", str(bad),
-                       "--report-dir", str(tmp_path / "r"))
+    proc = cli("run", "--grid", "smoke", "--devices", "cpu", "--baseline", str(bad), "--report-dir", str(tmp_path / "r"))
     assert proc.returncode != 0 and "missing column" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
@@ -215,8 +214,9 @@ def test_a_killed_session_keeps_every_finished_run_and_resumes(tmp_path):
     import signal
     import time
 
+    n_steps = 60  # about a second a run: the kill lands between the first run's end and the last's
     d = tmp_path / "r"
-    args = ["run", "--grid", "smoke", "--steps", "200", "--devices", "cpu", "--report-dir", str(d), "--data-dir",
+    args = ["run", "--grid", "smoke", "--steps", str(n_steps), "--devices", "cpu", "--report-dir", str(d), "--data-dir",
             str(tmp_path / "data"), "--quiet", "--allow-no-baseline"]
     proc = subprocess.Popen([sys.executable, "-m", "diagnostics", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -233,12 +233,12 @@ def test_a_killed_session_keeps_every_finished_run_and_resumes(tmp_path):
     steps = report.read(d / "steps.csv")
     assert 1 <= len(runs) < 4 and runs["status"].isin(detect.STATUSES).all()
     assert set(steps["run_id"]) >= set(runs["run_id"])  # each finished run's trace is there too
-    assert (steps.groupby("run_id").size()[list(runs["run_id"])] == 200).all()
+    assert (steps.groupby("run_id").size()[list(runs["run_id"])] == n_steps).all()
 
-    again = diagnostics(*args)
+    again = cli(*args)
     assert_one_line_error(again, 2, "holds an interrupted session with")
     assert "--resume" in again.stderr and len(report.read(d / "runs.csv")) == len(runs)
-    resumed = diagnostics(*args, "--resume")
+    resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
     assert f"resumed: kept {len(runs)} finished run(s) of the interrupted session, training the other " \
            f"{4 - len(runs)}" in resumed.stdout
@@ -246,7 +246,7 @@ def test_a_killed_session_keeps_every_finished_run_and_resumes(tmp_path):
     assert len(after) == 4 and after["run_id"].is_unique
     kept = after.set_index("run_id").loc[list(runs["run_id"]), "started_at"]
     assert (kept.values == runs.set_index("run_id")["started_at"].values).all()  # not trained again
-    assert (report.read(d / "steps.csv").groupby("run_id").size() == 200).all()
+    assert (report.read(d / "steps.csv").groupby("run_id").size() == n_steps).all()
     assert not list(d.glob("*.lock"))
 
 
@@ -274,19 +274,19 @@ def test_a_report_directory_belongs_to_one_session_at_a_time(tmp_path):
     deadline = time.time() + 60
     while not (d / report.OWNER).exists() and time.time() < deadline:
         time.sleep(0.1)
-    second = diagnostics(*args)
+    second = cli(*args)
     out, _ = first.communicate(timeout=600)
     assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
     assert "is in use by `diagnostics run` (pid" in second.stderr and f"pid {first.pid}," in second.stderr
     assert first.returncode == 0, out[-2000:]
     runs = report.read(d / report.RUNS)
     assert len(runs) == 4 and runs["run_id"].is_unique and not (d / report.OWNER).exists()
-    assert diagnostics(*args, "--models", "gpt", "--optimizers", "adamw").returncode == 0  # free again
+    assert cli(*args, "--models", "gpt", "--optimizers", "adamw").returncode == 0  # free again
 
 
 def test_a_grid_without_any_baseline_says_so_once_before_training_and_fails_once(tmp_path):
-    proc = diagnostics("run", "--grid", "smoke", "--steps", "6", "--devices", "cpu", "--report-dir", str(tmp_path / "r"),
-                       "--data-dir", str(tmp_path / "data"), "--baseline", str(tmp_path / "none"), "-n", "0")
+    proc = cli("run", "--grid", "smoke", "--steps", "6", "--devices", "cpu", "--report-dir", str(tmp_path / "r"),
+               "--data-dir", str(tmp_path / "data"), "--baseline", str(tmp_path / "none"), "-n", "0")
     out = proc.stdout
     assert proc.returncode == 1, out[-2000:]
     first = out.index("no baseline for grid smoke on cpu: none of its 4 runs is in")

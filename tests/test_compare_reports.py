@@ -10,7 +10,7 @@ import pytest
 from diagnostics import report
 from diagnostics.judge import compare
 from tests import rows
-from tests.conftest import cli, diagnostics, write_rounding_noise
+from tests.conftest import cli, write_rounding_noise
 
 
 def test_curve_distance_first_difference_and_separation():
@@ -155,8 +155,8 @@ def test_shards_merge_into_exactly_the_unsharded_rows(smoke_reports, tmp_path):
     shards = []
     for i in (1, 2):
         d = tmp_path / f"shard{i}"
-        proc = diagnostics("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--shard", f"{i}/2",
-                           "--report-dir", str(d), "--data-dir", str(d0 / "data"), "--quiet", "--allow-no-baseline")
+        proc = cli("run", "--grid", "smoke", "--steps", "20", "--devices", "cpu", "--shard", f"{i}/2",
+                   "--report-dir", str(d), "--data-dir", str(d0 / "data"), "--quiet", "--allow-no-baseline")
         assert proc.returncode == 0, proc.stdout[-2000:]
         shards.append(d)
     assert len(report.read(shards[0] / "runs.csv")) == 2

@@ -2,14 +2,13 @@
 environment is named alone, and the alignment's findings on hand-made traces."""
 
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
 from diagnostics.grid.spec import RunSpec
 from diagnostics.release import explain, numerics
+from tests.conftest import cli
 
 GRID = ["--grid", "smoke", "--steps", "6", "--devices", "cpu"]
 
@@ -55,9 +54,20 @@ F.gelu = lambda x, approximate="none": gelu(x.to(torch.bfloat16), approximate=ap
 
 
 def trace_in(out, *grid, patch=""):
-    code = f"{PATCHES.get(patch, '')}\nimport sys\nfrom diagnostics.cli import main\nsys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "trace", *GRID, *grid, "--out", str(out),
-                           "--data-dir", str(out.parent / "data")], capture_output=True, text=True)
+    """``diagnostics trace`` in a stand-in environment: this process with ``PATCHES[patch]``
+    applied for the command's length (run as a script's code, so its frames read ``<string>``),
+    then taken back: its kernel registrations destroyed, ``F.gelu`` restored."""
+    import torch
+    import torch.nn.functional as F
+
+    gelu, scope = F.gelu, {}
+    exec(compile(PATCHES.get(patch, ""), "<string>", "exec"), scope)
+    try:
+        proc = cli("trace", *GRID, *grid, "--out", str(out), "--data-dir", str(out.parent / "data"))
+    finally:
+        for lib in [v for v in scope.values() if isinstance(v, torch.library.Library)]:
+            lib._destroy()
+        F.gelu = gelu
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
@@ -226,8 +236,7 @@ def test_a_trace_that_is_not_one_is_refused_in_one_line(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n")
     with pytest.raises(numerics.TraceError, match="not a trace"):
         numerics.read(tmp_path / "t.csv")
-    proc = subprocess.run([sys.executable, "-m", "diagnostics", "explain", str(tmp_path / "t.csv"),
-                           str(tmp_path / "t.csv")], capture_output=True, text=True)
+    proc = cli("explain", tmp_path / "t.csv", tmp_path / "t.csv")
     assert proc.returncode == 2 and "not a trace" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -1,4 +1,4 @@
-"""The pytest plugin in a pytest of its own (pytester): parametrization and ids, stated skips,
+"""The pytest plugin in a pytest of its own (pytester, in this process): parametrization and ids, stated skips,
 option errors, what a session writes, and worker pinning."""
 
 import pandas as pd
@@ -21,7 +21,7 @@ def suite(pytester):
 
 
 def run(pytester, *args):
-    return pytester.runpytest_subprocess("-p", "diagnostics.pytest_plugin", "-p", "no:cacheprovider", *args)
+    return pytester.runpytest_inprocess("-p", "diagnostics.pytest_plugin", "-p", "no:cacheprovider", *args)
 
 
 def test_the_grid_is_parametrized_by_id_without_touching_a_report(suite):

@@ -11,8 +11,8 @@ from diagnostics import report
 from diagnostics.grid import models, plugins, recipes
 from diagnostics.grid.spec import GridOptions, RunSpec, resolve_grid
 from diagnostics.run import train
-from tests.conftest import ROOT
-from tests.conftest import diagnostics as console  # a process: --plugins registers for good
+from tests.conftest import ROOT, cli
+from tests.conftest import diagnostics as console
 
 EXAMPLE = str(ROOT / "examples" / "my_recipes.py")
 
@@ -95,21 +95,22 @@ def test_entry_point_plugins_load_once_and_a_broken_one_is_one_line(registries, 
 
 
 @pytest.mark.slow
-def test_a_plugin_file_on_the_command_line_is_listed_trained_and_judged(tmp_path):
-    helped = console("run", "--plugins", EXAMPLE, "--help")
+def test_a_plugin_file_on_the_command_line_is_listed_trained_and_judged(registries, tmp_path):
+    assert "radam" not in cli("run", "--help").stdout
+    helped = cli("run", "--plugins", EXAMPLE, "--help")
     assert helped.returncode == 0 and "mlp" in helped.stdout and "radam" in helped.stdout and "poly" in helped.stdout
-    assert "radam" not in console("run", "--help").stdout
     d = tmp_path / "r"
+    # in a process of its own: the file is loaded by the command and by each of its xdist workers
     proc = console("run", "--plugins", EXAMPLE, "--models", "mlp,resnet", "--optimizers", "radam", "--schedulers", "poly",
-               "--warmup", "linear", "--steps", "8", "--devices", "cpu", "--report-dir", str(d), "--data-dir",
-               str(tmp_path / "data"), "--allow-no-baseline", "--quiet", "-n", "2")
+                   "--warmup", "linear", "--steps", "8", "--devices", "cpu", "--report-dir", str(d), "--data-dir",
+                   str(tmp_path / "data"), "--allow-no-baseline", "--quiet", "-n", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
     runs = report.read(d / report.RUNS)
     assert sorted(runs["model"]) == ["mlp", "resnet"] and set(runs["status"]) <= {"converged", "stalled"}
     assert (runs["val_metric_name"] == "val_accuracy").all()
-    same = console("compare", str(d), str(d), "--plugins", EXAMPLE, "--out", str(tmp_path / "c"))
+    same = cli("compare", str(d), str(d), "--plugins", EXAMPLE, "--out", str(tmp_path / "c"))
     assert same.returncode == 0 and "2 identical" in same.stdout
-    bad = console("run", "--plugins", str(tmp_path / "nothere.py"), "--devices", "cpu")
+    bad = cli("run", "--plugins", str(tmp_path / "nothere.py"), "--devices", "cpu")
     assert bad.returncode == 2 and bad.stderr.strip() == f"diagnostics: error: --plugins {tmp_path / 'nothere.py'}: no such file"
 
 

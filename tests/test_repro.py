@@ -10,7 +10,7 @@ from diagnostics.judge import repro
 from diagnostics.judge.ddp import ddp_check
 from diagnostics.run import checkpoint, train
 from tests import rows
-from tests.conftest import diagnostics
+from tests.conftest import cli
 
 
 def steps(values, start=1):
@@ -101,7 +101,7 @@ def test_ddp_two_processes_agree_with_one(model, tmp_path):
 @pytest.mark.slow
 def test_reproducibility_suite_writes_repro_csv(tmp_path):
     d = tmp_path / "r"
-    proc = diagnostics("run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--steps", "20",
+    proc = cli("run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--steps", "20",
                        "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"), "--quiet")
     assert proc.returncode == 0, proc.stdout[-2000:]
     t = pd.read_csv(d / "repro.csv")
@@ -114,7 +114,7 @@ def test_reproducibility_suite_writes_repro_csv(tmp_path):
 @pytest.mark.slow
 def test_several_seeds_write_seeds_csv(tmp_path):
     d = tmp_path / "r"
-    proc = diagnostics("run", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--seeds", "0,1,2",
+    proc = cli("run", "--grid", "smoke", "--models", "gpt", "--optimizers", "adamw", "--seeds", "0,1,2",
                        "--steps", "20", "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"),
                        "--quiet", "--allow-no-baseline")
     assert proc.returncode == 0, proc.stdout[-2000:]
@@ -128,8 +128,8 @@ def test_update_baseline_keeps_repro_results(tmp_path):
     args = ["run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--optimizers", "sgd",
             "--steps", "12", "--devices", "cpu", "--data-dir", str(tmp_path / "data"), "--baseline", str(base),
             "--update-baseline", "--quiet", "-k", "twice_same"]
-    assert diagnostics(*args, "--report-dir", str(tmp_path / "r1")).returncode == 0
+    assert cli(*args, "--report-dir", str(tmp_path / "r1")).returncode == 0
     t = pd.read_csv(base.with_name("repro.csv"))
     assert list(zip(t["check"], t["result"])) == [("twice_same", "identical")]
-    assert diagnostics(*args, "--report-dir", str(tmp_path / "r2")).returncode == 0  # replaced, not duplicated
+    assert cli(*args, "--report-dir", str(tmp_path / "r2")).returncode == 0  # replaced, not duplicated
     assert len(pd.read_csv(base.with_name("repro.csv"))) == 1

@@ -81,18 +81,22 @@ def noise_for(report_dir, relative=1e-2):
 
 
 class StandInReleases(release.Environments):
-    """Every "release" is this Python; those in ``changed`` train with one ulp added to every
-    gradient (calibration's grad1 perturbation): a change within noise ("equivalent"), which a
-    bisect that counts any bit as a change must locate."""
+    """Every "release" is this Python, run in this process (the torch import paid once); those in
+    ``changed`` train with one ulp added to every gradient (calibration's grad1 perturbation): a
+    change within noise ("equivalent"), which a bisect that counts any bit as a change must locate."""
 
     def __init__(self, changed):
         super().__init__()
         self.changed, self.built = set(changed), []
 
-    def command(self, version):
+    def execute(self, version, args, capture=False):
         self.built.append(str(version))  # per trained release: its grid (and, where traced, its trace)
-        extra = "(['--perturb', 'grad1'] if sys.argv[1] == 'run' else [])" if str(version) in self.changed else "[]"
-        return [sys.executable, "-c", f"import sys; from diagnostics.cli import main; sys.exit(main(sys.argv[1:] + {extra}))"]
+        perturbed = str(version) in self.changed and args[0] == "run"
+        done = cli(*args, *(["--perturb", "grad1"] if perturbed else []))
+        if not capture:
+            print(done.stdout, end="")
+            print(done.stderr, end="", file=sys.stderr)
+        return done
 
     def prepare(self, version):
         """Nothing to build ahead."""

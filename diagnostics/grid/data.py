@@ -381,6 +381,12 @@ def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
 
 
+def clear_batch_cache() -> None:
+    """Forget the epoch permutations this process drew, so the next run draws its own as a fresh
+    process would: the ops a traced family records do not depend on the families before it."""
+    _epoch_perm.cache_clear()
+
+
 def batch_indices(ds: Dataset, seed: int, step: int, batch_size: int) -> torch.Tensor:
     """Rows (images) or window starts (LM) of 1-based ``step``. Images go through seeded
     per-epoch permutations without replacement; LM windows are drawn uniformly."""

@@ -124,6 +124,12 @@ class Environments:
         """The ``diagnostics`` command inside the candidate's environment, built if needed."""
         return [str(self.python(cand)), "-m", "diagnostics"]
 
+    def execute(self, cand: Candidate | str, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+        """``diagnostics ARGS`` in the candidate's environment, run from the checkout: its exit
+        status, and with ``capture`` its output (otherwise it goes to this process's). Every
+        command a release session runs in an environment goes through here."""
+        return subprocess.run([*self.command(cand), *args], cwd=ROOT, capture_output=capture, text=True)
+
     def path(self, cand: Candidate | str) -> Path:
         return Path(self.root) / f"torch-{cand}"
 

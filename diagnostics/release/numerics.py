@@ -351,13 +351,14 @@ def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: in
     checkpoint replaces its weights), then ``steps`` training steps of data, forward, loss,
     backward, clip and optimizer step. ``rec``: the Recorder to trace into (``reproducer``'s, which
     keeps one op's inputs); default a new one."""
-    from diagnostics.grid import attention
+    from diagnostics.grid import attention, data
     from diagnostics.run import determinism
     from diagnostics.run.faults import NO_FAULT
     from diagnostics.run.origin import module_tracking
     from diagnostics.run.train import setup, train_step
 
     rec = rec or Recorder(family_of(spec), compiled=spec.compile != "none")
+    data.clear_batch_cache()  # an image family draws its epoch's order itself, whoever ran before it
     determinism.apply(spec.seed, spec.device)
     device = torch.device(spec.device)
     with attention.context(spec.attention):

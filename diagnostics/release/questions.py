@@ -5,7 +5,6 @@ transition of a list of releases with its explanation (``changelog``)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +72,12 @@ def measure_noise(sessions: Sessions, base: Candidate | str, grid_name: str, spe
     path = target / calibrate.TOLERANCES
     if not path.is_file():
         sessions.run(base)  # the seed checkpoint exists before calibration trains from it
-        cmd = [*sessions.envs.command(base), "calibrate", *sessions.grid_args, "--baseline", str(target),
-               "--work-dir", str(Path(sessions.out) / "noise-sessions"), "--init-dir", str(Path(sessions.out) / "init"),
-               "--resume", *(["-n", sessions.workers] if sessions.workers else [])]
-        print(f"release: no noise committed for the {grid_name} grid: measuring it in torch {base} ({' '.join(cmd[3:])})",
+        args = ["calibrate", *sessions.grid_args, "--baseline", str(target),
+                "--work-dir", str(Path(sessions.out) / "noise-sessions"), "--init-dir", str(Path(sessions.out) / "init"),
+                "--resume", *(["-n", sessions.workers] if sessions.workers else [])]
+        print(f"release: no noise committed for the {grid_name} grid: measuring it in torch {base} ({' '.join(args)})",
               flush=True)
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0 or not path.is_file():
+        if sessions.envs.execute(base, args).returncode != 0 or not path.is_file():
             raise ReleaseError(f"measuring the noise in torch {base} failed (see above); give --tolerances, or "
                                "--no-measure-noise to judge without noise")
     n = covered(path, grid_configs(specs))
@@ -284,9 +283,8 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
             break
         first = rows.sort_values(["first_step"], kind="stable").iloc[0]
         where = repro_place(first, traces)
-        cmd = [*sessions.envs.command(base), "trace", *sessions.grid_args, "--out", str(out / f"call{n}"),
-               "--init-dir", str(Path(sessions.out) / "init"), "--repro", where]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        done = sessions.envs.execute(base, ["trace", *sessions.grid_args, "--out", str(out / f"call{n}"), "--init-dir",
+                                            str(Path(sessions.out) / "init"), "--repro", where], capture=True)
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
             why = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]

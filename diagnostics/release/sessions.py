@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diagnostics import report
 from diagnostics.paths import TRACE
-from diagnostics.release.environments import ROOT, Candidate, Environments, ReleaseError, candidate
+from diagnostics.release.environments import Candidate, Environments, ReleaseError, candidate
 
 MADE_WITH = "made-with.txt"  # in a session's report folder: the grid options that trained it
 COMPLETE = "session-complete"  # in a session's report folder, written when its grid finished
@@ -52,11 +51,11 @@ class Sessions:
             shutil.rmtree(d)
         d.mkdir(parents=True, exist_ok=True)
         (d / MADE_WITH).write_text(self.made_with())
-        cmd = [*self.envs.command(cand), "run", *self.grid_args, "--report-dir", str(d),
-               "--init-dir", str(Path(self.out) / "init"), "--allow-no-baseline", "--quiet",
-               *(["-n", self.workers] if self.workers else []), "--", "-p", "no:cacheprovider"]
+        args = ["run", *self.grid_args, "--report-dir", str(d), "--init-dir", str(Path(self.out) / "init"),
+                "--allow-no-baseline", "--quiet", *(["-n", self.workers] if self.workers else []), "--", "-p",
+                "no:cacheprovider"]
         print(f"release: torch {cand}: training the grid into {d}", flush=True)
-        subprocess.run(cmd, cwd=ROOT)  # a failing test is a verdict for compare, not a reason to stop
+        self.envs.execute(cand, args)  # a failing test is a verdict for compare, not a reason to stop
         if not (d / report.RUNS).exists():
             raise ReleaseError(f"the torch {cand} session wrote no runs.csv (see its output above)")
         (d / COMPLETE).write_text(f"{cand}\n")
@@ -70,10 +69,9 @@ class Sessions:
         and left out (the verdicts do not need it; the explanation then says there is none)."""
         if not self.traces or (d / TRACE).exists():
             return
-        cmd = [*self.envs.command(cand), "trace", *self.grid_args, "--out", str(d),
-               "--init-dir", str(Path(self.out) / "init")]
+        args = ["trace", *self.grid_args, "--out", str(d), "--init-dir", str(Path(self.out) / "init")]
         print(f"release: torch {cand}: tracing the grid's families into {d / TRACE}", flush=True)
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0 or not (d / TRACE).exists():
+        if self.envs.execute(cand, args).returncode != 0 or not (d / TRACE).exists():
             print(f"release: torch {cand}: no trace (see above); its transitions are not explained", flush=True)
 
     def made_with(self) -> str:
