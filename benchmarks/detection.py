@@ -2,6 +2,8 @@
 training loop uses), on the families the thresholds were tuned on and on held-out ones.
 
     python benchmarks/detection.py [--n 200] [--seed 0]      # the docs table (one invocation)
+    python benchmarks/detection.py --families daily,multiplicative_0.2 [--seeds 1,2,3,4,5]
+                                                             # a larger sample, with 95% intervals
 
 A trace is a loss decaying exponentially from 2-4 towards a floor (0-1.8) with noise, a gradient
 norm noisy around a level, and an LR. Families (label: what a right verdict is):
@@ -620,12 +622,43 @@ MEASURES = ("divergence recall", "divergence located", "healthy called diverged"
             "healthy with a spike event", "first NaN recorded")
 
 
+def fresh_sample(names: list[str], seeds: list[int], n: int) -> None:
+    """Each named family on its own generator per seed (``[seed, crc32(name)]``: draws apart from
+    the table's, which share one generator in family order), n traces a seed: each measure's
+    rate over all of them with its 95% interval (Clopper-Pearson)."""
+    import zlib
+
+    from scipy.stats import binomtest
+
+    families = {**TUNED, **HELD_OUT, **NEW, **NEWER, **READER}
+    unknown = [name for name in names if name not in families]
+    if unknown:
+        raise SystemExit(f"detection.py: unknown families {', '.join(unknown)}; valid: {', '.join(families)}")
+    for name in names:
+        tally: dict[str, list[bool]] = {}
+        for seed in seeds:
+            for k, v in run({name: families[name]}, n, np.random.default_rng([seed, zlib.crc32(name.encode())])).items():
+                tally.setdefault(k, []).extend(v)
+        cells = []
+        for key, hits in tally.items():
+            ci = binomtest(sum(hits), len(hits)).proportion_ci()
+            cells.append(f"{key} {100 * sum(hits) / len(hits):.1f}% ({sum(hits)}/{len(hits)}; 95% CI "
+                         f"{100 * ci.low:.1f}-{100 * ci.high:.1f}%)")
+        print(f"{name} (seeds {','.join(map(str, seeds))}, {n} a seed): " + "; ".join(cells))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="traces per family")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ratios", action="store_true", help="print the healthy range ratios (Thresholds.spike_range_factor)")
+    ap.add_argument("--families", help="a larger sample of these families (comma list), apart from the table: "
+                                       "--seeds of them, --n traces a seed")
+    ap.add_argument("--seeds", default="1,2,3,4,5", help="with --families (default 1,2,3,4,5)")
     args = ap.parse_args()
+    if args.families:
+        fresh_sample(args.families.split(","), [int(x) for x in args.seeds.split(",")], args.n)
+        return
     rng = np.random.default_rng(args.seed)
     if args.ratios:
         older = {"healthy": healthy, "heavy_tailed": heavy_tailed, "restarts_no_lr": restarts_no_lr, **NEW}

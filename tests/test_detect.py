@@ -582,3 +582,23 @@ def test_a_spike_opens_at_k_robust_sigmas_above_the_predicted_level(sigmas, k, f
     value = math.exp(tracker.predicted(math.log(steps[149] + 1)) + centre + sigmas * sigma)
     kind, _ = tracker.check(int(steps[149]), value)
     assert (kind == "new") is found
+
+
+@pytest.mark.parametrize("noises,k,found", [(3.7, None, True), (3.3, None, False), (3.7, 4.0, False)])
+def test_a_one_day_spike_of_a_sparse_log_is_judged_by_the_noise_of_its_changes(noises, k, found):
+    """Thresholds.sparse_spike_sigmas (3.5) and robust.change_noise: a day whose rise from the day
+    before and fall to the day after, beyond their local trend, are each that many noises of one
+    change is a spike; 3.3 is not, nor 3.7 at the k = 4 the rule had before."""
+    from diagnostics.detect.robust import change_noise, local_trend
+
+    t = Thresholds() if k is None else Thresholds(sparse_spike_sigmas=k)
+    log, day = daily_shift_log(seed=3), 40
+    x, lift = np.log(log["loss"].to_numpy()), 0.0
+    for _ in range(6):  # the lift that makes the lesser side `noises` noises (the noise is the spiked log's)
+        change = np.diff(np.where(np.arange(len(x)) == day - 1, x + lift, x))
+        g = local_trend(change, t.sparse_trend_points, leave_out=2)[day - 2]
+        lift += noises * change_noise(change) - min(change[day - 2] - g, g - change[day - 1])
+    log.loc[day - 1, "loss"] *= math.exp(lift)
+    assert 0.02 < math.expm1(lift) < 0.05  # a few percent on 0.5% noise: above sparse_min_jump
+    _, events = classify(log, thresholds=t)
+    assert ([e.step for e in events if e.kind == "loss_spike"] == [day * 1000]) is found, events

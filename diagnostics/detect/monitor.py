@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diagnostics.detect.robust import centred_median, departure, is_finite, local_trend, median, progress, robust_sigma
+from diagnostics.detect.robust import (
+    centred_median,
+    change_noise,
+    departure,
+    is_finite,
+    local_trend,
+    median,
+    progress,
+    robust_sigma,
+)
 from diagnostics.detect.rules import Point, SpikeTracker, rule_chain
 from diagnostics.detect.statuses import COURSE_EVENTS, STATUS_FIELDS, Event, RunStatus
 from diagnostics.detect.thresholds import Thresholds
@@ -336,9 +345,10 @@ class Monitor:
             return []
         change = np.diff(np.log(np.asarray(self.losses, float)))  # change[i - 1]: from point i - 1 to i
         trend = local_trend(change, t.sparse_trend_points)
-        scale = robust_sigma(change, t.spike_min_sigma, about=trend)
+        scale = robust_sigma(change, t.spike_min_sigma, about=trend)  # their scatter about it: a jump that stays
         around = local_trend(change, t.sparse_trend_points, leave_out=2)  # around[i - 1]: the trend about point i
-        least = max(t.sparse_spike_sigmas * scale, math.log(1 + t.sparse_min_jump))
+        noise = change_noise(change, t.spike_min_sigma)  # one change's noise: a one-point spike
+        least = max(t.sparse_spike_sigmas * noise, math.log(1 + t.sparse_min_jump))
         shift_least = max(t.sparse_stay_sigmas * scale, math.log(1 + t.sparse_min_jump))
         seen = [self.steps.index(e.step) for e in self.events if e.signal == "loss" and e.kind not in COURSE_EVENTS]
         found = []
@@ -351,8 +361,8 @@ class Monitor:
             if up > least and down > least:
                 self.emit(self.steps[i], "loss_spike", "loss", self.losses[i], math.exp(expected),
                           f"up {math.expm1(up):.1%} from the point before and down {-math.expm1(-down):.1%} to the "
-                          f"point after, beyond their trend: > {t.sparse_spike_sigmas:g}x the log's point-to-point "
-                          f"scale ({scale:.2%}; a sparse log)")
+                          f"point after, beyond their trend: > {t.sparse_spike_sigmas:g}x the noise of the log's "
+                          f"point-to-point changes ({noise:.2%}; a sparse log)")
             else:  # a jump that stays: a rise (not only a fall that stopped), and the next points sit
                 # above where the trend would have taken the loss
                 if change[i - 1] <= 0:

@@ -43,6 +43,13 @@ def robust_sigma(values, floor: float = 0.0, about=None) -> float:
     return max(NORMAL_MAD * float(np.median(np.abs(x - centre))), floor)
 
 
+def change_noise(change: np.ndarray, floor: float = 0.0) -> float:
+    """The noise of one point-to-point change of a log (in log space), the whole log's: the
+    robust sigma of its second differences over sqrt 3 (a second difference of white noise spreads
+    sqrt 3 times as wide as a change, and a smooth trend hardly moves it), at least ``floor``."""
+    return max(robust_sigma(np.diff(change)) / math.sqrt(3), floor)
+
+
 def robust_threshold(history, k: float, min_sigma: float) -> float:
     """median + k * the robust sigma of the history (at least ``min_sigma``)."""
     h = list(history)

@@ -168,24 +168,32 @@ class Thresholds:
     sparse_onset_sigmas: float = 2.0  # ... where it began: its first point this many scatters above the trend
     # One-point spikes in a sparse log (``Monitor.sparse_jumps``, logs of at most ``spike_window``
     # points): a point that is up from the point before it and down to the point after it, each
-    # by more than ``sparse_spike_sigmas`` scales beyond the local trend (the median of the
-    # ``sparse_trend_points`` point-to-point changes either side, the spike's own two left out)
-    # and by ``sparse_min_jump``. The scale is the whole log's: 1.4826 x the MAD of every change
-    # about its local trend (a day's noise is the same all through a log in log space; a scale
-    # from the ten changes nearby is too rough to put a threshold on). A change is the difference
-    # of two points' noise, so 4 scales put each side at about 5.7 sigmas of one point: a healthy
-    # normal point passes both with odds of about 1e-8. A bump that stays (a restart, a jump that
-    # lasts) is not down the next point: see below. 4 was set on the `daily` family
-    # (benchmarks/detection.py, 400 logs, seed 0: with 5 its incidents were located 284 of 304
-    # times, with 4 289; its healthy logs got no event either way), so `daily` is no longer held
-    # out for it.
-    sparse_spike_sigmas: float = 4.0
-    # ... and a jump that stays: up from the point before by more than ``sparse_stay_sigmas`` of
-    # those scales beyond the trend (and up, not only a fall that stopped), and the next
-    # ``shift_points`` points all still that far above where the trend would have taken the
-    # loss (``loss_shift``). Four points above a line drawn from one are the evidence a one-day
-    # spike lacks: a healthy log passes with odds of about 1e-5 a point (the first point 3 scales
-    # low and the next three each above the line). Set on `daily_jumps` (4: 175 of 200 located,
+    # by more than ``sparse_spike_sigmas`` times the noise of one change beyond the local trend
+    # (the median of the ``sparse_trend_points`` point-to-point changes either side, the spike's
+    # own two left out) and by ``sparse_min_jump``. That noise is the whole log's (a day's noise
+    # is the same all through a log in log space; ten changes nearby are too few to put a
+    # threshold on): the robust sigma of its second differences over sqrt 3 (robust.change_noise:
+    # a second difference of white noise spreads sqrt 3 times a change's, and a smooth trend hardly
+    # moves it). The MAD of the changes about their local trend, used before 2026-12-04, read
+    # 1.25x the changes' noise on healthy `daily` logs (median; 1.44x at the 90th percentile: the
+    # trend's own error, and an early descent's curvature), so its threshold was higher than its
+    # odds said. A change is the difference of two points' noise, so 3.5 noises put each side at
+    # about 4.9 sigmas of one point: a healthy point with normal noise passes both with odds of
+    # 7e-6 (the integral of phi(x) Phi(x - 3.5 sqrt 2)^2), about 1e-3 over a 128-point log; a
+    # point of a daily log is a mean over thousands of steps, near normal. Set on `daily`
+    # (benchmarks/detection.py; 1,000 fresh logs, seeds 1-5, 766 incidents, located: the former
+    # scale and k = 4, 93.5%; this noise and 4, 94.5%; 3.5, 95.6%; 3, 95.6%), its 234 healthy logs
+    # with a loss event 4 times each way (the other rules'); `sparse`'s 320 healthy logs 24 -> 27
+    # (two at the second and third points of a steep early descent). `daily` is not held out for
+    # it. A bump that stays (a restart, a jump that lasts) is not down the next point: see below.
+    sparse_spike_sigmas: float = 3.5
+    # ... and a jump that stays: up from the point before by more than ``sparse_stay_sigmas``
+    # scales beyond the trend (the scale: 1.4826 x the MAD of every change about its local
+    # trend; and up, not only a fall that stopped), and the next ``shift_points`` points all
+    # still that far above where the trend would have taken the loss (``loss_shift``). Four
+    # points above a line drawn from one are the evidence a one-day spike lacks: a healthy log
+    # passes with odds of about 1e-5 a point (the first point 3 scales low and the next three
+    # each above the line). Set on `daily_jumps` (4: 175 of 200 located,
     # 3: 192; the early weeks, where the loss falls 2-6% a day, are what 3 adds), so that family
     # is no longer held out for it.
     sparse_stay_sigmas: float = 3.0
