@@ -89,6 +89,63 @@ def test_unreadable_logs_say_what_was_found_in_one_line(tmp_path, content, patte
         logs.read(write(tmp_path / "bad.csv", content))
 
 
+CONSOLES = {  # what training scripts print, a few lines each: (text, steps, losses, grad norms, lrs)
+    "nanogpt.txt": ("number of parameters: 123.59M\nstep 0: train loss 10.9876, val loss 10.9902\n"
+                    "iter 0: loss 10.9811, time 12345.67ms, mfu -100.00%\niter 10: loss 9.5432, time 234.56ms, "
+                    "mfu 12.34%\nstep 10: train loss 9.4, val loss 9.6\niter 20: loss nan, time 234.11ms, mfu 12.35%\n",
+                    [0, 10, 20], [10.9811, 9.5432, math.nan], [None] * 3, [None] * 3),
+    "megatron.log": (" iteration       10/  500000 | consumed samples:         5120 | elapsed time per iteration (ms): "
+                     "1234.5 | learning rate: 3.000000E-06 | global batch size:   512 | lm loss: 1.095311E+01 | loss "
+                     "scale: 1.0 | grad norm: 12.345 |\n [after training is done] datetime: 2024-01-01 00:00:00\n"
+                     " iteration       20/  500000 | learning rate: 6.000000E-06 | lm loss: 9.876543E+00 | grad norm: "
+                     "5.432 |\n", [10, 20], [10.95311, 9.876543], [12.345, 5.432], [3e-6, 6e-6]),
+    "titan.log": ("\x1b[31mstep:  1  \x1b[32mloss: 12.2345  \x1b[33mmemory: 10.50GiB(11.05%)  \x1b[34mtps: 1,234\x1b[39m\n"
+                  "\x1b[31mstep:  2  \x1b[32mloss: 11.9000  \x1b[33mmemory: 10.50GiB(11.05%)\x1b[39m\n",
+                  [1, 2], [12.2345, 11.9], [None] * 2, [None] * 2),
+    "hf.txt": ("{'loss': 2.3456, 'grad_norm': 1.234, 'learning_rate': 4.9e-05, 'epoch': 0.01}\n"
+               "{'eval_loss': 2.0, 'eval_runtime': 12.3, 'epoch': 0.01}\n"
+               "{'loss': 2.1, 'grad_norm': 1.1, 'learning_rate': 4.8e-05, 'epoch': 0.02}\n",
+               [1, 2], [2.3456, 2.1], [1.234, 1.1], [4.9e-5, 4.8e-5]),  # no step printed: numbered
+    "fairseq.log": ("2021-01-01 00:00:00 | INFO | train_inner | epoch 001:    100 / 1000 loss=9.123, nll_loss=9.0, "
+                    "ppl=512.1, num_updates=100, lr=0.0001, gnorm=1.234, train_wall=80\n"
+                    "2021-01-01 00:01:00 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 8.9 | nll_loss "
+                    "8.8\n2021-01-01 00:02:00 | INFO | train_inner | epoch 001:    200 / 1000 loss=8.5, "
+                    "nll_loss=8.4, num_updates=200, lr=0.0002, gnorm=1.1\n",
+                    [100, 200], [9.123, 8.5], [1.234, 1.1], [1e-4, 2e-4]),
+    "keras.txt": ("Epoch 1/2\n390/390 [==============================] - 12s 28ms/step - loss: 1.5123 - accuracy: "
+                  "0.4512 - val_loss: 1.3012\nEpoch 2/2\n390/390 [==============================] - 10s 25ms/step - "
+                  "loss: 1.1012 - accuracy: 0.6123 - val_loss: 1.0512\n", [1, 2], [1.5123, 1.1012], [None] * 2,
+                  [None] * 2),
+}
+
+
+@pytest.mark.parametrize("name", CONSOLES)
+def test_a_console_log_is_read_from_its_name_value_pairs(tmp_path, name):
+    text, steps, losses, grads, lrs = CONSOLES[name]
+    t = logs.read(write(tmp_path / name, text))
+    assert t["step"].tolist() == steps
+    assert np.allclose(t["loss"].astype(float), losses, equal_nan=True)
+    assert [None if g is None else pytest.approx(g) for g in t["grad_norm"]] == grads
+    assert [None if r is None else pytest.approx(r) for r in t["lr"]] == lrs
+
+
+def test_a_console_log_that_diverged_is_judged_at_the_step_it_printed(tmp_path):
+    steps, loss, grad = healthy(n=400)
+    loss[300:] = loss[299] * 1.5 ** np.arange(1, 101)  # a runaway from step 301
+    lines = [f"iter {s}: loss {v:.4f}, grad norm {g:.3f}, time 123.4ms" for s, v, g in zip(steps, loss, grad)]
+    proc = cli("detect", str(write(tmp_path / "train.log", "starting\n" + "\n".join(lines) + "\n")),
+               "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert runs.iloc[0]["status"] == "diverged_exploded" and 301 <= runs.iloc[0]["divergence_step"] <= 310
+
+
+def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
+    with pytest.raises(logs.LogError, match="no step column"):
+        logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))
+    assert logs.console_records("iter 1: acc 0.5\n") == []
+
+
 def test_tensorboard_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter

@@ -10,7 +10,12 @@ Formats, detected from the file (``read``):
 - a Weights & Biases history export (``_step`` plus metric columns, or the chart export's
   ``Step`` plus ``<run> - <metric>`` columns, one run per prefix);
 - TensorBoard event files (a file or a run folder), read by the ``tensorboard`` package's
-  ``EventAccumulator`` (an optional extra: ``pip install tensorboard``).
+  ``EventAccumulator`` (an optional extra: ``pip install tensorboard``);
+- a console log, what a training script printed (``console_records``): each line's ``name value``
+  pairs (``iter 100: loss 4.2345``, ``| lm loss: 7.1E+00 | grad norm: 1.2 |``, ``loss=9.1,
+  num_updates=100``, ``step:  10  loss:  9.1``, colour codes dropped) or a printed dict (``{'loss':
+  2.3, 'learning_rate': 5e-05}``); lines that log no loss (validation, progress) are left out. A
+  console log without a step counter is numbered by its loss lines (step 1, 2, ...).
 
 Columns are found by name (``STEP_NAMES``, ``LOSS_NAMES``, ``GRAD_NAMES``, ``LR_NAMES``; the first
 present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``) unless given. Only the step
@@ -33,11 +38,12 @@ import pandas as pd
 from diagnostics.errors import DiagnosticsError
 
 # Column names, in order of preference (normalised: lower case, "/", "-", "." and " " -> "_").
-STEP_NAMES = ("step", "global_step", "_step", "trainer_global_step", "iteration", "iter", "it", "steps", "batch")
+STEP_NAMES = ("step", "global_step", "_step", "trainer_global_step", "iteration", "iter", "it", "steps", "num_updates",
+              "batch")
 LOSS_NAMES = ("loss", "train_loss", "train_loss_step", "training_loss", "train_loss_epoch", "train_lm_loss",
               "lm_loss", "train_train_loss", "loss_step", "trainer_loss")
 GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total", "total_grad_norm", "grad_l2_norm",
-              "optim_grad_norm")
+              "optim_grad_norm", "gnorm")
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
             "lr_group0", "lr_0")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
@@ -164,6 +170,51 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# a name (letters and underscores, up to four words), then ":" or "=" or spaces, then a number
+PAIR = re.compile(r"(?<![A-Za-z0-9_.])([A-Za-z][A-Za-z_]*(?: [A-Za-z][A-Za-z_]*){0,3})['\"]?\s*[:=]?\s*"
+                  r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|-?inf)(?![A-Za-z0-9_])", re.IGNORECASE)
+DICT = re.compile(r"\{[^{}]*\}")
+
+
+def console_line(line: str) -> dict:
+    """The values one printed line logs: a dict literal's numbers where the line prints one, else
+    its ``name value`` pairs (the first value of a name wins)."""
+    import ast
+
+    line = ANSI.sub("", line)
+    for literal in DICT.findall(line):
+        try:
+            rec = ast.literal_eval(literal)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(rec, dict):
+            return {str(k): v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    rec: dict = {}
+    for name, value in PAIR.findall(line):
+        rec.setdefault(norm(name), value)
+    return rec
+
+
+def console_records(text: str, cols: Columns = Columns()) -> list[dict]:
+    """A console log's records (module docs): the lines that log its loss (``cols.loss``, else
+    the first of ``LOSS_NAMES`` any line logs), each with a ``step``: the step counter most of
+    them log (``cols.step``, else one of ``STEP_NAMES``; a loss line without it is left out), or
+    where none logs one, the loss line's number (1, 2, ...); [] when no line logs a loss."""
+    records = [r for r in (console_line(line) for line in text.splitlines()) if r]
+    names = [norm(cols.loss)] if cols.loss else LOSS_NAMES
+    loss = next((n for n in names if any(n in r for r in records)), None)
+    if loss is None:
+        return []
+    records = [r for r in records if loss in r]
+    counters = [norm(cols.step)] if cols.step else STEP_NAMES
+    counted = {n: sum(n in r for r in records) for n in counters}
+    counter = max(counters, key=lambda n: (counted[n], -counters.index(n)))
+    if not counted[counter]:
+        return [dict(r, step=i) for i, r in enumerate(records, start=1)]
+    return [dict(r, step=r[counter]) for r in records if counter in r]
+
+
 def hf_records(state: dict) -> tuple[list[dict], list[dict]]:
     """(training entries, evaluation entries) of a trainer_state.json's log_history."""
     history = state.get("log_history", [])
@@ -233,17 +284,33 @@ def read(path: str | Path, cols: Columns = Columns()) -> pd.DataFrame:
                 raise LogError(f"{path}: log_history has no training entry with a loss ({len(evals)} eval entries)")
             return normalise(train, path, cols, path.parent.name or run_id)
         if head.startswith(b"{"):
-            return normalise(read_jsonl(path), path, cols, run_id)
+            try:
+                return normalise(read_jsonl(path), path, cols, run_id)
+            except LogError as e:  # printed dicts (single quotes), not JSON: a console log?
+                return as_console(path, cols, run_id, e)
         records = read_delimited(path)
     except UnicodeDecodeError:
-        raise LogError(f"{path}: not a text log (CSV, TSV, JSON lines, trainer_state.json or TensorBoard)") from None
+        raise LogError(f"{path}: not a text log (CSV, TSV, JSON lines, trainer_state.json, TensorBoard or a "
+                       "console log)") from None
     except json.JSONDecodeError as e:
         raise LogError(f"{path}: not valid JSON ({e.msg})") from None
     if not records:
-        raise LogError(f"{path}: a header but no rows")
+        return as_console(path, cols, run_id, LogError(f"{path}: a header but no rows"))
     chart = wandb_chart_export(pd.DataFrame(records))
     if chart is not None:
         return pd.concat([normalise(r, path, cols, run) for run, r in chart.items()], ignore_index=True)
+    try:
+        return normalise(records, path, cols, run_id)
+    except LogError as e:  # no step or loss column: what a training script printed?
+        return as_console(path, cols, run_id, e)
+
+
+def as_console(path: Path, cols: Columns, run_id: str, error: LogError) -> pd.DataFrame:
+    """The file read as a console log, where its lines log a loss; else ``error`` (the reason
+    the file is no table), raised."""
+    records = console_records(path.read_text(encoding="utf-8", errors="replace"), cols)
+    if not records:
+        raise error
     return normalise(records, path, cols, run_id)
 
 
