@@ -140,6 +140,15 @@ def test_a_console_log_that_diverged_is_judged_at_the_step_it_printed(tmp_path):
     assert runs.iloc[0]["status"] == "diverged_exploded" and 301 <= runs.iloc[0]["divergence_step"] <= 310
 
 
+def test_a_per_epoch_log_is_counted_by_its_epoch_where_it_is_a_whole_number(tmp_path):
+    t = logs.read(write(tmp_path / "cifar.csv", "epoch,train_loss,val_loss,val_acc\n1,2.1,2.0,0.3\n2,1.5,1.6,0.5\n"))
+    assert t["step"].tolist() == [1, 2] and t["loss"].tolist() == [2.1, 1.5]
+    t = logs.read(write(tmp_path / "resnet.log", "Epoch 1, loss: 2.1, acc 0.3\nEpoch 2, loss: 1.5, acc 0.5\n"))
+    assert t["step"].tolist() == [1, 2]
+    with pytest.raises(logs.LogError, match="no step column"):  # a fractional epoch counts nothing
+        logs.read(write(tmp_path / "frac.csv", "epoch,loss\n0.5,2.1\n1.0,1.5\n"))
+
+
 def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     with pytest.raises(logs.LogError, match="no step column"):
         logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))

@@ -15,10 +15,12 @@ Formats, detected from the file (``read``):
   pairs (``iter 100: loss 4.2345``, ``| lm loss: 7.1E+00 | grad norm: 1.2 |``, ``loss=9.1,
   num_updates=100``, ``step:  10  loss:  9.1``, colour codes dropped) or a printed dict (``{'loss':
   2.3, 'learning_rate': 5e-05}``); lines that log no loss (validation, progress) are left out. A
-  console log without a step counter is numbered by its loss lines (step 1, 2, ...).
+  console log without a step counter (nor a whole-number epoch) is numbered by its loss lines
+  (step 1, 2, ...).
 
 Columns are found by name (``STEP_NAMES``, ``LOSS_NAMES``, ``GRAD_NAMES``, ``LR_NAMES``; the first
-present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``) unless given. Only the step
+present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``; a per-epoch log without a
+step column is counted by its epoch, ``EPOCH_NAMES``, where that is a whole number) unless given. Only the step
 and the loss are required. A blank cell (or a key absent from a JSON record) means *not logged*
 and reads as None; ``nan``, ``inf`` and ``-inf`` are logged non-finite values. Anything else that is
 not a number is bad input: ``LogError`` with one line saying what was found and what is needed.
@@ -47,6 +49,9 @@ GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total"
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
             "lr_group0", "lr_0")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
+# a per-epoch log's counter, where no step column is found and every loss row's value is a whole
+# number (a fractional epoch, as the HF Trainer prints it, is no counter: such a log is numbered)
+EPOCH_NAMES = ("epoch", "epochs", "epoch_num")
 # the normalised table; None = not logged. ``loss_blank``: a training row (it logs a gradient norm or
 # an LR) with a blank loss after the run's last logged loss: the loss vanished while the log went
 # on (pandas writes a NaN as an empty cell), which the detector judges (detect.Monitor.vanish)
@@ -106,10 +111,32 @@ def number(text, path: Path, column: str, row: int) -> float | None:
         raise LogError(f"{path}: column {column} has a non-numeric value {s!r} (data row {row})") from None
 
 
+def epoch_counter(records: list[dict], columns, loss: str) -> str | None:
+    """The column of ``EPOCH_NAMES`` that counts a per-epoch log: every row that logs a loss
+    logs it as a whole number; None when there is none."""
+    by_norm = {norm(c): c for c in columns}
+    for name in EPOCH_NAMES:
+        column = by_norm.get(name)
+        if column is None:
+            continue
+        values = [r.get(column) for r in records if r.get(loss) not in (None, "")]
+        try:
+            whole = all(v not in (None, "") and float(v).is_integer() for v in values)
+        except (TypeError, ValueError):
+            whole = False
+        if values and whole:
+            return column
+    return None
+
+
 def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd.DataFrame:
     """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss."""
     columns = list(dict.fromkeys(k for r in records for k in r))
-    step = find(columns, cols.step, STEP_NAMES, "step", path, True)
+    step = find(columns, cols.step, STEP_NAMES, "step", path, False)
+    if step is None:  # a per-epoch log? (else the step column is what is missing)
+        loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, False)
+        step = (epoch_counter(records, columns, loss) if loss else None) or \
+            find(columns, None, STEP_NAMES, "step", path, True)
     loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, True)
     grad = find(columns, cols.grad, GRAD_NAMES, "grad", path, False)
     lr = find(columns, cols.lr, LR_NAMES, "lr", path, False)
@@ -211,7 +238,10 @@ def console_records(text: str, cols: Columns = Columns()) -> list[dict]:
     counted = {n: sum(n in r for r in records) for n in counters}
     counter = max(counters, key=lambda n: (counted[n], -counters.index(n)))
     if not counted[counter]:
-        return [dict(r, step=i) for i, r in enumerate(records, start=1)]
+        counter = None if cols.step else epoch_counter(records, list(dict.fromkeys(k for r in records for k in r)), loss)
+        if counter is None:
+            return [dict(r, step=i) for i, r in enumerate(records, start=1)]
+        return [dict(r, step=r[counter]) for r in records]
     return [dict(r, step=r[counter]) for r in records if counter in r]
 
 
