@@ -112,6 +112,13 @@ CONSOLES = {  # what training scripts print, a few lines each: (text, steps, los
                     "8.8\n2021-01-01 00:02:00 | INFO | train_inner | epoch 001:    200 / 1000 loss=8.5, "
                     "nll_loss=8.4, num_updates=200, lr=0.0002, gnorm=1.1\n",
                     [100, 200], [9.123, 8.5], [1.234, 1.1], [1e-4, 2e-4]),
+    "deepspeed.log": ("[2024-01-01 00:00:00,000] [INFO] [logging.py:96:log_dist] [Rank 0] step=10, skipped=0, "
+                      "lr=[0.0001], mom=[(0.9, 0.999)]\nsteps: 10 loss: 2.3456 iter time (s): 0.512 samples/sec: 62.5\n"
+                      "steps: 20 loss: 2.1 iter time (s): 0.510 samples/sec: 62.7\n", [10, 20], [2.3456, 2.1],
+                      [None] * 2, [None] * 2),
+    "plain.log": ("Step 100/1000 | Train Epoch Loss 2.345 | LR 1.0e-04 | Grad Norm 0.98 | Val Loss 2.5\n"
+                  "Step 200/1000 | Train Epoch Loss 2.1 | LR 9.0e-05 | Grad Norm 0.91\n", [100, 200], [2.345, 2.1],
+                  [0.98, 0.91], [1e-4, 9e-5]),
     "keras.txt": ("Epoch 1/2\n390/390 [==============================] - 12s 28ms/step - loss: 1.5123 - accuracy: "
                   "0.4512 - val_loss: 1.3012\nEpoch 2/2\n390/390 [==============================] - 10s 25ms/step - "
                   "loss: 1.1012 - accuracy: 0.6123 - val_loss: 1.0512\n", [1, 2], [1.5123, 1.1012], [None] * 2,

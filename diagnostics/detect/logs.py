@@ -13,8 +13,9 @@ Formats, detected from the file (``read``):
   ``EventAccumulator`` (an optional extra: ``pip install tensorboard``);
 - a console log, what a training script printed (``console_records``): each line's ``name value``
   pairs (``iter 100: loss 4.2345``, ``| lm loss: 7.1E+00 | grad norm: 1.2 |``, ``loss=9.1,
-  num_updates=100``, ``step:  10  loss:  9.1``, colour codes dropped) or a printed dict (``{'loss':
-  2.3, 'learning_rate': 5e-05}``); lines that log no loss (validation, progress) are left out. A
+  num_updates=100``, ``step:  10  loss:  9.1``, colour codes dropped; a name of several words
+  ending in ``loss`` is the loss unless one of them is ``EVAL_WORDS``) or a printed dict
+  (``{'loss': 2.3, 'learning_rate': 5e-05}``); lines that log no loss (validation, progress) are left out. A
   console log without a step counter (nor a whole-number epoch) is numbered by its loss lines
   (step 1, 2, ...).
 
@@ -199,9 +200,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # a name (letters and underscores, up to four words), then ":" or "=" or spaces, then a number
-PAIR = re.compile(r"(?<![A-Za-z0-9_.])([A-Za-z][A-Za-z_]*(?: [A-Za-z][A-Za-z_]*){0,3})['\"]?\s*[:=]?\s*"
+PAIR = re.compile(r"(?<![A-Za-z0-9_.])([A-Za-z][A-Za-z_]*(?: [A-Za-z][A-Za-z_]*){0,3})['\"]?\s*[:=]?\s*\[?"
                   r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|-?inf)(?![A-Za-z0-9_])", re.IGNORECASE)
 DICT = re.compile(r"\{[^{}]*\}")
+# words that make a printed loss an evaluation's, never the training loss
+EVAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
 
 
 def console_line(line: str) -> dict:
@@ -219,7 +222,11 @@ def console_line(line: str) -> dict:
             return {str(k): v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     rec: dict = {}
     for name, value in PAIR.findall(line):
-        rec.setdefault(norm(name), value)
+        key = norm(name)
+        rec.setdefault(key, value)
+        words = key.split("_")
+        if len(words) > 1 and words[-1] == "loss" and not EVAL_WORDS & set(words):  # "train epoch loss": a loss
+            rec.setdefault("loss", value)
     return rec
 
 
