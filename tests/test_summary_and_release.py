@@ -54,6 +54,18 @@ def test_summary_command_reads_a_report_and_rejects_bad_input(smoke_reports, tmp
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no runs.csv" in bad.stderr
 
 
+def test_a_command_in_an_environment_runs_in_that_environment_s_python():
+    """Environments.execute, which the stand-in releases below replace: ``python -m diagnostics
+    ARGS`` in the candidate's environment (here this Python), from the checkout."""
+    class Here(release.Environments):
+        def python(self, cand):
+            return Path(sys.executable)
+
+    done = Here().execute("2.14", ["env"], capture=True)
+    assert done.returncode == 0 and "torch_version" in done.stdout, done.stderr[-2000:]
+    assert Here().execute("2.14", ["bogus"], capture=True).returncode == 2
+
+
 def test_release_refuses_versions_it_cannot_run(tmp_path):
     for version, why in (("1.13.1", "older than 2.0"), ("latest", "not a torch version .*nor a wheel"),
                          (str(tmp_path / "torch-9.whl"), "no such wheel file"), (str(tmp_path), "holds 0 torch wheels")):
