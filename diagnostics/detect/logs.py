@@ -219,7 +219,7 @@ def console_line(line: str) -> dict:
         except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(rec, dict):
-            return {str(k): v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            return {norm(k): v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     rec: dict = {}
     for name, value in PAIR.findall(line):
         key = norm(name)
