@@ -161,6 +161,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     tables = []
     for path in args.logs:
         table = logs.read(path, cols)
+        if table.attrs.get("read_as"):
+            print(f"{path}: read as {table.attrs['read_as']}")
         if len(args.logs) > 1 and table["run_id"].nunique() == 1:
             table["run_id"] = str(path)  # one run per file: the file names it
         tables.append(table)

@@ -602,3 +602,13 @@ def test_a_one_day_spike_of_a_sparse_log_is_judged_by_the_noise_of_its_changes(n
     assert 0.02 < math.expm1(lift) < 0.05  # a few percent on 0.5% noise: above sparse_min_jump
     _, events = classify(log, thresholds=t)
     assert ([e.step for e in events if e.kind == "loss_spike"] == [day * 1000]) is found, events
+
+
+@pytest.mark.parametrize("losses,stalled", [([1.512, 1.101, 0.901], False), ([2.3, 1.9, 1.6, 1.5, 1.45, 1.41], False),
+                                            ([2.30, 2.31, 2.29], True), ([2.30, 2.29, 2.31, 2.30, 2.30, 2.29], True)])
+def test_a_log_of_a_few_epochs_is_judged_on_its_halves(losses, stalled):
+    """Thresholds.stall_*: fewer points than the early and late windows need are split in halves,
+    so a few epochs that fell learned (they read as "from 1.101 to 1.101" when the windows
+    overlapped), and a few that did not fall did not."""
+    v, _ = classify(list(enumerate(losses, start=1)))
+    assert (v.status == "stalled") is stalled, v

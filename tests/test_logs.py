@@ -149,6 +149,9 @@ def test_a_console_log_that_diverged_is_judged_at_the_step_it_printed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     runs = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert runs.iloc[0]["status"] == "diverged_exploded" and 301 <= runs.iloc[0]["divergence_step"] <= 310
+    assert "train.log: read as a console log\n" in proc.stdout
+    hf = write(tmp_path / "hf.txt", CONSOLES["hf.txt"][0])
+    assert f"{hf}: read as a console log that prints no step: its loss lines numbered" in cli("detect", hf).stdout
 
 
 def test_a_per_epoch_log_is_counted_by_its_epoch_where_it_is_a_whole_number(tmp_path):

@@ -234,7 +234,8 @@ def console_records(text: str, cols: Columns = Columns()) -> list[dict]:
     """A console log's records (module docs): the lines that log its loss (``cols.loss``, else
     the first of ``LOSS_NAMES`` any line logs), each with a ``step``: the step counter most of
     them log (``cols.step``, else one of ``STEP_NAMES``; a loss line without it is left out), or
-    where none logs one, the loss line's number (1, 2, ...); [] when no line logs a loss."""
+    where none logs one, the loss line's number (1, 2, ...; also its ``line_number``); [] when no
+    line logs a loss."""
     records = [r for r in (console_line(line) for line in text.splitlines()) if r]
     names = [norm(cols.loss)] if cols.loss else LOSS_NAMES
     loss = next((n for n in names if any(n in r for r in records)), None)
@@ -247,7 +248,7 @@ def console_records(text: str, cols: Columns = Columns()) -> list[dict]:
     if not counted[counter]:
         counter = None if cols.step else epoch_counter(records, list(dict.fromkeys(k for r in records for k in r)), loss)
         if counter is None:
-            return [dict(r, step=i) for i, r in enumerate(records, start=1)]
+            return [dict(r, step=i, line_number=i) for i, r in enumerate(records, start=1)]
         return [dict(r, step=r[counter]) for r in records]
     return [dict(r, step=r[counter]) for r in records if counter in r]
 
@@ -348,7 +349,11 @@ def as_console(path: Path, cols: Columns, run_id: str, error: LogError) -> pd.Da
     records = console_records(path.read_text(encoding="utf-8", errors="replace"), cols)
     if not records:
         raise error
-    return normalise(records, path, cols, run_id)
+    table = normalise(records, path, cols, run_id)
+    numbered = any("line_number" in r for r in records)
+    table.attrs["read_as"] = "a console log" + (" that prints no step: its loss lines numbered 1, 2, ..." if numbered
+                                                else "")
+    return table
 
 
 def evaluation_entries(path: str | Path) -> pd.DataFrame:

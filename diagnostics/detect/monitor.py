@@ -228,7 +228,11 @@ class Monitor:
         t = self.thresholds
         if not self.losses:
             return "no loss was logged"
-        w0, w = min(t.early_steps, len(self.losses)), self.window()
+        n = len(self.losses)
+        w0, w = min(t.early_steps, n), self.window()
+        if w0 + w > n:  # a short log (a few epochs): its first half against its second, never overlapping
+            w0 = max(1, n // 2)
+            w = max(1, n - w0)
         start, end = float(np.median(self.losses[:w0])), float(np.median(self.losses[-w:]))
         noise = self.median_gap_noise(end, w0, w)
         sigma = self.spikes["loss"].sigma()

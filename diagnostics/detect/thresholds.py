@@ -122,7 +122,10 @@ class Thresholds:
     # errors and 5% are the plateau rule's own significance and practical gain (below), set
     # before the held-out families were written and not tuned on them (docs/measured/detection.md:
     # no healthy family above 0.5% stalled, every never-learning one found). A run that fell and
-    # then sat still *learned*: its plateau is an event (below), not a failure.
+    # then sat still *learned*: its plateau is an event (below), not a failure. A log too short for
+    # both windows (fewer than ``early_steps`` + 3 points: a few epochs) is judged on its first
+    # half's median against its second half's, never on windows that overlap (a 3-epoch log that
+    # fell 1.51, 1.10, 0.90 had read as "went from 1.101 to 1.101": stalled).
     stall_min_progress: float = 0.2
     stall_min_gain: float = 0.05
     stall_sigmas: float = 3.0
