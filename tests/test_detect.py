@@ -612,3 +612,18 @@ def test_a_log_of_a_few_epochs_is_judged_on_its_halves(losses, stalled):
     overlapped), and a few that did not fall did not."""
     v, _ = classify(list(enumerate(losses, start=1)))
     assert (v.status == "stalled") is stalled, v
+
+
+LEARNED = [2.3, 1.9, 1.6, 1.4, 1.2, 1.1, 1.0, 0.95, 0.9, 0.85, 0.8, 0.78, 0.76, 0.75]
+
+
+@pytest.mark.parametrize("tail,status", [([2.2, 2.35, 2.4, 2.35, 2.36, 2.4], "diverged_exploded"),  # back at the start
+                                         ([1.4, 1.5, 1.5, 1.45, 1.5, 1.5], "converged"),  # halfway back: kept some
+                                         ([2.35, 2.4, 2.3, 1.2, 0.9, 0.8], "converged")])  # back, then learned again
+def test_a_short_log_that_ended_back_where_it_started_lost_what_it_learned(tail, status):
+    """Monitor.lost_all: 20 epochs that learned, then went back to the untrained loss for their
+    last 6 (the relapse rule would wait 25 points) diverged there; a relapse halfway, or one the
+    run learned its way out of, did not."""
+    v, _ = classify(list(enumerate(LEARNED + tail, start=1)))
+    assert v.status == status, v
+    assert v.status != "diverged_exploded" or v.divergence_step == 15

@@ -155,10 +155,10 @@ class Monitor:
                      n_grad_spikes=n_grad, initial_loss=initial, final_loss=final,
                      min_loss=min(self.losses, default=math.nan))
         if not self.diverged:
-            rose = self.rose()
-            if rose is not None:  # a divergence, whatever the stall rule would say of the curve
-                step, how, peak, line = rose
-                self.emit(step, "explosion", "loss", peak, line, how)
+            rose, lost = self.rose(), self.lost_all()
+            if rose is not None or lost is not None:  # a divergence, whatever the stall rule would say
+                step, how, peak, line = rose if rose is not None else lost
+                self.emit(step, "explosion" if rose is not None else "relapse", "loss", peak, line, how)
                 self.diverge(step, f"loss {how}, from step {step}")
                 stats.update(divergence_step=self.divergence_step,
                              first_event_step=min(first_event, self.divergence_step) if math.isfinite(first_event)
@@ -220,6 +220,34 @@ class Monitor:
         how = (f"rose from {start:.4g} to {peak:.4g} (a median of {t.relapse_median_points} points, >= "
                f"{t.explode_factor:g}x its start) and stayed up: {late:.4g} over its last {self.window()} points")
         return onset, how, peak, line
+
+    def lost_all(self) -> tuple[int, str, float, float] | None:
+        """The loss learned, then went back to the level training started from and ended there,
+        judged over the whole curve: its best median (the relapse rule's) had closed
+        ``relapse_min_progress`` of the gap to the floor, and each of its last
+        ``relapse_median_points`` losses is above its initial loss (the untrained model's) less
+        ``stall_sigmas`` of its own noise, and above the relapse rule's level (lost ground).
+        Returns (onset, how, the last median, that line), or None. The relapse rule with the end
+        of the log for its ``relapse_patience``: a log of a few epochs, or a relapse in a log's
+        last points, never has 25 points to wait; a run that ends back at its untrained loss lost
+        everything it learned, which no warm restart's bump (a fraction of the gap, decaying)
+        does, and a warmup dip that comes back had not learned 20% of its gap (never_learn)."""
+        t, n = self.thresholds, len(self.losses)
+        best, initial, floor = self.rules.relapse.best, self.initial_loss, self.floor
+        sigma = self.spikes["loss"].sigma()
+        if n < 2 * t.relapse_median_points or not math.isfinite(best) or not math.isfinite(sigma):
+            return None
+        if not initial > floor or progress(initial, best, floor) < t.relapse_min_progress:
+            return None
+        back = initial - t.stall_sigmas * sigma * abs(initial)  # where it started, within its noise
+        tail = self.losses[-t.relapse_median_points:]
+        if not min(tail) > max(back, self.rules.relapse.level(self, best)):
+            return None
+        onset = self.onset(back)
+        last = float(np.median(tail))
+        how = (f"learned (its best {best:.4g}, from {initial:.4g}), then climbed back to where it started and "
+               f"ended there: {last:.4g}, each of its last {t.relapse_median_points} points above {back:.4g}")
+        return onset, how, last, back
 
     def why_stalled(self) -> str:
         """Why the run did not learn over its whole curve (Thresholds.stall_*), or "" when it did.

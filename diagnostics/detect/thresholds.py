@@ -98,7 +98,12 @@ class Thresholds:
     # over the best has not fallen below ``relapse_stay`` of its peak in the streak. A warm
     # restart's bump decays (by half within 25 points at the slowest decay of the benchmark's
     # restarts), a relapse does not (*tuned*; none of the 360 real default-grid runs of the
-    # calibration changed status under it).
+    # calibration changed status under it). Over a whole log (``Monitor.lost_all``), a run that
+    # closed ``relapse_min_progress`` of its gap and ends back at its untrained loss (each of its
+    # last ``relapse_median_points`` points above the initial loss less ``stall_sigmas`` of its
+    # noise, and above the relapse level) diverged without the patience: a log of a few epochs,
+    # or a relapse in its last points, has no 25 points to wait (960 real changelog runs and every
+    # benchmark family: no status moved).
     relapse_median_points: int = 5
     relapse_factor: float = 1.5
     relapse_min_gap: float = 0.005
