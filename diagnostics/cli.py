@@ -163,6 +163,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         table = logs.read(path, cols)
         if table.attrs.get("read_as"):
             print(f"{path}: read as {table.attrs['read_as']}")
+        if table.attrs.get("repeated_steps"):
+            print(f"{path}: {table.attrs['repeated_steps']} step(s) logged again (a resumed run?): the later line of each "
+                  "kept")
         if len(args.logs) > 1 and table["run_id"].nunique() == 1:
             table["run_id"] = str(path)  # one run per file: the file names it
         tables.append(table)

@@ -163,6 +163,24 @@ def test_a_per_epoch_log_is_counted_by_its_epoch_where_it_is_a_whole_number(tmp_
         logs.read(write(tmp_path / "frac.csv", "epoch,loss\n0.5,2.1\n1.0,1.5\n"))
 
 
+def test_a_run_resumed_from_an_earlier_checkpoint_keeps_the_steps_it_logged_again_last(tmp_path):
+    """The first attempt blew up from step 150; the run was resumed from its step-120 checkpoint
+    and trained on to 300: the log holds steps 121-200 twice, and the later lines are the run."""
+    steps, loss, grad = healthy(n=300)
+    first = loss[:200].copy()
+    first[149:] = first[148] * 1.3 ** np.arange(1, 52)  # the attempt that diverged
+    frame = pd.concat([pd.DataFrame(dict(step=steps[:200], loss=first, grad_norm=grad[:200])),
+                       pd.DataFrame(dict(step=steps[120:], loss=loss[120:], grad_norm=grad[120:]))])
+    frame.to_csv(tmp_path / "resumed.csv", index=False)
+    table = logs.read(tmp_path / "resumed.csv")
+    assert table["step"].is_unique and len(table) == 300 and table.attrs["repeated_steps"] == 80
+    assert np.allclose(table["loss"], loss)  # the resumed run's values, in step order
+    proc = cli("detect", tmp_path / "resumed.csv", "--out", tmp_path / "out", "--loss-floor", "1.7")
+    assert "80 step(s) logged again (a resumed run?): the later line of each kept" in proc.stdout
+    assert pd.read_csv(tmp_path / "out" / "runs.csv").iloc[0]["status"] == "converged"
+    assert logs.read(write(tmp_path / "once.csv", "step,loss\n1,3.0\n2,2.9\n")).attrs["repeated_steps"] == 0
+
+
 def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     with pytest.raises(logs.LogError, match="no step column"):
         logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))

@@ -131,7 +131,10 @@ def epoch_counter(records: list[dict], columns, loss: str) -> str | None:
 
 
 def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd.DataFrame:
-    """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss."""
+    """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss. A
+    step a run logs more than once (a run resumed from an earlier checkpoint logs those steps
+    again, and went on from there) keeps its later line; how many were dropped is the table's
+    ``attrs["repeated_steps"]``."""
     columns = list(dict.fromkeys(k for r in records for k in r))
     step = find(columns, cols.step, STEP_NAMES, "step", path, False)
     if step is None:  # a per-epoch log? (else the step column is what is missing)
@@ -164,12 +167,17 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
         rows.append(dict(row, step=int(s)))
     if not rows:
         raise LogError(f"{path}: no row logs a loss ({loss} is blank everywhere)")
+    latest = {(r["run_id"], r["step"]): r for r in rows}  # a step logged again: its later line (a resumed run)
+    repeated = len(rows) - len(latest)
+    rows = list(latest.values())
     last = {}
     for r in rows:
         last[r["run_id"]] = max(last.get(r["run_id"], r["step"]), r["step"])
     rows += [r for r in blank if r["run_id"] in last and r["step"] > last[r["run_id"]]]
     df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float, "loss_blank": bool})
-    return df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
+    df.attrs["repeated_steps"] = repeated
+    return df
 
 
 def read_delimited(path: Path) -> list[dict]:
