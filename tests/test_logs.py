@@ -181,6 +181,18 @@ def test_a_run_resumed_from_an_earlier_checkpoint_keeps_the_steps_it_logged_agai
     assert logs.read(write(tmp_path / "once.csv", "step,loss\n1,3.0\n2,2.9\n")).attrs["repeated_steps"] == 0
 
 
+def test_a_daily_log_is_counted_by_its_day_or_numbered_by_its_date(tmp_path):
+    t = logs.read(write(tmp_path / "days.csv", "day,loss\n1,3.2\n2,3.0\n3,2.9\n"))
+    assert t["step"].tolist() == [1, 2, 3] and "read_as" not in t.attrs
+    dated = write(tmp_path / "dashboard.csv", "date,loss,tokens\n2024-03-01,3.21,1e9\n2024-03-02,3.05,2e9\n"
+                                              "2024-03-04,2.95,3e9\n2024-03-03,3.00,2.5e9\n")
+    t = logs.read(dated)
+    assert t["step"].tolist() == [1, 2, 3, 4] and t["loss"].tolist() == [3.21, 3.05, 3.00, 2.95]  # in time order
+    assert f"{dated}: read as a dated log: its rows in time order numbered" in cli("detect", dated).stdout
+    with pytest.raises(logs.LogError, match="no step column"):  # seconds are a number, not a date
+        logs.read(write(tmp_path / "seconds.csv", "time,loss\n12.5,3.2\n13.0,3.1\n"))
+
+
 def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     with pytest.raises(logs.LogError, match="no step column"):
         logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))

@@ -20,8 +20,9 @@ Formats, detected from the file (``read``):
   (step 1, 2, ...).
 
 Columns are found by name (``STEP_NAMES``, ``LOSS_NAMES``, ``GRAD_NAMES``, ``LR_NAMES``; the first
-present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``; a per-epoch log without a
-step column is counted by its epoch, ``EPOCH_NAMES``, where that is a whole number) unless given. Only the step
+present wins, case-insensitively, ``/`` and ``-`` and ``.`` read as ``_``; a per-epoch or per-day log
+without a step column is counted by its epoch or day, ``EPOCH_NAMES``, where that is a whole number,
+and a dated one, ``DATE_NAMES``, numbered in time order) unless given. Only the step
 and the loss are required. A blank cell (or a key absent from a JSON record) means *not logged*
 and reads as None; ``nan``, ``inf`` and ``-inf`` are logged non-finite values. Anything else that is
 not a number is bad input: ``LogError`` with one line saying what was found and what is needed.
@@ -50,9 +51,12 @@ GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total"
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
             "lr_group0", "lr_0")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
-# a per-epoch log's counter, where no step column is found and every loss row's value is a whole
-# number (a fractional epoch, as the HF Trainer prints it, is no counter: such a log is numbered)
-EPOCH_NAMES = ("epoch", "epochs", "epoch_num")
+# a per-epoch (or per-day) log's counter, where no step column is found and every loss row's value
+# is a whole number (a fractional epoch, as the HF Trainer prints it, is no counter)
+EPOCH_NAMES = ("epoch", "epochs", "epoch_num", "day", "days")
+# a dated log's column (a daily aggregate exported from a dashboard), where there is no counter:
+# its rows in time order are numbered 1, 2, ... (every loss row's value a date or time pandas reads)
+DATE_NAMES = ("date", "datetime", "timestamp", "time", "wall_time", "ds")
 # the normalised table; None = not logged. ``loss_blank``: a training row (it logs a gradient norm or
 # an LR) with a blank loss after the run's last logged loss: the loss vanished while the log went
 # on (pandas writes a NaN as an empty cell), which the detector judges (detect.Monitor.vanish)
@@ -130,6 +134,36 @@ def epoch_counter(records: list[dict], columns, loss: str) -> str | None:
     return None
 
 
+def is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def dated(records: list[dict], columns, loss: str) -> list[dict] | None:
+    """A dated log's loss rows in time order, each with a ``step`` numbering it (1, 2, ...) and
+    ``date_numbered``: the first of ``DATE_NAMES`` whose every value on those rows pandas reads as
+    a date or time; None when there is none."""
+    by_norm = {norm(c): c for c in columns}
+    rows = [r for r in records if r.get(loss) not in (None, "")]
+    for name in DATE_NAMES:
+        column = by_norm.get(name)
+        if column is None or not rows:
+            continue
+        values = [r.get(column) for r in rows]
+        if any(isinstance(v, (int, float)) or v in (None, "") or is_number(v) for v in values):  # a number is no date
+            continue
+        try:
+            when = pd.to_datetime(pd.Series(values, dtype=str), errors="raise", format="mixed")
+        except (ValueError, TypeError, OverflowError):
+            continue
+        order = sorted(range(len(rows)), key=lambda i: when.iloc[i])
+        return [dict(rows[i], step=k, date_numbered=True) for k, i in enumerate(order, start=1)]
+    return None
+
+
 def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd.DataFrame:
     """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss. A
     step a run logs more than once (a run resumed from an earlier checkpoint logs those steps
@@ -137,10 +171,15 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     ``attrs["repeated_steps"]``."""
     columns = list(dict.fromkeys(k for r in records for k in r))
     step = find(columns, cols.step, STEP_NAMES, "step", path, False)
-    if step is None:  # a per-epoch log? (else the step column is what is missing)
+    numbered_by_date = False
+    if step is None:  # a per-epoch or dated log? (else the step column is what is missing)
         loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, False)
-        step = (epoch_counter(records, columns, loss) if loss else None) or \
-            find(columns, None, STEP_NAMES, "step", path, True)
+        step = epoch_counter(records, columns, loss) if loss else None
+        by_date = dated(records, columns, loss) if loss and step is None else None
+        if by_date is not None:
+            records, step, numbered_by_date = by_date, "step", True
+            columns = list(dict.fromkeys(k for r in records for k in r))
+        step = step or find(columns, None, STEP_NAMES, "step", path, True)
     loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, True)
     grad = find(columns, cols.grad, GRAD_NAMES, "grad", path, False)
     lr = find(columns, cols.lr, LR_NAMES, "lr", path, False)
@@ -177,6 +216,8 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float, "loss_blank": bool})
     df = df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
     df.attrs["repeated_steps"] = repeated
+    if numbered_by_date:
+        df.attrs["read_as"] = "a dated log: its rows in time order numbered 1, 2, ..."
     return df
 
 
