@@ -199,6 +199,12 @@ def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     assert logs.console_records("iter 1: acc 0.5\n") == []
 
 
+def test_the_names_tensorboard_tags_often_have_are_found(tmp_path):
+    t = logs.read(write(tmp_path / "tags.csv", "global_step,Loss/train,Loss/val,lr/pg0,grad-norm/train\n"
+                                               "1,3.0,3.1,0.001,1.5\n2,2.9,3.0,0.001,1.4\n"))
+    assert t["loss"].tolist() == [3.0, 2.9] and t["lr"].tolist() == [0.001, 0.001] and t["grad_norm"].tolist() == [1.5, 1.4]
+
+
 def test_tensorboard_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter

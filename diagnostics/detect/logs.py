@@ -45,11 +45,12 @@ from diagnostics.errors import DiagnosticsError
 STEP_NAMES = ("step", "global_step", "_step", "trainer_global_step", "iteration", "iter", "it", "steps", "num_updates",
               "batch")
 LOSS_NAMES = ("loss", "train_loss", "train_loss_step", "training_loss", "train_loss_epoch", "train_lm_loss",
-              "lm_loss", "train_train_loss", "loss_step", "trainer_loss")
+              "lm_loss", "train_train_loss", "loss_step", "trainer_loss", "loss_train", "loss_training",
+              "train_total_loss", "total_loss", "loss_total", "train_ce_loss", "ce_loss")
 GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total", "total_grad_norm", "grad_l2_norm",
-              "optim_grad_norm", "gnorm")
+              "optim_grad_norm", "gnorm", "grad_norm_train", "train_gradient_norm", "gradnorm")
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
-            "lr_group0", "lr_0")
+            "lr_group0", "lr_0", "lr_pg0", "learning_rate_group0", "learning_rate_pg0", "lr_train")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
 # a per-epoch (or per-day) log's counter, where no step column is found and every loss row's value
 # is a whole number (a fractional epoch, as the HF Trainer prints it, is no counter)
