@@ -144,9 +144,9 @@ def is_number(text) -> bool:
 
 
 def dated(records: list[dict], columns, loss: str) -> list[dict] | None:
-    """A dated log's loss rows in time order, each with a ``step`` numbering it (1, 2, ...) and
-    ``date_numbered``: the first of ``DATE_NAMES`` whose every value on those rows pandas reads as
-    a date or time; None when there is none."""
+    """A dated log's loss rows in time order, each with a ``step`` numbering it (1, 2, ...), by
+    the first of ``DATE_NAMES`` whose every value on those rows pandas reads as a date or time (a
+    number is none); None when there is none."""
     by_norm = {norm(c): c for c in columns}
     rows = [r for r in records if r.get(loss) not in (None, "")]
     for name in DATE_NAMES:
@@ -154,14 +154,14 @@ def dated(records: list[dict], columns, loss: str) -> list[dict] | None:
         if column is None or not rows:
             continue
         values = [r.get(column) for r in rows]
-        if any(isinstance(v, (int, float)) or v in (None, "") or is_number(v) for v in values):  # a number is no date
+        if any(isinstance(v, (int, float)) or v in (None, "") or is_number(v) for v in values):
             continue
         try:
             when = pd.to_datetime(pd.Series(values, dtype=str), errors="raise", format="mixed")
         except (ValueError, TypeError, OverflowError):
             continue
         order = sorted(range(len(rows)), key=lambda i: when.iloc[i])
-        return [dict(rows[i], step=k, date_numbered=True) for k, i in enumerate(order, start=1)]
+        return [dict(rows[i], step=k) for k, i in enumerate(order, start=1)]
     return None
 
 
