@@ -151,7 +151,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """Statuses and events for any training logs (logs.read: CSV/TSV, JSON lines, HF
-    trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard, a console log)."""
+    trainer_state.json, Lightning metrics.csv, W&B export, TensorBoard, MLflow, a console log)."""
     import pandas as pd
 
     from diagnostics import detect, report
@@ -759,7 +759,7 @@ COMMANDS = (
                   "arithmetic; writes tolerances.csv beside it", calibrate_arguments, cmd_calibrate,
      dict(quiet=True, k=None, pytest_args=[], suite="convergence", probes=False)),
     ("detect", "statuses and events for any training log: CSV/TSV, JSON lines, HF trainer_state.json, Lightning "
-               "metrics.csv, W&B export, TensorBoard, a console log", detect_arguments, cmd_detect, {}),
+               "metrics.csv, W&B export, TensorBoard, MLflow, a console log", detect_arguments, cmd_detect, {}),
     ("plot", "figures: lr (schedules), runs (loss curves), compare (two reports)", plot_arguments, cmd_plot, {}),
     ("compare", "compare two report directories: exit 0 nothing regressed, 1 something did, 2 bad input",
      compare_arguments, cmd_compare, {}),

@@ -205,6 +205,31 @@ def test_the_names_tensorboard_tags_often_have_are_found(tmp_path):
     assert t["loss"].tolist() == [3.0, 2.9] and t["lr"].tolist() == [0.001, 0.001] and t["grad_norm"].tolist() == [1.5, 1.4]
 
 
+def test_an_mlflow_run_folder_and_json_metrics_as_lists(tmp_path):
+    metrics = tmp_path / "mlruns" / "0" / "run1" / "metrics"
+    (metrics / "train").mkdir(parents=True)
+    write(metrics / "train" / "loss", "1700000000 3.0 1\n1700000001 2.8 2\n1700000002 nan 3\n")
+    write(metrics / "lr", "1700000000 0.001 1\n1700000001 0.001 2\n1700000002 0.0009 3\n")
+    for folder in (metrics.parent, metrics):  # the run folder or its metrics/
+        t = logs.read(folder)
+        assert t["run_id"].tolist() == ["run1"] * 3 and t["step"].tolist() == [1, 2, 3]
+        assert t["loss"].tolist()[:2] == [3.0, 2.8] and math.isnan(t["loss"][2]) and t["lr"].tolist()[2] == 0.0009
+    sacred = {"loss": {"steps": [10, 20], "values": [3.0, 2.7], "timestamps": ["a", "b"]},
+              "lr": {"steps": [10, 20], "values": [0.1, 0.05]}}
+    t = logs.read(write(tmp_path / "metrics.json", json.dumps(sacred)))
+    assert t["step"].tolist() == [10, 20] and t["loss"].tolist() == [3.0, 2.7] and t["lr"].tolist() == [0.1, 0.05]
+    t = logs.read(write(tmp_path / "history.json", json.dumps({"step": [1, 2], "loss": [3.0, 2.9]})))
+    assert t["loss"].tolist() == [3.0, 2.9]
+    with pytest.raises(logs.LogError, match="nor metrics as lists"):
+        logs.read(write(tmp_path / "config.json", json.dumps({"lr": 0.1, "model": "gpt"})))
+    write(metrics / "train" / "loss", "1700000000 three 1\n")
+    with pytest.raises(logs.LogError, match="line 1 is not 'timestamp value step'"):
+        logs.read(metrics)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(logs.LogError, match="without TensorBoard events or MLflow metrics"):
+        logs.read(tmp_path / "empty")
+
+
 def test_tensorboard_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from torch.utils.tensorboard import SummaryWriter

@@ -11,6 +11,8 @@ Formats, detected from the file (``read``):
   ``Step`` plus ``<run> - <metric>`` columns, one run per prefix);
 - TensorBoard event files (a file or a run folder), read by the ``tensorboard`` package's
   ``EventAccumulator`` (an optional extra: ``pip install tensorboard``);
+- an MLflow run folder (its ``metrics/``: a file a metric, lines ``timestamp value step``), and a
+  JSON object of metrics as lists (Sacred's ``metrics.json``, or ``{"step": [...], "loss": [...]}``);
 - a console log, what a training script printed (``console_records``): each line's ``name value``
   pairs (``iter 100: loss 4.2345``, ``| lm loss: 7.1E+00 | grad norm: 1.2 |``, ``loss=9.1,
   num_updates=100``, ``step:  10  loss:  9.1``, colour codes dropped; a name of several words
@@ -344,6 +346,49 @@ def read_tensorboard(path: Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def mlflow_metrics(path: Path) -> Path | None:
+    """An MLflow run folder's ``metrics`` folder (the run folder itself, or that folder), or None."""
+    folder = path if path.name == "metrics" else path / "metrics"
+    return folder if folder.is_dir() and any(f.is_file() for f in folder.rglob("*")) else None
+
+
+def read_mlflow(folder: Path) -> list[dict]:
+    """An MLflow run's metrics (one file a metric, named by its path under ``metrics/``; a line
+    ``timestamp value step``) as one record per step."""
+    by_step: dict[int, dict] = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = f.relative_to(folder).as_posix()
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                value, step = float(parts[1]), int(parts[2]) if len(parts) > 2 else i
+            except (IndexError, ValueError):
+                raise LogError(f"{f}: line {i} is not 'timestamp value step' (an MLflow metric file)") from None
+            by_step.setdefault(step, {"step": step})[name] = value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def json_metrics(state: dict) -> list[dict] | None:
+    """A JSON object of metrics as lists, one record per step: Sacred's metrics.json (``{name:
+    {"steps": [...], "values": [...]}}``) or columns (``{"step": [...], "loss": [...]}``, lists of
+    one length); None when it is neither."""
+    series = {k: v for k, v in state.items() if isinstance(v, dict) and isinstance(v.get("values"), list)}
+    if series:
+        by_step: dict = {}
+        for name, v in series.items():
+            steps = v.get("steps") if isinstance(v.get("steps"), list) else list(range(1, len(v["values"]) + 1))
+            for step, value in zip(steps, v["values"]):
+                by_step.setdefault(step, {"step": step})[name] = value
+        return [by_step[s] for s in sorted(by_step, key=lambda x: (not isinstance(x, (int, float)), x))]
+    columns = {k: v for k, v in state.items() if isinstance(v, list)}
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1 or not lengths.pop():
+        return None
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
+
+
 def is_tensorboard(path: Path) -> bool:
     if path.is_dir():
         return any("tfevents" in p.name for p in path.rglob("*"))
@@ -358,15 +403,21 @@ def read(path: str | Path, cols: Columns = Columns()) -> pd.DataFrame:
     run_id = path.stem if path.is_file() else path.name
     if is_tensorboard(path):
         return normalise(read_tensorboard(path), path, cols, path.name if path.is_dir() else path.parent.name)
+    if path.is_dir() and mlflow_metrics(path) is not None:
+        return normalise(read_mlflow(mlflow_metrics(path)), path, cols,
+                         path.parent.name if path.name == "metrics" else path.name)
     if path.is_dir():
-        raise LogError(f"{path}: a folder without TensorBoard events; give a log file")
+        raise LogError(f"{path}: a folder without TensorBoard events or MLflow metrics; give a log file")
     head = path.read_bytes()[:2048].lstrip()
     try:
         if head.startswith(b"{") and path.suffix.lower() == ".json":
             state = json.loads(path.read_text(encoding="utf-8"))
             if "log_history" not in state:
-                raise LogError(f"{path}: a JSON file without log_history (not a trainer_state.json); "
-                               "use JSON lines, one record per step")
+                by_metric = json_metrics(state)
+                if by_metric is None:
+                    raise LogError(f"{path}: a JSON file without log_history (not a trainer_state.json), nor metrics "
+                                   "as lists; use JSON lines, one record per step")
+                return normalise(by_metric, path, cols, run_id)
             train, evals = hf_records(state)
             if not train:
                 raise LogError(f"{path}: log_history has no training entry with a loss ({len(evals)} eval entries)")
