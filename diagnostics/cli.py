@@ -163,6 +163,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         table = logs.read(path, cols)
         if table.attrs.get("read_as"):
             print(f"{path}: read as {table.attrs['read_as']}")
+        if table.attrs.get("runs_started_over"):
+            print(f"{path}: its step starts over {len(table.attrs['runs_started_over'])} time(s): read as runs of their "
+                  f"own ({', '.join(table.attrs['runs_started_over'])})")
         if table.attrs.get("repeated_steps"):
             print(f"{path}: {table.attrs['repeated_steps']} step(s) logged again (a resumed run?): the later line of each "
                   "kept")

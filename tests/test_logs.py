@@ -193,6 +193,21 @@ def test_a_daily_log_is_counted_by_its_day_or_numbered_by_its_date(tmp_path):
         logs.read(write(tmp_path / "seconds.csv", "time,loss\n12.5,3.2\n13.0,3.1\n"))
 
 
+def test_runs_written_one_after_another_without_a_run_column_are_runs_of_their_own(tmp_path):
+    steps, loss, _ = healthy(n=200)
+    blown = loss[:100].copy()
+    blown[60:] = blown[59] * 1.3 ** np.arange(1, 41)
+    frame = pd.concat([pd.DataFrame(dict(step=steps[:100], loss=blown)), pd.DataFrame(dict(step=steps, loss=loss))])
+    frame.to_csv(tmp_path / "sweep.csv", index=False)
+    table = logs.read(tmp_path / "sweep.csv")
+    assert table.groupby("run_id").size().to_dict() == {"sweep": 100, "sweep#2": 200}
+    assert table.attrs["runs_started_over"] == ["sweep#2"] and table.attrs["repeated_steps"] == 0
+    proc = cli("detect", tmp_path / "sweep.csv", "--out", tmp_path / "out", "--loss-floor", "1.7")
+    assert "its step starts over 1 time(s): read as runs of their own (sweep#2)" in proc.stdout
+    status = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")["status"]
+    assert status["sweep"] == "diverged_exploded" and status["sweep#2"] == "converged"
+
+
 def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     with pytest.raises(logs.LogError, match="no step column"):
         logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))

@@ -198,7 +198,7 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
                 continue
             if s is not None and math.isfinite(s) and (g is not None or rate is not None):
                 blank.append(dict(run_id=str(r.get(run) or run_id) if run else run_id, step=int(s), loss=math.nan,
-                                  grad_norm=g, lr=rate, loss_blank=True))
+                                  grad_norm=g, lr=rate, loss_blank=True, order=i))
             continue
         s = number(r.get(step), path, step, i)
         row = dict(run_id=str(r.get(run) or run_id) if run else run_id, step=s, loss=value,
@@ -206,9 +206,10 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
                    lr=number(r.get(lr), path, lr, i) if lr else None, loss_blank=False)
         if s is None or not math.isfinite(s):
             raise LogError(f"{path}: data row {i} logs a loss but no step ({step} is blank)")
-        rows.append(dict(row, step=int(s)))
+        rows.append(dict(row, step=int(s), order=i))
     if not rows:
         raise LogError(f"{path}: no row logs a loss ({loss} is blank everywhere)")
+    rows, blank = runs_started_over(rows, blank)
     latest = {(r["run_id"], r["step"]): r for r in rows}  # a step logged again: its later line (a resumed run)
     repeated = len(rows) - len(latest)
     rows = list(latest.values())
@@ -219,9 +220,36 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     df = pd.DataFrame(rows, columns=TABLE, dtype=object).astype({"step": int, "loss": float, "loss_blank": bool})
     df = df.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
     df.attrs["repeated_steps"] = repeated
+    df.attrs["runs_started_over"] = sorted({r["run_id"] for r in rows if "#" in r["run_id"]})
     if numbered_by_date:
         df.attrs["read_as"] = "a dated log: its rows in time order numbered 1, 2, ..."
     return df
+
+
+def runs_started_over(rows: list[dict], blank: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Runs written one after another into one file without a run column: where a run's step,
+    having gone beyond its first step, goes back to it or below, a new run starts (``name#2``,
+    ``name#3``, ...; a row without a loss goes with the run it is written in). A step that goes
+    back to a later one is a run resumed from a checkpoint, which stays one run. ``order``: a
+    row's place in the file."""
+    tagged = sorted([(r["order"], r) for r in rows] + [(b["order"], b) for b in blank], key=lambda x: x[0])
+    first: dict[str, int] = {}
+    top: dict[str, int] = {}
+    part: dict[str, int] = {}
+    out_rows, out_blank = [], []
+    for _, r in tagged:
+        run, step = r["run_id"], r["step"]
+        if r["loss_blank"]:  # a row without a loss belongs to the run it is written in
+            pass
+        elif run in first and top[run] > first[run] and step <= first[run]:
+            part[run] = part.get(run, 1) + 1
+            top[run] = step
+        else:
+            first.setdefault(run, step)
+            top[run] = max(top.get(run, step), step)
+        named = dict(r, run_id=run if part.get(run, 1) == 1 else f"{run}#{part[run]}")
+        (out_blank if r["loss_blank"] else out_rows).append(named)
+    return out_rows, out_blank
 
 
 def read_delimited(path: Path) -> list[dict]:
