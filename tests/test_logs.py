@@ -208,6 +208,14 @@ def test_runs_written_one_after_another_without_a_run_column_are_runs_of_their_o
     assert status["sweep"] == "diverged_exploded" and status["sweep#2"] == "converged"
 
 
+def test_a_log_of_perplexity_alone_is_judged_on_its_logarithm(tmp_path):
+    t = logs.read(write(tmp_path / "ppl.csv", "step,ppl\n100,1200.5\n200,800.1\n300,inf\n"))
+    assert np.allclose(t["loss"][:2], np.log([1200.5, 800.1])) and t["loss"][2] == math.inf
+    assert t.attrs["read_as"] == "a log of perplexity: its loss is the perplexity's logarithm"
+    t = logs.read(write(tmp_path / "both.csv", "step,loss,ppl\n1,2.0,7.4\n"))  # a loss printed wins
+    assert t["loss"].tolist() == [2.0] and "read_as" not in t.attrs
+
+
 def test_a_text_file_that_logs_no_loss_is_still_one_line(tmp_path):
     with pytest.raises(logs.LogError, match="no step column"):
         logs.read(write(tmp_path / "notes.txt", "epoch 1: accuracy 0.5\nepoch 2: accuracy 0.6\n"))

@@ -3,7 +3,8 @@ case-insensitively, ``/``, ``-``, ``.`` and spaces read as ``_``), how a cell re
 logged; ``nan``/``inf``: logged non-finite values; anything else not a number: ``LogError``), and
 the normalised table the detector judges (``normalise``): a run per run column or per file, a
 per-epoch or per-day log counted by its epoch or day, a dated one numbered in time order, a step
-logged twice keeping its later line, runs written one after another split apart."""
+logged twice keeping its later line, runs written one after another split apart, a log of
+perplexity and no loss judged on the perplexity's logarithm."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ GRAD_NAMES = ("grad_norm", "train_grad_norm", "gradient_norm", "grad_norm_total"
 LR_NAMES = ("lr", "learning_rate", "train_learning_rate", "lr_abs", "optim_lr", "lr_adamw", "lr_sgd", "train_lr",
             "lr_group0", "lr_0", "lr_pg0", "learning_rate_group0", "learning_rate_pg0", "lr_train")
 RUN_NAMES = ("run_id", "run", "run_name", "name")
+# a log that prints its perplexity and no loss: the loss is its logarithm (cross-entropy in nats)
+PERPLEXITY_NAMES = ("ppl", "perplexity", "train_ppl", "train_perplexity", "training_perplexity")
 # a per-epoch (or per-day) log's counter, where no step column is found and every loss row's value
 # is a whole number (a fractional epoch, as the HF Trainer prints it, is no counter)
 EPOCH_NAMES = ("epoch", "epochs", "epoch_num", "day", "days")
@@ -143,12 +146,36 @@ def dated(records: list[dict], columns, loss: str) -> list[dict] | None:
     return None
 
 
+def from_perplexity(records: list[dict], columns) -> list[dict] | None:
+    """The records with a ``loss`` that is the log of the first of ``PERPLEXITY_NAMES`` they
+    print, where they print no loss; None where there is no such column. A perplexity that is not
+    a positive number is left for ``number`` to refuse (0 or less: a non-finite loss)."""
+    by_norm = {norm(c): c for c in columns}
+    column = next((by_norm[n] for n in PERPLEXITY_NAMES if n in by_norm), None)
+    if column is None:
+        return None
+
+    def log(v):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            return None
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return v  # the cell as it is: its one-line error names it
+        return math.log(x) if x > 0 else (math.nan if x == x else x)
+    return [dict(r, loss=log(r.get(column))) for r in records]
+
+
 def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd.DataFrame:
     """Records (dicts of column -> raw cell) to the normalised table, rows that logged a loss. A
     step a run logs more than once (a run resumed from an earlier checkpoint logs those steps
     again, and went on from there) keeps its later line; how many were dropped is the table's
     ``attrs["repeated_steps"]``."""
     columns = list(dict.fromkeys(k for r in records for k in r))
+    from_ppl = None if cols.loss or find(columns, None, LOSS_NAMES, "loss", path, False) else \
+        from_perplexity(records, columns)
+    if from_ppl is not None:
+        records, columns = from_ppl, [*columns, "loss"]
     step = find(columns, cols.step, STEP_NAMES, "step", path, False)
     numbered_by_date = False
     if step is None:  # a per-epoch or dated log? (else the step column is what is missing)
@@ -199,6 +226,9 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     df.attrs["runs_started_over"] = sorted({r["run_id"] for r in rows if "#" in r["run_id"]})
     if numbered_by_date:
         df.attrs["read_as"] = "a dated log: its rows in time order numbered 1, 2, ..."
+    if from_ppl is not None:
+        df.attrs["read_as"] = (df.attrs.get("read_as", "") + "; " if df.attrs.get("read_as") else "") + \
+            "a log of perplexity: its loss is the perplexity's logarithm"
     return df
 
 
