@@ -156,13 +156,9 @@ def from_perplexity(records: list[dict], columns) -> list[dict] | None:
         return None
 
     def log(v):
-        if v is None or (isinstance(v, str) and not v.strip()):
-            return None
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            return v  # the cell as it is: its one-line error names it
-        return math.log(x) if x > 0 else (math.nan if x == x else x)
+        if v is None or (isinstance(v, str) and not v.strip()) or not is_number(v):
+            return v  # not logged, or the cell as it is: its one-line error names it
+        return math.log(float(v)) if float(v) > 0 else math.nan
     return [dict(r, loss=log(r.get(column))) for r in records]
 
 
@@ -172,21 +168,20 @@ def normalise(records: list[dict], path: Path, cols: Columns, run_id: str) -> pd
     again, and went on from there) keeps its later line; how many were dropped is the table's
     ``attrs["repeated_steps"]``."""
     columns = list(dict.fromkeys(k for r in records for k in r))
-    from_ppl = None if cols.loss or find(columns, None, LOSS_NAMES, "loss", path, False) else \
-        from_perplexity(records, columns)
+    loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, False)
+    from_ppl = None if loss else from_perplexity(records, columns)
     if from_ppl is not None:
-        records, columns = from_ppl, [*columns, "loss"]
+        records, columns, loss = from_ppl, [*columns, "loss"], "loss"
     step = find(columns, cols.step, STEP_NAMES, "step", path, False)
     numbered_by_date = False
     if step is None:  # a per-epoch or dated log? (else the step column is what is missing)
-        loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, False)
         step = epoch_counter(records, columns, loss) if loss else None
         by_date = dated(records, columns, loss) if loss and step is None else None
         if by_date is not None:
             records, step, numbered_by_date = by_date, "step", True
             columns = list(dict.fromkeys(k for r in records for k in r))
         step = step or find(columns, None, STEP_NAMES, "step", path, True)
-    loss = find(columns, cols.loss, LOSS_NAMES, "loss", path, True)
+    loss = loss or find(columns, cols.loss, LOSS_NAMES, "loss", path, True)
     grad = find(columns, cols.grad, GRAD_NAMES, "grad", path, False)
     lr = find(columns, cols.lr, LR_NAMES, "lr", path, False)
     run = find(columns, None, RUN_NAMES, "run", path, False)

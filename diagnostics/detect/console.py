@@ -6,6 +6,7 @@ in ``loss`` is the loss unless one of them is ``EVAL_WORDS``) or a printed dict 
 
 from __future__ import annotations
 
+import ast
 import re
 
 from diagnostics.detect.columns import LOSS_NAMES, NO_COLUMNS, STEP_NAMES, Columns, epoch_counter, norm
@@ -22,8 +23,6 @@ EVAL_WORDS = {"val", "valid", "validation", "eval", "evaluation", "test", "dev"}
 def console_line(line: str) -> dict:
     """The values one printed line logs: a dict literal's numbers where the line prints one, else
     its ``name value`` pairs (the first value of a name wins)."""
-    import ast
-
     line = ANSI.sub("", line)
     for literal in DICT.findall(line):
         try:

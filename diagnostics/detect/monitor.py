@@ -244,7 +244,7 @@ class Monitor:
         if not min(tail) > max(back, self.rules.relapse.level(self, best)):
             return None
         onset = self.onset(back)
-        last = float(np.median(tail))
+        last = median(tail)
         how = (f"learned (its best {best:.4g}, from {initial:.4g}), then climbed back to where it started and "
                f"ended there: {last:.4g}, each of its last {t.relapse_median_points} points above {back:.4g}")
         return onset, how, last, back
