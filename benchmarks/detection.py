@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diagnostics.cli import int_at_least
 from diagnostics.detect import classify
 
 N_STEPS = 250
@@ -647,17 +648,27 @@ def fresh_sample(names: list[str], seeds: list[int], n: int) -> None:
         print(f"{name} (seeds {','.join(map(str, seeds))}, {n} a seed): " + "; ".join(cells))
 
 
+def seeds_arg(text: str) -> list[int]:
+    """``--seeds``: the grid's seed list (spec.parse_seeds), an argparse error where it is not one."""
+    from diagnostics.grid.spec import SpecError, parse_seeds
+
+    try:
+        return list(parse_seeds(text))
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=200, help="traces per family")
+    ap.add_argument("--n", type=int_at_least(1), default=200, help="traces per family")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ratios", action="store_true", help="print the healthy range ratios (Thresholds.spike_range_factor)")
     ap.add_argument("--families", help="a larger sample of these families (comma list), apart from the table: "
                                        "--seeds of them, --n traces a seed")
-    ap.add_argument("--seeds", default="1,2,3,4,5", help="with --families (default 1,2,3,4,5)")
+    ap.add_argument("--seeds", type=seeds_arg, default=[1, 2, 3, 4, 5], help="with --families (default 1,2,3,4,5)")
     args = ap.parse_args()
     if args.families:
-        fresh_sample(args.families.split(","), [int(x) for x in args.seeds.split(",")], args.n)
+        fresh_sample(args.families.split(","), args.seeds, args.n)
         return
     rng = np.random.default_rng(args.seed)
     if args.ratios:
