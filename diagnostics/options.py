@@ -25,6 +25,7 @@ from diagnostics.grid.attention import ATTENTIONS
 from diagnostics.grid.devices import DEVICE_TYPES
 from diagnostics.grid.layout import LAYOUTS
 from diagnostics.grid.models import MODELS, SIZES
+from diagnostics.grid.parallel import PARALLELS
 from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from diagnostics.grid.spec import COMPILE_BACKENDS, GRIDS, IMPLS, PRECISIONS, GridOptions
 from diagnostics.judge.verdicts import MARGIN, Policy
@@ -99,6 +100,9 @@ GRID_OPTIONS = (
                      "step; under fp16 after the scaler's unscale_) (default: the grid's; none)", str),
     Option("--accumulation", "micro-batches per optimizer step, comma list (the batch split in as many parts, the "
                              "effective batch kept) (default: the grid's; 1)", str),
+    Option("--parallel", f"how the model is parallelised, comma list of: {names(PARALLELS)} (default: the grid's; "
+                         "none = one process; ddp and fsdp: world size 2 over gloo on the CPU, a rank per GPU over NCCL)",
+           str),
     Option("--seeds", "comma list of integer seeds (default: the grid's; 0)", str),
     Option("--steps", "optimizer steps per run, at least 2 (default: the grid's)", str),
     Option("--size", f"model size preset: {names(SIZES)} (default: the grid's)", str),

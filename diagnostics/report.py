@@ -31,7 +31,7 @@ from diagnostics.paths import STEPS as STEPS
 # the axes a run is defined by beyond its recipe (spec.RunSpec's fields), with the value that
 # leaves a run id unchanged; a report written before one existed reads it as this (``read``)
 AXIS_DEFAULTS = {"impl": "default", "compile": "none", "attention": "default", "layout": "full", "context": 0,
-                 "clip": "none", "accumulation": 1}
+                 "clip": "none", "accumulation": 1, "parallel": "none"}
 IDENTITY = ["run_id", "suite", "model", "optimizer", "scheduler", "warmup", "warmup_steps", "device", "device_name",
             "precision", *AXIS_DEFAULTS, "seed", "lr", "lr_scale", "steps", "batch_size", "model_params", "recipe"]
 OUTCOME = [*STATUS_FIELDS, "val_loss", "val_metric", "loss_floor", "max_grad_norm", "weights_sha256"]
@@ -43,7 +43,11 @@ PROVENANCE = ["data_path", "data_sha256", "torch_version", "torchvision_version"
 # beyond the contract, appended last
 EXTRA = ["model_size", "steps_run", "val_metric_name", "data_name", "baseline_check", "grid", "perturbation",
          "val_samples", "impl_resolved", "init_sha256", "skipped_steps", "tf32", "matmul_precision", "sdpa_backend",
-         "driver_version", "nccl_version", "seeded_init_sha256", "init_check"]
+         "driver_version", "nccl_version", "seeded_init_sha256", "init_check",
+         # a distributed run (grid.parallel): its world, backend, the dtypes FSDP2 gathered parameters
+         # and reduced gradients in as torch resolved them (observed on the collectives), and the
+         # check against one process (judge.parallel)
+         "world_size", "backend", "param_dtype", "reduce_dtype", "one_process_check", "one_process_detail"]
 RUNS_COLUMNS = IDENTITY + OUTCOME + COST + PROVENANCE + EXTRA
 # the contract's six, then signals sampled on read steps (every SYNC_EVERY steps; empty elsewhere)
 STEPS_COLUMNS = ["run_id", "step", "lr", "loss", "grad_norm", "elapsed_s", "update_ratio", "attn_logit_max",

@@ -14,6 +14,7 @@ from diagnostics.errors import DiagnosticsError
 from diagnostics.grid.attention import ATTENTIONS
 from diagnostics.grid.layout import LAYOUTS
 from diagnostics.grid.models import MODELS, SIZES
+from diagnostics.grid.parallel import PARALLELS
 from diagnostics.grid.recipes import OPTIMIZERS, SCHEDULERS, WARMUPS
 from diagnostics.report import AXIS_DEFAULTS
 
@@ -57,14 +58,16 @@ class RunSpec:
     clip: str = AXIS_DEFAULTS["clip"]  # "none", or the max norm of clip_grad_norm_ before each optimizer step ("1")
     # micro-batches per optimizer step (the batch split: the effective batch is kept)
     accumulation: int = AXIS_DEFAULTS["accumulation"]
+    parallel: str = AXIS_DEFAULTS["parallel"]  # one of parallel.PARALLELS: none, ddp or fsdp
 
     @property
     def axes(self) -> str:
         """The precision, then every axis off its default, as ids name them
-        (``fp32-fused-inductor-math-left-ctx100-clip1-acc4``; ``fp32`` with every axis at its default)."""
+        (``fp32-fused-inductor-math-left-ctx100-clip1-acc4-ddp``; ``fp32`` with every axis at its default)."""
         named = (("impl", self.impl, ""), ("compile", self.compile, ""), ("attention", self.attention, ""),
                  ("layout", self.layout, ""), ("context", self.context, "ctx"),
-                 ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"))
+                 ("clip", self.clip, "clip"), ("accumulation", self.accumulation, "acc"),
+                 ("parallel", self.parallel, ""))
         return self.precision + "".join(f"-{prefix}{v}" for k, v, prefix in named if v != AXIS_DEFAULTS[k])
 
     @property
@@ -99,6 +102,7 @@ class Grid:
     contexts: tuple[int, ...] = (0,)  # LM context lengths (0 or the preset's own: the preset's; image models ignore it)
     clips: tuple[str, ...] = ("none",)  # gradient clipping: "none" or a max norm
     accumulations: tuple[int, ...] = (1,)  # micro-batches per optimizer step
+    parallels: tuple[str, ...] = ("none",)  # how the model is parallelised (parallel.PARALLELS)
     seeds: tuple[int, ...] = (0,)
     lr_scales: tuple[float, ...] = (1.0,)  # multipliers of each recipe's LR
     steps: int = 200  # optimizer steps per run
@@ -117,11 +121,11 @@ class Grid:
                     lr_scale=lr, model_size=self.model_size, suite=self.suite, grid=self.name, impl=impl, compile=comp,
                     attention=att if MODELS[m].has_attention else "default",
                     layout=lay if lay in MODELS[m].layouts else "full", context=own_context(m, self.model_size, ctx),
-                    clip=clip, accumulation=acc)
-            for d, m, o, s, w, p, impl, comp, att, lay, ctx, clip, acc, seed, lr in itertools.product(
+                    clip=clip, accumulation=acc, parallel=par)
+            for d, m, o, s, w, p, impl, comp, att, lay, ctx, clip, acc, par, seed, lr in itertools.product(
                 self.devices, self.models, self.optimizers, self.schedulers, self.warmups, self.precisions, self.impls,
                 self.compiles, self.attentions, self.layouts, self.contexts, self.clips, self.accumulations,
-                self.seeds, self.lr_scales)
+                self.parallels, self.seeds, self.lr_scales)
         ]
         specs += [s for part in self.parts for s in part.specs()]
         return list({(s.id, s.steps, s.model_size): s for s in specs}.values())
@@ -366,6 +370,7 @@ class GridOptions:
     context: str | None = None
     clip: str | None = None
     accumulation: str | None = None
+    parallel: str | None = None
     seeds: str | None = None
     steps: str | int | None = None
     size: str | None = None
@@ -390,6 +395,7 @@ def resolve_grid(opts: GridOptions) -> Grid:
         contexts=parse_contexts(opts.context),
         clips=parse_clips(opts.clip),
         accumulations=parse_accumulations(opts.accumulation),
+        parallels=parse_names(opts.parallel, tuple(PARALLELS), "parallel"),
         seeds=parse_seeds(opts.seeds),
         lr_scales=parse_lr_scales(opts.lr_scales),
         steps=steps,

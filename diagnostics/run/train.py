@@ -146,6 +146,40 @@ def scaled_lr(opt: torch.optim.Optimizer, factor: float):
             g["lr"] = lr
 
 
+class OneProcess:
+    """A run's world when it is one process (``Setup.ranks``'s default): the whole batch, nothing
+    reduced, the model as built. ``parallel.Ranks`` is the same contract on a world of ranks."""
+
+    info: dict = {}
+
+    def rows(self, x, y):
+        return x, y, None
+
+    def mean(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def norms(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
+
+    def inner(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def weights_sha256(self, model: torch.nn.Module, hash_state) -> str:
+        return hash_state(model)
+
+    def wrap(self, s, spec):
+        return s
+
+    def observe(self, step: int):
+        return nullcontext()
+
+    def observed(self) -> dict:
+        return {}
+
+
+ONE_PROCESS = OneProcess()
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -225,7 +259,8 @@ def unsupported(spec: RunSpec) -> str:
 def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None = None,
         thresholds: Thresholds | None = None, worker: str = "", fault: Fault | None = None,
         probes: bool = False, stop_after: int | None = None, checkpoint_path: Path | None = None,
-        resume_from: Path | None = None, perturbation: str | None = None, init_dir: Path | None = None) -> RunResult:
+        resume_from: Path | None = None, perturbation: str | None = None, init_dir: Path | None = None,
+        ranks=None) -> RunResult:
     """Train one grid point. Never raises for a failing run: the row says ``error`` and why
     (a point this stack cannot run, e.g. fused Lion or TF32 on CPU, is ``skipped`` and says why).
     ``fault`` injects a failure (tests and benchmarks of the detectors); ``probes`` adds the
@@ -235,7 +270,14 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     after the checkpoint's step). A resumed run's Monitor starts afresh. ``perturbation`` (a name
     in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration. ``init_dir``:
     the initial weights of (model, size, seed) are saved there by the first run and loaded by
-    every later one (``initial_weights``)."""
+    every later one (``initial_weights``). A ``ddp`` or ``fsdp`` point trains on this process's
+    rank group (``parallel.run``), where each rank calls this with its ``ranks``."""
+    if spec.parallel != "none" and ranks is None:
+        from diagnostics.run import parallel
+
+        return parallel.run(spec, data_dir=data_dir, data_root=data_root, thresholds=thresholds, worker=worker,
+                            fault=fault, probes=probes, stop_after=stop_after, checkpoint_path=checkpoint_path,
+                            resume_from=resume_from, perturbation=perturbation, init_dir=init_dir)
     started = utc_now()
     fault = fault or NO_FAULT
     reason = unsupported(spec)
@@ -247,7 +289,8 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
         with determinism.nondeterministic_ops() as nondeterministic, attention.context(spec.attention), \
                 attention.recording():
             result = _train(spec, Path(data_dir), data_root, thresholds or Thresholds(), worker, fault, probes,
-                            stop_after, checkpoint_path, resume_from, perturb.get(perturbation), init_dir)
+                            stop_after, checkpoint_path, resume_from, perturb.get(perturbation), init_dir,
+                            ranks or ONE_PROCESS)
         if nondeterministic:
             result.row["deterministic"] = False
             result.row["status_reason"] += f"; nondeterministic ops: {', '.join(sorted(set(nondeterministic)))}"
@@ -306,10 +349,12 @@ class Setup:
     numerics: dict  # float32 matmul settings (tf32, matmul_precision)
     init_sha256: str  # of the weights before the first step
     seeded_init_sha256: str  # of the weights torch's seeded init gave, before any seed checkpoint was loaded
+    ranks: object = ONE_PROCESS  # the world it trains on (OneProcess, or parallel.Ranks)
 
 
 def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | None,
-          perturbation: perturb.Perturbation | None = None, init_dir: Path | None = None, phase=None) -> Setup:
+          perturbation: perturb.Perturbation | None = None, init_dir: Path | None = None, phase=None,
+          ranks=ONE_PROCESS) -> Setup:
     """Data, model (initial weights, compile), optimizer, schedule and precision of a run.
     Shared with ``ddp`` (which wraps the model afterwards) and ``numerics`` (whose ``phase``
     records the seeded initialisation as the ``init`` phase)."""
@@ -329,19 +374,20 @@ def setup(spec: RunSpec, device: torch.device, data_dir: Path, data_root: str | 
     if spec.compile != "none":
         torch._dynamo.reset()  # a fresh model: no guards or recompile budget left from earlier runs
         model.compile(backend=spec.compile)  # in place: state-dict keys and the loss method unchanged
-    return Setup(model, opt, sched, opt_kw, sched_kw, data.on_device(ds, device),
-                 [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.model_size],
-                 precision.autocast(spec.precision, device.type), precision.grad_scaler(spec.precision, device.type),
-                 numerics, init_sha, seeded_sha)
+    s = Setup(model, opt, sched, opt_kw, sched_kw, data.on_device(ds, device),
+              [p for g in opt.param_groups for p in g["params"]], entry.batch_size[spec.model_size],
+              precision.autocast(spec.precision, device.type), precision.grad_scaler(spec.precision, device.type),
+              numerics, init_sha, seeded_sha, ranks)
+    return ranks.wrap(s, spec)
 
 
 def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thresholds, worker: str,
            fault: Fault, probes: bool, stop_after: int | None = None, checkpoint_path: Path | None = None,
            resume_from: Path | None = None, perturbation: perturb.Perturbation | None = None,
-           init_dir: Path | None = None) -> RunResult:
+           init_dir: Path | None = None, ranks=ONE_PROCESS) -> RunResult:
     device = torch.device(spec.device)
     deterministic = determinism.apply(spec.seed, spec.device)
-    s = setup(spec, device, data_dir, data_root, perturbation, init_dir)
+    s = setup(spec, device, data_dir, data_root, perturbation, init_dir, ranks=ranks)
     monitor = Monitor(loss_floor=s.ds.loss_floor, thresholds=thresholds)
     proc = psutil.Process()
     peak_rss = proc.memory_info().rss
@@ -351,7 +397,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     first_step = 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
     last_step = min(stop_after or spec.steps, spec.steps)
 
-    layer_names, layer_assign = layers_of(s.model, s.params)
+    layer_names, layer_assign = layers_of(s.ranks.inner(s.model), s.params)
     layer_assign = layer_assign.to(device)
     step_log = StepLog(spec.id, layer_names, monitor, scaled=s.scaler is not None)
     t0 = time.perf_counter()
@@ -361,7 +407,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         step_log.add(step, out.lr, out.loss, out.grad_norm, layer_norms(out.param_norms, layer_assign),
                   time.perf_counter() - t0, out.grad_scale)
         if read:
-            sampled = dict(update_ratio=update_ratio(s.params, out.before))
+            sampled = dict(update_ratio=update_ratio(s.params, out.before)) if ranks is ONE_PROCESS else {}
             if probes and hasattr(s.model, "probes"):
                 with s.autocast:
                     sampled.update(s.model.probes(*out.x))
@@ -380,7 +426,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
     events = [dict(run_id=spec.id, **e.__dict__) for e in monitor.events]
     if run_status.status == "diverged_nonfinite":
         run_status, events = with_origin(spec, run_status, events, step_log, data_dir, data_root, init_dir, perturbation,
-                                             fault, resume_from)
+                                         fault, resume_from, ranks)
     row = result_row(spec, s, run_status, step_log, thresholds)
     row["sdpa_backend"] = attention_kernel(s, spec, device)
     row.update(
@@ -390,6 +436,7 @@ def _train(spec: RunSpec, data_dir: Path, data_root: str | None, thresholds: Thr
         deterministic=deterministic, perturbation=perturbation.name if perturbation is not None else "none",
     )
     row.update(provenance(spec, worker))
+    row.update(ranks.observed())
     return RunResult(row, step_log.rows, events)
 
 
@@ -402,11 +449,12 @@ def first_nonfinite_step(rows: list[dict], scaled: bool) -> int | None:
     return None
 
 
-def restored(spec: RunSpec, upto: int, data_dir, data_root, init_dir, perturbation, fault, resume_from):
+def restored(spec: RunSpec, upto: int, data_dir, data_root, init_dir, perturbation, fault, resume_from,
+             ranks=ONE_PROCESS):
     """A run's Setup after steps 1..``upto`` trained again from its start (its checkpoint's step
     where it resumed), and the first step it trained."""
     determinism.apply(spec.seed, spec.device)
-    s = setup(spec, torch.device(spec.device), data_dir, data_root, perturbation, init_dir)
+    s = setup(spec, torch.device(spec.device), data_dir, data_root, perturbation, init_dir, ranks=ranks)
     first = 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
     for k in range(first, upto + 1):
         train_step(s, spec, k, fault, perturbation, keep_weights=False)
@@ -414,7 +462,7 @@ def restored(spec: RunSpec, upto: int, data_dir, data_root, init_dir, perturbati
 
 
 def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, perturbation=None, fault=None,
-           resume_from=None) -> origin.Origin:
+           resume_from=None, ranks=ONE_PROCESS) -> origin.Origin:
     """Where the first non-finite value of a run whose loss or gradient norm was first NaN/inf at
     ``step`` came from (``origin``): the state before that step restored by training again, eagerly
     (a compiled run's ops replayed as aten ops), then the step replayed under ``origin.Finder``.
@@ -422,7 +470,7 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
     the previous step is the one replayed. Call it within the run's attention context."""
     fault = fault or NO_FAULT
     eager = replace(spec, compile="none")
-    rest = (data_dir, data_root, init_dir, perturbation, fault, resume_from)
+    rest = (data_dir, data_root, init_dir, perturbation, fault, resume_from, ranks)
     s, first = restored(eager, step - 1, *rest)
     if step > first and origin.state_nonfinite(s):
         step -= 1
@@ -432,14 +480,14 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
 
 
 def with_origin(spec: RunSpec, run_status, events: list[dict], step_log: StepLog, data_dir, data_root, init_dir,
-                perturbation, fault, resume_from):
+                perturbation, fault, resume_from, ranks=ONE_PROCESS):
     """A non-finite run's status and events with where its first non-finite value came from
     (``locate``: one step replayed under a dispatch mode) in its reason and an event."""
     step = first_nonfinite_step(step_log.rows, step_log.scaled)
     if step is None:
         return run_status, events
     try:
-        found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from)
+        found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from, ranks)
     except Exception as e:  # the run's row stands whatever the replay meets
         note = f"origin not located ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         return replace(run_status, status_reason=f"{run_status.status_reason}; {note}"), events
@@ -501,6 +549,7 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
     context manager: ``numerics.trace`` records the ops of each)."""
     with phase("data"):
         x, y = data.train_batch(s.ds, spec.seed, step, s.batch_size, s.ds.train_x.device, spec.layout)
+        x, y, share = s.ranks.rows(x, y)  # a rank's rows of the global batch, and its loss's weight
     lr_factor = fault.lr_factor(step)
     lr = s.opt.param_groups[0]["lr"] * lr_factor
     s.opt.zero_grad(set_to_none=True)
@@ -513,6 +562,8 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
             loss = fault.loss(step, logits_loss(logits.float(), s.ds.task, ys))
             if weight is not None:
                 loss = loss * weight
+            if share is not None:
+                loss = loss * share
         with phase("backward") as boundary:
             if s.scaler is not None:
                 scaled = s.scaler.scale(loss)
@@ -520,7 +571,8 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
                     scale = s.scaler._scale.detach().clone()  # the scale this step uses (kept on the device)
                 scaled.backward()
             else:
-                loss.backward()
+                with s.ranks.observe(step):
+                    loss.backward()
             boundary([loss], [p.grad for p in s.params if p.grad is not None])
         total = loss.detach() if total is None else total + loss.detach()
     if s.scaler is not None:
@@ -530,7 +582,7 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
     if perturbation is not None:
         perturbation.after_backward(s.params, spec.seed, step)
     grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in s.params]
-    param_norms = torch.stack(torch._foreach_norm(grads))  # one fused kernel for every tensor
+    param_norms = s.ranks.norms(grads)
     grad_norm = torch.linalg.vector_norm(param_norms)  # the global norm, before clipping
     max_norm = clip_norm(spec.clip)
     if max_norm is not None:
@@ -545,7 +597,7 @@ def train_step(s: Setup, spec: RunSpec, step: int, fault: Fault, perturbation: p
             s.opt.step()
     with phase("schedule"):
         after_optimizer_step(s.sched, step, spec.steps)
-    return StepOutput(x, lr, total, grad_norm, param_norms, before, scale)
+    return StepOutput(x, lr, s.ranks.mean(total), grad_norm, param_norms, before, scale)
 
 
 def result_row(spec: RunSpec, s: Setup, run_status, step_log: StepLog, thresholds: Thresholds) -> dict:
@@ -556,9 +608,10 @@ def result_row(spec: RunSpec, s: Setup, run_status, step_log: StepLog, threshold
     row = identity(spec)
     row.update(
         warmup_steps=s.sched_kw["warmup_steps"], lr=s.opt_kw["lr"], batch_size=s.batch_size,
-        model_params=count_params(s.model), recipe=json.dumps(recipe, sort_keys=True),
+        model_params=count_params(s.ranks.inner(s.model)), recipe=json.dumps(recipe, sort_keys=True),
         **{k: getattr(run_status, k) for k in STATUS_FIELDS},
-        loss_floor=s.ds.loss_floor, max_grad_norm=step_log.max_grad_norm, weights_sha256=weights_sha256(s.model),
+        loss_floor=s.ds.loss_floor, max_grad_norm=step_log.max_grad_norm,
+        weights_sha256=s.ranks.weights_sha256(s.model, weights_sha256),
         data_path=str(s.ds.path.resolve()), data_sha256=s.ds.sha256, data_name=s.ds.name,
         steps_run=len(step_log.rows), impl_resolved=s.opt_kw["impl"], init_sha256=s.init_sha256,
         seeded_init_sha256=s.seeded_init_sha256,
