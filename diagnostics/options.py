@@ -125,6 +125,8 @@ SESSION_OPTIONS = (
                          "and loaded by every later run (compare releases from the same weights)", str),
     Option("--update-baseline", "write this session's rows into the baseline"),
     Option("--force", "with --update-baseline: write even if runs errored or skipped"),
+    Option("--world-size", "ranks of a ddp / fsdp run (default: 2 on the CPU, every GPU on CUDA); more than this "
+                           "machine holds is an error", str),
     Option("--probes", "gpt: record the max attention logit and the output log-partition every 10 steps "
                        "(one extra forward pass each)"),
 )

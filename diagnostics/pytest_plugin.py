@@ -4,6 +4,7 @@ wires it into pytest (and is the only module that imports pytest)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import torch
 
 from diagnostics import options, report
 from diagnostics.grid import data, devices, plugins
-from diagnostics.grid.spec import RunSpec, SpecError, parse_init_dir, parse_shard, resolve_grid, shard
+from diagnostics.grid.spec import (RunSpec, SpecError, parse_init_dir, parse_positive_int, parse_shard, resolve_grid,
+                                   shard)
+from diagnostics.judge import parallel as one_process
 from diagnostics.judge import stability
-from diagnostics.run import determinism, perturb
+from diagnostics.run import determinism, parallel, perturb
 from diagnostics.session import RESUMED, Session, claim, finish, started_here
 
 # fixtures that hand a test a grid point: a test taking one is a ``grid`` test (writes reports)
@@ -57,6 +60,8 @@ def build_session(config: pytest.Config) -> Session:
                       quiet=opt("quiet_runs"), worker=worker, probes=v["probes"], shard=parse_shard(v["shard"]),
                       policy=policy, margin=margin, force=v["force"], perturbation=opt("perturb"),
                       init_dir=parse_init_dir(v["init_dir"]), resume=opt("resume"))
+    if v["world_size"] is not None:  # every process of the session, the ranks included, reads it
+        os.environ[parallel.WORLD_ENV] = str(parse_positive_int(v["world_size"], "world-size"))
     if session.judges:
         session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
         session.no_baseline = session.missing_baseline(grid_options.grid or "default")
@@ -79,7 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
         session = build_session(config)
         if not is_worker(config):
             check_data(session)
-    except (SpecError, data.DataError, report.ReportError, plugins.PluginError) as e:
+            check_parallel(session)
+    except (SpecError, data.DataError, report.ReportError, plugins.PluginError, parallel.ParallelError) as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[SESSION] = session
     if not is_worker(config):
@@ -89,6 +95,17 @@ def pytest_configure(config: pytest.Config) -> None:
         n_workers = int(config.workerinput.get("workercount", 1))
         torch.set_num_threads(devices.threads_per_worker(n_workers))
         devices.pin_worker(int(session.worker.removeprefix("gw") or 0))
+
+
+def check_parallel(session: Session) -> None:
+    """Distributed points need a world this machine holds and a free rendezvous port: said in
+    one line before anything trains (raises ParallelError)."""
+    specs = session.grid(session.options.grid or "default").specs()
+    types = sorted({torch.device(s.device).type for s in specs if s.parallel != "none"})
+    for device_type in types:
+        parallel.check_world(device_type, parallel.asked_world())
+    if types:
+        parallel.port()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -117,6 +134,9 @@ def run_grid_point(spec: RunSpec, session: Session, record_property) -> None:
     if verdict["verdict"] == "new" and session.no_baseline:
         failure = None  # the grid has no baseline at all: said once, before training, and failed once at the end
     assert failure is None, f"{spec.id}: {verdict['verdict']}: {failure}: {verdict['detail']}"
+    check = result.row.get("one_process_check")
+    apart = one_process.failure(check, session.policy.allow_no_baseline) if check else None
+    assert apart is None, f"{spec.id}: one process: {check}: {apart}: {result.row.get('one_process_detail')}"
 
 
 def progress_line(row: dict, verdict: dict) -> str:

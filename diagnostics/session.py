@@ -14,7 +14,8 @@ import pandas as pd
 from diagnostics import report
 from diagnostics.grid.spec import Grid, GridOptions, RunSpec, resolve_grid
 from diagnostics.judge import baseline, compare, repro, stability, verdicts
-from diagnostics.run import env, train
+from diagnostics.judge import parallel as one_process
+from diagnostics.run import env, parallel, train
 from diagnostics.run.train import RunResult
 
 SESSION_FILE = ".session"  # in the report directory: the token of the session that started it
@@ -51,6 +52,7 @@ class Session:
     grids: dict = field(default_factory=dict)  # grid name -> resolved Grid
     baselines: dict = field(default_factory=dict)  # grid name -> baseline.Baseline
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # this session (xdist: the controller's)
+    references: dict = field(default_factory=dict)  # run_id -> RunResult of single-process runs this process trained
 
     def grid(self, default: str = "default") -> Grid:
         name = self.options.grid or default
@@ -136,10 +138,14 @@ class Session:
         kept = self.kept(spec) if self.resume else None
         result = kept or train.run(spec, self.data_dir, self.data_root, worker=self.worker, probes=self.probes,
                                    perturbation=self.perturbation, init_dir=self.seed_checkpoints(spec.grid))
+        if spec.parallel == "none" and not kept:
+            self.references[spec.id] = result
         if result.status == "skipped":
             if not kept:
                 self.record(result)
             return result, dict(verdict="skipped", direction="", detail=result.row["status_reason"])
+        if spec.parallel != "none" and not kept and not self.perturbation:
+            result.row.update({f"one_process_{k}": v for k, v in self.check_one_process(spec, result).items()})
         if self.judges:
             base = self.baseline(spec.grid)
             verdict = compare.check_run(result.row, base.row(result.row), base.tolerance(result.row), self.margin,
@@ -151,6 +157,35 @@ class Session:
         if not kept:
             self.record(result)
         return result, verdict
+
+    def check_one_process(self, spec: RunSpec, result: RunResult) -> dict:
+        """``judge.parallel``'s check of a distributed run against its single-process reference:
+        this process's own run of it, else this session's recorded one, else trained here. Judged
+        with the distributed config's measured noise, else the reference config's."""
+        ref_spec = parallel.one_process_of(spec)
+        ref = self.references.get(ref_spec.id) if ref_spec.parallel == "none" else None
+        ref = ref or self.recorded(ref_spec.id) if ref_spec.parallel == "none" else ref
+        if ref is None:
+            kw = dict(data_dir=self.data_dir, data_root=self.data_root, worker=self.worker,
+                      init_dir=self.seed_checkpoints(spec.grid))
+            ref = parallel.reference(spec, **kw)
+        base = self.baseline(spec.grid)
+        tol = base.tolerance(result.row) or base.tolerance(dict(ref.row, run_id=ref_spec.id))
+        return one_process.against_one_process(result.row, result.steps, ref.row if ref else None,
+                                               ref.steps if ref else [], tol, self.margin,
+                                               self.runs_judged(spec.grid))
+
+    def recorded(self, run_id: str) -> RunResult | None:
+        """A run this session already recorded in its report directory (another worker's), or None."""
+        runs_path, steps_path = self.report_dir / report.RUNS, self.report_dir / report.STEPS
+        if not runs_path.exists() or not steps_path.exists():
+            return None
+        runs = report.read_csv(runs_path)
+        rows = runs[runs["run_id"] == run_id].to_dict("records")
+        if not rows:
+            return None
+        steps = report.read_csv(steps_path)
+        return RunResult(rows[-1], steps[steps["run_id"] == run_id].to_dict("records"))
 
     def kept(self, spec: RunSpec) -> RunResult | None:
         """The finished run of ``spec`` that ``claim`` kept in the report directory, or None. The

@@ -143,6 +143,19 @@ def layout_parts(name: str, seeds: tuple[int, ...]) -> tuple[Grid, ...]:
             Grid(name, "convergence", attentions=("math", "flash"), contexts=(100,), **common))
 
 
+def parallel_part(name: str, seeds: tuple[int, ...], devices: tuple[str, ...] = (), steps: int = 60,
+                  size: str = "tiny") -> Grid:
+    """The distributed part of a preset (``grid.parallel``): gpt and ResNet x AdamW and SGD x
+    warmup + cosine x fp32 / bf16 (under fsdp: its MixedPrecisionPolicy) x one process, DDP and
+    FSDP2 x full and right-padded batches (the ResNet trains full ones): every distributed point
+    beside the single-process one it is checked against. 2 x 2 x 2 x 3 x 2 = 48 points, 36 distinct
+    (the ResNet's padded ones are its full ones); on the CPU the ResNet's distributed ones are
+    stated skips (BatchNorm without SyncBatchNorm)."""
+    return Grid(name, "convergence", models=("gpt", "resnet"), optimizers=("adamw", "sgd"), schedulers=("cosine",),
+                warmups=("linear",), precisions=("fp32", "bf16"), parallels=("none", "ddp", "fsdp"),
+                layouts=("full", "right"), seeds=seeds, steps=steps, model_size=size, devices=devices)
+
+
 GRIDS: dict[str, Grid] = {
     # < 1 minute on 2 CPU cores: both model families, two optimizers, one schedule with warmup
     "smoke": Grid("smoke", "convergence", models=("gpt", "resnet"), optimizers=("adamw", "sgd"),
@@ -173,7 +186,9 @@ GRIDS: dict[str, Grid] = {
                            Grid("nightly", "convergence", models=("gpt",), optimizers=("adamw",), schedulers=("cosine",),
                                 warmups=("linear",), precisions=("fp32", "bf16"), steps=200, model_size="small",
                                 attentions=("default", "math", "efficient", "cudnn"), layouts=LAYOUTS,
-                                contexts=(100, 192, 256)),)),
+                                contexts=(100, 192, 256)),
+                           # DDP and FSDP2 over NCCL, a rank per GPU (one GPU: stated skips)
+                           parallel_part("nightly", seeds=(0,), steps=200, size="small"),)),
     # release: the paths torch releases change (docs/concepts/releases.md), ~8 min on 2 CPU cores. gpt and
     # the CIFAR ResNet with AdamW under one warmup+cosine recipe, through the for-loop, foreach
     # and fused optimizer, eager, aot_eager and inductor compile, and fp32 / bf16 / fp16 autocast:
@@ -190,7 +205,7 @@ GRIDS: dict[str, Grid] = {
                            Grid("release", "convergence", models=("gpt", "resnet"), optimizers=("adamw",),
                                 schedulers=("cosine",), warmups=("linear",), precisions=("fp32", "fp16"),
                                 clips=("none", "1"), accumulations=(1, 4), steps=60),
-                           *layout_parts("release", seeds=(0,)),)),
+                           *layout_parts("release", seeds=(0,)), parallel_part("release", seeds=(0,)),)),
     # changelog: every torch release's convergence on CPU in a few minutes each (docs/concepts/releases.md
     # since 2.0"): the recipe grid (3 optimizers x 5 schedules, warmup, both models: 30 configs),
     # then AdamW+cosine through each release axis one at a time: for-loop / foreach / fused,
@@ -204,7 +219,9 @@ GRIDS: dict[str, Grid] = {
                                                dict(compiles=("aot_eager", "inductor")),
                                                dict(attentions=("math", "flash")),
                                                dict(clips=("1",)), dict(accumulations=(4,))))
-                      + layout_parts("changelog", seeds=(0, 1))),
+                      + layout_parts("changelog", seeds=(0, 1)) + (parallel_part("changelog", seeds=(0, 1)),)),
+    # the distributed part of the changelog alone (its own sessions: reports/releases/parallel)
+    "parallel": parallel_part("parallel", seeds=(0, 1)),
     # stability sweep: LR multipliers of each recipe, with and without warmup, one schedule
     "stability": Grid("stability", "stability", models=("gpt", "resnet"), schedulers=("cosine",),
                       lr_scales=(0.3, 1.0, 3.0, 10.0, 30.0), steps=200),

@@ -45,6 +45,7 @@ from diagnostics.grid.spec import RunSpec
 RANK_TIMEOUT_S = 900
 LAST_LINES = 5  # of a dead rank's output, in its error row
 PORT_ENV = "MASTER_PORT"  # a port the user gives (as for torchrun); else a free one is taken
+WORLD_ENV = "DIAGNOSTICS_WORLD_SIZE"  # --world-size, for every process of the session
 
 
 class ParallelError(DiagnosticsError):
@@ -73,6 +74,17 @@ def port() -> int:
             raise ParallelError(f"{PORT_ENV}={number}: the port is in use ({e.strerror}); free it or set another, "
                                 "or unset it to take a free one") from None
     return number
+
+
+def asked_world() -> int | None:
+    """The world size the session asked for (``--world-size``), None for the default."""
+    given = os.environ.get(WORLD_ENV)
+    if not given:
+        return None
+    try:
+        return int(given)
+    except ValueError:
+        raise ParallelError(f"--world-size {given!r} is not an integer") from None
 
 
 def check_world(device_type: str, world: int | None) -> int:
@@ -404,6 +416,7 @@ def group(device_type: str, world: int) -> RankGroup:
 
 
 def run(spec: RunSpec, world: int | None = None, timeout: float = RANK_TIMEOUT_S, **kwargs):
+    world = asked_world() if world is None else world
     """``train.run`` of a distributed point on this process's rank group: rank 0's RunResult,
     its row carrying the world, backend and the dtypes the collectives ran in. A point this stack
     cannot run is ``skipped`` with the reason; a rank that dies is an ``error`` row naming it."""
