@@ -62,6 +62,8 @@ def build_session(config: pytest.Config) -> Session:
                       init_dir=parse_init_dir(v["init_dir"]), resume=opt("resume"))
     if v["world_size"] is not None:  # every process of the session, the ranks included, reads it
         os.environ[parallel.WORLD_ENV] = str(parse_positive_int(v["world_size"], "world-size"))
+    elif not is_worker(config):  # an xdist worker inherits the controller's
+        os.environ.pop(parallel.WORLD_ENV, None)
     if session.judges:
         session.baseline(grid_options.grid or "default")  # a baseline that cannot be read fails the session now
         session.no_baseline = session.missing_baseline(grid_options.grid or "default")

@@ -1,0 +1,161 @@
+"""The parallel axis: DDP and FSDP2 on 2 gloo ranks, each run checked against one process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from diagnostics.grid import parallel as axis
+from diagnostics.grid.spec import GRIDS, GridOptions, RunSpec, resolve_grid
+from diagnostics.judge import parallel as one_process
+from diagnostics.run import parallel, train
+from diagnostics.run.faults import Fault
+from tests.conftest import cli
+
+GPT = RunSpec(model="gpt", optimizer="sgd", scheduler="cosine", warmup="linear", device="cpu", steps=6)
+
+
+def test_the_axis_names_its_runs_and_the_release_presets_cover_it():
+    assert replace(GPT, parallel="ddp").id == "gpt-sgd-cosine-linear-cpu-fp32-ddp-s0"
+    assert replace(GPT, parallel="none").id == GPT.id  # ids of one-process runs never change
+    for name in ("release", "changelog", "parallel"):
+        specs = resolve_grid(GridOptions(grid=name, devices=("cpu",))).specs()
+        distributed = [s for s in specs if s.parallel != "none"]
+        assert {s.parallel for s in distributed} == {"ddp", "fsdp"}
+        assert {s.model for s in distributed} == {"gpt", "resnet"}
+        assert {s.optimizer for s in distributed} == {"adamw", "sgd"}
+        assert {(s.parallel, s.precision) for s in distributed} >= {("fsdp", "fp32"), ("fsdp", "bf16")}
+        assert "right" in {s.layout for s in distributed}
+        ids = {s.id for s in specs}
+        assert all(parallel.one_process_of(s).id in ids for s in distributed if not parallel.policy_point(s))
+    assert {s.parallel for s in resolve_grid(GridOptions(grid="default", devices=("cpu",))).specs()} == {"none"}
+    assert "ddp" in {s.parallel for s in GRIDS["nightly"].parts[-1].specs()} or GRIDS["nightly"].parts[-1].parallels
+
+
+@pytest.mark.parametrize("device_type, world, gpus, cpus, says", [
+    ("cpu", 2, 0, 2, ""),
+    ("cpu", 3, 0, 2, "needs a core per rank"),
+    ("cpu", 1, 0, 2, "at least 2 ranks"),
+    ("cuda", 1, 1, 16, "at least 2 GPUs"),
+    ("cuda", 4, 2, 16, "needs 4 GPUs"),
+    ("cuda", 2, 2, 16, ""),
+])
+def test_a_world_the_machine_cannot_hold_is_said(device_type, world, gpus, cpus, says):
+    why = axis.unavailable(device_type, world, gpus, cpus)
+    assert (says in why) if says else why == ""
+
+
+def steps(*norms):
+    return [dict(step=i + 1, grad_norm=g, loss=1.0, lr=0.1) for i, g in enumerate(norms)]
+
+
+@pytest.mark.parametrize("precision, ratio, within", [
+    ("fp32", 1 + 2**-23, True), ("fp32", 2.0, False), ("fp32", 1.0001, False),
+    ("bf16", 1.001, True), ("bf16", 1.01, False), ("bf16", 2.0, False),
+])
+def test_the_first_gradient_is_judged_with_the_measured_rounding(precision, ratio, within):
+    ok, line = one_process.first_gradient_test(steps(1.5 * ratio), steps(1.5), precision)
+    assert ok is within
+    assert f"{ratio:.4g}x" in line
+
+
+def test_the_first_gradient_with_nothing_to_compare_is_not_a_pass():
+    assert one_process.first_gradient_test([], steps(1.0), "fp32")[0] is None
+    assert one_process.failure("unjudged", allow_unjudged=False)
+    assert one_process.failure("unjudged", allow_unjudged=True) is None
+    assert one_process.failure("far", allow_unjudged=True)
+    assert one_process.failure("close", allow_unjudged=False) is None
+
+
+@pytest.fixture(scope="module")
+def single(data_dir):
+    return train.run(GPT, data_dir)
+
+
+def test_ddp_and_fsdp_train_the_one_process_function(data_dir, single):
+    for kind in ("ddp", "fsdp"):
+        run = train.run(replace(GPT, parallel=kind), data_dir)
+        assert run.status == "converged", run.row["status_reason"]
+        assert (run.row["world_size"], run.row["backend"], run.row["reduce_dtype"]) == (2, "gloo", "float32")
+        check = one_process.against_one_process(run.row, run.steps, single.row, single.steps, None, 0.05)
+        assert check["detail"].startswith("step-1 gradient norm")
+        ok, _ = one_process.first_gradient_test(run.steps, single.steps, "fp32")
+        assert ok
+        assert abs(run.row["final_loss"] - single.row["final_loss"]) < 1e-5
+
+
+def test_a_gradient_summed_over_the_ranks_fails_the_check_whatever_the_optimizer(data_dir):
+    """2x the gradient (what FSDP2 on gloo did in torch 2.7 and 2.8) fails even under AdamW,
+    whose losses barely feel the scale."""
+    for optimizer in ("sgd", "adamw"):
+        spec = replace(GPT, optimizer=optimizer, parallel="ddp")
+        ref = train.run(parallel.one_process_of(spec), data_dir)
+        doubled = train.run(spec, data_dir, fault=Fault("grad_scale", step=1, magnitude=2.0, duration=10**6))
+        check = one_process.against_one_process(doubled.row, doubled.steps, ref.row, ref.steps, None, 0.05)
+        assert check["check"] == "far", check
+        assert "2x" in check["detail"]
+
+
+def test_the_bf16_policy_records_the_reduce_dtype_torch_resolved(data_dir):
+    """The policy asks reduce_dtype=None; torch reduces in the parameters' bfloat16: the row says
+    what the collectives ran in, and the check runs against the same policy on one rank."""
+    spec = replace(GPT, parallel="fsdp", precision="bf16")
+    run = train.run(spec, data_dir)
+    assert run.status == "converged", run.row["status_reason"]
+    assert (run.row["param_dtype"], run.row["reduce_dtype"]) == ("bfloat16", "bfloat16")
+    ref = parallel.reference(spec, data_dir=data_dir)
+    assert ref.row["world_size"] == 1
+    ok, line = one_process.first_gradient_test(run.steps, ref.steps, "bf16")
+    assert ok, line
+
+
+def test_a_resnet_with_batchnorm_on_the_cpu_is_a_stated_skip(data_dir):
+    run = train.run(replace(GPT, model="resnet", parallel="ddp"), data_dir)
+    assert run.status == "skipped" and "BatchNorm" in run.row["status_reason"]
+
+
+def test_a_rank_that_dies_is_an_error_row_naming_it_and_the_group_restarts(data_dir):
+    group = parallel.group("cpu", 2)
+    spec = replace(GPT, parallel="ddp", steps=3000)
+
+    def kill_rank_1():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (group.procs and group.procs[1].is_alive()):
+            time.sleep(0.1)
+        time.sleep(3)
+        group.procs[1].kill()
+
+    killer = threading.Thread(target=kill_rank_1)
+    killer.start()
+    run = train.run(spec, data_dir)
+    killer.join()
+    assert run.status == "error"
+    assert run.row["status_reason"].startswith("rank 1 died")
+    again = train.run(replace(GPT, parallel="ddp"), data_dir)  # a fresh group for the next point
+    assert again.status == "converged"
+
+
+def test_a_rank_that_does_not_answer_in_time_is_an_error_row(data_dir):
+    run = parallel.run(replace(GPT, parallel="ddp", steps=3000), timeout=2, data_dir=data_dir)
+    assert run.status == "error" and "no answer within 2 s" in run.row["status_reason"]
+
+
+def test_bad_worlds_and_ports_are_one_line_before_training(tmp_path, monkeypatch):
+    out = cli("run", "--grid", "smoke", "--models", "gpt", "--parallel", "ddp", "--world-size", "64",
+              "--report-dir", tmp_path / "r", "-n", "0")
+    assert out.returncode != 0
+    assert "world size 64 on the CPU needs a core per rank" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("MASTER_PORT", str(taken.getsockname()[1]))
+        out = cli("run", "--grid", "smoke", "--models", "gpt", "--parallel", "ddp", "--report-dir", tmp_path / "p",
+                  "-n", "0")
+    assert out.returncode != 0
+    assert "the port is in use" in out.stdout + out.stderr
+    assert not (tmp_path / "p" / "runs.csv").exists()
