@@ -500,7 +500,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     from diagnostics.grid import spec
     from diagnostics.release import explain, numerics
-    from diagnostics.run import env, train
+    from diagnostics.run import env, parallel, train
 
     validate_grid_options(args)
     try:
@@ -516,8 +516,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     name = explain.pinned_name(explain.PINNED) if pinned else numerics.TRACE
 
     def skip(s):
-        return train.unsupported(s) or ("compiled: traced at the native capability only" if pinned and
-                                        s.compile != "none" else "")
+        return (train.unsupported(s) or ("compiled: traced at the native capability only" if pinned and
+                                         s.compile != "none" else "")
+                or (parallel.unsupported(s, Path(args.data_dir)) if s.parallel != "none" else ""))
 
     t0 = time.perf_counter()
     table, cost = numerics.trace(specs, Path(args.data_dir), init_dir, args.trace_steps, skip=skip)

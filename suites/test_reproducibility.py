@@ -9,7 +9,7 @@ max_abs_diff, detail); with several --seeds the session also writes seeds.csv.
   objects, N/2 more -> identical trace and weights, for every optimizer x scheduler x warmup.
 - ddp: gpt and resnet (those of --models) under DistributedDataParallel with 2 processes vs one
   process, same global batch, on each device of --devices (CUDA: one GPU per rank, else a
-  stated skip; see diagnostics/judge/ddp.py for BatchNorm).
+  stated skip; see diagnostics/run/parallel.py for BatchNorm).
 - cross_device: CPU vs each accelerator of --devices (a stated skip when there is none).
 """
 
@@ -19,7 +19,6 @@ import pytest
 
 from diagnostics.grid.spec import RunSpec
 from diagnostics.judge import compare, repro
-from diagnostics.judge.ddp import ddp_check
 
 GRID = "default"
 DDP_MODELS = ("gpt", "resnet")
@@ -78,11 +77,13 @@ def pytest_generate_tests(metafunc):
 
 def test_ddp(ddp_spec, diagnostics_session):
     s = diagnostics_session
-    result = ddp_check(ddp_spec, s.data_dir, tol=final_loss_tol(s, ddp_spec))
+    result = repro.ddp_check(ddp_spec, s.data_dir, tol=s.baseline(ddp_spec.grid).tolerance(ddp_spec.to_dict()))
     s.record_repro(result)
     if result["result"] == "skipped":
         pytest.skip(result["detail"])
-    assert result["result"] == "close", result["detail"]
+    from diagnostics.judge import parallel
+
+    assert parallel.failure(result["result"], s.policy.allow_no_baseline) is None, result["detail"]
 
 
 def test_cross_device(cross_device_spec, diagnostics_session):

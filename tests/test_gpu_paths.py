@@ -11,7 +11,6 @@ from diagnostics import options
 from diagnostics.grid import data, devices, recipes
 from diagnostics.grid.models import MODELS
 from diagnostics.grid.spec import GRIDS, PRECISIONS, RunSpec
-from diagnostics.judge import ddp
 from diagnostics.run import determinism, env
 
 
@@ -48,15 +47,15 @@ def test_each_determinism_warning_is_caught_in_every_run():
             warnings.warn("unrelated", UserWarning, stacklevel=1)
 
 
-def test_each_ddp_rank_gets_its_own_gpu_or_a_stated_skip():
-    assert ddp.rank_device("cuda", 1) == torch.device("cuda:1")
-    assert ddp.rank_device("cpu", 1) == torch.device("cpu")
-    assert ddp.backend("cuda") == "nccl" and ddp.backend("cpu") == "gloo"
-    assert ddp.missing_devices("cpu", 2) == ""
+def test_each_ddp_rank_gets_its_own_gpu_or_a_stated_skip(tmp_path):
+    from diagnostics.grid import parallel as axis
+    from diagnostics.judge.repro import ddp_check
+
+    assert axis.backend("cuda") == "nccl" and axis.backend("cpu") == "gloo"
+    assert axis.world_size("cuda", gpus=4) == 4 and axis.world_size("cpu", gpus=0) == 2
     if torch.cuda.device_count() < 2:
-        assert "needs 2 GPUs" in ddp.missing_devices("cuda", 2)
-        r = ddp.ddp_check(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cuda",
-                                  steps=4), "unused")
+        r = ddp_check(RunSpec(model="gpt", optimizer="adamw", scheduler="cosine", warmup="linear", device="cuda",
+                              steps=4), tmp_path)
         assert r["result"] == "skipped" and "one per rank" in r["detail"]
 
 

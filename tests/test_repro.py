@@ -7,7 +7,7 @@ import torch
 
 from diagnostics.grid.spec import RunSpec
 from diagnostics.judge import repro
-from diagnostics.judge.ddp import ddp_check
+from diagnostics.judge.repro import ddp_check
 from diagnostics.run import checkpoint, train
 from tests import rows
 from tests.conftest import cli
@@ -92,23 +92,24 @@ def test_truncated_or_foreign_checkpoints_are_one_line_errors(tmp_path):
 def test_ddp_two_processes_agree_with_one(model, tmp_path):
     r = ddp_check(RunSpec(model=model, optimizer="adamw", scheduler="cosine", warmup="linear", device="cpu", steps=30), tmp_path)
     if model == "resnet":  # per-rank BatchNorm on CPU: another function, said so, never a hollow pass
-        assert r["result"] == "skipped" and "per-rank BatchNorm" in r["detail"]
+        assert r["result"] == "skipped" and "BatchNorm" in r["detail"]
         return
-    assert r["result"] == "close", r["detail"]
-    assert "first 5 steps max rel diff" in r["detail"] and r["max_abs_diff"] < 1e-4
+    assert r["result"] in ("close", "unjudged"), r["detail"]  # no calibrated noise here: the run itself unjudged
+    assert "step-1 gradient norm" in r["detail"] and "(1x" in r["detail"] and r["max_abs_diff"] < 1e-4
 
 
 @pytest.mark.slow
 def test_reproducibility_suite_writes_repro_csv(tmp_path):
     d = tmp_path / "r"
     proc = cli("run", "--suite", "reproducibility", "--grid", "smoke", "--models", "gpt", "--steps", "20",
-                       "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"), "--quiet")
+                       "--devices", "cpu", "--report-dir", str(d), "--data-dir", str(tmp_path / "data"), "--quiet",
+                "--allow-no-baseline")
     assert proc.returncode == 0, proc.stdout[-2000:]
     t = pd.read_csv(d / "repro.csv")
     assert set(t["check"]) == {"twice_same", "resume", "ddp"}
     assert (t[t["check"] != "ddp"]["result"] == "identical").all()
     ddp = dict(zip(t[t["check"] == "ddp"]["run_id"].str.split("-").str[0], t[t["check"] == "ddp"]["result"]))
-    assert ddp == {"gpt": "close"}  # the DDP checks honour --models (resnet's is a stated skip on CPU: above)
+    assert set(ddp) == {"gpt"} and ddp["gpt"] in ("close", "unjudged")  # the DDP checks honour --models (resnet's is a stated skip on CPU: above)
 
 
 @pytest.mark.slow

@@ -26,11 +26,10 @@ SEEDS_COLUMNS = (compare.CONFIG + ["n_seeds", "seeds", "final_loss_mean", "final
                                    "final_loss_ci_high", "val_loss_mean", "val_loss_std", "val_loss_ci_low",
                                    "val_loss_ci_high"])
 TRACE = ("lr", "loss", "grad_norm")
-# DDP vs one process: the first DDP_STEPS losses agree to DDP_RTOL (fp32 all-reduce sums in
-# another order: ~1e-7 relative a step, amplified by training; 1e-3 leaves room for a few steps
-# of that and none for a wrong gradient average, which is off by ~1/world_size)
-DDP_STEPS = 5
-DDP_RTOL = 1e-3
+# CPU vs another device: the first CROSS_STEPS losses agree to CROSS_RTOL (fp32 sums in another
+# order: ~1e-7 relative a step, amplified by training; 1e-3 leaves room for a few steps of that)
+CROSS_STEPS = 5
+CROSS_RTOL = 1e-3
 N_BOOTSTRAP = 2000  # resamples of the seed table's bootstrap confidence intervals
 
 
@@ -123,8 +122,8 @@ def bootstrap_mean_ci(values: np.ndarray) -> tuple[float, float]:
 
 
 def cross_device(spec: RunSpec, other: str = "cuda", tol: float | None = None, **run_kw) -> dict:
-    """The same config on CPU and on ``other``: the first DDP_STEPS losses agree within a
-    tolerance from fp32 rounding (DDP_RTOL), the final loss as ``final_loss_agrees`` says."""
+    """The same config on CPU and on ``other``: the first CROSS_STEPS losses agree within a
+    tolerance from fp32 rounding (CROSS_RTOL), the final loss as ``final_loss_agrees`` says."""
     from dataclasses import replace
 
     a = train.run(replace(spec, device="cpu"), **run_kw)
@@ -133,10 +132,31 @@ def cross_device(spec: RunSpec, other: str = "cuda", tol: float | None = None, *
         reasons = "; ".join(r.row["status_reason"] for r in (a, b) if r.status == "error")
         return row(spec, f"cross_device_{other}", "error", detail=reasons)
     first, biggest = first_difference(a.steps, b.steps)
-    k = min(DDP_STEPS, len(a.steps), len(b.steps))
+    k = min(CROSS_STEPS, len(a.steps), len(b.steps))
     rel = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a.steps[:k], b.steps[:k]))
     final_ok, how = final_loss_agrees(a.row["final_loss"], b.row["final_loss"], tol)
-    ok = rel <= DDP_RTOL and final_ok
+    ok = rel <= CROSS_RTOL and final_ok
     return row(spec, f"cross_device_{other}", "close" if ok else "far", first, biggest,
-               f"first {k} steps max rel diff {rel:.2g} (tolerance {DDP_RTOL:g}); final loss "
+               f"first {k} steps max rel diff {rel:.2g} (tolerance {CROSS_RTOL:g}); final loss "
                f"{b.row['final_loss']:.4g} vs {a.row['final_loss']:.4g} on CPU ({how})")
+
+
+def ddp_check(spec: RunSpec, data_dir: Path, tol: dict | None = None, margin: float = verdicts.MARGIN) -> dict:
+    """repro.csv row: the config under DDP (``run.parallel``: 2 gloo ranks on the CPU, a rank per
+    GPU over NCCL) against one process on the same global batch, judged as every distributed run
+    is (``judge.parallel.against_one_process``: the first gradient within measured rounding, the
+    run within ``tol``, the config's measured noise). ``close``, ``far``, ``skipped`` (the reason:
+    one GPU, BatchNorm across CPU ranks) or ``unjudged``."""
+    from dataclasses import replace
+
+    from diagnostics.judge import parallel
+
+    distributed = train.run(replace(spec, parallel="ddp"), data_dir)
+    if distributed.status == "skipped":
+        return row(spec, "ddp", "skipped", detail=distributed.row["status_reason"])
+    single = train.run(spec, data_dir)
+    check = parallel.against_one_process(distributed.row, distributed.steps, single.row, single.steps, tol, margin)
+    first, biggest = first_difference(single.steps, distributed.steps)
+    world = f"{distributed.row.get('world_size')} processes ({distributed.row.get('backend')})"
+    return row(spec, "ddp", check["check"], first, biggest, f"{world}: {check['detail']}")
+

@@ -63,8 +63,16 @@ VALUE_PRESERVING = {"aten::clone", "aten::contiguous", "aten::alias", "aten::lif
 UNINITIALISED = ("aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
                  "aten::new_empty_strided", "aten::_empty_affine_quantized", "aten::resize_")
 # the operator namespaces that compute (``profiler::_record_function_*`` marks a region and
-# carries a handle: recorded, it would differ run to run)
-RECORDED_NAMESPACES = ("aten::", "prims::", "torchvision::", "quantized::")
+# carries a handle: recorded, it would differ run to run); ``c10d::`` and ``fsdp::``: a distributed
+# family's gathers and reductions (FSDP2's all-gather and reduce-scatter with their copy-in/out ops,
+# DDP's all-reduce of each gradient bucket and its broadcast of the initial weights)
+RECORDED_NAMESPACES = ("aten::", "prims::", "torchvision::", "quantized::", "c10d::", "fsdp::")
+# FSDP2's gathers run through flat buffers whose padding (shards of unequal size) is never
+# initialised: the buffer's hash would differ run to run. These ops' buffers are not hashed (the
+# side named); the unsharded parameters split out of them are, so a gather that changed values
+# shows as a changed ``split_with_sizes_copy``.
+UNHASHED_BUFFERS = {"fsdp::all_gather_copy_in": "output", "c10d::_allgather_base_": "both",
+                    "fsdp::split_with_sizes_copy": "input"}
 HASH_BYTES = 8  # 64-bit digests: a collision between two different outputs of one op is ~1e-19
 
 
@@ -85,12 +93,15 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     head = f"{t.dtype}|{tuple(t.shape)}|".encode()
     if t.is_sparse or t.is_meta or t.is_quantized or t.is_nested:
         return head + b"opaque"
+    if hasattr(t, "to_local"):  # a DTensor (FSDP2's sharded parameters and gradients): this rank's shard
+        t = t.to_local()
     flat = t.detach().contiguous().reshape(-1)
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
-    return head + flat.cpu().view(torch.uint8).numpy().tobytes()
+    # a copy: numpy() would mark the tensor's own storage unresizable, which FSDP2 resizes to free
+    return head + flat.to("cpu", copy=True).view(torch.uint8).numpy().tobytes()
 
 
 def tree_map(fn, obj):
@@ -221,8 +232,14 @@ class Recorder(TorchDispatchMode):
         result = [v for v in flat_values(out) if not isinstance(v, torch.Tensor)]
         output = hash_tensors((out, written)) or digest(repr([scalar_repr(v) for v in result]).encode())
         silent = [i for i, (t, m) in enumerate(zip(tensors, moved)) if m and id(t) not in declared]
-        self.add(name, sig, digest(*before) if before else "", digest("|".join(scalars).encode()), output,
-                 f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else "")
+        inputs = digest(*before) if before else ""
+        unhashed = UNHASHED_BUFFERS.get(name.split(".")[0], "")
+        if unhashed:  # a buffer with uninitialised padding (UNHASHED_BUFFERS)
+            inputs, output = ("" if unhashed in ("input", "both") else inputs), ("" if unhashed in ("output", "both")
+                                                                                  else output)
+        self.add(name, sig, inputs, digest("|".join(scalars).encode()), output,
+                 f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else
+                 (f"padded buffer: {unhashed} not hashed" if unhashed else ""))
         return out
 
     def add(self, op: str, sig: str, inputs: str, args: str, output: str, detail: str = "") -> None:
@@ -346,29 +363,52 @@ def schedule_rows(specs: list[RunSpec]) -> list[dict]:
 
 
 def trace_family(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int = TRACE_STEPS,
-                 rec: Recorder | None = None) -> list[dict]:
+                 rec: Recorder | None = None, ranks=None) -> list[dict]:
     """The rows of one family: its init (the seeded construction of the model, before the seed
     checkpoint replaces its weights), then ``steps`` training steps of data, forward, loss,
     backward, clip and optimizer step. ``rec``: the Recorder to trace into (``reproducer``'s, which
-    keeps one op's inputs); default a new one."""
+    keeps one op's inputs); default a new one. ``ranks``: on a rank of a distributed family
+    (``trace_on_ranks``), its rows of each batch, with the collectives and conversions the wrapper
+    runs around them."""
     from diagnostics.grid import attention, data
     from diagnostics.run import determinism
     from diagnostics.run.faults import NO_FAULT
     from diagnostics.run.origin import module_tracking
-    from diagnostics.run.train import setup, train_step
+    from diagnostics.run.train import ONE_PROCESS, setup, train_step
 
     rec = rec or Recorder(family_of(spec), compiled=spec.compile != "none")
     data.clear_batch_cache()  # an image family draws its epoch's order itself, whoever ran before it
     determinism.apply(spec.seed, spec.device)
     device = torch.device(spec.device)
     with attention.context(spec.attention):
-        s = setup(spec, device, Path(data_dir), None, None, init_dir, phase=rec.phase)
-        with module_tracking(s.model) as module:
+        s = setup(spec, device, Path(data_dir), None, None, init_dir, phase=rec.phase, ranks=ranks or ONE_PROCESS)
+        with module_tracking(s.ranks.inner(s.model)) as module:
             rec.module = module
             for step in range(1, steps + 1):
                 rec.step = step
                 train_step(s, spec, step, NO_FAULT, None, keep_weights=False, phase=rec.phase)
     return rec.rows
+
+
+def trace_on_ranks(spec: RunSpec, ranks, data_dir: Path, init_dir: Path | None, steps: int) -> list[dict]:
+    """A distributed family's trace as each of its ranks records it (``run.parallel``'s rank group
+    calls this on every rank); rank 0's rows are the family's: its rows of each batch, the
+    gathers, reductions and dtype conversions of the wrapper among its ops."""
+    return trace_family(spec, data_dir, init_dir, steps, ranks=ranks)
+
+
+def trace_distributed(spec: RunSpec, data_dir: Path, init_dir: Path | None, steps: int) -> list[dict]:
+    """A ``ddp`` / ``fsdp`` family traced on this process's rank group (rank 0's ops)."""
+    from diagnostics.run import parallel
+
+    device_type = torch.device(spec.device).type
+    world = parallel.axis.world_size(device_type, torch.cuda.device_count() if device_type == "cuda" else 0,
+                                      parallel.asked_world())
+    answer = parallel.group(device_type, world).call(trace_on_ranks, spec, dict(data_dir=data_dir, init_dir=init_dir,
+                                                                                   steps=steps))
+    if isinstance(answer, (parallel.DeadRank, parallel.RankFailed)):
+        raise TraceError(f"tracing {family_of(spec)}: {answer.reason()}")
+    return answer
 
 
 def generated_code_hash(cache_dir: Path) -> tuple[str, int]:
@@ -413,6 +453,7 @@ def trace(specs: list[RunSpec], data_dir: Path, init_dir: Path | None, steps: in
         t0 = time.perf_counter()
         try:
             rows += trace_compiled(spec, data_dir, init_dir, steps) if spec.compile != "none" else \
+                trace_distributed(spec, data_dir, init_dir, steps) if spec.parallel != "none" else \
                 trace_family(spec, data_dir, init_dir, steps)
         except Exception as e:  # a family this release cannot run or trace (its process's last line): no rows
             rows.append(dict(family=family, step=0, phase="error", seq=0, op=type(e).__name__, signature="",

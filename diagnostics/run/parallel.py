@@ -233,6 +233,8 @@ class Ranks:
         """The Setup trained on this world: DDP around the model, or FSDP2 sharding it in place
         (then the optimizer and schedule are built again over the sharded parameters)."""
         self.info = dict(world_size=self.world, backend=axis.backend(self.device_type), param_dtype="", reduce_dtype="")
+        if self.device_type == "cuda":  # statistics over the global batch, as one process (the same Parameters)
+            s.model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model)
         if self.parallel == "ddp":
             s.model = nn.parallel.DistributedDataParallel(s.model)
             grad = str(s.params[0].dtype).removeprefix("torch.")
@@ -272,15 +274,17 @@ def device_mesh(device_type: str, world: int):
 # --- the rank processes ------------------------------------------------------------------------
 
 def _serve(rank: int, world: int, rendezvous: int, device_type: str, conn, log_path: str) -> None:
-    """A rank's life: join the process group once, then train each point the parent sends (a
-    ``train.run`` call with its arguments) until it sends None."""
+    """A rank's life: join the process group once, then serve each job the parent sends, a
+    function called with its arguments and this rank's ``Ranks`` (``train_point``, or the
+    numerics trace of a family), until it sends None. Rank 0 answers with the function's value,
+    the others with "done"."""
     import sys
 
     log = open(log_path, "a", buffering=1)  # noqa: SIM115 (the process's output for its whole life)
     os.dup2(log.fileno(), sys.stdout.fileno())
     os.dup2(log.fileno(), sys.stderr.fileno())
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(rendezvous))
-    from diagnostics.run import determinism, train
+    from diagnostics.run import determinism
 
     if device_type == "cuda":
         determinism.configure_process()
@@ -292,13 +296,13 @@ def _serve(rank: int, world: int, rendezvous: int, device_type: str, conn, log_p
             job = conn.recv()
             if job is None:
                 break
-            spec, kwargs = job
-            device = f"cuda:{rank}" if device_type == "cuda" else spec.device
-            ranks = Ranks(spec.parallel, rank, world, device_type)
-            result = train.run(replace(spec, device=device), ranks=ranks, **kwargs)
-            result.row["device"] = spec.device  # the grid point's device type, as the row's identity
-            result.row.update(ranks.info)
-            conn.send(result if rank == 0 else result.status)
+            fn, spec, kwargs = job
+            try:
+                answer = fn(spec, ranks=Ranks(spec.parallel, rank, world, device_type), **kwargs)
+            except Exception as e:  # said to the parent, which starts the group afresh (peers may be mid-collective)
+                conn.send(RankFailed(rank, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+                continue
+            conn.send(answer if rank == 0 else "done")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -340,13 +344,19 @@ class RankGroup:
         return " | ".join(line.strip() for line in lines[-LAST_LINES:])
 
     def train(self, spec: RunSpec, kwargs: dict, timeout: float = RANK_TIMEOUT_S):
-        """Rank 0's RunResult of ``spec``; a ``DeadRank`` where a rank died or did not answer in
-        ``timeout`` seconds."""
+        """Rank 0's RunResult of ``spec`` (``train_point``); a ``DeadRank`` where a rank died or
+        did not answer in ``timeout`` seconds."""
+        return self.call(train_point, spec, kwargs, timeout)
+
+    def call(self, fn, spec: RunSpec, kwargs: dict, timeout: float = RANK_TIMEOUT_S):
+        """Rank 0's value of ``fn(spec, ranks=..., **kwargs)`` run on every rank (a top-level
+        function: the ranks import it by name); a ``DeadRank`` where a rank died or did not answer
+        in ``timeout`` seconds."""
         if not self.alive():
             self.stop()
             self.start()
         for conn in self.conns:
-            conn.send((spec, kwargs))
+            conn.send((fn, spec, kwargs))
         answers: dict[int, object] = {}
         deadline = time.monotonic() + timeout
         while len(answers) < self.world:
@@ -358,6 +368,9 @@ class RankGroup:
                         answers[rank] = conn.recv()
                     except (EOFError, OSError):
                         return self.failed(rank, "its connection closed")
+                    if isinstance(answers[rank], RankFailed):
+                        self.stop()
+                        return answers[rank]
                 elif not self.procs[rank].is_alive():
                     return self.failed(rank, f"exit code {self.procs[rank].exitcode}")
             if time.monotonic() > deadline:
@@ -388,6 +401,27 @@ class RankGroup:
         if self.folder is not None:
             self.folder.cleanup()
             self.folder = None
+
+
+def train_point(spec: RunSpec, ranks: Ranks, **kwargs):
+    """A rank's ``train.run`` of a distributed point: its RunResult, the row carrying the world,
+    the backend and the dtypes the collectives ran in."""
+    from diagnostics.run import train
+
+    result = train.run(spec, ranks=ranks, **kwargs)
+    result.row.update(ranks.info)
+    return result
+
+
+@dataclass(frozen=True)
+class RankFailed:
+    """A job that raised on a rank (its process lives on): the rank and the exception's line."""
+
+    rank: int
+    line: str
+
+    def reason(self) -> str:
+        return f"rank {self.rank} raised {self.line}"
 
 
 @dataclass(frozen=True)
@@ -434,7 +468,7 @@ def run(spec: RunSpec, world: int | None = None, timeout: float = RANK_TIMEOUT_S
     data.for_model(spec.model, spec.model_size, data_dir, kwargs.get("data_root"), spec.context)  # written once, here
     started = train.utc_now()
     answer = group(device_type, size).train(spec, kwargs, timeout)
-    if isinstance(answer, DeadRank):
+    if isinstance(answer, (DeadRank, RankFailed)):
         result = train.RunResult(dict(train.identity(spec), status="error", status_reason=answer.reason()))
         result.row.update(train.provenance(spec, worker), world_size=size, backend=axis.backend(device_type))
     else:
@@ -465,6 +499,6 @@ def reference(spec: RunSpec, timeout: float = RANK_TIMEOUT_S, **kwargs):
         return train.run(one_process_of(spec), **kwargs)
     device_type = torch.device(spec.device).type
     answer = group(device_type, 1).train(spec, kwargs, timeout)
-    if isinstance(answer, DeadRank):
+    if isinstance(answer, (DeadRank, RankFailed)):
         return train.RunResult(dict(train.identity(spec), status="error", status_reason=answer.reason()))
     return answer
