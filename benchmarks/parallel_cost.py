@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     group.start()
     warm = RunSpec(model="gpt", optimizer="sgd", scheduler="cosine", warmup="linear", device="cpu", steps=2,
                    parallel="ddp")
-    train.run(warm, a.data_dir)  # the ranks import torch and join the group: paid once per session process
+    parallel.run(warm, data_dir=a.data_dir)  # the ranks import torch and join the group: paid once per session process
     print(f"rank group start-up (2 gloo ranks, torch imported, first point): {time.perf_counter() - t:.1f} s")
     print(f"{'config':<40} " + " ".join(f"{k:>8}" for k in KINDS) + "   ddp/none fsdp/none")
     for optimizer in a.optimizers.split(","):
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             for _ in range(a.rounds):
                 for k in KINDS:
                     t = time.perf_counter()
-                    r = train.run(replace(base, parallel=k), a.data_dir)
+                    r = parallel.run(replace(base, parallel=k), data_dir=a.data_dir)
                     assert r.status != "error", r.row["status_reason"]
                     seconds[k].append(time.perf_counter() - t)
             med = {k: statistics.median(v) for k, v in seconds.items()}

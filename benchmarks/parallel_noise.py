@@ -44,7 +44,7 @@ def main() -> None:
                 for par, prec in points:
                     spec = replace(base, parallel=par, precision=prec)
                     t = time.perf_counter()
-                    run = train.run(spec, a.data_dir)
+                    run = parallel.run(spec, data_dir=a.data_dir)
                     ref = parallel.reference(spec, data_dir=a.data_dir)
                     other = train.run(parallel.one_process_of(spec), a.data_dir, perturbation="threads2") \
                         if not parallel.policy_point(spec) else None

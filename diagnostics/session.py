@@ -136,8 +136,9 @@ class Session:
         judging. Resuming, a point whose row the interrupted session finished (``claim`` kept
         it) is not trained again: its row and trace are read back and judged as they were."""
         kept = self.kept(spec) if self.resume else None
-        result = kept or train.run(spec, self.data_dir, self.data_root, worker=self.worker, probes=self.probes,
-                                   perturbation=self.perturbation, init_dir=self.seed_checkpoints(spec.grid))
+        result = kept or parallel.run(spec, data_dir=self.data_dir, data_root=self.data_root, worker=self.worker,
+                                      probes=self.probes, perturbation=self.perturbation,
+                                      init_dir=self.seed_checkpoints(spec.grid))
         if spec.parallel == "none" and not kept:
             self.references[spec.id] = result
         if result.status == "skipped":

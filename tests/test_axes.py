@@ -47,7 +47,9 @@ def test_release_preset_covers_every_axis_value():
 
 def test_changelog_preset_covers_every_recipe_family_and_axis_with_two_seeds():
     specs = cpu("changelog").specs()
-    assert len(specs) == 100 + 2 * (22 + 8) and {s.seed for s in specs} == {0, 1} and {s.steps for s in specs} == {60}
+    # ... + the parallel part: 36 configs, 8 of them one-process ones already there, x 2 seeds
+    assert len(specs) == 100 + 2 * (22 + 8) + 2 * (36 - 8) and {s.seed for s in specs} == {0, 1}
+    assert {s.steps for s in specs} == {60}
     assert {(s.model, s.optimizer, s.scheduler) for s in specs} >= {
         (m, o, sch) for m in ("gpt", "resnet") for o in ("adamw", "sgd", "lion")
         for sch in ("constant", "cosine", "cosine_restarts", "onecycle", "step")}
@@ -61,7 +63,8 @@ def test_nightly_is_the_recipe_grid_plus_the_axes_part_and_overrides_reach_both(
     g = resolve_grid(GridOptions(grid="nightly", devices=("cuda",)))
     specs = g.specs()
     # recipes, release axes, attention kernels, then clipping at 1 x accumulation 1/4 x fp32/fp16 x both models
-    assert len(specs) == 90 + 48 + 8 + 8 + 90 and len({(s.id, s.steps) for s in specs}) == len(specs)
+    # ... + the parallel part (36 points, 4 one-process ones already in the axes parts)
+    assert len(specs) == 90 + 48 + 8 + 8 + 90 + 36 - 4 and len({(s.id, s.steps) for s in specs}) == len(specs)
     assert {(s.clip, s.accumulation) for s in specs} == {("none", 1), ("1", 1), ("1", 4)}
     assert {s.attention for s in specs} == {"default", "math", "flash", "efficient", "cudnn"}
     assert {s.steps for s in specs} == {500, 200}
@@ -194,7 +197,7 @@ def test_reports_without_the_axes_read_as_their_defaults():
     old = pd.DataFrame(dict(run_id=["a"], model=["gpt"], precision=["fp32"], seed=[0]))
     filled = report.with_axis_defaults(old)
     assert list(filled.columns) == ["run_id", "model", "precision", "impl", "compile", "attention", "layout",
-                                    "context", "clip", "accumulation", "seed"]
+                                    "context", "clip", "accumulation", "parallel", "seed"]
     assert filled.loc[0, "impl"] == "default" and filled.loc[0, "compile"] == "none"
     assert filled.loc[0, "attention"] == "default" and filled.loc[0, "layout"] == "full" and filled.loc[0, "context"] == 0
     # a report from before the attention axis only: it goes after the axes the report has

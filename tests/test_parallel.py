@@ -78,7 +78,7 @@ def single(data_dir):
 
 def test_ddp_and_fsdp_train_the_one_process_function(data_dir, single):
     for kind in ("ddp", "fsdp"):
-        run = train.run(replace(GPT, parallel=kind), data_dir)
+        run = parallel.run(replace(GPT, parallel=kind), data_dir=data_dir)
         assert run.status == "converged", run.row["status_reason"]
         assert (run.row["world_size"], run.row["backend"], run.row["reduce_dtype"]) == (2, "gloo", "float32")
         check = one_process.against_one_process(run.row, run.steps, single.row, single.steps, None, 0.05)
@@ -94,7 +94,7 @@ def test_a_gradient_summed_over_the_ranks_fails_the_check_whatever_the_optimizer
     for optimizer in ("sgd", "adamw"):
         spec = replace(GPT, optimizer=optimizer, parallel="ddp")
         ref = train.run(parallel.one_process_of(spec), data_dir)
-        doubled = train.run(spec, data_dir, fault=Fault("grad_scale", step=1, magnitude=2.0, duration=10**6))
+        doubled = parallel.run(spec, data_dir=data_dir, fault=Fault("grad_scale", step=1, magnitude=2.0, duration=10**6))
         check = one_process.against_one_process(doubled.row, doubled.steps, ref.row, ref.steps, None, 0.05)
         assert check["check"] == "far", check
         assert "2x" in check["detail"]
@@ -104,7 +104,7 @@ def test_the_bf16_policy_records_the_reduce_dtype_torch_resolved(data_dir):
     """The policy asks reduce_dtype=None; torch reduces in the parameters' bfloat16: the row says
     what the collectives ran in, and the check runs against the same policy on one rank."""
     spec = replace(GPT, parallel="fsdp", precision="bf16")
-    run = train.run(spec, data_dir)
+    run = parallel.run(spec, data_dir=data_dir)
     assert run.status == "converged", run.row["status_reason"]
     assert (run.row["param_dtype"], run.row["reduce_dtype"]) == ("bfloat16", "bfloat16")
     ref = parallel.reference(spec, data_dir=data_dir)
@@ -114,7 +114,7 @@ def test_the_bf16_policy_records_the_reduce_dtype_torch_resolved(data_dir):
 
 
 def test_a_resnet_with_batchnorm_on_the_cpu_is_a_stated_skip(data_dir):
-    run = train.run(replace(GPT, model="resnet", parallel="ddp"), data_dir)
+    run = parallel.run(replace(GPT, model="resnet", parallel="ddp"), data_dir=data_dir)
     assert run.status == "skipped" and "BatchNorm" in run.row["status_reason"]
 
 
@@ -131,11 +131,11 @@ def test_a_rank_that_dies_is_an_error_row_naming_it_and_the_group_restarts(data_
 
     killer = threading.Thread(target=kill_rank_1)
     killer.start()
-    run = train.run(spec, data_dir)
+    run = parallel.run(spec, data_dir=data_dir)
     killer.join()
     assert run.status == "error"
     assert run.row["status_reason"].startswith("rank 1 died")
-    again = train.run(replace(GPT, parallel="ddp"), data_dir)  # a fresh group for the next point
+    again = parallel.run(replace(GPT, parallel="ddp"), data_dir=data_dir)  # a fresh group for the next point
     assert again.status == "converged"
 
 
@@ -159,3 +159,41 @@ def test_bad_worlds_and_ports_are_one_line_before_training(tmp_path, monkeypatch
     assert out.returncode != 0
     assert "the port is in use" in out.stdout + out.stderr
     assert not (tmp_path / "p" / "runs.csv").exists()
+
+
+def origin_at(op, phase, reproduced=True):
+    from diagnostics.run.origin import Origin
+
+    return Origin(5, op, phase, "", "NaN", "", reproduced=reproduced)
+
+
+@pytest.mark.parametrize("found, rank", [
+    # rank 1 made it in its loss; rank 0 met it in the reduced gradients
+    ([origin_at("aten::as_strided", "backward"), origin_at("aten::mul.Tensor", "loss")], 1),
+    ([origin_at("c10d::allreduce_", "backward"), origin_at("aten::gelu", "backward")], 1),
+    ([origin_at("aten::gelu", "forward"), origin_at("aten::gelu", "forward")], 0),
+    ([origin_at("", "", reproduced=False), origin_at("aten::_softmax", "forward")], 1),
+])
+def test_the_nan_origin_names_the_rank_that_made_it(found, rank):
+    from diagnostics.run.origin import across_ranks
+
+    assert across_ranks(found).rank == rank
+    assert f"rank {rank})" in across_ranks(found).line()
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_a_nan_made_on_one_rank_is_located_there(data_dir, kind):
+    run = parallel.run(replace(GPT, parallel=kind, steps=10), data_dir=data_dir, fault=Fault("nan", step=5, rank=1))
+    assert run.status == "diverged_nonfinite"
+    assert "first NaN at step 5: aten::mul.Tensor (loss, rank 1)" in run.row["status_reason"]
+
+
+def test_a_distributed_family_is_traced_on_its_ranks_with_its_collectives(data_dir):
+    from diagnostics.release import numerics
+
+    ops = {kind: {(r["phase"], r["op"]) for r in numerics.trace_distributed(replace(GPT, parallel=kind, precision=p),
+                                                                             data_dir, None, 1)}
+           for kind, p in (("ddp", "fp32"), ("fsdp", "bf16"))}
+    assert ("backward", "c10d::allreduce_") in ops["ddp"]
+    assert {("backward", "c10d::_reduce_scatter_base_"), ("forward", "c10d::_allgather_base_"),
+            ("backward", "aten::_to_copy")} <= ops["fsdp"]  # the policy's bf16 gradients cast back to fp32

@@ -150,8 +150,12 @@ def ddp_check(spec: RunSpec, data_dir: Path, tol: dict | None = None, margin: fl
     from dataclasses import replace
 
     from diagnostics.judge import parallel
+    from diagnostics.run import parallel as ranks
 
-    distributed = train.run(replace(spec, parallel="ddp"), data_dir)
+    why = ranks.unsupported(replace(spec, parallel="ddp"), data_dir)  # before any row: a device may be absent
+    if why:
+        return row(spec, "ddp", "skipped", detail=why)
+    distributed = ranks.run(replace(spec, parallel="ddp"), data_dir=data_dir)
     if distributed.status == "skipped":
         return row(spec, "ddp", "skipped", detail=distributed.row["status_reason"])
     single = train.run(spec, data_dir)

@@ -24,12 +24,15 @@ class Fault:
     step: int  # first step affected (1-based)
     magnitude: float = 100.0  # grad_scale / lr_bomb: the factor; slow_blowup: LR growth per step
     duration: int = 1  # steps affected (slow_blowup: until the end)
+    rank: int | None = None  # a distributed run: the one rank it strikes (None: every rank, and one process)
 
     def __post_init__(self):
         if self.kind not in FAULT_KINDS + (NONE,):
             raise UsageError(f"unknown fault {self.kind!r}; valid: {', '.join(FAULT_KINDS)}")
 
     def active(self, step: int) -> bool:
+        if self.rank is not None and self.rank != current_rank():
+            return False
         return self.step <= step < self.step + self.duration or (self.kind == "slow_blowup" and step >= self.step)
 
     def loss(self, step: int, loss: torch.Tensor) -> torch.Tensor:
@@ -48,6 +51,13 @@ class Fault:
         if self.kind == "slow_blowup" and step >= self.step:
             return self.magnitude ** (step - self.step + 1)
         return 1.0
+
+
+def current_rank() -> int:
+    """This process's rank in a process group (0 outside one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 NO_FAULT = Fault(NONE, step=0)  # changes nothing: loss, gradients and LR pass through

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -52,12 +52,13 @@ class Origin:
     kind: str  # "NaN" or "inf"
     detail: str  # what went in and what came out
     reproduced: bool = True  # the replay met a non-finite value (False: the origin is empty)
+    rank: int | None = None  # the rank that made it, in a distributed run (None: one process)
 
     def line(self) -> str:
         """``first NaN at step 1: aten::_softmax (forward, blocks.0.attn)``."""
         if not self.reproduced:
             return f"first non-finite value not reproduced by an eager replay of step {self.step}"
-        where = ", ".join(x for x in (self.phase, self.module) if x)
+        where = ", ".join(x for x in (self.phase, self.module, "" if self.rank is None else f"rank {self.rank}") if x)
         return f"first {self.kind} at step {self.step}: {self.op} ({where})"
 
     def event(self, run_id: str) -> dict:
@@ -70,6 +71,8 @@ def nonfinite(values) -> tuple[bool, bool]:
     """(holds a NaN, holds an inf) over the tensors and numbers among ``values``."""
     nan = inf = False
     for v in flat_values(values):
+        if isinstance(v, torch.Tensor) and hasattr(v, "to_local"):  # a DTensor (FSDP2): this rank's shard
+            v = v.to_local()
         if isinstance(v, torch.Tensor):
             if not (v.is_floating_point() or v.is_complex()) or v.is_meta or v.is_sparse or v.numel() == 0:
                 continue
@@ -87,6 +90,8 @@ def describe(values) -> str:
     """``float32[16, 4, 64, 64] 4096 NaN`` for the non-finite tensors among ``values``."""
     parts = []
     for v in flat_values(values):
+        if isinstance(v, torch.Tensor) and hasattr(v, "to_local"):
+            v = v.to_local()
         if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel():
             n_nan, n_inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
             if n_nan or n_inf:
@@ -208,6 +213,30 @@ def state_nonfinite(s) -> bool:
     tensors = [p.detach() for p in s.params] + [v for st in s.opt.state.values() for v in st.values()
                                                   if isinstance(v, torch.Tensor)]
     return any(any(nonfinite([t])) for t in tensors)
+
+
+COLLECTIVE_NAMESPACES = ("c10d::", "fsdp::")  # a value a collective gave came from another rank
+PHASE_ORDER = ("data", "forward", "loss", "backward", "clip", "optimizer", "schedule")  # train_step's
+
+
+def across_ranks(found: list[Origin]) -> Origin:
+    """A distributed run's origin from each rank's replay of the step (index: the rank): the rank
+    that met its first non-finite value earliest in the step, by phase, one that made it itself
+    before one a collective brought it to, then the lowest rank. A NaN made in rank 1's loss
+    reaches rank 0 only through the gradient reduction, in the backward, where rank 0's replay
+    meets it in a collective or in the op that next reads the reduced buffer (gloo reduces in the
+    background). Where no rank met one, rank 0's."""
+    ranked = [replace(o, rank=r) for r, o in enumerate(found)]
+    met = [o for o in ranked if o.reproduced]
+    if not met:
+        return ranked[0]
+
+    def when(o: Origin):
+        phase = o.phase.removeprefix("between ")
+        return (PHASE_ORDER.index(phase) if phase in PHASE_ORDER else len(PHASE_ORDER),
+                o.op.startswith(COLLECTIVE_NAMESPACES), o.rank)
+
+    return min(met, key=when)
 
 
 def replay(model: torch.nn.Module, step: int, run_step) -> Origin:

@@ -258,6 +258,14 @@ class Ranks:
         """The dispatch mode to enter around step ``step``'s backward (the first only)."""
         return self.collectives.mode if self.collectives is not None and step == 1 else nullcontext()
 
+    def origin(self, found):
+        """The run's NaN origin from every rank's replay of the step (``origin.across_ranks``)."""
+        from diagnostics.run import origin
+
+        every = [None] * self.world
+        torch.distributed.all_gather_object(every, found)
+        return origin.across_ranks(every)
+
     def observed(self) -> dict:
         if self.collectives is not None:
             self.info.update(param_dtype=self.collectives.dtype("gather", "float32"),
@@ -450,12 +458,15 @@ def group(device_type: str, world: int) -> RankGroup:
 
 
 def run(spec: RunSpec, world: int | None = None, timeout: float = RANK_TIMEOUT_S, **kwargs):
-    world = asked_world() if world is None else world
-    """``train.run`` of a distributed point on this process's rank group: rank 0's RunResult,
-    its row carrying the world, backend and the dtypes the collectives ran in. A point this stack
-    cannot run is ``skipped`` with the reason; a rank that dies is an ``error`` row naming it."""
+    """Any grid point: ``train.run`` in this process for ``parallel`` none; a distributed point
+    on this process's rank group, rank 0's RunResult, its row carrying the world, backend and the
+    dtypes the collectives ran in. A point this stack cannot run is ``skipped`` with the reason; a
+    rank that dies is an ``error`` row naming it. ``kwargs``: ``train.run``'s, by keyword."""
     from diagnostics.run import train
 
+    if spec.parallel == "none":
+        return train.run(spec, **kwargs)
+    world = asked_world() if world is None else world
     worker = kwargs.get("worker", "")
     data_dir = kwargs.get("data_dir") or train.DEFAULT_DATA_DIR
     why = unsupported(spec, data_dir, world)

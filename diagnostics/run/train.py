@@ -176,6 +176,9 @@ class OneProcess:
     def observed(self) -> dict:
         return {}
 
+    def origin(self, found):
+        return found
+
 
 ONE_PROCESS = OneProcess()
 
@@ -270,14 +273,10 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
     after the checkpoint's step). A resumed run's Monitor starts afresh. ``perturbation`` (a name
     in ``perturb.PERTURBATIONS``) changes only the run's rounding, for calibration. ``init_dir``:
     the initial weights of (model, size, seed) are saved there by the first run and loaded by
-    every later one (``initial_weights``). A ``ddp`` or ``fsdp`` point trains on this process's
-    rank group (``parallel.run``), where each rank calls this with its ``ranks``."""
+    every later one (``initial_weights``). A ``ddp`` or ``fsdp`` point trains through
+    ``parallel.run`` on its rank group, each rank calling this with its ``ranks``."""
     if spec.parallel != "none" and ranks is None:
-        from diagnostics.run import parallel
-
-        return parallel.run(spec, data_dir=data_dir, data_root=data_root, thresholds=thresholds, worker=worker,
-                            fault=fault, probes=probes, stop_after=stop_after, checkpoint_path=checkpoint_path,
-                            resume_from=resume_from, perturbation=perturbation, init_dir=init_dir)
+        return error_row(spec, worker, ValueError(f"a {spec.parallel} point trains on ranks: run.parallel.run"))
     started = utc_now()
     fault = fault or NO_FAULT
     reason = unsupported(spec)
@@ -475,8 +474,9 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
     if step > first and origin.state_nonfinite(s):
         step -= 1
         s, first = restored(eager, step - 1, *rest)
-    return origin.replay(s.model, step, lambda phase: train_step(s, eager, step, fault, perturbation,
-                                                                 keep_weights=False, phase=phase))
+    found = origin.replay(s.ranks.inner(s.model), step, lambda phase: train_step(s, eager, step, fault, perturbation,
+                                                                                keep_weights=False, phase=phase))
+    return s.ranks.origin(found)
 
 
 def with_origin(spec: RunSpec, run_status, events: list[dict], step_log: StepLog, data_dir, data_root, init_dir,
