@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from diagnostics.grid.spec import RunSpec
-from diagnostics.run import parallel, train
+from diagnostics.run import parallel
 
 KINDS = ("none", "ddp", "fsdp")
 

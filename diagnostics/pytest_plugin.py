@@ -13,8 +13,7 @@ import torch
 
 from diagnostics import options, report
 from diagnostics.grid import data, devices, plugins
-from diagnostics.grid.spec import (RunSpec, SpecError, parse_init_dir, parse_positive_int, parse_shard, resolve_grid,
-                                   shard)
+from diagnostics.grid.spec import RunSpec, SpecError, parse_init_dir, parse_positive_int, parse_shard, resolve_grid, shard
 from diagnostics.judge import parallel as one_process
 from diagnostics.judge import stability
 from diagnostics.run import determinism, parallel, perturb

@@ -109,7 +109,8 @@ def test_reproducibility_suite_writes_repro_csv(tmp_path):
     assert set(t["check"]) == {"twice_same", "resume", "ddp"}
     assert (t[t["check"] != "ddp"]["result"] == "identical").all()
     ddp = dict(zip(t[t["check"] == "ddp"]["run_id"].str.split("-").str[0], t[t["check"] == "ddp"]["result"]))
-    assert set(ddp) == {"gpt"} and ddp["gpt"] in ("close", "unjudged")  # the DDP checks honour --models (resnet's is a stated skip on CPU: above)
+    # the DDP checks honour --models (resnet's is a stated skip on CPU: above)
+    assert set(ddp) == {"gpt"} and ddp["gpt"] in ("close", "unjudged")
 
 
 @pytest.mark.slow
