@@ -12,7 +12,7 @@ printed on its own. The ratio is the median over rounds against ``none`` of the 
 from __future__ import annotations
 
 import argparse
-import statistics
+import numpy as np
 import time
 from dataclasses import replace
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                     r = parallel.run(replace(base, parallel=k), data_dir=a.data_dir)
                     assert r.status != "error", r.row["status_reason"]
                     seconds[k].append(time.perf_counter() - t)
-            med = {k: statistics.median(v) for k, v in seconds.items()}
+            med = {k: float(np.median(v)) for k, v in seconds.items()}
             print(f"{base.id:<40} " + " ".join(f"{med[k]:7.2f}s" for k in KINDS)
                   + f"   {med['ddp'] / med['none']:7.2f}x {med['fsdp'] / med['none']:8.2f}x", flush=True)
     return 0

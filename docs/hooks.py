@@ -25,6 +25,17 @@ Generated at each documentation build from the committed artefact, `reports/rele
 """
 
 
+PARALLEL_SECTION = """
+
+## The parallel axis: DDP and FSDP2
+
+The distributed part of the grid (`--grid parallel`: gpt and ResNet x AdamW and SGD x fp32 and bf16
+x one process, DDP and FSDP2 x full and right-padded batches; [Distributed
+training](../concepts/parallel.md)), judged release by release from `reports/releases/parallel/`.
+
+"""
+
+
 def on_pre_build(config, **kwargs):
     from diagnostics.present.changelog import render
     from diagnostics.docs import reference_markdown
@@ -34,5 +45,8 @@ def on_pre_build(config, **kwargs):
     readme = (docs.parent / "README.md").read_text()
     write_if_changed(docs / "index.md", readme.replace("](docs/", "]("))
     committed = docs.parent / "reports" / "releases"
-    write_if_changed(docs / "reference" / "changelog.md",
-                     CHANGELOG_PAGE + render(committed).replace("## Convergence changelog", "## Summary", 1))
+    page = CHANGELOG_PAGE + render(committed).replace("## Convergence changelog", "## Summary", 1)
+    distributed = committed / "parallel"  # the parallel axis's changelog, its own sessions beside
+    if (distributed / "changelog.csv").exists():
+        page += PARALLEL_SECTION + render(distributed).replace("## Convergence changelog", "### Summary", 1)
+    write_if_changed(docs / "reference" / "changelog.md", page)
