@@ -197,3 +197,22 @@ def test_a_distributed_family_is_traced_on_its_ranks_with_its_collectives(data_d
     assert ("backward", "c10d::allreduce_") in ops["ddp"]
     assert {("backward", "c10d::_reduce_scatter_base_"), ("forward", "c10d::_allgather_base_"),
             ("backward", "aten::_to_copy")} <= ops["fsdp"]  # the policy's bf16 gradients cast back to fp32
+
+
+def test_a_wrapper_that_fails_inside_torch_is_a_stated_skip_and_other_failures_are_errors():
+    """torch 2.6.0's FSDP2 raises inside its own all-gather on a gloo mesh: the release cannot run
+    the wrapper (a skip with that line); an exception from anywhere else stays an error."""
+    import torch.distributed as dist
+
+    ranks = parallel.Ranks("fsdp", 0, 2, "cpu")
+    try:
+        dist.get_rank(group=object())  # raises inside torch/distributed
+    except Exception as e:
+        inside = e
+    reason = ranks.wrapper_failure(inside)
+    assert reason.startswith("torch ") and "fsdp cannot run on gloo (cpu)" in reason
+    try:
+        raise RuntimeError("a bug of the recipe")
+    except RuntimeError as e:
+        assert ranks.wrapper_failure(e) == ""
+    assert train.ONE_PROCESS.wrapper_failure(inside) == ""

@@ -258,6 +258,18 @@ class Ranks:
         """The dispatch mode to enter around step ``step``'s backward (the first only)."""
         return self.collectives.mode if self.collectives is not None and step == 1 else nullcontext()
 
+    def wrapper_failure(self, e: Exception) -> str:
+        """Why this torch's wrapper cannot run here, where ``e`` was raised inside torch's own
+        distributed code (torch/distributed/: 2.6.0's FSDP2 all-gather on a gloo CPU mesh), else ""."""
+        import traceback
+
+        frames = traceback.extract_tb(e.__traceback__)
+        if not frames or f"torch{os.sep}distributed{os.sep}" not in frames[-1].filename:
+            return ""
+        line = str(e).splitlines()[0] if str(e) else ""
+        return (f"torch {torch.__version__}'s {self.parallel} cannot run on {axis.backend(self.device_type)} "
+                f"({self.device_type}): {type(e).__name__}: {line} [{frames[-1].name}]")
+
     def origin(self, found):
         """The run's NaN origin from every rank's replay of the step (``origin.across_ranks``)."""
         from diagnostics.run import origin

@@ -179,6 +179,9 @@ class OneProcess:
     def origin(self, found):
         return found
 
+    def wrapper_failure(self, e: Exception) -> str:
+        return ""
+
 
 ONE_PROCESS = OneProcess()
 
@@ -301,7 +304,8 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
         else:  # a forced attention kernel that does not take this run's inputs (e.g. CUDA flash in fp32)
             result = skipped_row(spec, worker, f"{spec.attention} attention: {str(e).splitlines()[0].strip()}")
     except Exception as e:  # the row must exist whatever broke
-        result = error_row(spec, worker, e)
+        cannot = (ranks or ONE_PROCESS).wrapper_failure(e)
+        result = skipped_row(spec, worker, cannot) if cannot else error_row(spec, worker, e)
     result.row["started_at"] = started
     return result
 
