@@ -26,6 +26,10 @@ pytest's JUnit XML):
    before: 4 is the default): runs per minute.
 7. ``nightly-shard``: shard 1/4 of the nightly grid itself with 4 workers per GPU: its wall time
    x 4 is the nightly grid's time on one GPU.
+8. ``parallel``: the parallel part (gpt and ResNet x AdamW and SGD x fp32 / bf16 x none / DDP /
+   FSDP2 x full / right-padded, seed 0) over NCCL, a rank per GPU, each distributed run checked
+   against one process (``one_process_check``); with one GPU its distributed points are stated
+   skips and the step says so.
 
 Results: ``DIR/results.csv`` (a row per step: rc, wall time, runs, statuses, runs per minute),
 ``DIR/summary.md`` (the ``diagnostics summary`` of each session, and the estimate),
@@ -79,6 +83,7 @@ STEPS = [  # (name, diagnostics arguments (a run unless they start with another 
     ("repeat-noise", REPEAT, 2, 150),
     ("nightly-w4", [*NIGHTLY_SLICE, *CUDA], 4, 150),
     ("nightly-shard", ["--grid", "nightly", "--shard", f"1/{NIGHTLY_SHARDS}", *CUDA], 4, 330),
+    ("parallel", ["--grid", "parallel", "--seeds", "0", *CUDA], 1, 200),
 ]
 
 
@@ -116,6 +121,10 @@ def run_step(name: str, args: list[str], per_gpu: int, timeout: int, work: Path,
         tol = report.read_csv(report_dir / "tolerances.csv")
         rel = (tol["final_loss_noise"] / tol["final_loss_reference"].abs()).round(8).tolist()
         row["statuses"] += f" | repeat noise (final loss, relative): {rel}"
+    if runs_path.exists() and "one_process_check" in runs.columns:  # the distributed runs against one process
+        checks = runs["one_process_check"].dropna()
+        if len(checks):
+            row["statuses"] += " | one process: " + summary.counts(checks)
     if (report_dir / "repro.csv").exists():
         repro = report.read_csv(report_dir / "repro.csv")
         row["statuses"] += " | repro: " + summary.counts(repro["check"] + ":" + repro["result"])
