@@ -66,6 +66,7 @@ def nudge_ulp(tensors, seed: int) -> None:
 
     gen = torch.Generator().manual_seed(seed)
     for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP2's sharded gradients: this rank's shard, in place
         up = (torch.rand(t.shape, generator=gen) < 0.5).to(t.device)
         target = torch.where(up, float("inf"), float("-inf")).to(t.dtype)
         with torch.no_grad():
