@@ -216,3 +216,15 @@ def test_a_wrapper_that_fails_inside_torch_is_a_stated_skip_and_other_failures_a
     except RuntimeError as e:
         assert ranks.wrapper_failure(e) == ""
     assert train.ONE_PROCESS.wrapper_failure(inside) == ""
+
+
+def test_calibration_perturbs_distributed_runs_too(data_dir):
+    """The noise of a distributed config is measured like any config's: the perturbations that
+    reach into a step (each gradient, each layer output) run on FSDP2's sharded gradients and
+    change the run's bits."""
+    spec = replace(GPT, parallel="fsdp", steps=3)
+    plain = parallel.run(spec, data_dir=data_dir)
+    for name in ("grad1", "fwd1"):
+        run = parallel.run(spec, data_dir=data_dir, perturbation=name)
+        assert run.status != "error", f"{name}: {run.row['status_reason']}"
+        assert run.row["weights_sha256"] != plain.row["weights_sha256"], name
