@@ -433,3 +433,11 @@ def test_configs_that_share_a_path_and_moved_together_are_a_finding_of_the_compa
     assert not any(line.startswith("optimizer=sgd") for line in lines)  # the path that did not move
     rounding = b.assign(final_loss=b["final_loss"] + 1e-3 * rng.standard_normal(20), weights_sha256="x")
     assert compare.compare_reports(b, rounding, tolerances=tol).attrs["together"] == []
+
+
+@pytest.mark.parametrize("fraction, shown", [(2.8347e-06, "0.00028%"), (0.0012345, "0.12%"), (0.05, "5%"),
+                                             (0.1234, "12%")])
+def test_an_mde_is_shown_to_two_significant_digits(fraction, shown):
+    from diagnostics.judge.compare import percent
+
+    assert percent(fraction) == shown

@@ -518,10 +518,16 @@ def verdict_of(j: Judgement, margin: float, alpha: float, n_tests: int) -> dict:
     if not tests and not st.noisy:
         why = "errors on both sides" if j.errors_both else "no value to judge"
         return done("unjudged", detail=why)
-    shown = "" if not np.isfinite(out["mde"]) else f"would have found a {out['mde']:.2%} final-loss shift"
+    shown = "" if not np.isfinite(out["mde"]) else f"would have found a {percent(out['mde'])} final-loss shift"
     return done("equivalent", detail="within noise" + (f" ({shown})" if shown else "") + (
         "; " + ", ".join(f"seed {s} {x} -> {y} within the calibrated flip rate" for s, x, y in st.noisy)
         if st.noisy else ""))
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage to two significant digits (0.0028%, 0.12%, 5%): an MDE of a
+    few parts per million is not "0.00%"."""
+    return np.format_float_positional(fraction * 100, precision=2, fractional=False, trim="-") + "%"
 
 
 # ------------------------------------------------------------------------------------------
