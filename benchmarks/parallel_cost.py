@@ -12,9 +12,10 @@ printed on its own. The ratio is the median over rounds against ``none`` of the 
 from __future__ import annotations
 
 import argparse
-import numpy as np
 import time
 from dataclasses import replace
+
+import numpy as np
 
 from diagnostics.grid.spec import RunSpec
 from diagnostics.run import parallel

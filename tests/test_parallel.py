@@ -228,3 +228,16 @@ def test_calibration_perturbs_distributed_runs_too(data_dir):
         run = parallel.run(spec, data_dir=data_dir, perturbation=name)
         assert run.status != "error", f"{name}: {run.row['status_reason']}"
         assert run.row["weights_sha256"] != plain.row["weights_sha256"], name
+
+
+def test_a_changed_op_of_a_distributed_family_is_not_reproduced_alone_and_says_why():
+    import pandas as pd
+
+    from diagnostics.release import explain, questions
+
+    table = pd.DataFrame([
+        dict(family="gpt-sgd-cpu-fp32-fsdp", op="c10d::_reduce_scatter_base_", signature="float32[8]"),
+        dict(family="gpt-sgd-cpu-fp32-ddp", op="aten::mm", signature="float32[4, 4]"),
+    ]).assign(finding=explain.CHANGED_KERNEL, capability="", repro="", first_step=1)
+    out = questions.confirmed_kernels(table, sessions=None, base="2.8.0", cand="2.9.1")
+    assert (out["repro"] == questions.NO_RANKS_REPRO).all()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from diagnostics import report
+from diagnostics.grid.parallel import DISTRIBUTED
 from diagnostics.judge import compare, verdicts
 from diagnostics.release import explain, numerics
 from diagnostics.release.environments import ROOT, Candidate, ReleaseError
@@ -221,6 +222,11 @@ REPRO_DIR = "repro"  # in --out: a folder per transition of repro_<op>.py script
 MAX_REPROS = 12  # per transition: the first calls (op x input signature) in the table's order
 
 
+# a distributed family's ops ran on its ranks, under the wrapper: one op alone in one process is not
+# what ran (a collective needs its process group), so no single-process reproducer is written
+NO_RANKS_REPRO = ("not run: the op ran on the ranks of a distributed family (a collective needs its process group); "
+                  "its rank-0 trace in both releases is the evidence")
+COLLECTIVES = ("c10d::", "fsdp::")
 NO_GRAPH_REPRO = ("not run: a compiled graph is not one op (its generated code is compared by the family's "
                   "compiled.code row)")
 
@@ -274,6 +280,10 @@ def confirmed_kernels(table: pd.DataFrame, sessions: Sessions, base, cand) -> pd
     graphs = roots["op"].astype(str).str.startswith(numerics.COMPILED)  # a graph's boundary: no one op
     table.loc[graphs[graphs].index, "repro"] = NO_GRAPH_REPRO
     roots = roots[~graphs]
+    on_ranks = roots["family"].astype(str).str.rsplit("-", n=1).str[-1].isin(DISTRIBUTED) | \
+        roots["op"].astype(str).str.startswith(COLLECTIVES)
+    table.loc[on_ranks[on_ranks].index, "repro"] = NO_RANKS_REPRO
+    roots = roots[~on_ranks]
     if roots.empty:
         return table
     out = Path(sessions.out) / REPRO_DIR / f"{base}-{cand}"
