@@ -138,3 +138,62 @@ def test_a_compiled_model_is_named_by_forward_hooks_that_leave_its_outputs_alone
     assert torch.equal(out, expected)
     assert x.grad is not None
     assert {"0", "2"} <= set(seen)  # the layers named, from inside the compiled call
+
+
+def test_an_inf_made_upstream_and_turned_into_a_nan_is_the_origin_not_the_nan():
+    """The origin is the first non-finite value's: an overflow to inf, which a later op turns
+    into a NaN (inf - inf), is named; the subtraction is downstream."""
+    def step():
+        big = torch.full((3,), 1e30) * torch.full((3,), 1e30)  # inf from finite: the origin
+        return big - big  # NaN from inf
+
+    op, _, _, kind, _ = find(step)
+    assert op == "aten::mul.Tensor" and kind == "inf"
+
+
+def broken_mlp(monkeypatch, breaks):
+    """blocks.1's MLP takes a square root of negative numbers on the forward calls ``breaks(n)``
+    says (n counts every call since the test began: a kernel's state, not the model's)."""
+    forward = models.MLP.forward
+    calls = {"n": 0}
+
+    def sick(self, x):
+        out = forward(self, x)
+        if self is not sick.target:
+            return out
+        calls["n"] += 1
+        return torch.sqrt(out - 1e3) if breaks(calls["n"]) else out
+
+    original_init = models.GPT.__init__
+
+    def init(self, cfg):
+        original_init(self, cfg)
+        sick.target = self.blocks[1].mlp
+
+    monkeypatch.setattr(models.MLP, "forward", sick)
+    monkeypatch.setattr(models.GPT, "__init__", init)
+
+
+def test_a_kernel_that_broke_while_running_is_named_though_the_replay_is_not_the_run(monkeypatch, data_dir):
+    """Broken from its 3rd call on and for good: the replay meets the NaN at its own first step,
+    not the run's third; it says so, and names the op that made the NaN, never an argument."""
+    broken_mlp(monkeypatch, lambda n: n > 2)
+    r = train.run(spec(), data_dir=data_dir)
+    assert r.status == "diverged_nonfinite"
+    reason = r.row["status_reason"]
+    assert "first NaN at step 1: aten::sqrt (forward, blocks.1.mlp)" in reason
+    assert "the replay parted from the run at step 1" in reason and "no op made it" not in reason
+
+
+def test_a_kernel_that_broke_once_is_said_not_reproduced_with_where_the_replay_parted(monkeypatch, data_dir):
+    broken_mlp(monkeypatch, lambda n: n == 3)  # the 3rd call only: the replay never meets it
+    r = train.run(spec(), data_dir=data_dir)
+    assert r.status == "diverged_nonfinite"
+    reason = r.row["status_reason"]
+    assert "first non-finite value not reproduced by an eager replay" in reason
+    assert "the replay parted from the run at step 3 (loss" in reason and "vs nan" in reason
+
+
+def test_a_replay_that_is_the_run_says_so(monkeypatch, data_dir):
+    r = train.run(spec(), data_dir=data_dir, fault=Fault("nan", step=2))
+    assert "the replay matched the run bit for bit over steps 1-2" in r.row["status_reason"]

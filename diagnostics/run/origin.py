@@ -53,13 +53,15 @@ class Origin:
     detail: str  # what went in and what came out
     reproduced: bool = True  # the replay met a non-finite value (False: the origin is empty)
     rank: int | None = None  # the rank that made it, in a distributed run (None: one process)
+    replay: str = ""  # how far the replay was from the run (train.departure), one line
 
     def line(self) -> str:
         """``first NaN at step 1: aten::_softmax (forward, blocks.0.attn)``."""
+        after = f" ({self.replay})" if self.replay else ""
         if not self.reproduced:
-            return f"first non-finite value not reproduced by an eager replay of step {self.step}"
+            return f"first non-finite value not reproduced by an eager replay of step {self.step}{after}"
         where = ", ".join(x for x in (self.phase, self.module, "" if self.rank is None else f"rank {self.rank}") if x)
-        return f"first {self.kind} at step {self.step}: {self.op} ({where})"
+        return f"first {self.kind} at step {self.step}: {self.op} ({where}){after}"
 
     def event(self, run_id: str) -> dict:
         """Its events.csv row."""
@@ -148,7 +150,13 @@ class Finder(TorchDispatchMode):
         out_nan, out_inf = nonfinite((out, written))
         if not (out_nan or out_inf):
             return out
-        made = "NaN" if out_nan and not in_nan else "inf" if out_inf and not in_inf else ""
+        # made here from finite inputs; or a NaN from infs no op made (a mask's -inf, a number):
+        # an inf an op made upstream that this op turns into a NaN stays that op's (downstream here)
+        made_upstream = any(x is not None and x[-1] != "argument" for x in given)
+        if not (in_nan or in_inf):
+            made = "NaN" if out_nan else "inf"
+        else:
+            made = "NaN" if out_nan and not in_nan and not made_upstream else ""
         if made:
             label = self.label(func, made, args, kwargs, out, written, before)
         else:  # passed on; or, where no labelled tensor came in, it came in as an argument (a NaN number):

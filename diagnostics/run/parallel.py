@@ -258,6 +258,12 @@ class Ranks:
         """The dispatch mode to enter around step ``step``'s backward (the first only)."""
         return self.collectives.mode if self.collectives is not None and step == 1 else nullcontext()
 
+    def anywhere(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
+        t = torch.tensor([float(flag)])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     def wrapper_failure(self, e: Exception) -> str:
         """Why this torch's wrapper cannot run here, where ``e`` was raised inside torch's own
         distributed code (torch/distributed/: 2.6.0's FSDP2 all-gather on a gloo CPU mesh), else ""."""

@@ -182,6 +182,9 @@ class OneProcess:
     def wrapper_failure(self, e: Exception) -> str:
         return ""
 
+    def anywhere(self, flag: bool) -> bool:
+        return flag
+
 
 ONE_PROCESS = OneProcess()
 
@@ -452,35 +455,93 @@ def first_nonfinite_step(rows: list[dict], scaled: bool) -> int | None:
     return None
 
 
-def restored(spec: RunSpec, upto: int, data_dir, data_root, init_dir, perturbation, fault, resume_from,
-             ranks=ONE_PROCESS):
-    """A run's Setup after steps 1..``upto`` trained again from its start (its checkpoint's step
-    where it resumed), and the first step it trained."""
-    determinism.apply(spec.seed, spec.device)
-    s = setup(spec, torch.device(spec.device), data_dir, data_root, perturbation, init_dir, ranks=ranks)
-    first = 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
-    for k in range(first, upto + 1):
-        train_step(s, spec, k, fault, perturbation, keep_weights=False)
-    return s, first
+def snapshot(s: Setup) -> dict:
+    """Everything a step reads and writes besides its batch (a function of seed and step): the
+    weights, the optimizer's and schedule's state and the loss scaler's, copied."""
+    import copy
+
+    return copy.deepcopy(dict(model=s.model.state_dict(), opt=s.opt.state_dict(), sched=s.sched.state_dict(),
+                              scaler=s.scaler.state_dict() if s.scaler is not None else None))
+
+
+def restore(s: Setup, state: dict) -> None:
+    s.model.load_state_dict(state["model"])
+    s.opt.load_state_dict(state["opt"])
+    s.sched.load_state_dict(state["sched"])
+    if s.scaler is not None:
+        s.scaler.load_state_dict(state["scaler"])
+
+
+def same_bits(a: float, b: float) -> bool:
+    """Two logged values equal bit for bit (NaN equals NaN)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def departure(replayed: dict[int, float], logged: dict[int, float]) -> str:
+    """How far a replay was from the run, in one line: the first step whose loss differs bit for
+    bit, and by how much, or that every step it shares with the run matched."""
+    shared = [k for k in sorted(replayed) if k in logged]
+    parted = next((k for k in shared if not same_bits(replayed[k], logged[k])), None)
+    if parted is None:
+        return f"the replay matched the run bit for bit over steps {shared[0]}-{shared[-1]}" if shared else \
+            "no logged step to check the replay against"
+    a, b = replayed[parted], logged[parted]
+    rel = abs(a - b) / abs(b) if math.isfinite(a) and math.isfinite(b) and b else math.nan
+    how = f", {rel:.2g} relative" if math.isfinite(rel) else ""
+    return f"the replay parted from the run at step {parted} (loss {a:.6g} vs {b:.6g}{how})"
 
 
 def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, perturbation=None, fault=None,
-           resume_from=None, ranks=ONE_PROCESS) -> origin.Origin:
+           resume_from=None, ranks=ONE_PROCESS, logged: list[dict] | None = None, scaled: bool = False) -> origin.Origin:
     """Where the first non-finite value of a run whose loss or gradient norm was first NaN/inf at
-    ``step`` came from (``origin``): the state before that step restored by training again, eagerly
-    (a compiled run's ops replayed as aten ops), then the step replayed under ``origin.Finder``.
-    Where that state already holds a NaN/inf (the previous update made it from finite gradients),
-    the previous step is the one replayed. Call it within the run's attention context."""
+    ``step`` came from (``origin``), found by a replay that is checked against the run. The run is
+    trained again from its start (its checkpoint's step where it resumed), eagerly (a compiled
+    run's ops replayed as aten ops), each step's loss compared bit for bit with the ``logged`` one
+    and the state (loss, gradient norm, weights, optimizer state) checked for a NaN or inf after
+    it, keeping a copy of the state before it. The step where the replay itself first meets a
+    non-finite value (before ``step`` where a kernel broke while running, after it where the
+    replay is not the run) is run again under ``origin.Finder``: from that copy (a kernel that
+    stays broken), else, where it gives finite values there, from a fresh start as the replay
+    trained it (a fault counted on the run's own objects). The origin says the op, phase and
+    module, and how far the replay was from the run (``departure``). Call it within the run's
+    attention context."""
     fault = fault or NO_FAULT
     eager = replace(spec, compile="none")
-    rest = (data_dir, data_root, init_dir, perturbation, fault, resume_from, ranks)
-    s, first = restored(eager, step - 1, *rest)
-    if step > first and origin.state_nonfinite(s):
-        step -= 1
-        s, first = restored(eager, step - 1, *rest)
-    found = origin.replay(s.ranks.inner(s.model), step, lambda phase: train_step(s, eager, step, fault, perturbation,
+
+    def fresh() -> tuple[Setup, int]:
+        determinism.apply(spec.seed, spec.device)
+        s = setup(eager, torch.device(spec.device), data_dir, data_root, perturbation, init_dir, ranks=ranks)
+        return s, 1 + (checkpoint.load(resume_from, spec.id, s.model, s.opt, s.sched, s.scaler) if resume_from else 0)
+
+    def armed(s: Setup, k: int) -> origin.Origin:
+        return origin.replay(s.ranks.inner(s.model), k, lambda phase: train_step(s, eager, k, fault, perturbation,
                                                                                 keep_weights=False, phase=phase))
-    return s.ranks.origin(found)
+
+    s, first = fresh()
+    losses = {int(r["step"]): float(r["loss"]) for r in logged or []}
+    replayed: dict[int, float] = {}
+    met = None
+    for k in range(first, max(step, max(losses, default=step)) + 1):
+        before = snapshot(s)
+        out = train_step(s, eager, k, fault, perturbation, keep_weights=False)
+        replayed[k] = float(out.loss)  # one host read a step: the replay is checked as it goes
+        grads_bad = not scaled and not math.isfinite(float(out.grad_norm))
+        if s.ranks.anywhere(not math.isfinite(replayed[k]) or grads_bad or origin.state_nonfinite(s)):
+            met = k
+            break
+    how_far = departure(replayed, losses)
+    if met is None:
+        return s.ranks.origin(origin.Origin(step, "", "", "", "", "", reproduced=False, replay=how_far))
+    restore(s, before)
+    found = armed(s, met)
+    if not found.reproduced:
+        s, first = fresh()
+        for k in range(first, met):
+            train_step(s, eager, k, fault, perturbation, keep_weights=False)
+        found = armed(s, met)
+    if not found.reproduced:
+        how_far += f"; it met a non-finite value at step {met}, but not when that step ran again"
+    return s.ranks.origin(replace(found, replay=how_far))
 
 
 def with_origin(spec: RunSpec, run_status, events: list[dict], step_log: StepLog, data_dir, data_root, init_dir,
@@ -491,7 +552,8 @@ def with_origin(spec: RunSpec, run_status, events: list[dict], step_log: StepLog
     if step is None:
         return run_status, events
     try:
-        found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from, ranks)
+        found = locate(spec, step, data_dir, data_root, init_dir, perturbation, fault, resume_from, ranks,
+                       step_log.rows, step_log.scaled)
     except Exception as e:  # the run's row stands whatever the replay meets
         note = f"origin not located ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         return replace(run_status, status_reason=f"{run_status.status_reason}; {note}"), events
