@@ -183,3 +183,26 @@ def test_a_calibration_of_some_configs_extends_the_noise_and_never_drops_the_oth
     got = report.read_csv(tmp_path / calibrate.TOLERANCES)
     assert sorted(got["run_id"]) == ["a2", "b", "c"]  # a replaced by its own config's new row, b kept, c added
     assert sorted(report.read_csv(tmp_path / calibrate.ENVELOPE)["run_id"]) == ["a", "a2", "b", "c"]
+
+
+@pytest.mark.parametrize("statuses, trained", [(["converged", "converged"], []),
+                                               (["converged", "error"], ["reference"])])
+def test_resume_reuses_a_complete_session_but_trains_a_failed_one_again(tmp_path, statuses, trained):
+    """A session with every row, none an error, is reused; one whose runs errored (it failed) is
+    trained again, never kept as noise (an error would read as a status the config flips to)."""
+    import sys
+
+    from diagnostics.grid.spec import Grid
+
+    grid = Grid("g", "convergence", models=("gpt",), optimizers=("sgd",), schedulers=("cosine",), warmups=("linear",),
+                seeds=(0, 1), devices=("cpu",))
+    (tmp_path / "reference").mkdir()
+    pd.DataFrame(dict(run_id=["a-s0", "a-s1"], status=statuses)).to_csv(tmp_path / "reference" / report.RUNS, index=False)
+    ran = []
+
+    def command(name, changes, extra):
+        ran.append(name)
+        return [sys.executable, "-c", "pass"]
+
+    calibrate.run_sessions(grid, [], tmp_path, 2, True, command)
+    assert ran == trained

@@ -193,7 +193,8 @@ def run_sessions(grid, names: list[str], work: Path, perturb_seeds: int, resume:
     baseline), then one per perturbation on the first ``perturb_seeds`` seeds. ``session_command
     (name, changes, extra)`` is the pytest command line of one (the front end's options with
     ``changes`` applied and ``extra`` appended). With ``resume``, a session folder holding all of
-    its runs is reused. Raises CalibrationFailed when a session fails."""
+    its runs, none of them an error, is reused (one with an error row failed: it is trained
+    again). Raises CalibrationFailed when a session fails."""
     import subprocess
 
     from diagnostics.run import perturb
@@ -201,7 +202,8 @@ def run_sessions(grid, names: list[str], work: Path, perturb_seeds: int, resume:
     def session(name: str, extra: list[str], n_seeds: int, **changes) -> Path:
         folder = work / name
         n_runs = len(grid.specs()) // len(grid.seeds) * n_seeds
-        if resume and (folder / report.RUNS).exists() and len(report.read_csv(folder / report.RUNS)) == n_runs:
+        runs = report.read_csv(folder / report.RUNS) if resume and (folder / report.RUNS).exists() else None
+        if runs is not None and len(runs) == n_runs and not (runs["status"] == "error").any():
             print(f"calibrate: {name}: reusing the complete session in {folder} (--resume)")
             return folder
         cmd = session_command(name, dict(changes, report_dir=str(folder)), extra)
