@@ -44,6 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from diagnostics import paths, report
 from diagnostics.errors import DiagnosticsError
 from diagnostics.grid.spec import RunSpec
+from diagnostics.run import dispatch
 from diagnostics.run.dispatch import flat_values, op_name, written_arguments
 
 TRACE = paths.TRACE  # beside a session's runs.csv
@@ -60,8 +61,7 @@ LATER_COLUMNS = ("module", "frames")
 VALUE_PRESERVING = {"aten::clone", "aten::contiguous", "aten::alias", "aten::lift_fresh", "aten::lift_fresh_copy",
                     "aten::detach", "aten::_to_copy", "aten::copy_", "aten::_unsafe_view", "aten::view",
                     "aten::reshape"}
-UNINITIALISED = ("aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
-                 "aten::new_empty_strided", "aten::_empty_affine_quantized", "aten::resize_")
+UNINITIALISED = dispatch.UNINITIALISED  # allocations: what they hold is whatever memory held
 # the operator namespaces that compute (``profiler::_record_function_*`` marks a region and
 # carries a handle: recorded, it would differ run to run); ``c10d::`` and ``fsdp::``: a distributed
 # family's gathers and reductions (FSDP2's all-gather and reduce-scatter with their copy-in/out ops,
@@ -71,8 +71,7 @@ RECORDED_NAMESPACES = ("aten::", "prims::", "torchvision::", "quantized::", "c10
 # initialised: the buffer's hash would differ run to run. These ops' buffers are not hashed (the
 # side named); the unsharded parameters split out of them are, so a gather that changed values
 # shows as a changed ``split_with_sizes_copy``.
-UNHASHED_BUFFERS = {"fsdp::all_gather_copy_in": "output", "c10d::_allgather_base_": "both",
-                    "fsdp::split_with_sizes_copy": "input"}
+UNHASHED_BUFFERS = dispatch.PADDED_BUFFERS
 HASH_BYTES = 8  # 64-bit digests: a collision between two different outputs of one op is ~1e-19
 
 
@@ -154,8 +153,7 @@ def moves_no_value(func, name: str, args, out) -> bool:
     (``VALUE_PRESERVING``). A conversion is a value, and is kept: a copy between dtypes
     (``copy_`` of bf16 into fp32, a ``_to_copy`` whose target dtype is a keyword), devices or
     layouts; known from the tensors in and out, not from the arguments' spelling."""
-    returns = func._schema.returns
-    if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+    if dispatch.only_views(func):
         return True  # every output is a view of an input
     base = name.split(".")[0]
     if base not in VALUE_PRESERVING:
@@ -211,8 +209,7 @@ class Recorder(TorchDispatchMode):
         name = op_name(func)
         if self.current is None or not name.startswith(RECORDED_NAMESPACES) or name.split(".")[0] in UNINITIALISED:
             return func(*args, **kwargs)
-        returns = func._schema.returns
-        if returns and all(r.alias_info is not None and not r.alias_info.is_write for r in returns):
+        if dispatch.only_views(func):
             return func(*args, **kwargs)  # every output is a view of an input: nothing to hash
         tensors = [v for v in flat_values((args, kwargs)) if isinstance(v, torch.Tensor)]
         declared = {id(t) for t in flat_values(written_arguments(func, args, kwargs)) if isinstance(t, torch.Tensor)}

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from diagnostics.run.dispatch import flat_values, op_name, written_arguments
+from diagnostics.run.dispatch import PADDED_BUFFERS, UNINITIALISED, flat_values, only_views, op_name, written_arguments
 
 EVENT = "nonfinite_origin"  # its events.csv kind (detect.EVENT_KINDS)
 
@@ -142,6 +142,20 @@ class Finder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        base = op_name(func).split(".")[0]
+        if only_views(func) or base in UNINITIALISED or base in PADDED_BUFFERS:
+            # a view makes no value (it carries its input's label); an allocation holds whatever
+            # memory held, as do FSDP2's gather buffers (viewed before the gather fills them, padded
+            # with memory never written): the step replayed starts from a finite state
+            # (train.locate), so none of them is an origin
+            out = func(*args, **kwargs)
+            given = next((x for x in (self.label_of(t) for t in flat_values((args, kwargs))
+                                      if isinstance(t, torch.Tensor)) if x is not None), None)
+            if given is not None and only_views(func):
+                for t in flat_values(out):
+                    if isinstance(t, torch.Tensor):
+                        self.labels[id(t)] = (weakref.ref(t), given)
+            return out
         in_nan, in_inf = nonfinite((args, kwargs))
         before = describe((args, kwargs)) if in_nan or in_inf else ""
         given = [self.label_of(t) for t in flat_values((args, kwargs)) if isinstance(t, torch.Tensor)]

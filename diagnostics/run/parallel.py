@@ -258,6 +258,12 @@ class Ranks:
         """The dispatch mode to enter around step ``step``'s backward (the first only)."""
         return self.collectives.mode if self.collectives is not None and step == 1 else nullcontext()
 
+    @property
+    def restorable(self) -> bool:
+        """FSDP2 keeps gathered parameters a state dict does not restore: its step reruns from a
+        fresh start (``train.locate``)."""
+        return self.parallel != "fsdp"
+
     def anywhere(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
         t = torch.tensor([float(flag)])

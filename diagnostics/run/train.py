@@ -185,6 +185,8 @@ class OneProcess:
     def anywhere(self, flag: bool) -> bool:
         return flag
 
+    restorable = True  # a step can run again from a copy of its state (locate)
+
 
 ONE_PROCESS = OneProcess()
 
@@ -315,8 +317,9 @@ def run(spec: RunSpec, data_dir: Path = DEFAULT_DATA_DIR, data_root: str | None 
 
 def error_row(spec: RunSpec, worker: str, e: Exception) -> RunResult:
     """The row of a run that raised: the exception's first line and the function it came from."""
+    frames = traceback.extract_tb(e.__traceback__)  # none for an exception made, not raised
     row = dict(identity(spec), status="error", status_reason=f"{type(e).__name__}: "
-               f"{str(e).splitlines()[0] if str(e) else ''} [{traceback.extract_tb(e.__traceback__)[-1].name}]")
+               f"{str(e).splitlines()[0] if str(e) else ''}" + (f" [{frames[-1].name}]" if frames else ""))
     row.update(provenance(spec, worker))
     return RunResult(row)
 
@@ -502,7 +505,8 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
     non-finite value (before ``step`` where a kernel broke while running, after it where the
     replay is not the run) is run again under ``origin.Finder``: from that copy (a kernel that
     stays broken), else, where it gives finite values there, from a fresh start as the replay
-    trained it (a fault counted on the run's own objects). The origin says the op, phase and
+    trained it (a fault counted on the run's own objects; always so under FSDP2, whose gathered
+    parameters a state copy does not restore). The origin says the op, phase and
     module, and how far the replay was from the run (``departure``). Call it within the run's
     attention context."""
     fault = fault or NO_FAULT
@@ -532,9 +536,11 @@ def locate(spec: RunSpec, step: int, data_dir, data_root=None, init_dir=None, pe
     how_far = departure(replayed, losses)
     if met is None:
         return s.ranks.origin(origin.Origin(step, "", "", "", "", "", reproduced=False, replay=how_far))
-    restore(s, before)
-    found = armed(s, met)
-    if not found.reproduced:
+    found = None
+    if s.ranks.restorable:
+        restore(s, before)
+        found = armed(s, met)
+    if found is None or not found.reproduced:
         s, first = fresh()
         for k in range(first, met):
             train_step(s, eager, k, fault, perturbation, keep_weights=False)
