@@ -241,3 +241,44 @@ def test_a_changed_op_of_a_distributed_family_is_not_reproduced_alone_and_says_w
     ]).assign(finding=explain.CHANGED_KERNEL, capability="", repro="", first_step=1)
     out = questions.confirmed_kernels(table, sessions=None, base="2.8.0", cand="2.9.1")
     assert (out["repro"] == questions.NO_RANKS_REPRO).all()
+
+
+def test_a_collective_is_judged_by_what_it_reduces_by_and_a_gathered_buffer_is_never_a_root():
+    """A collective's output is written after it returns (not hashed): what it reduces by (its
+    ReduceOp, an argument) is what two releases can differ in; the parameters split out of a
+    padded gather buffer were fed bytes no one hashed, so a change there is downstream."""
+    from diagnostics.release import explain
+
+    row = dict(op="c10d::_reduce_scatter_base_.default", signature="float32[8]", input_hash="i", args_hash="avg",
+               output_hash="")
+    assert explain.matched_finding(row, dict(row, args_hash="sum")) == explain.CHANGED_ARGUMENTS
+    assert explain.matched_finding(row, dict(row)) is None
+    split = dict(op="fsdp::split_with_sizes_copy.default", signature="float32[64]", input_hash="", args_hash="a",
+                 output_hash="x")
+    assert explain.matched_finding(split, dict(split, output_hash="y")) == explain.DOWNSTREAM
+
+
+def test_a_reduce_op_is_traced_by_its_kind():
+    """SUM and AVG reach a collective as opaque script objects; the trace tells them apart."""
+    import torch
+    import torch.distributed as dist
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from diagnostics.release.numerics import scalar_repr
+
+    seen = []
+
+    class Args(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func).startswith("c10d."):
+                seen.append([scalar_repr(a) for a in args if isinstance(a, torch.ScriptObject)])
+            return func(*args, **(kwargs or {}))
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with Args():
+            for op in (dist.ReduceOp.SUM, dist.ReduceOp.AVG):
+                dist.all_reduce(torch.ones(2), op=op)
+    finally:
+        dist.destroy_process_group()
+    assert [x[-1] for x in seen] == ["ReduceOp.0", "ReduceOp.1"]

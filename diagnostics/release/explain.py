@@ -42,6 +42,7 @@ import pandas as pd
 from diagnostics import paths, report
 from diagnostics.errors import DiagnosticsError
 from diagnostics.release import numerics
+from diagnostics.run import dispatch
 
 EXPLAIN = paths.EXPLAIN
 CHANGED_KERNEL, CHANGED_ARGUMENTS, DOWNSTREAM = "changed kernel", "changed arguments", "downstream"
@@ -79,8 +80,11 @@ def matched_finding(a: dict, b: dict) -> str | None:
     kept its bits, whatever its inputs or arguments: ``ones_like`` given another spelling of its
     defaults computes the same ones)."""
     if a["output_hash"] == b["output_hash"]:
-        return None
-    if a["input_hash"] != b["input_hash"]:
+        # an output not hashed (a collective's, written after it returns): its arguments, what it
+        # reduces by among them, are what can be compared
+        return CHANGED_ARGUMENTS if not a["output_hash"] and a["args_hash"] != b["args_hash"] else None
+    unhashed = dispatch.PADDED_BUFFERS.get(str(a["op"]).split(".")[0]) in ("input", "both")
+    if a["input_hash"] != b["input_hash"] or unhashed:  # inputs not hashed (padding): never shown equal
         return DOWNSTREAM
     return CHANGED_ARGUMENTS if a["args_hash"] != b["args_hash"] else CHANGED_KERNEL
 

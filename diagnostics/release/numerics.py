@@ -139,6 +139,11 @@ def scalar_repr(v) -> str:
         return v.hex()
     if isinstance(v, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
         return str(v)
+    if isinstance(v, torch.ScriptObject) and v._has_method("op"):  # c10d's ReduceOp: what a collective reduces by
+        try:
+            return f"ReduceOp.{v.op()}"
+        except Exception:  # noqa: BLE001 (an older release's class: its type stands)
+            return type(v).__name__
     text = repr(v)
     return type(v).__name__ if " at 0x" in text or isinstance(v, torch.Generator) else text  # no addresses
 
@@ -234,9 +239,13 @@ class Recorder(TorchDispatchMode):
         if unhashed:  # a buffer with uninitialised padding (UNHASHED_BUFFERS)
             inputs, output = ("" if unhashed in ("input", "both") else inputs), ("" if unhashed in ("output", "both")
                                                                                   else output)
+        asynchronous = name.startswith("c10d::")  # a collective writes its outputs after it returns
+        if asynchronous:
+            output = ""
         self.add(name, sig, inputs, digest("|".join(scalars).encode()), output,
                  f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else
-                 (f"padded buffer: {unhashed} not hashed" if unhashed else ""))
+                 (f"padded buffer: {unhashed} not hashed" if unhashed else
+                  "a collective: written after it returns, its output not hashed" if asynchronous else ""))
         return out
 
     def add(self, op: str, sig: str, inputs: str, args: str, output: str, detail: str = "") -> None:
