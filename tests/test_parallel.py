@@ -243,15 +243,15 @@ def test_a_changed_op_of_a_distributed_family_is_not_reproduced_alone_and_says_w
     assert (out["repro"] == questions.NO_RANKS_REPRO).all()
 
 
-def test_a_collective_is_judged_by_what_it_reduces_by_and_a_gathered_buffer_is_never_a_root():
-    """A collective's output is written after it returns (not hashed): what it reduces by (its
-    ReduceOp, an argument) is what two releases can differ in; the parameters split out of a
-    padded gather buffer were fed bytes no one hashed, so a change there is downstream."""
+def test_a_padded_gather_buffer_is_judged_by_its_arguments_and_is_never_a_root():
+    """A gather buffer's padding is never written (its output not hashed): its arguments are
+    what two releases can differ in; the parameters split out of it were fed bytes no one hashed,
+    so a change there is downstream, never a changed kernel."""
     from diagnostics.release import explain
 
-    row = dict(op="c10d::_reduce_scatter_base_.default", signature="float32[8]", input_hash="i", args_hash="avg",
+    row = dict(op="fsdp::all_gather_copy_in.default", signature="float32[8]", input_hash="i", args_hash="a",
                output_hash="")
-    assert explain.matched_finding(row, dict(row, args_hash="sum")) == explain.CHANGED_ARGUMENTS
+    assert explain.matched_finding(row, dict(row, args_hash="b")) == explain.CHANGED_ARGUMENTS
     assert explain.matched_finding(row, dict(row)) is None
     split = dict(op="fsdp::split_with_sizes_copy.default", signature="float32[64]", input_hash="", args_hash="a",
                  output_hash="x")
@@ -282,3 +282,15 @@ def test_a_reduce_op_is_traced_by_its_kind():
     finally:
         dist.destroy_process_group()
     assert [x[-1] for x in seen] == ["ReduceOp.0", "ReduceOp.1"]
+
+
+def test_a_collective_s_output_is_traced_once_it_is_complete(data_dir):
+    """A collective fills its output after it returns; the trace waits for it, so the
+    reduce-scatter's output hash is the same in two traces (and a change of what it computes,
+    from the same inputs and arguments, is a changed kernel)."""
+    from diagnostics.release import numerics
+
+    spec = replace(GPT, parallel="fsdp")
+    a, b = (numerics.trace_distributed(spec, data_dir, None, 1) for _ in range(2))
+    scatter = [(x["output_hash"], y["output_hash"]) for x, y in zip(a, b) if x["op"] == "c10d::_reduce_scatter_base_"]
+    assert scatter and all(x == y and x for x, y in scatter)

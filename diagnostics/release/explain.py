@@ -80,8 +80,8 @@ def matched_finding(a: dict, b: dict) -> str | None:
     kept its bits, whatever its inputs or arguments: ``ones_like`` given another spelling of its
     defaults computes the same ones)."""
     if a["output_hash"] == b["output_hash"]:
-        # an output not hashed (a collective's, written after it returns): its arguments, what it
-        # reduces by among them, are what can be compared
+        # an output not hashed (a padded gather buffer, dispatch.PADDED_BUFFERS): its arguments are
+        # what can be compared
         return CHANGED_ARGUMENTS if not a["output_hash"] and a["args_hash"] != b["args_hash"] else None
     unhashed = dispatch.PADDED_BUFFERS.get(str(a["op"]).split(".")[0]) in ("input", "both")
     if a["input_hash"] != b["input_hash"] or unhashed:  # inputs not hashed (padding): never shown equal

@@ -223,6 +223,10 @@ class Recorder(TorchDispatchMode):
         scalars = [scalar_repr(v) for v in flat_values((args, kwargs)) if not isinstance(v, torch.Tensor)]
         sig = signature((args, kwargs))
         out = func(*args, **kwargs)
+        if name.startswith("c10d::"):  # a collective fills its outputs after it returns: waited for here
+            for v in flat_values(out):  # (the trace only; the run waits where the wrapper does)
+                if isinstance(v, torch.ScriptObject) and v._has_method("wait"):
+                    v.wait()
         if moves_no_value(func, name, (args, kwargs), out):
             return out
         if before is None:  # a conversion: what it read is its source (the target it overwrote is its output)
@@ -239,13 +243,9 @@ class Recorder(TorchDispatchMode):
         if unhashed:  # a buffer with uninitialised padding (UNHASHED_BUFFERS)
             inputs, output = ("" if unhashed in ("input", "both") else inputs), ("" if unhashed in ("output", "both")
                                                                                   else output)
-        asynchronous = name.startswith("c10d::")  # a collective writes its outputs after it returns
-        if asynchronous:
-            output = ""
         self.add(name, sig, inputs, digest("|".join(scalars).encode()), output,
                  f"wrote argument(s) {', '.join(map(str, silent))} its schema does not mark written" if silent else
-                 (f"padded buffer: {unhashed} not hashed" if unhashed else
-                  "a collective: written after it returns, its output not hashed" if asynchronous else ""))
+                 (f"padded buffer: {unhashed} not hashed" if unhashed else ""))
         return out
 
     def add(self, op: str, sig: str, inputs: str, args: str, output: str, detail: str = "") -> None:
