@@ -126,7 +126,7 @@ def test_a_rank_that_dies_is_an_error_row_naming_it_and_the_group_restarts(data_
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (group.procs and group.procs[1].is_alive()):
             time.sleep(0.1)
-        time.sleep(3)
+        time.sleep(1)
         group.procs[1].kill()
 
     killer = threading.Thread(target=kill_rank_1)
@@ -140,8 +140,8 @@ def test_a_rank_that_dies_is_an_error_row_naming_it_and_the_group_restarts(data_
 
 
 def test_a_rank_that_does_not_answer_in_time_is_an_error_row(data_dir):
-    run = parallel.run(replace(GPT, parallel="ddp", steps=3000), timeout=2, data_dir=data_dir)
-    assert run.status == "error" and "no answer within 2 s" in run.row["status_reason"]
+    run = parallel.run(replace(GPT, parallel="ddp", steps=3000), timeout=1, data_dir=data_dir)
+    assert run.status == "error" and "no answer within 1 s" in run.row["status_reason"]
 
 
 def test_bad_worlds_and_ports_are_one_line_before_training(tmp_path, monkeypatch):

@@ -401,7 +401,7 @@ class RankGroup:
                     except (EOFError, OSError):
                         return self.failed(rank, "its connection closed")
                     if isinstance(answers[rank], RankFailed):
-                        self.stop()
+                        self.stop(at_once=True)  # its peers may wait in a collective for it
                         return answers[rank]
                 elif not self.procs[rank].is_alive():
                     return self.failed(rank, f"exit code {self.procs[rank].exitcode}")
@@ -415,17 +415,19 @@ class RankGroup:
         # dead one less plainly than this; the group is started afresh for the next point
         time.sleep(0.5)
         lines = self.last_lines(rank)
-        self.stop()
+        self.stop(at_once=True)
         return DeadRank(rank, how, lines)
 
-    def stop(self) -> None:
+    def stop(self, at_once: bool = False) -> None:
+        """Ask each rank to leave (``at_once``: kill it, for a group that failed: a rank blocked
+        in a collective or training on would not read the request)."""
         for conn in self.conns:
             try:
                 conn.send(None)
             except (OSError, BrokenPipeError):
                 pass
         for proc in self.procs:
-            proc.join(timeout=5)
+            proc.join(timeout=0 if at_once else 5)
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=5)
