@@ -505,12 +505,20 @@ def run(spec: RunSpec, world: int | None = None, timeout: float = RANK_TIMEOUT_S
     data.for_model(spec.model, spec.model_size, data_dir, kwargs.get("data_root"), spec.context)  # written once, here
     started = train.utc_now()
     answer = group(device_type, size).train(spec, kwargs, timeout)
-    if isinstance(answer, (DeadRank, RankFailed)):
-        result = train.RunResult(dict(train.identity(spec), status="error", status_reason=answer.reason()))
-        result.row.update(train.provenance(spec, worker), world_size=size, backend=axis.backend(device_type))
-    else:
-        result = answer
+    result = answered(spec, answer, worker, size)
     result.row["started_at"] = started
+    return result
+
+
+def answered(spec: RunSpec, answer, worker: str, world: int):
+    """Rank 0's RunResult, or the ``error`` row of a rank that died or raised (naming it)."""
+    from diagnostics.run import train
+
+    if not isinstance(answer, (DeadRank, RankFailed)):
+        return answer
+    result = train.RunResult(dict(train.identity(spec), status="error", status_reason=answer.reason()))
+    result.row.update(train.provenance(spec, worker), world_size=world,
+                      backend=axis.backend(torch.device(spec.device).type))
     return result
 
 
@@ -536,6 +544,4 @@ def reference(spec: RunSpec, timeout: float = RANK_TIMEOUT_S, **kwargs):
         return train.run(one_process_of(spec), **kwargs)
     device_type = torch.device(spec.device).type
     answer = group(device_type, 1).train(spec, kwargs, timeout)
-    if isinstance(answer, (DeadRank, RankFailed)):
-        return train.RunResult(dict(train.identity(spec), status="error", status_reason=answer.reason()))
-    return answer
+    return answered(spec, answer, kwargs.get("worker", ""), 1)
